@@ -1,0 +1,1 @@
+"""Compiler: IR, front-ends, quantization, bit-exact reference, lowering."""
