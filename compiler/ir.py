@@ -1,0 +1,253 @@
+"""qfab's quantized intermediate representation: an integer-only network.
+
+Frozen dataclasses; the meaning of every field is in docs/semantics.md. Activations are
+channels-last and shapes leave out the batch axis. Arrays are int64 numpy arrays; a node owns its
+constants and nobody mutates them (passes build new nodes with ``dataclasses.replace``).
+
+`qfab.compiler.verify.verify` checks a `Graph` against every rule written here.
+"""
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import intops
+
+__all__ = [
+    "QType", "WeightType", "Tensor", "Requant", "Dense", "Conv2d", "MaxPool", "AvgPool",
+    "GlobalAvgPool", "Add", "Reshape", "Node", "Graph", "Layout",
+]
+
+
+@dataclass(frozen=True)
+class QType:
+    """An activation type: ``bits`` (1..8), ``signed``, ``scale`` (> 0), ``zero_point``."""
+    bits: int
+    signed: bool
+    scale: float
+    zero_point: int = 0
+
+    @property
+    def qmin(self):
+        return intops.qrange(self.bits, self.signed)[0]
+
+    @property
+    def qmax(self):
+        return intops.qrange(self.bits, self.signed)[1]
+
+    def describe(self):
+        return f"{'i' if self.signed else 'u'}{self.bits}"
+
+
+@dataclass(frozen=True, eq=False)
+class WeightType:
+    """A weight type: ``bits``, ``signed`` or ``bipolar`` ({-1, +1}, 1 bit), per-channel scales.
+
+    ``scales`` has one positive float per output channel (a per-tensor weight repeats one value).
+    """
+    bits: int
+    signed: bool
+    scales: np.ndarray
+    bipolar: bool = False
+
+    @property
+    def qmin(self):
+        return intops.qrange(self.bits, self.signed, self.bipolar)[0]
+
+    @property
+    def qmax(self):
+        return intops.qrange(self.bits, self.signed, self.bipolar)[1]
+
+    @property
+    def max_abs(self):
+        return max(abs(self.qmin), abs(self.qmax))
+
+    @property
+    def per_channel(self):
+        return bool(np.unique(self.scales).size > 1)
+
+    def describe(self):
+        return "bipolar" if self.bipolar else f"{'i' if self.signed else 'u'}{self.bits}"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A value of the graph: ``shape`` without the batch axis, channels-last."""
+    name: str
+    shape: tuple
+    qtype: QType
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class Requant:
+    """Dyadic requantization ``clamp(zp_out + round_shift(acc * m0, shift), lo, hi)``.
+
+    ``m0`` and ``shift`` are int64 arrays with one entry per output channel; ``zp_out`` is the
+    output tensor's zero point; ``lo``/``hi`` is the output clamp.
+    """
+    m0: np.ndarray
+    shift: np.ndarray
+    lo: int
+    hi: int
+
+    def apply(self, acc, zero_point):
+        return intops.requantize(acc, self.m0, self.shift, zero_point, self.lo, self.hi)
+
+
+class Layout(enum.Enum):
+    """How the original model laid out a feature map at the graph boundary."""
+    NHWC = "NHWC"
+    NCHW = "NCHW"
+
+
+@dataclass(frozen=True, eq=False)
+class _Node:
+    name: str
+
+    @property
+    def inputs(self):
+        return (self.input,)
+
+    @property
+    def kind(self):
+        return type(self).__name__
+
+
+@dataclass(frozen=True, eq=False)
+class _MatNode(_Node):
+    """A node with weights: ``weights[p, c, ...]`` points, ``multipliers[p, c]``, ``bias[c]``."""
+    input: str
+    output: str
+    weights: np.ndarray
+    multipliers: np.ndarray
+    bias: np.ndarray
+    w_type: WeightType
+    requant: Requant
+
+    @property
+    def points(self):
+        return int(self.weights.shape[0])
+
+    @property
+    def out_channels(self):
+        return int(self.weights.shape[1])
+
+    @property
+    def fan_in(self):
+        return int(np.prod(self.weights.shape[2:], dtype=np.int64))
+
+    def weight_rows(self):
+        """Weights as ``(P, C, fan_in)``: each output channel's row in window order."""
+        return self.weights.reshape(self.points, self.out_channels, self.fan_in)
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(_MatNode):
+    """``y = requant(b + sum_p m_p * W_p (x - zx))``; weights ``(P, N, K)``."""
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(_MatNode):
+    """2-D convolution; weights ``(P, Cout, KH, KW, Cin / groups)``, channels-last."""
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)    # top, left, bottom, right
+    groups: int = 1
+
+    @property
+    def kernel(self):
+        return tuple(int(k) for k in self.weights.shape[2:4])
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool(_Node):
+    input: str
+    output: str
+    kernel: tuple
+    stride: tuple
+    padding: tuple = (0, 0, 0, 0)
+    lo: int | None = None
+    hi: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool(_Node):
+    """Average over a window of ``K = KH*KW`` elements (padding counts, filled with ``zx``)."""
+    input: str
+    output: str
+    kernel: tuple
+    stride: tuple
+    requant: Requant
+    padding: tuple = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalAvgPool(_Node):
+    """Average over the whole ``H x W`` plane of each channel; output ``(1, 1, C)``."""
+    input: str
+    output: str
+    requant: Requant
+
+
+@dataclass(frozen=True, eq=False)
+class Add(_Node):
+    """``y = clamp(zy + round_shift(ma*(a - za) + mb*(b - zb), shift), lo, hi)``."""
+    a: str
+    b: str
+    output: str
+    m_a: int
+    m_b: int
+    shift: int
+    lo: int
+    hi: int
+
+    @property
+    def inputs(self):
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape(_Node):
+    """Flatten or reshape: the same codes in the same row-major order, a new shape."""
+    input: str
+    output: str
+
+
+Node = Dense | Conv2d | MaxPool | AvgPool | GlobalAvgPool | Add | Reshape
+NODE_KINDS = {cls.__name__: cls for cls in (Dense, Conv2d, MaxPool, AvgPool, GlobalAvgPool, Add, Reshape)}
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A network: tensors by name, nodes in topological order, one or more inputs and outputs.
+
+    ``input_layout`` records whether the original model took feature maps as NCHW; the reference
+    works channels-last and the boundary helpers transpose.
+    """
+    tensors: dict
+    nodes: tuple
+    inputs: tuple
+    outputs: tuple
+    m_bits: int = 24
+    input_layout: Layout = Layout.NHWC
+    metadata: dict = field(default_factory=dict)
+
+    def tensor(self, name):
+        return self.tensors[name]
+
+    def producer(self, name):
+        for node in self.nodes:
+            if node.output == name:
+                return node
+        return None
+
+    def consumers(self, name):
+        return [node for node in self.nodes if name in node.inputs]
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
