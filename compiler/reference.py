@@ -151,7 +151,7 @@ def run(graph, inputs, *, keep_all=False):
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _to_ir_layout(graph, x):
+def to_ir_layout(graph, x):
     if graph.input_layout is Layout.NCHW and x.ndim == 4:
         return x.transpose(0, 2, 3, 1)
     return x
@@ -167,7 +167,7 @@ def quantize_inputs(graph, x):
     """Float input batch (in the original model's layout) -> integer codes, channels-last."""
     name = graph.inputs[0]
     t = graph.tensors[name]
-    x = _to_ir_layout(graph, np.asarray(x))
+    x = to_ir_layout(graph, np.asarray(x))
     if x.shape[1:] != tuple(t.shape):
         raise QfabError(f"input has shape {x.shape[1:]} per item (after layout conversion), "
                         f"the model expects {tuple(t.shape)} channels-last")

@@ -1,1 +1,1 @@
-
+"""Simulation: Verilator + cocotb runs of compiled accelerators, compared with the reference."""

@@ -263,8 +263,11 @@ class Importer:
     def op_BatchNormalization(self):
         n, a = self.node, self.attrs()
         prod = self.producer_for_fusion(n.input[0], "BatchNormalization")
-        if prod.kind not in ("Conv2d", "Dense") or prod.act.kind != "none" or prod.fixed is not None:
-            self.fail("BatchNormalization must follow a float Conv or Gemm directly to be folded")
+        if prod.fixed is not None:
+            self.fail("BatchNormalization after a quantized layer cannot be folded into its integer weights; "
+                      "run onnxruntime.quantization.quant_pre_process on the float model before quantize_static")
+        if prod.kind not in ("Conv2d", "Dense") or prod.act.kind != "none":
+            self.fail("BatchNormalization must follow a Conv or Gemm directly to be folded")
         gamma, beta, mean, var = (self.const(i, "BN parameter") for i in n.input[1:5])
         k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
         w = prod.weight * k.reshape((-1,) + (1,) * (prod.weight.ndim - 1))

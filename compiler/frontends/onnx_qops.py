@@ -122,10 +122,6 @@ def _expect_input(imp, index, scale_index, what="input"):
     return t
 
 
-def _register(fake_w_name, q, scale, zp, axis, imp):
-    imp.fixed[fake_w_name] = (q, scale, zp, axis, q.dtype)
-
-
 def _qweight(imp, w_index, out_axis):
     """Register a QLinear operator's raw weight input as a dequantized constant."""
     n = imp.node
