@@ -42,13 +42,13 @@ class OnnxModel:
                 raise UnsupportedModelError(f"{self.path}: initializer {init.name!r} uses external data, "
                                             "which qfab does not read; save the model with weights inside")
         try:
-            onnx.checker.check_model(model)
-        except Exception as e:
-            raise UnsupportedModelError(f"{self.path}: the ONNX checker rejects the model: {e}") from None
-        try:
             model = shape_inference.infer_shapes(model, strict_mode=False)
         except Exception as e:
             raise UnsupportedModelError(f"{self.path}: shape inference failed: {e}") from None
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise UnsupportedModelError(f"{self.path}: the ONNX checker rejects the model: {e}") from None
         self.model = model
         self.graph = model.graph
         self.opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
