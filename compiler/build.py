@@ -73,12 +73,17 @@ def _weighted(node, fixed, tin, tout, m_bits):
         raise QfabError(f"node {node.name!r} ({node.kind}) has no quantized weights")
     s_in, s_out = tin.qtype.scale, tout.qtype.scale
     ratios = [requant_ratio(s_in, s_w, divide_by=s_out) for s_w in fixed.scales]
-    w = fixed.w_int.astype(np.int64)[None]
-    bipolar = fixed.bits == 1 and bool(np.all(np.abs(w) == 1))
+    if fixed.multipliers is None:
+        w = fixed.w_int.astype(np.int64)[None]
+        multipliers = np.ones((1, w.shape[1]), np.int64)
+    else:
+        w = fixed.w_int.astype(np.int64)
+        multipliers = np.asarray(fixed.multipliers, np.int64)
+    bipolar = fixed.bits == 1 and bool(np.all(np.abs(w[multipliers != 0]) == 1))
     wt = WeightType(bits=fixed.bits, signed=fixed.signed or bipolar, scales=np.asarray(fixed.scales, np.float64),
                     bipolar=bipolar)
     common = dict(name=node.name, input=node.inputs[0], output=node.output, weights=w,
-                  multipliers=np.ones((1, w.shape[1]), np.int64), bias=_bias(node, fixed, s_in),
+                  multipliers=multipliers, bias=_bias(node, fixed, s_in),
                   w_type=wt, requant=_requant(node, ratios, tout.qtype, m_bits))
     if node.kind == "Dense":
         return Dense(**common)

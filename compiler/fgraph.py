@@ -52,12 +52,16 @@ class Act:
 
 @dataclass(frozen=True, eq=False)
 class FixedWeights:
-    """Integer weights and bias from an already-quantized model."""
-    w_int: np.ndarray           # same shape as FNode.weight
+    """Integer weights and bias: from an already-quantized model, or chosen by a quantizer.
+
+    With ``multipliers`` (``(P, C)``, multipoint quantization) ``w_int`` has a leading points axis.
+    """
+    w_int: np.ndarray           # same shape as FNode.weight, or (P, *that shape)
     scales: np.ndarray          # (C,)
     bits: int
     signed: bool
     b_int: np.ndarray | None    # (C,) int32 with scale s_in * scales, or None
+    multipliers: np.ndarray | None = None
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -17,6 +17,7 @@ from .build import activation_type, build_graph, type_preserving
 from .calibrate import METHODS, activation_range, quantize_weight_rows
 from .errors import QfabError
 from .fgraph import FixedWeights, forward
+from .multipoint import im2col, multipoint_rows
 
 __all__ = ["QuantConfig", "LayerConfig", "quantize", "load_config"]
 
@@ -43,6 +44,9 @@ class QuantConfig:
     activations: str = "asymmetric"      # or "signed" (symmetric, zero point 0)
     per_channel: bool = True
     m_bits: int = 24
+    multipoint: float = 0.0              # extra weight points, as a fraction of each layer's channels
+    max_points: int = 4
+    mult_bits: int = 8                   # width of the multipoint integer multipliers
     layers: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -56,6 +60,13 @@ class QuantConfig:
             raise QfabError(f"percentile must be in (50, 100], not {self.percentile!r}")
         if not isinstance(self.m_bits, int) or not 8 <= self.m_bits <= 32:
             raise QfabError(f"m_bits must be an integer from 8 to 32, not {self.m_bits!r}")
+        if not isinstance(self.max_points, int) or not 1 <= self.max_points <= 8:
+            raise QfabError(f"max_points must be an integer from 1 to 8, not {self.max_points!r}")
+        if not 0.0 <= float(self.multipoint) <= self.max_points - 1:
+            raise QfabError(f"multipoint budget must be from 0 to {self.max_points - 1} (extra points per channel), "
+                            f"not {self.multipoint!r}")
+        if not isinstance(self.mult_bits, int) or not 2 <= self.mult_bits <= 16:
+            raise QfabError(f"mult_bits must be an integer from 2 to 16, not {self.mult_bits!r}")
         for name, layer in self.layers.items():
             for key in ("w_bits", "a_bits"):
                 if getattr(layer, key) is not None:
@@ -110,6 +121,19 @@ def _tensor_bits(fg, config, root):
     return bits
 
 
+def _multipoint(node, x, w_bits, config):
+    """`FixedWeights` with several points per channel (see `qfab.compiler.multipoint`)."""
+    rows = node.weight.reshape(node.weight.shape[0], -1)
+    if node.kind == "Conv2d":
+        if node.groups != 1:
+            raise QfabError(f"node {node.name!r}: multipoint quantization of grouped convolutions is not supported")
+        x = im2col(x, node.weight.shape[1:3], node.stride, node.padding)
+    q, mult, scales = multipoint_rows(rows, w_bits, x.reshape(len(x), -1), config.multipoint,
+                                      config.max_points, config.mult_bits)
+    return FixedWeights(w_int=q.reshape((q.shape[0],) + node.weight.shape), scales=scales, bits=w_bits,
+                        signed=True, b_int=None, multipliers=mult)
+
+
 def quantize(fg, calib, config=QuantConfig(), metadata=None):
     """Quantize float graph ``fg`` using calibration batch ``calib`` (channels-last)."""
     unknown = set(config.layers) - {n.name for n in fg.nodes}
@@ -136,9 +160,14 @@ def quantize(fg, calib, config=QuantConfig(), metadata=None):
         if node.kind not in ("Dense", "Conv2d"):
             continue
         w_bits = config.layer(node.name)[0]
+        if config.multipoint > 0:
+            weights[node.name] = _multipoint(node, values[node.inputs[0]], w_bits, config)
+            continue
         w_int, scales = quantize_weight_rows(node.weight, w_bits, config.per_channel)
         weights[node.name] = FixedWeights(w_int=w_int, scales=scales, bits=w_bits, signed=True, b_int=None)
     meta = {"source": "ptq", "w_bits": config.w_bits, "a_bits": config.a_bits,
             "calib_method": config.calib_method, "calib_samples": int(len(calib))}
+    if config.multipoint > 0:
+        meta["multipoint"] = config.multipoint
     meta.update(metadata or {})
     return build_graph(fg, qtypes, weights, config.m_bits, meta)

@@ -30,7 +30,8 @@ def _load_npy(path, what):
 
 def _config(args):
     from qfab.compiler.ptq import QuantConfig, load_config
-    over = dict(w_bits=args.wbits, a_bits=args.abits, calib_method=args.calib_method)
+    over = dict(w_bits=args.wbits, a_bits=args.abits, calib_method=args.calib_method,
+                multipoint=getattr(args, "multipoint", None))
     if args.config:
         return load_config(args.config, **over)
     return QuantConfig(**{k: v for k, v in over.items() if v is not None})
@@ -53,6 +54,8 @@ def _add_quant_options(p):
     p.add_argument("--abits", type=int, help="activation bits, 1 to 8 (default 8)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML quantization config (bits per layer ...)")
     p.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="activation range method")
+    p.add_argument("--multipoint", type=float, metavar="BUDGET",
+                   help="multipoint weights: extra points as a fraction of each layer's channels (e.g. 0.1)")
 
 
 def cmd_quantize(args):

@@ -1,0 +1,168 @@
+"""Folding: how many PE (output) and SIMD (input) lanes each stage gets, and what that costs in cycles.
+
+A matrix-vector stage with ``N`` outputs, ``K`` inputs and ``P`` weight points, run ``V`` times per
+inference (``V = HO * WO`` for a convolution), takes ``V * P * (N / PE) * (K / SIMD)`` cycles per
+inference (times the activation bits in the bit-serial style). A window/pool stage moves ``SIMD``
+channels per cycle. The pipeline's initiation interval is its slowest stage's cycle count; folding
+balances the stages so that none is much faster than it needs to be.
+
+Pure arithmetic on the IR: no Amaranth here. Costs come from `qfab.compiler.estimate`.
+"""
+
+from dataclasses import dataclass
+
+from .errors import QfabError
+from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
+
+__all__ = ["MacStyleName", "Stage", "Fold", "stages_of", "fold_for_ii", "choose_folding", "divisors"]
+
+MacStyleName = str  # "bit_parallel" | "bit_serial"
+
+
+def divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class Fold:
+    pe: int = 1
+    simd: int = 1
+    style: MacStyleName = "bit_parallel"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One hardware stage's work per inference.
+
+    ``kind``: "mvau" (Dense/Conv2d), "maxpool", "avgpool", "gap", "add". For an mvau, ``n`` outputs,
+    ``k`` inputs per vector, ``vectors`` per inference; ``simd_of`` is what SIMD must divide (the
+    window's channel count for a convolution, so no beat straddles two pixels). For pools, ``k`` is
+    the window size and ``n`` the channel count.
+    """
+    name: str
+    kind: str
+    n: int
+    k: int
+    vectors: int
+    points: int = 1
+    simd_of: int = 1
+    w_bits: int = 8
+    a_bits: int = 8
+
+    def cycles(self, fold):
+        if self.kind == "mvau":
+            c = self.vectors * self.points * (self.n // fold.pe) * (self.k // fold.simd)
+            return c * (self.a_bits if fold.style == "bit_serial" else 1)
+        # pools and adds move SIMD channels per cycle through every window element
+        return self.vectors * self.k * (self.n // fold.simd)
+
+    def folds(self, style="bit_parallel"):
+        """Every legal fold of this stage."""
+        if self.kind == "mvau":
+            return [Fold(pe, simd, style) for pe in divisors(self.n) for simd in divisors(self.simd_of)]
+        return [Fold(1, simd) for simd in divisors(self.n)]
+
+
+def stages_of(graph):
+    """The stages of ``graph`` that cost cycles (Reshape is free: it only renames a stream)."""
+    stages = []
+    for node in graph.nodes:
+        tin = graph.tensors[node.inputs[0]]
+        tout = graph.tensors[node.output]
+        a_bits = tin.qtype.bits
+        if isinstance(node, Dense):
+            stages.append(Stage(node.name, "mvau", node.out_channels, node.fan_in, 1, node.points, node.fan_in,
+                                node.w_type.bits, a_bits))
+        elif isinstance(node, Conv2d):
+            if node.groups != 1:
+                raise QfabError(f"node {node.name!r}: grouped/depthwise convolution (groups={node.groups}) "
+                                "has no hardware engine yet")
+            ho, wo, _ = tout.shape
+            stages.append(Stage(node.name, "mvau", node.out_channels, node.fan_in, ho * wo, node.points,
+                                tin.shape[2], node.w_type.bits, a_bits))
+        elif isinstance(node, (MaxPool, AvgPool)):
+            ho, wo, c = tout.shape
+            stages.append(Stage(node.name, "maxpool" if isinstance(node, MaxPool) else "avgpool", c,
+                                node.kernel[0] * node.kernel[1], ho * wo, a_bits=a_bits))
+        elif isinstance(node, GlobalAvgPool):
+            h, w, c = tin.shape
+            stages.append(Stage(node.name, "gap", c, 1, h * w, a_bits=a_bits))
+        elif isinstance(node, Add):
+            stages.append(Stage(node.name, "add", tout.size, 1, 1, a_bits=a_bits))
+        elif not isinstance(node, Reshape):
+            raise QfabError(f"node {node.name!r}: no hardware stage for {node.kind}")
+    return stages
+
+
+def fold_for_ii(stage, target_ii, cost, style="bit_parallel"):
+    """The cheapest fold of ``stage`` whose cycles per inference are at most ``target_ii``, or None."""
+    fits = [f for f in stage.folds(style) if stage.cycles(f) <= target_ii]
+    if not fits:
+        return None
+    return min(fits, key=lambda f: (cost(stage, f), -f.simd, f.pe))
+
+
+def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None, style="bit_parallel",
+                   manual=None):
+    """Pick a `Fold` per stage.
+
+    ``target_ii``: the cheapest folds that reach it; if a stage cannot, `QfabError` names the stage and
+    its fastest possible cycle count. ``budget``: a callable ``fits(folds) -> (ok, why)``; the
+    smallest initiation interval whose folding fits is chosen. ``manual``: folds by stage name that
+    override the choice (checked for legality). With neither target nor budget, every stage is fully
+    folded (PE = SIMD = 1), the smallest design.
+    """
+    manual = dict(manual or {})
+    for name, fold in manual.items():
+        stage = next((s for s in stages if s.name == name), None)
+        if stage is None:
+            raise QfabError(f"folding names layer {name!r}, which has no hardware stage "
+                            f"(stages: {[s.name for s in stages]})")
+        limit = stage.simd_of if stage.kind == "mvau" else stage.n
+        if stage.n % fold.pe or limit % fold.simd or (stage.kind != "mvau" and fold.pe != 1):
+            raise QfabError(f"layer {name!r}: PE={fold.pe} must divide {stage.n if stage.kind == 'mvau' else 1} "
+                            f"and SIMD={fold.simd} must divide {limit}")
+
+    def at(ii):
+        folds = {}
+        for s in stages:
+            if s.name in manual:
+                folds[s.name] = manual[s.name]
+                continue
+            f = fold_for_ii(s, ii, cost, style if s.kind == "mvau" else "bit_parallel")
+            if f is None:
+                return None
+            folds[s.name] = f
+        return folds
+
+    if target_ii is None and budget is None:
+        return {s.name: manual.get(s.name, Fold(1, 1, style if s.kind == "mvau" else "bit_parallel"))
+                for s in stages}
+    if target_ii is not None:
+        if not isinstance(target_ii, int) or target_ii < 1:
+            raise QfabError(f"target initiation interval must be a positive integer, not {target_ii!r}")
+        folds = at(target_ii)
+        if folds is None:
+            worst = max((s for s in stages if s.name not in manual),
+                        key=lambda s: min(s.cycles(f) for f in s.folds(style if s.kind == "mvau" else "bit_parallel")))
+            best = min(worst.cycles(f) for f in worst.folds(style if worst.kind == "mvau" else "bit_parallel"))
+            raise QfabError(f"target initiation interval {target_ii} cycles cannot be met: layer {worst.name!r} "
+                            f"needs at least {best} cycles per inference even fully unfolded")
+        return folds
+    # budget: the smallest achievable II whose folding fits
+    candidates = sorted({s.cycles(f) for s in stages
+                         for f in s.folds(style if s.kind == "mvau" else "bit_parallel")})
+    lo, hi = 0, len(candidates) - 1
+    best = None
+    why_last = ""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        folds = at(candidates[mid])
+        ok, why = (False, "unreachable") if folds is None else budget(folds)
+        if ok:
+            best, hi = folds, mid - 1
+        else:
+            why_last, lo = why, mid + 1
+    if best is None:
+        raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}")
+    return best
