@@ -41,10 +41,27 @@ def _graph(args, need_config=True):
     from qfab.compiler.load import load_graph
     calib = _load_npy(args.calib, "calibration data") if getattr(args, "calib", None) else None
     config = _config(args) if need_config else None
+    if getattr(args, "mixed_budget", None):
+        return _mixed(args, calib, config)
     notes = []
     graph = load_graph(args.model, calib, config, notes=notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    return graph
+
+
+def _mixed(args, calib, config):
+    from qfab.compiler.frontends.onnx_import import import_onnx
+    from qfab.compiler.load import is_quantized_onnx
+    from qfab.compiler.mixed import mixed_quantize
+    from qfab.compiler.reference import to_ir_layout
+    if not str(args.model).endswith(".onnx") or calib is None:
+        raise QfabError("--mixed-budget needs a float ONNX model and --calib data")
+    fg = import_onnx(args.model)
+    if is_quantized_onnx(fg):
+        raise QfabError(f"{args.model} is already quantized; --mixed-budget applies to float models")
+    graph, bits, sens = mixed_quantize(fg, to_ir_layout(fg, np.asarray(calib)), args.mixed_budget, config)
+    print("mixed precision, weight bits per layer: " + ", ".join(f"{k}={v}" for k, v in bits.items()))
     return graph
 
 
@@ -54,6 +71,8 @@ def _add_quant_options(p):
     p.add_argument("--abits", type=int, help="activation bits, 1 to 8 (default 8)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML quantization config (bits per layer ...)")
     p.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="activation range method")
+    p.add_argument("--mixed-budget", metavar="BUDGET",
+                   help="choose weight bits per layer under a weight-memory budget: '40%%' of 8-bit, '3kB', '2000B'")
     p.add_argument("--multipoint", type=float, metavar="BUDGET",
                    help="multipoint weights: extra points as a fraction of each layer's channels (e.g. 0.1)")
 
