@@ -29,6 +29,11 @@ def verilator_env(base=None):
     if root is not None:
         env["VERILATOR_ROOT"] = str(root)
         env["PATH"] = str(root / "bin") + os.pathsep + env.get("PATH", "")
+        # The wheel's verilated.mk leaves the precompiled-header include flag empty, which breaks
+        # designs split into several C++ files; a command-line variable (via MAKEFLAGS) restores it.
+        flag = "CFG_CXXFLAGS_PCH_I=-include"
+        if flag not in env.get("MAKEFLAGS", ""):
+            env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + " " + flag).strip()
     return env
 
 

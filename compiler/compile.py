@@ -1,0 +1,128 @@
+"""``qfab compile``: IR graph -> build folder (readable Verilog, manifest, the quantized model).
+
+The compiler takes a resource budget (numbers), never a board: the CLI turns ``--board`` into a
+`Budget`.
+"""
+
+import json
+import math
+import pathlib
+import time
+from dataclasses import dataclass
+
+from . import estimate
+from .errors import QfabError
+from .folding import Fold, choose_folding, stages_of
+from .lowering import build_top, plan_graph, to_verilog
+from .modelfile import save
+
+__all__ = ["Budget", "compile_graph", "load_folding"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resources the design may use (None: unlimited)."""
+    luts: int | None = None
+    ffs: int | None = None
+    dsps: int | None = None
+    bram_bits: int | None = None
+
+    def check(self, res):
+        for key in ("luts", "ffs", "dsps", "bram_bits"):
+            limit = getattr(self, key)
+            used = getattr(res, key)
+            if limit is not None and used > limit:
+                return False, f"estimated {key} {used:.0f} > {limit}"
+        return True, ""
+
+
+def load_folding(path):
+    """Manual folding from a JSON file: ``{"layer": {"pe": 4, "simd": 8, "style": "bit_serial"}}``."""
+    try:
+        doc = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise QfabError(f"{path}: cannot read the folding config ({e})") from None
+    folds = {}
+    for name, spec in doc.get("folding", doc).items():
+        if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style"}:
+            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style")
+        style = spec.get("style", "bit_parallel")
+        if style not in ("bit_parallel", "bit_serial"):
+            raise QfabError(f"{path}: style of {name!r} must be bit_parallel or bit_serial, not {style!r}")
+        folds[name] = Fold(int(spec.get("pe", 1)), int(spec.get("simd", 1)), style)
+    return folds
+
+
+def _stage_estimates(graph, stages, folds):
+    per = {}
+    for s in stages:
+        r = estimate.stage_resources(s, folds[s.name], m_bits=graph.m_bits)
+        node = next(n for n in graph.nodes if n.name == s.name)
+        if s.kind in ("maxpool", "avgpool") or getattr(node, "kernel", None) is not None and s.kind == "mvau" \
+                and node.kind == "Conv2d":
+            tin = graph.tensors[node.input]
+            h, w, c = tin.shape
+            r = r + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, folds[s.name].simd)
+        per[s.name] = r
+    return per
+
+
+def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, style="bit_parallel",
+                  log=print):
+    """Lower ``graph`` and write the build folder; return the manifest (a dict)."""
+    out = pathlib.Path(out_dir)
+    stages = stages_of(graph)
+    fits = None
+    if budget is not None:
+        def fits(folds):
+            per = _stage_estimates(graph, stages, folds)
+            return budget.check(estimate.total(per.values()))
+    folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
+                           manual=folding)
+    t = time.perf_counter()
+    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    top = build_top(plan)
+    log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
+    verilog = to_verilog(top)
+    per = _stage_estimates(graph, stages, folds)
+    fifo_res = [estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width) for e in plan.edges]
+    totals = estimate.total(list(per.values()) + fifo_res)
+    ii = max(s.cycles(folds[s.name]) for s in stages)
+    latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "qfab_top.v").write_text(verilog)
+    save(graph, out / "model.qfab")
+    fifo_names = list(top.fifos)
+    manifest = {
+        "format": "qfab-build", "version": 1, "model": "model.qfab", "verilog": "qfab_top.v", "top": "qfab_top",
+        "input": plan.input, "output": plan.output,
+        "initiation_interval": ii, "latency_estimate": latency,
+        "stages": [{"name": s.name, "node": s.node, "kind": s.kind,
+                    "pe": s.fold.pe if s.fold else None, "simd": s.fold.simd if s.fold else None,
+                    "style": s.fold.style if s.fold and s.kind == "mvau" else None,
+                    "cycles": s.cycles} for s in plan.stages],
+        "fifos": [{"name": f"e{k}", "from": e.src, "to": e.dst, "depth": e.depth, "tensor": e.tensor,
+                   "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
+        "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
+                      "total": totals.rounded(), "model": estimate.model().get("source", "")},
+        "observe_layout": _observe_layout(top),
+        "m_bits": graph.m_bits,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    log(f"wrote {out}/qfab_top.v ({len(verilog.splitlines())} lines), manifest.json, model.qfab "
+        f"in {time.perf_counter() - t:.1f} s")
+    return manifest
+
+
+def _observe_layout(top):
+    """Bit offsets of each FIFO's fill level inside the ``observe`` port."""
+    member = top.signature.members.get("observe")
+    if member is None:
+        return {}
+    layout = member.shape
+    out = {}
+    for name, field in layout:
+        sub = field.shape
+        out[name] = {"offset": field.offset, "level_offset": field.offset + sub["level"].offset,
+                     "level_width": sub["level"].width}
+    return out

@@ -1,0 +1,310 @@
+"""Precision-scalable MAC arrays: PE output lanes by SIMD input lanes, bit-parallel or bit-serial.
+
+A `MacArray` takes one beat of ``pe x simd`` weights and ``simd`` activations per transfer and
+emits, every ``beats`` transfers, the ``pe`` exact dot products of the last ``beats`` transfers.
+"""
+
+import enum
+
+from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ._arith import Encoding, acc_width, code_range, code_shape, sum_tree, tile_addends
+
+__all__ = ["MacStyle", "Encoding", "MacArray"]
+
+
+def _clear_or_load(m, reg, load, clear, value):
+    """``reg <= clear ? init : value`` when ``load``; ``reg <= init`` on reset.
+
+    Written so that synthesis folds ``clear`` and the domain reset into the flip-flops' own
+    synchronous set/reset (gated by their clock enable), costing no LUT per bit.
+    """
+    rst = ResetSignal()
+    with m.If(load | rst):
+        m.d.sync += reg.eq(Mux(clear | rst, reg.init, value))
+
+
+def _dsp_packing(w_range, a_range, max_width=18):
+    """Lanes per multiplier ``k`` and field width ``S`` for `MacArray._dsp_dot`: the largest
+    ``k`` whose packed operands fit ``max_width`` signed bits (an ECP5 ``MULT18X18D``)."""
+    (w_lo, w_hi), (a_lo, a_hi) = w_range, a_range
+    corners = [x * y for x in (w_lo, w_hi) for y in (a_lo, a_hi)]
+    p_lo, p_hi = min(corners), max(corners)
+    best = (1, 0)
+    for k in range(2, 9):
+        field = 1
+        while True:
+            low = (k - 1) * field
+            l_lo = sum((t + 1) * p_lo << (t * field) for t in range(k - 1))
+            l_hi = sum((t + 1) * p_hi << (t * field) for t in range(k - 1))
+            if (-(1 << (field - 1)) <= k * p_lo and k * p_hi < (1 << (field - 1))
+                    and -(1 << (low - 1)) <= l_lo and l_hi < (1 << (low - 1))):
+                break
+            field += 1
+        w_abs = sum(max(-w_lo, w_hi) << (i * field) for i in range(k))
+        a_abs = sum(max(-a_lo, a_hi) << (i * field) for i in range(k))
+        if max(w_abs, a_abs).bit_length() + 1 > max_width:
+            break
+        best = (k, field)
+    return best
+
+
+class MacStyle(enum.Enum):
+    """How a `MacArray` multiplies.
+
+    ``BIT_PARALLEL``: a whole dot-product slice per cycle; each PE sums its SIMD products in one
+    tree of LUT-sized tiles (no ``*``, so no DSP block), or with ``use_dsp`` in plain multipliers.
+    ``BIT_SERIAL``: one activation bit-plane per cycle (AND / conditional add of the weights,
+    shift-accumulate, the sign plane subtracted); ``precision`` cycles per beat, chosen at run time.
+    """
+    BIT_PARALLEL = "bit_parallel"
+    BIT_SERIAL = "bit_serial"
+
+
+def _check_positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _check_bits(name, bits, encoding, enc_name):
+    if not isinstance(encoding, Encoding):
+        raise TypeError(f"{enc_name} must be an Encoding, not {encoding!r}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise ValueError(f"{name} must be an integer from 1 to 8, not {bits!r}")
+    if encoding is Encoding.BIPOLAR and bits != 1:
+        raise ValueError(f"a bipolar {name[0]} code has 1 bit, not {bits}")
+
+
+class MacArray(wiring.Component):
+    """PE x SIMD multiply-accumulate array.
+
+    Parameters
+    ----------
+    pe : int
+        Output lanes (dot products computed at once).
+    simd : int
+        Input lanes (products per PE per cycle, bit-parallel).
+    w_bits, w_encoding : int, Encoding
+        Weight code width (1 to 8) and encoding (bipolar: 1 bit, ``1 -> +1``, ``0 -> -1``).
+    a_bits, a_encoding : int, Encoding
+        Activation code width and encoding; the largest precision for ``BIT_SERIAL``, which
+        does not take bipolar activations.
+    beats : int
+        Transfers per dot product (the synapse fold); the dot product length is ``beats * simd``.
+    style : MacStyle
+    use_dsp : bool
+        Bit-parallel only: write products as ``*`` so synthesis may use DSP blocks; ``k`` lanes
+        share one multiplier when their packed operands fit 18 bits (``w0*a0 + w1*a1`` is the
+        middle field of ``(w0 << S | w1) * (a1 << S | a0)``): 3 lanes per multiplier at 2x2
+        bits, 2 at 4x4, 1 at 8x8.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"w": ArrayLayout(ArrayLayout(w, simd), pe), "a": ArrayLayout(a, simd)})))``
+        ``w[p][s]`` is the weight of PE ``p``, lane ``s``; codes of ``code_shape``.
+    o : ``Out(stream.Signature(ArrayLayout(signed(acc_bits), pe)))``
+        Exact dot products; ``acc_bits`` from the worst case (docs/semantics.md, section 5).
+    precision : ``In(range(1, a_bits + 1))``, ``BIT_SERIAL`` only
+        Activation bits used for the next beat (the low ``precision`` bits of each code; for a
+        signed encoding bit ``precision - 1`` is the sign).
+
+    Latency and throughput: a bit-parallel array takes one transfer per cycle and presents a dot
+    product 2 cycles after its last transfer; a bit-serial one takes ``precision`` cycles per
+    transfer (``i.ready`` on the last plane) and presents it 3 cycles after its last plane.
+    Backpressure on ``o`` stalls the whole pipeline (``i.ready`` falls while ``o`` is full).
+    """
+
+    def __init__(self, pe, simd, *, w_bits, w_encoding, a_bits, a_encoding, beats,
+                 style=MacStyle.BIT_PARALLEL, use_dsp=False):
+        _check_positive("pe", pe)
+        _check_positive("simd", simd)
+        _check_positive("beats", beats)
+        _check_bits("w_bits", w_bits, w_encoding, "w_encoding")
+        _check_bits("a_bits", a_bits, a_encoding, "a_encoding")
+        if not isinstance(style, MacStyle):
+            raise TypeError(f"style must be a MacStyle, not {style!r}")
+        if style is MacStyle.BIT_SERIAL and a_encoding is Encoding.BIPOLAR:
+            raise ValueError("a bit-serial MAC array does not take bipolar activations")
+        if use_dsp and style is MacStyle.BIT_SERIAL:
+            raise ValueError("use_dsp applies to the bit-parallel style only")
+        self._pe, self._simd, self._beats = pe, simd, beats
+        self._w_bits, self._w_encoding = w_bits, w_encoding
+        self._a_bits, self._a_encoding = a_bits, a_encoding
+        self._style, self._use_dsp = style, bool(use_dsp)
+        w_lo, w_hi = code_range(w_bits, w_encoding)
+        a_lo, a_hi = code_range(a_bits, a_encoding)
+        self._w_max, self._a_max = max(-w_lo, w_hi), max(-a_lo, a_hi)
+        self._acc_bits = acc_width(beats * simd * self._w_max * self._a_max)
+        self._i_layout = data.StructLayout({
+            "w": data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe),
+            "a": data.ArrayLayout(code_shape(a_bits, a_encoding), simd),
+        })
+        self._o_layout = data.ArrayLayout(signed(self._acc_bits), pe)
+        members = {"i": In(stream.Signature(self._i_layout)),
+                   "o": Out(stream.Signature(self._o_layout))}
+        if style is MacStyle.BIT_SERIAL:
+            members["precision"] = In(range(1, a_bits + 1), init=a_bits)
+        super().__init__(members)
+
+    pe = property(lambda self: self._pe)
+    simd = property(lambda self: self._simd)
+    beats = property(lambda self: self._beats)
+    style = property(lambda self: self._style)
+    acc_bits = property(lambda self: self._acc_bits)
+    i_layout = property(lambda self: self._i_layout)
+    o_layout = property(lambda self: self._o_layout)
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()                       # the whole pipeline advances
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+
+        beat = Signal(range(self._beats))
+        beat_last = Signal()
+        m.d.comb += beat_last.eq(beat == self._beats - 1)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += beat.eq(Mux(beat_last, 0, beat + 1))
+
+        if self._style is MacStyle.BIT_PARALLEL:
+            self._elaborate_parallel(m, en, beat_last)
+        else:
+            self._elaborate_serial(m, en, beat_last)
+        return m
+
+    def _lanes(self, pe):
+        w = [Value.cast(self.i.payload.w[pe][s]) for s in range(self._simd)]
+        a = [Value.cast(self.i.payload.a[s]) for s in range(self._simd)]
+        return w, a
+
+    def _value(self, code, encoding):
+        if encoding is Encoding.BIPOLAR:
+            return Mux(code[0], 1, -1)
+        return code
+
+    def _dsp_dot(self, w, a):
+        """``sum(w * a)`` over lanes with ``*``, ``k`` lanes per multiplier when they fit.
+
+        ``(sum_i w_i << (k-1-i)*S) * (sum_i a_i << i*S)`` has ``sum_i w_i * a_i`` as its field at
+        ``(k-1)*S``; adding half of that field's weight and shifting leaves it in the low ``S``
+        bits (the lower fields are too small to carry into it).
+        """
+        w = [self._value(x, self._w_encoding) for x in w]
+        a = [self._value(x, self._a_encoding) for x in a]
+        k, field = _dsp_packing(code_range(self._w_bits, self._w_encoding),
+                                code_range(self._a_bits, self._a_encoding))
+        terms = []
+        lanes = list(zip(w, a))
+        while lanes:
+            group, lanes = lanes[:k], lanes[k:]
+            if len(group) == 1:
+                (w0, a0), = group
+                terms.append(w0 * a0)
+                continue
+            n = len(group)
+            packed_w = sum(wi << ((n - 1 - i) * field) for i, (wi, _) in enumerate(group))
+            packed_a = sum(ai << (i * field) for i, (_, ai) in enumerate(group))
+            low = (n - 1) * field
+            product = packed_w * packed_a
+            terms.append(((product + (1 << (low - 1))) >> low)[:field].as_signed())
+        while len(terms) > 1:
+            terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                     for k in range(0, len(terms), 2)]
+        return terms[0]
+
+    def _elaborate_parallel(self, m, en, beat_last):
+        m.d.comb += self.i.ready.eq(en)
+        s1_valid, s1_last = Signal(), Signal()
+        with m.If(en):
+            m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(beat_last)]
+            m.d.sync += self.o.valid.eq(s1_valid & s1_last)
+        for pe in range(self._pe):
+            w, a = self._lanes(pe)
+            if self._use_dsp:
+                dot, constant = self._dsp_dot(w, a), 0
+                s1_sum = Signal(signed(self._acc_bits), name=f"s1_sum_{pe}")
+            else:
+                addends, constant = tile_addends(w, self._w_bits, self._w_encoding,
+                                                 a, self._a_bits, self._a_encoding)
+                tree = sum_tree(m, addends, name=f"pe{pe}")
+                dot = tree.value
+                s1_sum = Signal(unsigned(min(tree.width, self._acc_bits)), name=f"s1_sum_{pe}")
+            acc_init = (constant * self._beats) % (1 << self._acc_bits)
+            acc = Signal(self._acc_bits, name=f"acc_{pe}", init=acc_init, reset_less=True)
+            acc_next = Signal(self._acc_bits, name=f"acc_next_{pe}")
+            m.d.comb += acc_next.eq(acc + s1_sum)
+            _clear_or_load(m, acc, en & s1_valid, s1_last, acc_next)
+            with m.If(en):
+                m.d.sync += s1_sum.eq(dot)
+                with m.If(s1_valid & s1_last):
+                    m.d.sync += self.o.payload[pe].eq(acc_next)
+
+    def _elaborate_serial(self, m, en, beat_last):
+        simd = self._simd
+        signed_a = self._a_encoding is Encoding.SIGNED
+        step = Signal(range(self._a_bits))
+        plane = Signal(range(self._a_bits))
+        plane_last = Signal()
+        m.d.comb += [
+            plane.eq(self.precision - 1 - step),
+            plane_last.eq(step == self.precision - 1),
+            self.i.ready.eq(en & plane_last),
+        ]
+        with m.If(en & self.i.valid):
+            m.d.sync += step.eq(Mux(plane_last, 0, step + 1))
+        planes = [Signal(name=f"plane_{s}") for s in range(simd)]
+        for s in range(simd):
+            code = Value.cast(self.i.payload.a[s]).as_unsigned()
+            m.d.comb += planes[s].eq(code.bit_select(plane, 1))
+
+        s1_valid, s1_plane_last, s1_last = Signal(), Signal(), Signal()
+        s2_valid, s2_last = Signal(), Signal()
+        with m.If(en):
+            m.d.sync += [
+                s1_valid.eq(self.i.valid),
+                s1_plane_last.eq(plane_last),
+                s1_last.eq(plane_last & beat_last),
+                s2_valid.eq(s1_valid & s1_plane_last),
+                s2_last.eq(s1_last),
+                self.o.valid.eq(s2_valid & s2_last),
+            ]
+        ps_bound = simd * self._w_max
+        neg = Signal()                      # the sign plane (MSB of a signed code) subtracts
+        m.d.comb += neg.eq(signed_a & (step == 0))
+        s1_neg = Signal()
+        with m.If(en):
+            m.d.sync += s1_neg.eq(neg)
+        for pe in range(self._pe):
+            w, _ = self._lanes(pe)
+            addends, constant = tile_addends(w, self._w_bits, self._w_encoding,
+                                             planes, 1, Encoding.UNSIGNED)
+            tree = sum_tree(m, addends, name=f"pe{pe}")     # plane sum - constant
+            width = tree.width
+            # Horner over the planes, MSB first: partial = 2 * partial + tree (or, on the sign
+            # plane, + ~tree + 1 = 2**width - tree). Starting each transfer from `start`, the
+            # constants of all planes add up to `constant` at any precision p:
+            #   unsigned: 2**p * start - (2**p - 1) * constant            with start = constant
+            #   signed:   2**p * start + 2**(p-1) * 2**width + constant   with start = -2**(width-1)
+            start = -(1 << (width - 1)) if signed_a else constant
+            partial_bits = acc_width(ps_bound * (1 << self._a_bits) + abs(constant))
+            s1_ps = Signal(width, name=f"s1_ps_{pe}")
+            partial = Signal(partial_bits, name=f"partial_{pe}", reset_less=True,
+                             init=start % (1 << partial_bits))
+            partial_next = Signal(partial_bits, name=f"partial_next_{pe}")
+            s2_partial = Signal(signed(partial_bits), name=f"s2_partial_{pe}")
+            acc = Signal(self._acc_bits, name=f"acc_{pe}", reset_less=True,
+                         init=(-constant * self._beats) % (1 << self._acc_bits))
+            acc_next = Signal(self._acc_bits, name=f"acc_next_{pe}")
+            m.d.comb += [
+                partial_next.eq(Cat(s1_neg, partial) + s1_ps),     # (partial << 1) + neg is free
+                acc_next.eq(acc + s2_partial),
+            ]
+            _clear_or_load(m, partial, en & s1_valid, s1_plane_last, partial_next)
+            _clear_or_load(m, acc, en & s2_valid, s2_last, acc_next)
+            with m.If(en):
+                m.d.sync += s1_ps.eq(tree.value ^ neg.replicate(width))
+                with m.If(s1_valid & s1_plane_last):
+                    m.d.sync += s2_partial.eq(partial_next)
+                with m.If(s2_valid & s2_last):
+                    m.d.sync += self.o.payload[pe].eq(acc_next)

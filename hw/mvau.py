@@ -1,0 +1,269 @@
+# amaranth: UnusedElaboratable=no
+# (the sub-components built in MVAU.__init__ are used exactly when the MVAU is; an unused MVAU
+# is reported where it is created)
+"""Matrix-vector-activation unit: a folded Dense layer (docs/semantics.md, section 4, Dense)."""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ._arith import Encoding, acc_width, code_range, code_shape, const_select
+from .mac import MacArray, MacStyle
+from .requant import Requant
+from .weights import MemoryKind, WeightMemory
+
+__all__ = ["MVAU"]
+
+
+class _PointSum(wiring.Component):
+    """``sum_p m[p][c] * dot_p[c]``: the multipoint combination, PE channels per beat.
+
+    Beats arrive in (neuron fold, point) order; one output beat per ``points`` input beats.
+    Latency 2 cycles.
+    """
+
+    def __init__(self, pe, folds, multipliers, in_bits, out_bits):
+        self._pe, self._folds, self._mult = pe, folds, multipliers
+        self._in_bits, self._out_bits = in_bits, out_bits
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(in_bits), pe))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(out_bits), pe))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        points = len(self._mult)
+        steps = points * self._folds                # index = fold * points + point
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        step = Signal(range(steps))
+        point = Signal(range(points))
+        s1_valid, s1_last = Signal(), Signal()
+        with m.If(self.i.valid & en):
+            m.d.sync += [step.eq(Mux(step == steps - 1, 0, step + 1)),
+                         point.eq(Mux(point == points - 1, 0, point + 1))]
+        with m.If(en):
+            m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(point == points - 1),
+                         self.o.valid.eq(s1_valid & s1_last)]
+        m_max = max(abs(v) for row in self._mult for v in row)
+        for lane in range(self._pe):
+            values = [self._mult[p][f * self._pe + lane]
+                      for f in range(self._folds) for p in range(points)]
+            mult = const_select(m, values, step, signed(max(2, m_max.bit_length() + 1)),
+                                f"mult_{lane}")
+            prod = Signal(signed(self._out_bits), name=f"prod_{lane}")
+            total = Signal(signed(self._out_bits), name=f"total_{lane}")
+            total_next = Signal(signed(self._out_bits), name=f"total_next_{lane}")
+            m.d.comb += total_next.eq(total + prod)
+            with m.If(en):
+                m.d.sync += prod.eq(self.i.payload[lane] * mult)
+                with m.If(s1_valid):
+                    m.d.sync += total.eq(Mux(s1_last, 0, total_next))
+                    with m.If(s1_last):
+                        m.d.sync += self.o.payload[lane].eq(total_next)
+        return m
+
+
+def _nested(name, values, shape):
+    """Nested integer lists of a given shape (numpy arrays work too)."""
+    def walk(v, dims):
+        if not dims:
+            return int(v)
+        v = list(v)
+        if len(v) != dims[0]:
+            raise ValueError(f"{name} must have shape {tuple(shape)}")
+        return [walk(x, dims[1:]) for x in v]
+    try:
+        return walk(values, list(shape))
+    except TypeError:
+        raise ValueError(f"{name} must have shape {tuple(shape)}") from None
+
+
+class MVAU(wiring.Component):
+    """Folded matrix-vector-activation unit (FINN's MVAU): MAC array, weight memory, requant.
+
+    Computes, per input vector ``x`` of ``K`` codes, ``N`` output codes
+    ``y[c] = requantize(b[c] + sum_p m[p][c] * sum_k w[p][c][k] * (x[k] - zx), M0[c], n[c], zy,
+    lo, hi)``. The zero point is folded into the bias (``b[c] - zx * sum_p m[p][c] *
+    sum_k w[p][c][k]``), so the MAC array sees raw codes.
+
+    Parameters
+    ----------
+    pe, simd : int
+        Output channels per output beat (dividing ``N``), input codes per input beat (dividing
+        ``K``).
+    weights : ``[P][N][K]`` integers
+        Weight values of the weight type (bipolar: -1 / +1).
+    w_bits, w_encoding : int, Encoding
+    a_bits, a_encoding : int, Encoding
+        Input code type (``UNSIGNED`` or ``SIGNED``).
+    bias, m0, shift : ``[N]`` integers
+    point_multipliers : ``[P][N]`` integers, optional
+        Integer multiplier of each point (default all 1).
+    in_zero_point, out_zero_point, lo, hi : int
+    out_bits, out_signed
+        Output code type.
+    m_bits : int
+        Width of ``M0`` (default 24).
+    style : MacStyle
+    use_dsp : bool
+    weight_memory : MemoryKind
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed/unsigned(a_bits), simd)))``
+        ``K / simd`` beats per vector, element ``k = beat * simd + lane``.
+    o : ``Out(stream.Signature(ArrayLayout(signed/unsigned(out_bits), pe)))``
+        ``N / pe`` beats per vector, channel ``c = beat * pe + lane``.
+    load, loaded : only with ``weight_memory=MemoryKind.SPRAM``; see `WeightMemory`.
+
+    Throughput: one input vector per ``P * (N / pe) * (K / simd)`` cycles (times ``a_bits`` for
+    ``BIT_SERIAL``), back to back. The first neuron fold reads the input stream (one beat per
+    cycle) while storing it; later folds and points replay it from an internal buffer.
+    Latency: an output beat leaves 6 cycles after the issue of its last MAC beat (8 with point
+    multipliers other than a single 1; bit-serial adds ``a_bits``).
+    """
+
+    def __init__(self, pe, simd, *, weights, w_bits, w_encoding, a_bits, a_encoding, bias, m0,
+                 shift, out_zero_point, lo, hi, out_bits, out_signed, in_zero_point=0,
+                 point_multipliers=None, m_bits=24, style=MacStyle.BIT_PARALLEL, use_dsp=False,
+                 weight_memory=MemoryKind.AUTO):
+        for name, value in (("pe", pe), ("simd", simd)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TypeError(f"{name} must be a positive integer, not {value!r}")
+        if a_encoding is Encoding.BIPOLAR:
+            raise ValueError("MVAU inputs are unsigned or signed codes, not bipolar")
+        try:
+            points, n_out, k_in = len(weights), len(weights[0]), len(weights[0][0])
+        except (TypeError, IndexError):
+            raise ValueError("weights must have shape (P, N, K)") from None
+        weights = _nested("weights", weights, (points, n_out, k_in))
+        if n_out % pe:
+            raise ValueError(f"pe ({pe}) must divide the number of outputs ({n_out})")
+        if k_in % simd:
+            raise ValueError(f"simd ({simd}) must divide the number of inputs ({k_in})")
+        if point_multipliers is None:
+            point_multipliers = [[1] * n_out for _ in range(points)]
+        mult = _nested("point_multipliers", point_multipliers, (points, n_out))
+        bias = _nested("bias", bias, (n_out,))
+        a_lo, a_hi = code_range(a_bits, a_encoding)
+        in_zero_point = int(in_zero_point)
+        if not a_lo <= in_zero_point <= a_hi:
+            raise ValueError(f"in_zero_point {in_zero_point} is outside [{a_lo}, {a_hi}]")
+
+        self._pe, self._simd, self._points = pe, simd, points
+        self._n, self._k = n_out, k_in
+        self._a_shape = code_shape(a_bits, a_encoding)
+        self._style = style
+        nf, sf = n_out // pe, k_in // simd
+        # one weight word per (neuron fold, point, synapse fold), in that order
+        words = [[[weights[p][f * pe + r][s * simd + c] for c in range(simd)] for r in range(pe)]
+                 for f in range(nf) for p in range(points) for s in range(sf)]
+        self._wmem = WeightMemory(words, pe=pe, simd=simd, w_bits=w_bits, w_encoding=w_encoding,
+                                  kind=weight_memory)
+        self._mac = MacArray(pe, simd, w_bits=w_bits, w_encoding=w_encoding, a_bits=a_bits,
+                             a_encoding=a_encoding, beats=sf, style=style, use_dsp=use_dsp)
+        self._combine = not (points == 1 and all(v == 1 for v in mult[0]))
+        dot_bits = self._mac.acc_bits
+        if self._combine:
+            m_max = max(abs(v) for row in mult for v in row)
+            w_lo, w_hi = code_range(w_bits, w_encoding)
+            bound = points * m_max * k_in * max(-w_lo, w_hi) * max(-a_lo, a_hi)
+            dot_bits = acc_width(bound)
+            self._point_sum = _PointSum(pe, nf, mult, self._mac.acc_bits, dot_bits)
+        folded_bias = [bias[c] - in_zero_point * sum(mult[p][c] * sum(weights[p][c])
+                                                     for p in range(points))
+                       for c in range(n_out)]
+        self._requant = Requant(pe, n_out, acc_bits=dot_bits, bias=folded_bias, m0=m0,
+                                shift=shift, zero_point=out_zero_point, lo=lo, hi=hi,
+                                out_bits=out_bits, out_signed=out_signed, m_bits=m_bits)
+        members = {
+            "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
+            "o": Out(stream.Signature(data.ArrayLayout(
+                signed(out_bits) if out_signed else unsigned(out_bits), pe))),
+        }
+        if self._wmem.kind is MemoryKind.SPRAM:
+            members["load"] = In(stream.Signature(self._wmem.layout))
+            members["loaded"] = Out(1)
+        super().__init__(members)
+
+    pe = property(lambda self: self._pe)
+    simd = property(lambda self: self._simd)
+    points = property(lambda self: self._points)
+    load_words = property(lambda self: self._wmem.codes,
+                          doc="Weight words as codes in address order (what ``load`` takes).")
+    @property
+    def cycles_per_vector(self):
+        """``P * (N / pe) * (K / simd)``, times ``a_bits`` bit-serially."""
+        serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 1
+        return self._points * (self._n // self._pe) * (self._k // self._simd) * serial
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.weights = wmem = self._wmem
+        m.submodules.mac = mac = self._mac
+        m.submodules.requant = rq = self._requant
+        sf = self._k // self._simd
+        passes = self._points * (self._n // self._pe)
+        ready = Signal()
+        if wmem.kind is MemoryKind.SPRAM:
+            wiring.connect(m, wiring.flipped(self.load), wmem.load)
+            m.d.comb += [self.loaded.eq(wmem.loaded), ready.eq(wmem.loaded)]
+        else:
+            m.d.comb += ready.eq(1)
+
+        # issue: walk (pass, synapse fold); pass 0 reads the input stream, later passes the buffer
+        syn = Signal(range(sf))
+        pas = Signal(range(passes))
+        addr = Signal(range(passes * sf))
+        first_pass = Signal()
+        issue_valid, advance, fire = Signal(), Signal(), Signal()
+        f_valid, f_from_stream = Signal(), Signal()
+        m.d.comb += [
+            first_pass.eq(pas == 0),
+            issue_valid.eq(ready & (self.i.valid | ~first_pass)),
+            advance.eq(~f_valid | mac.i.ready),
+            fire.eq(issue_valid & advance),
+            self.i.ready.eq(ready & advance & first_pass),
+            wmem.addr.eq(addr), wmem.en.eq(advance),
+        ]
+        with m.If(fire):
+            m.d.sync += [
+                syn.eq(Mux(syn == sf - 1, 0, syn + 1)),
+                addr.eq(Mux(addr == passes * sf - 1, 0, addr + 1)),
+            ]
+            with m.If(syn == sf - 1):
+                m.d.sync += pas.eq(Mux(pas == passes - 1, 0, pas + 1))
+        with m.If(advance):
+            m.d.sync += [f_valid.eq(issue_valid), f_from_stream.eq(first_pass)]
+
+        # fetch: weights and activations meet at the MAC array's input
+        held = Signal(data.ArrayLayout(self._a_shape, self._simd))
+        with m.If(fire & first_pass):
+            m.d.sync += held.eq(self.i.payload)
+        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data)]
+        if passes > 1:
+            m.submodules.buffer = buf = memory.Memory(
+                shape=data.ArrayLayout(self._a_shape, self._simd), depth=sf, init=[])
+            wr, rd = buf.write_port(), buf.read_port()
+            m.d.comb += [
+                wr.addr.eq(syn), wr.data.eq(self.i.payload), wr.en.eq(fire & first_pass),
+                rd.addr.eq(syn), rd.en.eq(advance),
+                mac.i.payload.a.eq(Mux(f_from_stream, held, rd.data)),
+            ]
+        else:
+            m.d.comb += mac.i.payload.a.eq(held)
+        if self._style is MacStyle.BIT_SERIAL:
+            m.d.comb += mac.precision.eq(self._a_shape.width)
+
+        # dot products -> (point sum) -> requant -> o
+        source = mac.o
+        if self._combine:
+            m.submodules.point_sum = ps = self._point_sum
+            m.d.comb += [ps.i.valid.eq(mac.o.valid), mac.o.ready.eq(ps.i.ready)]
+            m.d.comb += [ps.i.payload[n].eq(mac.o.payload[n]) for n in range(self._pe)]
+            source = ps.o
+        m.d.comb += [rq.i.valid.eq(source.valid), source.ready.eq(rq.i.ready)]
+        m.d.comb += [rq.i.payload[n].eq(source.payload[n]) for n in range(self._pe)]
+        wiring.connect(m, rq.o, wiring.flipped(self.o))
+        return m

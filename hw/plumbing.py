@@ -1,0 +1,217 @@
+"""Stream plumbing: a FIFO stage with a fill level, a width converter and a fork.
+
+Every stream carries a `data.ArrayLayout` of ``n`` elements of one integer shape per beat, the
+first element of the beat being the earliest in stream order (docs/semantics.md, section 2).
+"""
+
+import math
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ._params import check_positive, check_shape
+
+__all__ = ["StreamFIFO", "WidthConverter", "Fork"]
+
+
+class StreamFIFO(wiring.Component):
+    """First in, first out queue between two streams, on `amaranth.lib.fifo.SyncFIFOBuffered`.
+
+    Parameters
+    ----------
+    shape : shape-like
+        Element shape (``signed(bits)`` or ``unsigned(bits)``).
+    n : int
+        Elements per beat.
+    depth : int
+        Capacity in beats. Depth 1 passes one beat every other cycle; depth 2 and more pass one
+        beat per cycle.
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(shape, n)))``
+    o : ``Out(stream.Signature(data.ArrayLayout(shape, n)))``
+        A beat written in cycle ``t`` is valid on ``o`` in cycle ``t + 2`` at the earliest.
+    level : ``Out(range(depth + 1))``
+        Beats held; the queue is full when ``level == depth`` and empty when ``level == 0``.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or is out of range.
+    """
+    def __init__(self, shape, n, depth):
+        shape = check_shape("Element shape", shape)
+        check_positive("Elements per beat", n)
+        check_positive("FIFO depth", depth)
+        self._layout = data.ArrayLayout(shape, n)
+        self._depth = depth
+        super().__init__({
+            "i": In(stream.Signature(self._layout)),
+            "o": Out(stream.Signature(self._layout)),
+            "level": Out(range(depth + 1)),
+        })
+
+    @property
+    def layout(self):
+        return self._layout
+
+    @property
+    def depth(self):
+        return self._depth
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=self._layout.size,
+                                                            depth=self._depth)
+        m.d.comb += [
+            queue.w_data.eq(self.i.payload), queue.w_en.eq(self.i.valid),
+            self.i.ready.eq(queue.w_rdy),
+            self.o.payload.eq(queue.r_data), self.o.valid.eq(queue.r_rdy),
+            queue.r_en.eq(self.o.ready),
+            self.level.eq(queue.level),
+        ]
+        return m
+
+
+class WidthConverter(wiring.Component):
+    """Regroups a stream of ``n_in`` elements per beat into ``n_out`` elements per beat.
+
+    Any pair of widths works; elements keep their order. Internally the elements move in chunks
+    of ``gcd(n_in, n_out)`` through a buffer of ``n_in + n_out + min(n_in, n_out) - gcd``
+    elements, large enough that ``i.ready`` depends only on registers (no combinational path from
+    ``o.ready`` to ``i.ready``) and yet neither side ever waits for the buffer.
+
+    Latency is one cycle (an input beat that completes an output beat is on ``o`` the next
+    cycle). Throughput without backpressure is the slower side's rate: one input beat per cycle
+    when ``n_in <= n_out``, one output beat per cycle when ``n_in >= n_out``.
+
+    Parameters
+    ----------
+    shape : shape-like
+        Element shape.
+    n_in, n_out : int
+        Elements per input and output beat. The stream length must be a multiple of ``n_out``
+        for the last elements to leave.
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(shape, n_in)))``
+    o : ``Out(stream.Signature(data.ArrayLayout(shape, n_out)))``
+    """
+    def __init__(self, shape, n_in, n_out):
+        shape = check_shape("Element shape", shape)
+        check_positive("Input elements per beat", n_in)
+        check_positive("Output elements per beat", n_out)
+        self._shape = shape
+        self._n_in = n_in
+        self._n_out = n_out
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(shape, n_in))),
+            "o": Out(stream.Signature(data.ArrayLayout(shape, n_out))),
+        })
+
+    @property
+    def n_in(self):
+        return self._n_in
+
+    @property
+    def n_out(self):
+        return self._n_out
+
+    @property
+    def capacity(self):
+        """Buffer size in elements."""
+        g = math.gcd(self._n_in, self._n_out)
+        return self._n_in + self._n_out + min(self._n_in, self._n_out) - g
+
+    def elaborate(self, platform):
+        m = Module()
+        g = math.gcd(self._n_in, self._n_out)
+        a, b = self._n_in // g, self._n_out // g        # chunks per input / output beat
+        cap = self.capacity // g
+        chunk_bits = g * self._shape.width
+
+        buf = [Signal(chunk_bits, name=f"buf{j}") for j in range(cap)]
+        count = Signal(range(cap + 1))
+        base = Signal(range(cap + 1))
+        i_bits, o_bits = self.i.payload.as_value(), self.o.payload.as_value()
+
+        out_fire = self.o.valid & self.o.ready
+        in_fire = self.i.valid & self.i.ready
+        m.d.comb += [
+            self.o.valid.eq(count >= b),
+            o_bits.eq(Cat(*buf[:b])),
+            self.i.ready.eq(count <= cap - a),
+            base.eq(count - Mux(out_fire, b, 0)),
+        ]
+        for j in range(cap):
+            shifted = buf[j + b] if j + b < cap else Const(0, chunk_bits)
+            with m.If(out_fire):
+                m.d.sync += buf[j].eq(shifted)
+            for k in range(a):
+                if 0 <= j - k <= cap - a:
+                    with m.If(in_fire & (base == j - k)):
+                        m.d.sync += buf[j].eq(i_bits[k * chunk_bits:(k + 1) * chunk_bits])
+        m.d.sync += count.eq(base + Mux(in_fire, a, 0))
+        return m
+
+
+class Fork(wiring.Component):
+    """Copies one stream to ``count`` streams, each with its own backpressure.
+
+    An input beat is offered on every output at once; each output takes it when its consumer is
+    ready, and the input beat is accepted once every output has taken it. A consumer that is
+    ready therefore never waits for another one within a beat, and no beat is lost or repeated
+    however the consumers stall. Combinational (zero latency); one beat per cycle when every
+    consumer is ready. Note that a fork whose branches join again (a residual block) needs
+    enough buffering on the shorter branch to hold the beats the longer one keeps before it
+    produces: otherwise the join and the fork wait for each other.
+
+    Parameters
+    ----------
+    shape : shape-like
+        Element shape.
+    n : int
+        Elements per beat.
+    count : int
+        Number of outputs (at least 2).
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(shape, n)))``
+    o : ``Out(stream.Signature(data.ArrayLayout(shape, n))).array(count)``
+    """
+    def __init__(self, shape, n, count=2):
+        shape = check_shape("Element shape", shape)
+        check_positive("Elements per beat", n)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 2:
+            raise TypeError(f"Output count must be an integer of at least 2, not {count!r}")
+        self._layout = data.ArrayLayout(shape, n)
+        self._count = count
+        super().__init__({
+            "i": In(stream.Signature(self._layout)),
+            "o": Out(stream.Signature(self._layout)).array(count),
+        })
+
+    @property
+    def count(self):
+        return self._count
+
+    def elaborate(self, platform):
+        m = Module()
+        done = Signal(self._count)          # outputs that already took the current beat
+        taken = Cat(*[done[k] | self.o[k].ready for k in range(self._count)])
+        m.d.comb += self.i.ready.eq(taken.all())
+        for k, port in enumerate(self.o):
+            m.d.comb += [
+                port.payload.eq(self.i.payload),
+                port.valid.eq(self.i.valid & ~done[k]),
+            ]
+        with m.If(self.i.valid):
+            with m.If(self.i.ready):
+                m.d.sync += done.eq(0)
+            with m.Else():
+                m.d.sync += done.eq(taken)
+        return m

@@ -1,0 +1,139 @@
+"""Weight storage: one word of PE x SIMD weight codes per (neuron fold, point, synapse fold)."""
+
+import enum
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ._arith import Encoding, code_range, code_shape
+
+__all__ = ["MemoryKind", "WeightMemory", "weight_layout"]
+
+
+class MemoryKind(enum.Enum):
+    """Where a `WeightMemory` keeps its words.
+
+    ``LOGIC``: constants in LUTs, a registered ``case`` on the address (one word: plain wires,
+    so a zero weight's products fold away in synthesis and cost nothing). Best for small layers.
+    ``BLOCK``: an initialized `amaranth.lib.memory.Memory` with one synchronous read port;
+    Yosys maps it to block RAM (iCE40 ``SB_RAM40_4K``, ECP5 ``DP16KD``).
+    ``SPRAM``: a single-port RAM with no initial contents, written once from the ``load`` stream
+    after reset and read-only afterwards; with ``synth_ice40 -spram`` it maps to the UP5K's
+    ``SB_SPRAM256KA`` (16K x 16 each, which cannot be initialized by the bitstream).
+    ``AUTO``: ``LOGIC`` up to 1024 bits, ``BLOCK`` above.
+    """
+    AUTO = "auto"
+    LOGIC = "logic"
+    BLOCK = "block"
+    SPRAM = "spram"
+
+
+def weight_layout(pe, simd, w_bits, w_encoding):
+    """``ArrayLayout(ArrayLayout(code, simd), pe)``: ``word[p][s]`` is PE ``p``, lane ``s``."""
+    return data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe)
+
+
+def _encode(value, encoding):
+    value = int(value)
+    if encoding is Encoding.BIPOLAR:
+        if value not in (-1, 1):
+            raise ValueError(f"a bipolar weight is -1 or +1, not {value}")
+        return (value + 1) // 2
+    return value
+
+
+class WeightMemory(wiring.Component):
+    """Read-only weight words, addressed in folding order.
+
+    Parameters
+    ----------
+    words : sequence of words, each ``pe`` rows of ``simd`` integer weights
+        Weight *values* (bipolar: -1 / +1), checked against the weight type.
+    pe, simd, w_bits, w_encoding
+        The word shape (see `weight_layout`).
+    kind : MemoryKind
+
+    Members
+    -------
+    addr : ``In(range(depth))``
+    en : ``In(1)``
+        Read enable: ``data`` shows word ``addr`` the cycle after ``en``, and holds otherwise.
+    data : ``Out(weight_layout(...))``
+    load : ``In(stream.Signature(weight_layout(...)))``, ``SPRAM`` only
+        The words in address order, once after reset.
+    loaded : ``Out(1)``, ``SPRAM`` only
+        All words written; reads before this return undefined data.
+    """
+
+    def __init__(self, words, *, pe, simd, w_bits, w_encoding, kind=MemoryKind.AUTO):
+        if not isinstance(kind, MemoryKind):
+            raise TypeError(f"kind must be a MemoryKind, not {kind!r}")
+        lo, hi = code_range(w_bits, w_encoding)
+        codes = []
+        for word in words:
+            rows = [list(row) for row in word]
+            if len(rows) != pe or any(len(row) != simd for row in rows):
+                raise ValueError(f"each word must be {pe} rows of {simd} weights")
+            for row in rows:
+                for v in row:
+                    if not lo <= int(v) <= hi:
+                        raise ValueError(f"weight {int(v)} is outside [{lo}, {hi}]")
+            codes.append([[_encode(v, w_encoding) for v in row] for row in rows])
+        if not codes:
+            raise ValueError("words must not be empty")
+        self._layout = weight_layout(pe, simd, w_bits, w_encoding)
+        if kind is MemoryKind.AUTO:
+            kind = MemoryKind.LOGIC if len(codes) * self._layout.size <= 1024 else MemoryKind.BLOCK
+        self._kind, self._codes = kind, codes
+        members = {"addr": In(range(len(codes))), "en": In(1), "data": Out(self._layout)}
+        if kind is MemoryKind.SPRAM:
+            members["load"] = In(stream.Signature(self._layout))
+            members["loaded"] = Out(1)
+        super().__init__(members)
+
+    kind = property(lambda self: self._kind)
+    codes = property(lambda self: self._codes, doc="The words as codes, in address order.")
+    depth = property(lambda self: len(self._codes))
+    layout = property(lambda self: self._layout)
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = len(self._codes)
+        if self._kind is MemoryKind.LOGIC:
+            if depth == 1:
+                m.d.comb += self.data.eq(self._layout.const(self._codes[0]))
+            else:
+                with m.If(self.en):
+                    with m.Switch(self.addr):
+                        for n, word in enumerate(self._codes):
+                            with m.Case(n):
+                                m.d.sync += self.data.eq(self._layout.const(word))
+            return m
+
+        if self._kind is MemoryKind.BLOCK:
+            m.submodules.mem = mem = memory.Memory(shape=self._layout, depth=depth,
+                                                   init=self._codes)
+            rd = mem.read_port()
+            m.d.comb += [rd.addr.eq(self.addr), rd.en.eq(self.en), self.data.eq(rd.data)]
+            return m
+
+        # SPRAM: one address for both ports (single-port), written once from `load`
+        m.submodules.mem = mem = memory.Memory(shape=self._layout, depth=depth, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port(transparent_for=(wr,))
+        count = Signal(range(depth + 1))
+        port_addr = Signal(range(depth))
+        m.d.comb += [
+            port_addr.eq(Mux(self.loaded, self.addr, count)),
+            self.loaded.eq(count == depth),
+            self.load.ready.eq(~self.loaded),
+            wr.addr.eq(port_addr), wr.data.eq(self.load.payload),
+            wr.en.eq(self.load.valid & ~self.loaded),
+            rd.addr.eq(port_addr),
+            rd.en.eq(self.en),
+            self.data.eq(rd.data),
+        ]
+        with m.If(wr.en):
+            m.d.sync += count.eq(count + 1)
+        return m

@@ -1,0 +1,242 @@
+"""Sliding window unit: turns a channels-last feature map stream into a stream of flattened windows.
+
+Conv2d, MaxPool and AvgPool read their input through this unit (docs/semantics.md, section 4):
+for each output pixel, in row-major order, it emits the ``KH x KW x C`` window of the padded
+input, flattened in ``(ky, kx, c)`` order.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ._params import check_in_range, check_padding, check_pair, check_positive, check_shape
+
+__all__ = ["SlidingWindow"]
+
+
+def _add_mod(value, step, modulus):
+    """``(value + step) % modulus`` for ``0 <= value < modulus`` and a constant ``step``."""
+    step %= modulus
+    total = value + step
+    return Mux(total >= modulus, total - modulus, total)
+
+
+class SlidingWindow(wiring.Component):
+    """Line-buffered sliding window generator over an ``(H, W, C)`` channels-last stream.
+
+    The input arrives as ``H * W * C / simd`` beats of ``simd`` channels; each image (one after
+    the other, without gaps) becomes ``HO * WO`` windows of ``KH * KW * C / simd`` beats, in the
+    order of the flattened window ``(ky, kx, c)``. Positions outside the input (padding) carry
+    ``pad_value``: the input zero point for Conv2d and AvgPool, the code minimum for MaxPool.
+    ``HO = (H + top + bottom - KH) // SH + 1``, likewise ``WO``.
+
+    Storage: a circular line buffer (`amaranth.lib.memory.Memory`, one write port, one read port)
+    of ``R = min(KH + SH, H)`` rows of ``W * C`` elements. ``KH`` rows hold a window row; the
+    ``SH`` extra rows let the next rows arrive while the current output row is being emitted.
+
+    Throughput: one output beat per cycle whenever the input rows the current output row needs
+    are buffered; one input beat per cycle whenever a row is free. The unit therefore sustains
+    ``max(HO*WO*KH*KW, H*W) * C / simd`` cycles per image in steady state, up to a short fill
+    at image boundaries (the first rows of an image can only be written once the last rows of
+    the previous image have been read out). Latency: a window's first beat leaves 2 cycles after
+    the input beat that completes the rows it needs.
+
+    Parameters
+    ----------
+    shape : shape-like
+        Element shape, ``signed(bits)`` or ``unsigned(bits)``.
+    height, width, channels : int
+        Input map shape ``(H, W, C)``.
+    kernel : int or (int, int)
+        Window ``(KH, KW)``; at most the padded input size.
+    stride : int or (int, int)
+        ``(SH, SW)``.
+    padding : int or (int, int, int, int)
+        ``(top, left, bottom, right)``.
+    pad_value : int
+        Code of the padded positions (representable in ``shape``).
+    simd : int
+        Elements per beat, in and out; divides ``channels``.
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.ArrayLayout(shape, simd)))``
+    o : ``Out(stream.Signature(data.ArrayLayout(shape, simd)))``
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type.
+    ValueError
+        If ``simd`` does not divide ``channels``, the kernel does not fit the padded input, or
+        ``pad_value`` does not fit ``shape``.
+    """
+    def __init__(self, shape, *, height, width, channels, kernel, stride=1, padding=0,
+                 pad_value=0, simd=1):
+        shape = check_shape("Element shape", shape)
+        check_positive("Height", height)
+        check_positive("Width", width)
+        check_positive("Channel count", channels)
+        kernel = check_pair("Kernel", kernel)
+        stride = check_pair("Stride", stride)
+        padding = check_padding("Padding", padding)
+        check_positive("SIMD width", simd)
+        if channels % simd:
+            raise ValueError(f"SIMD width must divide the channel count {channels}, not {simd!r}")
+        top, left, bottom, right = padding
+        if kernel[0] > height + top + bottom or kernel[1] > width + left + right:
+            raise ValueError(f"Kernel {kernel!r} must fit the padded input "
+                             f"({height + top + bottom}, {width + left + right})")
+        check_in_range("Pad value", pad_value, shape)
+        self._shape = shape
+        self._size = (height, width, channels)
+        self._kernel = kernel
+        self._stride = stride
+        self._padding = padding
+        self._pad_value = pad_value
+        self._simd = simd
+        layout = data.ArrayLayout(shape, simd)
+        super().__init__({
+            "i": In(stream.Signature(layout)),
+            "o": Out(stream.Signature(layout)),
+        })
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def simd(self):
+        return self._simd
+
+    @property
+    def output_size(self):
+        """``(HO, WO)``."""
+        (h, w, _), (kh, kw), (sh, sw) = self._size, self._kernel, self._stride
+        top, left, bottom, right = self._padding
+        return (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+
+    @property
+    def buffer_rows(self):
+        """Rows of the line buffer, ``min(KH + SH, H)``."""
+        return min(self._kernel[0] + self._stride[0], self._size[0])
+
+    @property
+    def window_beats(self):
+        """Output beats per window, ``KH * KW * C / simd``."""
+        return self._kernel[0] * self._kernel[1] * self._size[2] // self._simd
+
+    def elaborate(self, platform):
+        m = Module()
+        h, w, c = self._size
+        kh, kw = self._kernel
+        sh, sw = self._stride
+        top, left, _, _ = self._padding
+        ho, wo = self.output_size
+        folds = c // self._simd                 # beats per pixel
+        row_words = w * folds
+        rows = self.buffer_rows
+        layout = data.ArrayLayout(self._shape, self._simd)
+
+        m.submodules.lines = lines = Memory(shape=layout, depth=rows * row_words, init=[])
+        wr = lines.write_port()
+        rd = lines.read_port(domain="sync")
+
+        # rows written, counted from row 0 of the image the reader is in (< 2 * H)
+        written = Signal(range(2 * h + 1))
+        # reader position: output row oy, its first input row win_top = oy * SH - top
+        oy = Signal(range(ho))
+        win_top = Signal(range(-top, max(ho - 1, 0) * sh - top + 1))
+        image_done = Signal()
+
+        # --- writer: row r may overwrite row r - R once no output row still needs it ---------
+        first_needed = Signal(range(h + 1))
+        m.d.comb += first_needed.eq(Mux(win_top < 0, 0, Mux(win_top > h, h, win_top)))
+        waddr = Signal(range(rows * row_words))
+        wcol = Signal(range(row_words))
+        row_done = Signal()
+        m.d.comb += [
+            self.i.ready.eq(written < first_needed + rows),
+            wr.addr.eq(waddr),
+            wr.data.eq(self.i.payload),
+            wr.en.eq(self.i.valid & self.i.ready),
+            row_done.eq(wr.en & (wcol == row_words - 1)),
+        ]
+        with m.If(wr.en):
+            m.d.sync += [
+                waddr.eq(Mux(waddr == rows * row_words - 1, 0, waddr + 1)),
+                wcol.eq(Mux(row_done, 0, wcol + 1)),
+            ]
+        m.d.sync += written.eq(written + row_done - Mux(image_done, h, 0))
+
+        # --- reader: (oy, ox, ky, kx, fold) loops, one memory read per cycle -------------------
+        ox = Signal(range(wo))
+        ky = Signal(range(kh))
+        kx = Signal(range(kw))
+        fold = Signal(range(folds))
+        ix_base = Signal(range(-left, max(wo - 1, 0) * sw - left + 1), init=-left)  # ox*SW - left
+        img_slot = Signal(range(rows))          # line buffer row holding row 0 of the image
+        top_slot = Signal(range(rows), init=(-top) % rows)                  # holds row win_top
+        ky_slot = Signal(range(rows), init=(-top) % rows)                   # holds win_top + ky
+        m.d.comb += win_top.eq(oy * sh - top)
+
+        iy = win_top + ky
+        ix = ix_base + kx
+        is_pad = (iy < 0) | (iy >= h) | (ix < 0) | (ix >= w)
+        # rows the current output row needs (the last output row waits for the whole image)
+        need = Mux(oy == ho - 1, h, Mux(win_top + kh > h, h, win_top + kh))
+        have_rows = written >= need
+
+        out_valid = Signal()
+        out_pad = Signal()
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(have_rows & (~out_valid | self.o.ready)),
+            rd.en.eq(advance),
+            rd.addr.eq(ky_slot * row_words + ix * folds + fold),
+            self.o.valid.eq(out_valid),
+        ]
+        with m.If(out_pad):
+            m.d.comb += self.o.payload.eq(layout.const([self._pad_value] * self._simd))
+        with m.Else():
+            m.d.comb += self.o.payload.eq(rd.data)
+
+        with m.If(advance):
+            m.d.sync += [out_valid.eq(1), out_pad.eq(is_pad)]
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
+
+        last_fold, last_kx = fold == folds - 1, kx == kw - 1
+        last_ky, last_ox, last_oy = ky == kh - 1, ox == wo - 1, oy == ho - 1
+        m.d.comb += image_done.eq(advance & last_fold & last_kx & last_ky & last_ox & last_oy)
+        with m.If(advance):
+            m.d.sync += fold.eq(Mux(last_fold, 0, fold + 1))
+            with m.If(last_fold):
+                m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
+                with m.If(last_kx):
+                    m.d.sync += [
+                        ky.eq(Mux(last_ky, 0, ky + 1)),
+                        ky_slot.eq(_add_mod(ky_slot, 1, rows)),
+                    ]
+                    with m.If(last_ky):              # window done
+                        m.d.sync += [
+                            ky_slot.eq(top_slot),
+                            ox.eq(Mux(last_ox, 0, ox + 1)),
+                            ix_base.eq(Mux(last_ox, -left, ix_base + sw)),
+                        ]
+                        with m.If(last_ox):          # output row done
+                            m.d.sync += oy.eq(Mux(last_oy, 0, oy + 1))
+                            with m.If(last_oy):      # image done
+                                next_img = _add_mod(img_slot, h, rows)
+                                m.d.sync += [
+                                    img_slot.eq(next_img),
+                                    top_slot.eq(_add_mod(next_img, -top, rows)),
+                                    ky_slot.eq(_add_mod(next_img, -top, rows)),
+                                ]
+                            with m.Else():
+                                m.d.sync += [
+                                    top_slot.eq(_add_mod(top_slot, sh, rows)),
+                                    ky_slot.eq(_add_mod(top_slot, sh, rows)),
+                                ]
+        return m

@@ -1,0 +1,115 @@
+"""Simulating a compiled accelerator (a build folder from ``qfab compile``) in Verilator.
+
+Reads the build's manifest for how inputs and outputs are packed into stream beats, streams a
+batch of integer codes through the harness, and returns the output codes with cycle statistics:
+latency of the first result, steady-state initiation interval (cycles between consecutive
+results) and its ratio to the lowering's analytical bound.
+"""
+
+import json
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .packing import pack_beats, unpack_beats
+from .verilator import StalledError, run_stream
+
+__all__ = ["Build", "SimResult", "load_build", "simulate", "StalledError"]
+
+
+@dataclass(frozen=True)
+class Build:
+    folder: pathlib.Path
+    manifest: dict
+
+    @property
+    def verilog(self):
+        return (self.folder / self.manifest["verilog"]).read_text()
+
+    @property
+    def graph_path(self):
+        return self.folder / self.manifest["model"]
+
+
+def load_build(folder):
+    folder = pathlib.Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not a qfab build folder (no manifest.json); run qfab compile first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != "qfab-build":
+        raise ValueError(f"{path}: not a qfab build manifest")
+    return Build(folder, manifest)
+
+
+@dataclass
+class SimResult:
+    outputs: np.ndarray          # (B, *output shape) integer codes, channels-last
+    cycles: int
+    latency: int                 # first input beat to the last output beat of the first result
+    interval: float              # steady-state cycles between results (median)
+    bound: int                   # the lowering's analytical initiation interval
+    build_seconds: float
+    run_seconds: float
+    built: bool
+    times: list
+
+    @property
+    def ratio(self):
+        return self.interval / self.bound if self.bound else float("nan")
+
+
+def _stream_io(manifest):
+    i, o = manifest["input"], manifest["output"]
+    return i, o
+
+
+def simulate(build, codes, *, stall=0.0, seed=1, watchdog=None, trace=None, log=print):
+    """Run ``codes`` (``(B, *input shape)``, channels-last integer codes) through ``build``."""
+    i, o = _stream_io(build.manifest)
+    codes = np.asarray(codes, dtype=np.int64)
+    batch = len(codes)
+    flat = codes.reshape(batch * i["elements"] // i["per_beat"], i["per_beat"])
+    words = pack_beats(flat, i["bits"])
+    n_out = batch * o["elements"] // o["per_beat"]
+    bound = int(build.manifest["initiation_interval"])
+    if watchdog is None:
+        watchdog = max(10000, 20 * bound + 20 * int(build.manifest.get("latency_estimate", 0)))
+    try:
+        res = run_stream(build.verilog, i["per_beat"] * i["bits"], o["per_beat"] * o["bits"], words, n_out,
+                         stall=stall, seed=seed, watchdog=watchdog, trace=trace, log=log)
+    except StalledError as e:
+        raise StalledError(_describe_stall(build.manifest, e.result, batch), e.result) from None
+    values = unpack_beats(res.outputs, o["per_beat"], o["bits"], o["signed"])
+    outputs = values.reshape(batch, *o["shape"])
+    per = o["elements"] // o["per_beat"]
+    done = [res.times[(k + 1) * per - 1] for k in range(batch)]
+    gaps = np.diff(done)
+    steady = gaps[len(gaps) // 4:] if len(gaps) >= 4 else gaps
+    interval = float(np.median(steady)) if len(steady) else float("nan")
+    return SimResult(outputs=outputs, cycles=res.cycles, latency=done[0] - res.first_in_cycle, interval=interval,
+                     bound=bound, build_seconds=res.build_seconds, run_seconds=res.run_seconds, built=res.built,
+                     times=done)
+
+
+def _describe_stall(manifest, result, batch):
+    """Name the stage whose FIFO is full (the one after it is stuck) or empty (starved)."""
+    lines = [f"pipeline stalled after {result.in_count} input beats and {result.out_count} output beats "
+             f"(of {batch} inferences); no beat moved for the watchdog period."]
+    status = result.status or {}
+    fifos = {f["name"]: f for f in manifest.get("fifos", [])}
+    full, empty = [], []
+    for name, level in sorted(status.items()):
+        key = name.removeprefix("observe__").removesuffix("__level")
+        fifo = fifos.get(key)
+        if fifo is None or level is None:
+            continue
+        if level >= fifo["depth"]:
+            full.append(f"FIFO {key} ({fifo['from']} -> {fifo['to']}) is full: stage {fifo['to']!r} stopped taking input")
+        elif level == 0:
+            empty.append(f"FIFO {key} ({fifo['from']} -> {fifo['to']}) is empty: stage {fifo['from']!r} produces nothing")
+    lines += full + empty
+    if not full and not empty:
+        lines.append("no FIFO status was available to name the stage")
+    return "\n  ".join(lines)

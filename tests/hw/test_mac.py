@@ -1,0 +1,175 @@
+# amaranth: UnusedElaboratable=no
+"""MAC arrays against a numpy dot product: every style, width, encoding and folding."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from amaranth.hdl import unsigned
+from amaranth.sim import Simulator
+
+from qfab.hw.mac import Encoding, MacArray, MacStyle
+
+from .streams import get_all, put_all
+
+
+def _codes(rng, bits, encoding, shape):
+    """Random codes (as stored on the wire) and the integer values they stand for."""
+    if encoding is Encoding.BIPOLAR:
+        codes = rng.integers(0, 2, shape)
+        return codes, 2 * codes - 1
+    if encoding is Encoding.SIGNED:
+        codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), shape)
+    else:
+        codes = rng.integers(0, 1 << bits, shape)
+    return codes, codes
+
+
+def run_mac(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, precision=None, seed=0):
+    got = []
+
+    async def producer(ctx):
+        if precision is not None:
+            ctx.set(dut.precision, precision)
+        await put_all(ctx, dut.i, payloads, gap_prob=gap_prob, seed=seed)
+
+    async def consumer(ctx):
+        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall_prob, seed=seed + 1))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return got
+
+
+def check_mac(pe, simd, beats, vectors, w_bits, w_enc, a_bits, a_enc, style, use_dsp,
+              gap_prob, stall_prob, seed, precision=None):
+    dut = MacArray(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
+                   beats=beats, style=style, use_dsp=use_dsp)
+    rng = np.random.default_rng(seed)
+    w_codes, w_vals = _codes(rng, w_bits, w_enc, (vectors, beats, pe, simd))
+    a_bits_used = a_bits if precision is None else precision
+    a_codes, a_vals = _codes(rng, a_bits_used, a_enc, (vectors, beats, simd))
+    payloads = [{"w": w_codes[v, b].tolist(), "a": a_codes[v, b].tolist()}
+                for v in range(vectors) for b in range(beats)]
+    expected = np.einsum("vbps,vbs->vp", w_vals, a_vals).tolist()
+    got = run_mac(dut, payloads, vectors, gap_prob=gap_prob, stall_prob=stall_prob,
+                  precision=precision, seed=seed)
+    assert got == expected
+
+
+ENCODINGS = st.sampled_from([Encoding.UNSIGNED, Encoding.SIGNED, Encoding.BIPOLAR])
+
+
+@st.composite
+def mac_params(draw):
+    style = draw(st.sampled_from(list(MacStyle)))
+    w_enc = draw(ENCODINGS)
+    w_bits = 1 if w_enc is Encoding.BIPOLAR else draw(st.integers(1, 8))
+    a_choices = [Encoding.UNSIGNED, Encoding.SIGNED]
+    if style is MacStyle.BIT_PARALLEL:
+        a_choices.append(Encoding.BIPOLAR)
+    a_enc = draw(st.sampled_from(a_choices))
+    a_bits = 1 if a_enc is Encoding.BIPOLAR else draw(st.integers(1, 8))
+    use_dsp = style is MacStyle.BIT_PARALLEL and draw(st.booleans())
+    precision = draw(st.integers(1, a_bits)) if style is MacStyle.BIT_SERIAL else None
+    return dict(pe=draw(st.integers(1, 3)), simd=draw(st.integers(1, 5)),
+                beats=draw(st.integers(1, 3)), vectors=draw(st.integers(1, 4)),
+                w_bits=w_bits, w_enc=w_enc, a_bits=a_bits, a_enc=a_enc, style=style,
+                use_dsp=use_dsp, precision=precision,
+                gap_prob=draw(st.sampled_from([0.0, 0.3])),
+                stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 1000)))
+
+
+def test_init():
+    dut = MacArray(4, 8, w_bits=2, w_encoding=Encoding.SIGNED, a_bits=3,
+                   a_encoding=Encoding.UNSIGNED, beats=16)
+    assert (dut.pe, dut.simd, dut.beats, dut.style) == (4, 8, 16, MacStyle.BIT_PARALLEL)
+    # |dot| <= 16 * 8 * 2 * 7 = 1792 -> 12 bits signed
+    assert dut.acc_bits == 12
+    assert len(dut.o.payload.as_value()) == 4 * 12
+    assert not hasattr(dut, "precision")
+    serial = MacArray(1, 1, w_bits=1, w_encoding=Encoding.BIPOLAR, a_bits=8,
+                      a_encoding=Encoding.SIGNED, beats=1, style=MacStyle.BIT_SERIAL)
+    assert serial.precision.shape() == unsigned(4) and serial.precision.init == 8
+
+
+def test_init_wrong_pe():
+    with pytest.raises(TypeError, match=r"^pe must be a positive integer, not 0$"):
+        MacArray(0, 1, w_bits=1, w_encoding=Encoding.UNSIGNED, a_bits=1,
+                 a_encoding=Encoding.UNSIGNED, beats=1)
+
+
+def test_init_wrong_bits():
+    with pytest.raises(ValueError, match=r"^w_bits must be an integer from 1 to 8, not 9$"):
+        MacArray(1, 1, w_bits=9, w_encoding=Encoding.UNSIGNED, a_bits=1,
+                 a_encoding=Encoding.UNSIGNED, beats=1)
+    with pytest.raises(ValueError, match=r"^a bipolar w code has 1 bit, not 2$"):
+        MacArray(1, 1, w_bits=2, w_encoding=Encoding.BIPOLAR, a_bits=1,
+                 a_encoding=Encoding.UNSIGNED, beats=1)
+    with pytest.raises(TypeError, match=r"^a_encoding must be an Encoding, not True$"):
+        MacArray(1, 1, w_bits=2, w_encoding=Encoding.SIGNED, a_bits=1, a_encoding=True, beats=1)
+
+
+def test_init_wrong_style():
+    with pytest.raises(ValueError, match=r"^a bit-serial MAC array does not take bipolar"):
+        MacArray(1, 1, w_bits=1, w_encoding=Encoding.UNSIGNED, a_bits=1,
+                 a_encoding=Encoding.BIPOLAR, beats=1, style=MacStyle.BIT_SERIAL)
+    with pytest.raises(ValueError, match=r"^use_dsp applies to the bit-parallel style only$"):
+        MacArray(1, 1, w_bits=1, w_encoding=Encoding.UNSIGNED, a_bits=1,
+                 a_encoding=Encoding.UNSIGNED, beats=1, style=MacStyle.BIT_SERIAL, use_dsp=True)
+    with pytest.raises(TypeError, match=r"^style must be a MacStyle, not 'serial'$"):
+        MacArray(1, 1, w_bits=1, w_encoding=Encoding.UNSIGNED, a_bits=1,
+                 a_encoding=Encoding.UNSIGNED, beats=1, style="serial")
+
+
+CORNERS = [
+    (Encoding.BIPOLAR, 1, Encoding.BIPOLAR, 1), (Encoding.BIPOLAR, 1, Encoding.UNSIGNED, 1),
+    (Encoding.SIGNED, 8, Encoding.SIGNED, 8), (Encoding.UNSIGNED, 8, Encoding.UNSIGNED, 8),
+    (Encoding.SIGNED, 4, Encoding.UNSIGNED, 3), (Encoding.UNSIGNED, 1, Encoding.SIGNED, 2),
+]
+
+
+@pytest.mark.parametrize("style,w_enc,w_bits,a_enc,a_bits", [
+    (style, *corner) for style in MacStyle for corner in CORNERS
+    if not (style is MacStyle.BIT_SERIAL and corner[2] is Encoding.BIPOLAR)
+])
+def test_sim_corners(style, w_enc, w_bits, a_enc, a_bits):
+    check_mac(2, 4, 3, 3, w_bits, w_enc, a_bits, a_enc, style, False, 0.2, 0.3, seed=7)
+
+
+def test_sim_extremes():
+    """Most negative codes everywhere: the accumulator width is exactly enough."""
+    for style in MacStyle:
+        dut = MacArray(1, 3, w_bits=8, w_encoding=Encoding.SIGNED, a_bits=8,
+                       a_encoding=Encoding.SIGNED, beats=2, style=style)
+        payloads = [{"w": [[-128] * 3], "a": [-128] * 3}] * 2
+        assert run_mac(dut, payloads, 1) == [[6 * 128 * 128]]
+        assert dut.acc_bits == 18
+
+
+@settings(max_examples=50, deadline=None)
+@given(mac_params())
+def test_sim(params):
+    check_mac(**params)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("enc", [Encoding.SIGNED, Encoding.UNSIGNED])
+def test_sim_dsp_packing(bits, enc):
+    """Several lanes per multiplier: exact at the corners of the code ranges too."""
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if enc is Encoding.SIGNED else \
+        (0, (1 << bits) - 1)
+    simd = 7
+    dut = MacArray(1, simd, w_bits=bits, w_encoding=enc, a_bits=bits, a_encoding=enc, beats=1,
+                   use_dsp=True)
+    corners = [(x, y) for x in (lo, hi) for y in (lo, hi)]
+    rng = np.random.default_rng(bits)
+    rows = [([x] * simd, [y] * simd) for x, y in corners]
+    rows += [(rng.integers(lo, hi + 1, simd).tolist(), rng.integers(lo, hi + 1, simd).tolist())
+             for _ in range(6)]
+    payloads = [{"w": [w], "a": a} for w, a in rows]
+    expected = [[int(np.dot(w, a))] for w, a in rows]
+    assert run_mac(dut, payloads, len(rows)) == expected
+    assert run_mac(dut, payloads, len(rows), gap_prob=0.3, stall_prob=0.3) == expected
