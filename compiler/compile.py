@@ -84,6 +84,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
     verilog = to_verilog(top)
+    sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}), counters=True)
+    sim_verilog = to_verilog(sim_top)
     per = _stage_estimates(graph, stages, folds)
     fifo_res = [estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width) for e in plan.edges]
     totals = estimate.total(list(per.values()) + fifo_res)
@@ -91,10 +93,12 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
     out.mkdir(parents=True, exist_ok=True)
     (out / "qfab_top.v").write_text(verilog)
+    (out / "qfab_top_sim.v").write_text(sim_verilog)
     save(graph, out / "model.qfab")
     fifo_names = list(top.fifos)
     manifest = {
-        "format": "qfab-build", "version": 1, "model": "model.qfab", "verilog": "qfab_top.v", "top": "qfab_top",
+        "format": "qfab-build", "version": 1, "model": "model.qfab", "verilog": "qfab_top.v",
+        "sim_verilog": "qfab_top_sim.v", "top": "qfab_top",
         "input": plan.input, "output": plan.output,
         "initiation_interval": ii, "latency_estimate": latency,
         "stages": [{"name": s.name, "node": s.node, "kind": s.kind,
@@ -105,7 +109,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                    "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
         "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
                       "total": totals.rounded(), "model": estimate.model().get("source", "")},
-        "observe_layout": _observe_layout(top),
+        "observe_layout": _field_offsets(top, "observe", "level"),
+        "counters_layout": _field_offsets(sim_top, "counters", "fire", "wait"),
         "m_bits": graph.m_bits,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -114,15 +119,12 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     return manifest
 
 
-def _observe_layout(top):
-    """Bit offsets of each FIFO's fill level inside the ``observe`` port."""
-    member = top.signature.members.get("observe")
+def _field_offsets(top, port, *subfields):
+    """Bit offsets of each entry's sub-fields inside a struct port of ``top`` (for the simulator)."""
+    member = top.signature.members.get(port)
     if member is None:
         return {}
-    layout = member.shape
     out = {}
-    for name, field in layout:
-        sub = field.shape
-        out[name] = {"offset": field.offset, "level_offset": field.offset + sub["level"].offset,
-                     "level_width": sub["level"].width}
+    for name, field in member.shape:
+        out[name] = {sub: [field.offset + field.shape[sub].offset, field.shape[sub].width] for sub in subfields}
     return out

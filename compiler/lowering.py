@@ -28,7 +28,7 @@ from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
 
 __all__ = ["HwStage", "Edge", "Plan", "plan_graph", "element_shape", "build_top", "to_verilog"]
 
-DEFAULT_FIFO_DEPTH = 2
+DEFAULT_FIFO_DEPTH = 4   # SyncFIFOBuffered needs depth >= 3 to pass a beat every cycle
 SKIP_MARGIN = 8
 
 
@@ -272,14 +272,14 @@ def _size_skip_fifos(graph, plan):
                 other.depth, min(size // other.per_beat_dst + 2, held // other.per_beat_dst + SKIP_MARGIN)))
 
 
-def build_top(plan):
-    """The `qfab.hw.dataflow.Dataflow` of ``plan``; returns ``(top, fifo names by edge index)``."""
+def build_top(plan, counters=False):
+    """The `qfab.hw.dataflow.Dataflow` of ``plan`` (with per-stage activity counters if asked)."""
     from qfab.hw.dataflow import Dataflow
     from qfab.hw.dataflow import Edge as HwEdge
     edges = []
     for k, e in enumerate(plan.edges):
         edges.append(HwEdge(e.src, e.dst, e.depth, name=f"e{k}"))
-    return Dataflow({s.name: s.component for s in plan.stages}, edges)
+    return Dataflow({s.name: s.component for s in plan.stages}, edges, counters=counters)
 
 
 def to_verilog(top, name="qfab_top"):

@@ -77,6 +77,10 @@ class Dataflow(wiring.Component):
         ``"."``, start with ``"_"`` (inserted parts are ``_fifoN``, ``_convertN``, ``_forkN``) nor
         be ``"i"`` or ``"o"``. Each becomes a submodule of that name.
     edges : list of Edge
+    counters : bool
+        Add, for simulation, a 32-bit counter per stage stream port of the cycles in which a beat
+        moved (``fire``) and in which a beat waited (``wait``: valid but not ready), readable on
+        the ``counters`` port. A bottleneck stage's inputs wait; the stages after it starve.
 
     Members
     -------
@@ -95,7 +99,7 @@ class Dataflow(wiring.Component):
     TypeError, ValueError
         On a malformed graph, with a message naming the stage, port or edge.
     """
-    def __init__(self, stages, edges):
+    def __init__(self, stages, edges, *, counters=False):
         if not isinstance(stages, dict) or not stages:
             raise TypeError(f"Stages must be a non-empty dict of name to component, "
                             f"not {stages!r}")
@@ -140,6 +144,12 @@ class Dataflow(wiring.Component):
                  for name, _, _, depth in self._edges if depth > 0}
         if fifos:
             members["observe"] = Out(data.StructLayout(fifos))
+        self._counted = []
+        if counters:
+            self._counted = [f"{n}.{p}" for n in self._stages for p in
+                             list(self._inputs[n]) + list(self._outputs[n])]
+            pair = data.StructLayout({"fire": unsigned(32), "wait": unsigned(32)})
+            members["counters"] = Out(data.StructLayout({name: pair for name in self._counted}))
         super().__init__(members)
 
     def _resolve(self, text, default_port, ports, what):
@@ -277,4 +287,11 @@ class Dataflow(wiring.Component):
                     self.observe[name].empty.eq(fifo.level == 0),
                 ]
             wiring.connect(m, s, port(sink, False))
+        for name in self._counted:
+            stage, _, port_name = name.partition(".")
+            st = getattr(self._stages[stage], port_name)
+            with m.If(st.valid & st.ready):
+                m.d.sync += self.counters[name].fire.eq(self.counters[name].fire + 1)
+            with m.If(st.valid & ~st.ready):
+                m.d.sync += self.counters[name].wait.eq(self.counters[name].wait + 1)
         return m

@@ -25,8 +25,10 @@ class StreamFIFO(wiring.Component):
     n : int
         Elements per beat.
     depth : int
-        Capacity in beats. Depth 1 passes one beat every other cycle; depth 2 and more pass one
-        beat per cycle.
+        Capacity in beats. `SyncFIFOBuffered` keeps one beat in its output register and the rest
+        in an inner queue that cannot take a beat in the cycle it gives one up when full, so
+        depths 1 and 2 pass one beat every other cycle under steady flow; depth 3 and more pass
+        one beat per cycle.
 
     Members
     -------

@@ -142,6 +142,88 @@ def cmd_demo(args):
     print(f"\nwrote {', '.join(f'digits_mlp_w{b}a{b}.qfab' for b, _, _ in results)} to {out}/")
 
 
+def cmd_compile(args):
+    from qfab.compiler.compile import Budget, compile_graph, load_folding
+    graph = _graph(args)
+    budget = None
+    if args.board:
+        from qfab.boards.registry import get_board
+        board = get_board(args.board)
+        budget = Budget(luts=board.luts, dsps=board.dsps, bram_bits=board.bram_bits)
+        print(f"board {board.name}: budget {board.luts} LUTs, {board.dsps} DSPs, {board.bram_bits} block RAM bits")
+    folding = load_folding(args.folding) if args.folding else None
+    manifest = compile_graph(graph, args.output, target_ii=args.target_ii, budget=budget, folding=folding,
+                             style=args.style)
+    _print_manifest(manifest)
+
+
+def _print_manifest(manifest):
+    est = manifest["estimates"]
+    print(f"\n{'stage':<22}{'kind':<9}{'PE':>4}{'SIMD':>6}  {'style':<13}{'cycles':>9}{'LUTs':>8}{'FFs':>7}{'BRAM bits':>11}")
+    for s in manifest["stages"]:
+        e = est["per_layer"].get(s["name"], {})
+        print(f"{s['name']:<22}{s['kind']:<9}{s['pe'] or '':>4}{s['simd'] or '':>6}  {s['style'] or '':<13}"
+              f"{s['cycles'] or '':>9}{e.get('luts', ''):>8}{e.get('ffs', ''):>7}{e.get('bram_bits', ''):>11}")
+    t = est["total"]
+    print(f"{'total (with FIFOs)':<54}{manifest['initiation_interval']:>9}{t['luts']:>8}{t['ffs']:>7}{t['bram_bits']:>11}")
+    print(f"initiation interval {manifest['initiation_interval']} cycles per inference (the slowest stage); "
+          f"estimated latency {manifest['latency_estimate']} cycles; DSPs {t['dsps']}")
+
+
+def cmd_simulate(args):
+    from qfab.compiler import reference
+    from qfab.compiler.modelfile import load
+    from qfab.sim.accelerator import StalledError, load_build, simulate
+    try:
+        build = load_build(args.build)
+    except (FileNotFoundError, ValueError) as e:
+        raise QfabError(str(e)) from None
+    graph = load(build.graph_path)
+    x = _load_npy(args.input, "input")
+    codes = reference.quantize_inputs(graph, x) if x.dtype.kind == "f" else reference.to_ir_layout(graph, x)
+    if x.dtype.kind != "f":
+        from qfab.compiler.reference import _check_codes
+        codes = _check_codes(graph, graph.inputs[0], codes)
+    print(f"simulating {len(codes)} inputs in Verilator (stall probability {args.stall}) ...")
+    try:
+        res = simulate(build, codes, stall=args.stall, seed=args.seed, trace=args.trace)
+    except StalledError as e:
+        raise QfabError(str(e)) from None
+    want = reference.run(graph, codes)[graph.outputs[0]]
+    got = res.outputs.reshape(want.shape)
+    bad = int((got != want).sum())
+    out = reference.output_codes(graph, got) if args.int else reference.dequantize_outputs(graph, got)
+    np.save(args.output, out.astype(np.int64) if args.int else out.astype(np.float32))
+    print(f"build {res.build_seconds:.1f} s{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s: "
+          f"{res.cycles} cycles, {res.cycles / max(res.run_seconds, 1e-9) / 1e6:.2f} M cycles/s, "
+          f"{len(codes) / max(res.run_seconds, 1e-9):.0f} inferences/s")
+    print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
+          f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
+    _print_utilization(res, build.manifest)
+    if args.trace:
+        print(f"waveform: {args.trace}")
+    print(f"wrote {args.output}")
+    if bad:
+        raise QfabError(f"MISMATCH: {bad} of {want.size} output elements differ from the reference")
+    print(f"bit-exact: all {want.size} output elements equal the reference")
+
+
+def _print_utilization(res, manifest):
+    if not res.stages:
+        return
+    print(f"{'stage':<22}{'input busy':>11}{'blocked':>9}{'output busy':>12}{'blocked':>9}")
+    for s in manifest["stages"]:
+        ins = [v for k, v in res.stages.items() if k.split(".")[0] == s["name"] and k.split(".")[1] != "o"]
+        out = res.stages.get(f"{s['name']}.o", {"fire": 0, "wait": 0})
+        fire_in = sum(v["fire"] for v in ins) / max(len(ins), 1)
+        wait_in = sum(v["wait"] for v in ins) / max(len(ins), 1)
+        c = max(res.cycles, 1)
+        print(f"{s['name']:<22}{100 * fire_in / c:>10.1f}%{100 * wait_in / c:>8.1f}%"
+              f"{100 * out['fire'] / c:>11.1f}%{100 * out['wait'] / c:>8.1f}%")
+    print("(busy: cycles a beat moved; blocked: cycles a beat waited, on the input because the stage was busy, "
+          "on the output because the next stage was)")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="qfab", description="Compile quantized neural networks to FPGA accelerators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +250,29 @@ def parser():
 
     d = sub.add_parser("doctor", help="check that every tool of the flow is installed")
     d.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("compile", help="lower a model to a dataflow accelerator (Verilog + manifest)")
+    c.add_argument("model", help="MODEL.qfab or MODEL.onnx (float with --calib, or QDQ/QOperator)")
+    _add_quant_options(c)
+    c.add_argument("-o", "--output", required=True, metavar="BUILD", help="build folder")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--target-ii", type=int, metavar="N", help="cycles per inference to reach (fold to balance)")
+    g.add_argument("--board", metavar="NAME", help="fold for the fastest design that fits this board")
+    c.add_argument("--folding", metavar="FILE", help="JSON: {layer: {pe, simd, style}} overrides")
+    c.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel",
+                   help="MAC style of the matrix-vector engines (default bit_parallel)")
+    c.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("simulate", help="run a build in Verilator, bit-exact against the reference")
+    s.add_argument("build", help="build folder from qfab compile")
+    s.add_argument("--input", required=True, metavar="X.npy", help="float inputs or integer codes")
+    s.add_argument("-o", "--output", required=True, metavar="Y.npy")
+    s.add_argument("--int", action="store_true", help="write integer output codes")
+    s.add_argument("--stall", type=float, default=0.0, metavar="P",
+                   help="probability of a random input gap and output stall per cycle")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--trace", metavar="FILE.fst", help="write a waveform")
+    s.set_defaults(func=cmd_simulate)
 
     m = sub.add_parser("demo", help="the main job on the bundled digits model")
     m.add_argument("--out", default="out", help="folder for the results (default ./out)")

@@ -25,7 +25,9 @@ class Build:
 
     @property
     def verilog(self):
-        return (self.folder / self.manifest["verilog"]).read_text()
+        """The simulation Verilog (with activity counters), or the plain one."""
+        name = self.manifest.get("sim_verilog") or self.manifest["verilog"]
+        return (self.folder / name).read_text()
 
     @property
     def graph_path(self):
@@ -54,6 +56,7 @@ class SimResult:
     run_seconds: float
     built: bool
     times: list
+    stages: dict                 # "stage.port" -> {"fire": cycles, "wait": cycles}
 
     @property
     def ratio(self):
@@ -90,25 +93,35 @@ def simulate(build, codes, *, stall=0.0, seed=1, watchdog=None, trace=None, log=
     interval = float(np.median(steady)) if len(steady) else float("nan")
     return SimResult(outputs=outputs, cycles=res.cycles, latency=done[0] - res.first_in_cycle, interval=interval,
                      bound=bound, build_seconds=res.build_seconds, run_seconds=res.run_seconds, built=res.built,
-                     times=done)
+                     times=done, stages=_fields(res.counters, build.manifest.get("counters_layout", {})))
+
+
+def _fields(value, layout):
+    """Decode a struct port value with the manifest's ``{name: {sub: [offset, width]}}``."""
+    if value is None:
+        return {}
+    return {name: {sub: (value >> off) & ((1 << width) - 1) for sub, (off, width) in subs.items()}
+            for name, subs in layout.items()}
 
 
 def _describe_stall(manifest, result, batch):
-    """Name the stage whose FIFO is full (the one after it is stuck) or empty (starved)."""
+    """Name the stage whose FIFO is full (the stage after it is stuck) or empty (starved)."""
     lines = [f"pipeline stalled after {result.in_count} input beats and {result.out_count} output beats "
              f"(of {batch} inferences); no beat moved for the watchdog period."]
-    status = result.status or {}
+    levels = _fields(result.observe, manifest.get("observe_layout", {}))
     fifos = {f["name"]: f for f in manifest.get("fifos", [])}
     full, empty = [], []
-    for name, level in sorted(status.items()):
-        key = name.removeprefix("observe__").removesuffix("__level")
-        fifo = fifos.get(key)
-        if fifo is None or level is None:
+    for name, value in levels.items():
+        fifo = fifos.get(name)
+        if fifo is None:
             continue
+        level = value["level"]
         if level >= fifo["depth"]:
-            full.append(f"FIFO {key} ({fifo['from']} -> {fifo['to']}) is full: stage {fifo['to']!r} stopped taking input")
+            full.append(f"FIFO {name} ({fifo['from']} -> {fifo['to']}, depth {fifo['depth']}) is full: "
+                        f"{fifo['to'].split('.')[0]!r} stopped taking input")
         elif level == 0:
-            empty.append(f"FIFO {key} ({fifo['from']} -> {fifo['to']}) is empty: stage {fifo['from']!r} produces nothing")
+            empty.append(f"FIFO {name} ({fifo['from']} -> {fifo['to']}) is empty: "
+                         f"{fifo['from'].split('.')[0]!r} produces nothing")
     lines += full + empty
     if not full and not empty:
         lines.append("no FIFO status was available to name the stage")

@@ -1,7 +1,8 @@
 """The cocotb side of a harness run: start the clock, release reset, wait for the end.
 
-Python is idle while the design runs (the harness streams from and to memories). On a watchdog
-stop, the FIFO status signals the design exposes are read so the error can name the stage.
+Python is idle while the design runs (the harness streams from and to memories). At the end, the
+design's ``observe`` (FIFO fill levels, to name a stalled stage) and ``counters`` (per-stage
+activity) ports are read, if it has them.
 """
 
 import json
@@ -12,18 +13,13 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 
-def _status(dut):
-    """Every ``fifo_*`` status port of the design under test, by name."""
-    found = {}
-    top = dut.dut
-    for handle in top:
-        name = handle._name
-        if name.startswith("observe") or name.startswith("fifo_"):
-            try:
-                found[name] = int(handle.value)
-            except ValueError:
-                found[name] = None
-    return found
+def _read(dut, name):
+    """A port of the design under test as an int (None if absent or unknown)."""
+    try:
+        handle = getattr(dut.dut, name)
+        return int(handle.value)
+    except (AttributeError, ValueError):
+        return None
 
 
 @cocotb.test()
@@ -38,7 +34,7 @@ async def run_harness(dut):
         "out_count": int(dut.out_count.value), "first_in_cycle": int(dut.first_in_cycle.value),
         "stalled": bool(int(dut.stalled.value)), "done": bool(int(dut.done.value)),
     }
-    if result["stalled"]:
-        result["status"] = _status(dut)
+    result["observe"] = _read(dut, "observe")
+    result["counters"] = _read(dut, "counters")
     with open(os.environ["QFAB_RESULT"], "w") as f:
         json.dump(result, f)

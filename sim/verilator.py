@@ -11,7 +11,7 @@ import os
 import pathlib
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .packing import from_hex_lines, to_hex_lines
 from .toolchain import apply_verilator_env, verilator_version
@@ -23,7 +23,7 @@ TOP = "qfab_harness"
 
 
 class StalledError(RuntimeError):
-    """The watchdog stopped a run in which no beat moved; ``status`` holds FIFO levels."""
+    """The watchdog stopped a run in which no beat moved; ``result.observe`` holds FIFO levels."""
 
     def __init__(self, message, result):
         super().__init__(message)
@@ -42,7 +42,8 @@ class RunResult:
     build_seconds: float
     run_seconds: float
     built: bool                  # False when the build came from the cache
-    status: dict = field(default_factory=dict)
+    observe: int | None = None   # raw value of the design's `observe` port at the end
+    counters: int | None = None  # raw value of its `counters` port
 
 
 def cache_root():
@@ -122,7 +123,7 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
     res = RunResult(outputs=outputs, times=times, cycles=result["cycles"], first_in_cycle=result["first_in_cycle"],
                     in_count=result["in_count"], out_count=result["out_count"], stalled=result["stalled"],
                     build_seconds=t1 - t0, run_seconds=time.perf_counter() - t1, built=built,
-                    status=result.get("status", {}))
+                    observe=result.get("observe"), counters=result.get("counters"))
     if res.stalled:
         raise StalledError(f"pipeline stalled: no beat moved for {watchdog} cycles after {res.in_count} input "
                            f"and {res.out_count} output beats", res)

@@ -1,0 +1,45 @@
+"""Supported boards: amaranth-boards platforms with the device resources the folding budgets from.
+
+Resources are the devices' datasheet figures (block RAM in bits: iCE40 EBR 4 kbit each, ECP5
+DP16KD 18 kbit each; SPRAM: UP5K 4 x 256 kbit).
+"""
+
+from dataclasses import dataclass
+
+from qfab.compiler.errors import QfabError
+
+__all__ = ["Board", "BOARDS", "get_board"]
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    platform: str           # amaranth_boards module:class
+    family: str             # "ice40" | "ecp5"
+    device: str
+    clock_mhz: float
+    luts: int
+    ffs: int
+    bram_bits: int
+    spram_bits: int
+    dsps: int
+    link: str               # the host link
+
+
+BOARDS = {b.name: b for b in [
+    Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K-SG48", 12.0,
+          5280, 5280, 30 * 4096, 4 * 262144, 8, "FTDI 2232H UART (/dev/ttyUSB1)"),
+    Board("upduino_v3", "amaranth_boards.upduino_v3:UPduinoV3Platform", "ice40", "iCE40UP5K-SG48", 12.0,
+          5280, 5280, 30 * 4096, 4 * 262144, 8, "FTDI 232H UART"),
+    Board("ulx3s_85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "LFE5U-85F-6BG381C", 25.0,
+          83640, 83640, 208 * 18432, 0, 156, "FT231X UART (/dev/ttyUSB0)"),
+    Board("orangecrab", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_85FPlatform", "ecp5", "LFE5U-85F-8MG285C",
+          48.0, 83640, 83640, 208 * 18432, 0, 156, "USB (needs a soft USB-serial core)"),
+]}
+
+
+def get_board(name):
+    board = BOARDS.get(name)
+    if board is None:
+        raise QfabError(f"unknown board {name!r}; supported: {', '.join(BOARDS)}")
+    return board

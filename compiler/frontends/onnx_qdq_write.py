@@ -1,0 +1,190 @@
+"""IR `Graph` -> QDQ ONNX model (QuantizeLinear / DequantizeLinear around float operators).
+
+The layout onnxruntime's own quantizer writes, so that onnxruntime runs it and
+`qfab.compiler.load.load_graph` reads it back to the same integers:
+
+- every activation tensor is ``QuantizeLinear -> DequantizeLinear`` after the operator that
+  makes it (also after MaxPool and Flatten, with their input's parameters);
+- weights are integer initializers behind a per-output-channel ``DequantizeLinear`` (axis 0),
+  biases int32 behind one with scale ``s_in * s_w``;
+- codes of at most 8 bits are stored as int8 / uint8; an output clamp narrower than the storage
+  range (a 4-bit ReLU output ``[0, 15]`` in uint8) becomes ``Relu`` or ``Clip`` with bounds a
+  quarter step outside the last codes, so that both onnxruntime (clip, then round) and the
+  importer (ceil / floor of bound / scale) land on the same codes.
+
+The storage type is 8 bits, so a re-imported graph has 8-bit types with the same codes, scales,
+zero points, integer weights and clamps: it computes the same outputs code for code. Feature
+maps are written NCHW when the graph's input layout is NCHW (Conv weights transposed back, the
+weights of a Dense after a Flatten permuted to the channels-first order).
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import QfabError
+from ..ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Layout, MaxPool, Reshape
+
+__all__ = ["qdq_model", "save_qdq"]
+
+OPSET = 17
+_QUARTER = 0.25
+
+
+def _storage(bits, signed):
+    if bits > 8:
+        raise QfabError(f"{bits}-bit codes do not fit the 8-bit QDQ storage types")
+    return (np.int8, TensorProto.INT8) if signed else (np.uint8, TensorProto.UINT8)
+
+
+class _Writer:
+    def __init__(self, graph):
+        self.g = graph
+        self.nodes, self.inits = [], []
+        self.float_of = {}         # IR tensor -> ONNX name of its dequantized (float) value
+        self.channels_first = {}   # IR tensor (a flattened feature map) -> permutation
+        self.nchw = graph.input_layout is Layout.NCHW
+
+    def const(self, name, array):
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type, inputs, output, **attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def qparams(self, tensor):
+        q = self.g.tensors[tensor].qtype
+        dtype, _ = _storage(q.bits, q.signed)
+        scale = self.const(f"{tensor}_scale", np.array(q.scale, np.float32))
+        zp = self.const(f"{tensor}_zero_point", np.array(q.zero_point, dtype))
+        return scale, zp
+
+    def quantize(self, tensor, float_name):
+        """``float_name`` -> Q -> DQ: the float value of IR tensor ``tensor``."""
+        scale, zp = self.qparams(tensor)
+        q = self.op("QuantizeLinear", [float_name, scale, zp], f"{tensor}_q")
+        self.float_of[tensor] = self.op("DequantizeLinear", [q, scale, zp], f"{tensor}_dq")
+
+    def clamp(self, tensor, lo, hi, y):
+        """Relu / Clip for an output clamp ``[lo, hi]`` narrower than the storage range."""
+        q = self.g.tensors[tensor].qtype
+        qmin, qmax = (-128, 127) if q.signed else (0, 255)
+        if lo <= qmin and hi >= qmax:
+            return y
+        if lo == q.zero_point and hi >= qmax:
+            return self.op("Relu", [y], f"{tensor}_relu")
+        lo_f = np.float32((lo - q.zero_point - _QUARTER) * q.scale) if lo > qmin else np.float32(-np.inf)
+        hi_f = np.float32((hi - q.zero_point + _QUARTER) * q.scale) if hi < qmax else np.float32(np.inf)
+        return self.op("Clip", [y, self.const(f"{tensor}_clip_lo", lo_f), self.const(f"{tensor}_clip_hi", hi_f)],
+                       f"{tensor}_clip")
+
+    def weights(self, node):
+        if node.points != 1 or np.any(node.multipliers != 1):
+            raise QfabError(f"node {node.name!r}: multipoint weights have no QDQ form")
+        wt = node.w_type
+        dtype, _ = _storage(wt.bits, wt.signed)
+        w = node.weights[0]
+        if isinstance(node, Conv2d):
+            w = w.transpose(0, 3, 1, 2)                                  # (Cout, Cin/g, KH, KW)
+        elif node.input in self.channels_first:
+            onnx_w = np.empty_like(w)
+            onnx_w[:, self.channels_first[node.input]] = w
+            w = onnx_w
+        scales = np.asarray(wt.scales, np.float32)
+        s_in = np.float32(self.g.tensors[node.input].qtype.scale)
+        w_q = self.const(f"{node.name}_w_int", w.astype(dtype))
+        w_s = self.const(f"{node.name}_w_scale", scales)
+        w_zp = self.const(f"{node.name}_w_zero_point", np.zeros(len(scales), dtype))
+        w_f = self.op("DequantizeLinear", [w_q, w_s, w_zp], f"{node.name}_w", axis=0)
+        if np.any(np.abs(node.bias) > np.iinfo(np.int32).max):
+            raise QfabError(f"node {node.name!r}: bias does not fit int32")
+        b_q = self.const(f"{node.name}_b_int", node.bias.astype(np.int32))
+        b_s = self.const(f"{node.name}_b_scale", (s_in * scales).astype(np.float32))
+        b_zp = self.const(f"{node.name}_b_zero_point", np.zeros(len(scales), np.int32))
+        b_f = self.op("DequantizeLinear", [b_q, b_s, b_zp], f"{node.name}_b", axis=0)
+        return w_f, b_f
+
+    def window(self, node):
+        top, left, bottom, right = node.padding
+        return dict(kernel_shape=list(node.kernel), strides=list(node.stride), pads=[top, left, bottom, right])
+
+    def node(self, node):
+        x = self.float_of[node.inputs[0]]
+        out = node.output
+        if isinstance(node, Dense):
+            w, b = self.weights(node)
+            y = self.op("Gemm", [x, w, b], f"{out}_float", transB=1)
+            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
+        elif isinstance(node, Conv2d):
+            w, b = self.weights(node)
+            y = self.op("Conv", [x, w, b], f"{out}_float", group=node.groups, **self.window(node))
+            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
+        elif isinstance(node, MaxPool):
+            q = self.g.tensors[out].qtype
+            y = self.op("MaxPool", [x], f"{out}_float", **self.window(node))
+            lo, hi = (q.qmin if node.lo is None else node.lo), (q.qmax if node.hi is None else node.hi)
+            if lo > q.qmin or hi < q.qmax:             # otherwise the input's codes already fit
+                y = self.clamp(out, lo, hi, y)
+        elif isinstance(node, AvgPool):
+            extra = {"count_include_pad": 1} if any(node.padding) else {}
+            y = self.op("AveragePool", [x], f"{out}_float", **self.window(node), **extra)
+            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
+        elif isinstance(node, GlobalAvgPool):
+            y = self.op("GlobalAveragePool", [x], f"{out}_float")
+            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
+        elif isinstance(node, Add):
+            y = self.op("Add", [x, self.float_of[node.b]], f"{out}_float")
+            y = self.clamp(out, node.lo, node.hi, y)
+        elif isinstance(node, Reshape):
+            shape_in = self.g.tensors[node.input].shape
+            if len(self.g.tensors[out].shape) != 1:
+                raise QfabError(f"node {node.name!r}: only flattening reshapes have a QDQ form")
+            y = self.op("Flatten", [x], f"{out}_float", axis=1)
+            if len(shape_in) == 3 and self.nchw and shape_in[0] * shape_in[1] > 1:
+                h, w, c = shape_in
+                self.channels_first[out] = np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+            elif node.input in self.channels_first:
+                self.channels_first[out] = self.channels_first[node.input]
+        else:
+            raise QfabError(f"node {node.name!r}: {node.kind} has no QDQ form")
+        self.quantize(out, y)
+
+    def model(self, input_name, output_name):
+        g = self.g
+        if len(g.inputs) != 1 or len(g.outputs) != 1:
+            raise QfabError("QDQ export supports graphs with one input and one output")
+        shape = g.tensors[g.inputs[0]].shape
+        if len(shape) == 3 and not self.nchw:
+            raise QfabError("QDQ export of a channels-last (NHWC) image model is not supported; "
+                            "qfab's ONNX import reads images as NCHW")
+        onnx_shape = (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
+        self.quantize(g.inputs[0], input_name)
+        for node in g.nodes:
+            self.node(node)
+        if g.outputs[0] in self.channels_first:
+            raise QfabError("the graph output is a channels-first flatten; its element order has no QDQ form")
+        self.nodes.append(helper.make_node("Identity", [self.float_of[g.outputs[0]]], [output_name],
+                                           name="output_identity"))
+        inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *onnx_shape])
+        out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)
+        graph = helper.make_graph(self.nodes, "qfab_qdq", [inp], [out], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qfab")
+        model.ir_version = 8
+        bits = {t: g.tensors[t].qtype.describe() for t in g.tensors}
+        helper.set_model_props(model, {"qfab.activation_types": repr(bits),
+                                       "qfab.weight_types": repr({n.name: n.w_type.describe() for n in g.nodes
+                                                                  if hasattr(n, "w_type")})})
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
+        return model
+
+
+def qdq_model(graph, input_name="input", output_name="output"):
+    """The QDQ ONNX model (`onnx.ModelProto`) of IR graph ``graph``."""
+    return _Writer(graph).model(input_name, output_name)
+
+
+def save_qdq(graph, path, input_name="input", output_name="output"):
+    """Write ``graph`` as a QDQ ONNX model to ``path``."""
+    onnx.save(qdq_model(graph, input_name, output_name), str(path))
