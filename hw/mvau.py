@@ -118,10 +118,13 @@ class MVAU(wiring.Component):
     load, loaded : only with ``weight_memory=MemoryKind.SPRAM``; see `WeightMemory`.
 
     Throughput: one input vector per ``P * (N / pe) * (K / simd)`` cycles (times ``a_bits`` for
-    ``BIT_SERIAL``), back to back. The first neuron fold reads the input stream (one beat per
-    cycle) while storing it; later folds and points replay it from an internal buffer.
-    Latency: an output beat leaves 6 cycles after the issue of its last MAC beat (8 with point
-    multipliers other than a single 1; bit-serial adds ``a_bits``).
+    ``BIT_SERIAL``), back to back. Input beats go into a double-buffered vector store (two banks
+    of ``K / simd`` beats) at one beat per cycle whenever a bank is free; every fold and point
+    reads the complete vector from its bank, so a producer may spread a vector's beats over its
+    whole interval without slowing this stage.
+    Latency: computing starts once a vector's last beat is in; an output beat leaves 6 cycles
+    after the issue of its last MAC beat (8 with point multipliers other than a single 1;
+    bit-serial adds ``a_bits``).
     """
 
     def __init__(self, pe, simd, *, weights, w_bits, w_encoding, a_bits, a_encoding, bias, m0,
@@ -212,20 +215,39 @@ class MVAU(wiring.Component):
         else:
             m.d.comb += ready.eq(1)
 
-        # issue: walk (pass, synapse fold); pass 0 reads the input stream, later passes the buffer
+        # input: a double-buffered vector store. Beats are written into the free bank as they come
+        # (one per cycle) while the MAC array works on the other bank, so a producer that spreads
+        # its output over a whole initiation interval does not slow this stage down.
+        m.submodules.buffer = buf = memory.Memory(
+            shape=data.ArrayLayout(self._a_shape, self._simd), depth=2 * sf, init=[])
+        wr, rd = buf.write_port(), buf.read_port()
+        full = Signal(2)
+        wbank, wsyn = Signal(), Signal(range(sf))
+        rbank = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~full.bit_select(wbank, 1)),
+            wr.addr.eq(wbank * sf + wsyn), wr.data.eq(self.i.payload),
+            wr.en.eq(self.i.valid & self.i.ready),
+        ]
+        set_full, clear_full = Signal(2), Signal(2)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += wsyn.eq(Mux(wsyn == sf - 1, 0, wsyn + 1))
+            with m.If(wsyn == sf - 1):
+                m.d.sync += wbank.eq(~wbank)
+                m.d.comb += set_full.eq(Mux(wbank, 0b10, 0b01))
+
+        # issue: walk (pass, synapse fold) over the full bank
         syn = Signal(range(sf))
         pas = Signal(range(passes))
         addr = Signal(range(passes * sf))
-        first_pass = Signal()
         issue_valid, advance, fire = Signal(), Signal(), Signal()
-        f_valid, f_from_stream = Signal(), Signal()
+        f_valid = Signal()
         m.d.comb += [
-            first_pass.eq(pas == 0),
-            issue_valid.eq(ready & (self.i.valid | ~first_pass)),
+            issue_valid.eq(ready & full.bit_select(rbank, 1)),
             advance.eq(~f_valid | mac.i.ready),
             fire.eq(issue_valid & advance),
-            self.i.ready.eq(ready & advance & first_pass),
             wmem.addr.eq(addr), wmem.en.eq(advance),
+            rd.addr.eq(rbank * sf + syn), rd.en.eq(advance),
         ]
         with m.If(fire):
             m.d.sync += [
@@ -234,25 +256,15 @@ class MVAU(wiring.Component):
             ]
             with m.If(syn == sf - 1):
                 m.d.sync += pas.eq(Mux(pas == passes - 1, 0, pas + 1))
+                with m.If(pas == passes - 1):
+                    m.d.sync += rbank.eq(~rbank)
+                    m.d.comb += clear_full.eq(Mux(rbank, 0b10, 0b01))
+        m.d.sync += full.eq((full | set_full) & ~clear_full)
         with m.If(advance):
-            m.d.sync += [f_valid.eq(issue_valid), f_from_stream.eq(first_pass)]
+            m.d.sync += f_valid.eq(issue_valid)
 
         # fetch: weights and activations meet at the MAC array's input
-        held = Signal(data.ArrayLayout(self._a_shape, self._simd))
-        with m.If(fire & first_pass):
-            m.d.sync += held.eq(self.i.payload)
-        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data)]
-        if passes > 1:
-            m.submodules.buffer = buf = memory.Memory(
-                shape=data.ArrayLayout(self._a_shape, self._simd), depth=sf, init=[])
-            wr, rd = buf.write_port(), buf.read_port()
-            m.d.comb += [
-                wr.addr.eq(syn), wr.data.eq(self.i.payload), wr.en.eq(fire & first_pass),
-                rd.addr.eq(syn), rd.en.eq(advance),
-                mac.i.payload.a.eq(Mux(f_from_stream, held, rd.data)),
-            ]
-        else:
-            m.d.comb += mac.i.payload.a.eq(held)
+        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data), mac.i.payload.a.eq(rd.data)]
         if self._style is MacStyle.BIT_SERIAL:
             m.d.comb += mac.precision.eq(self._a_shape.width)
 
