@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import math
+import sys
 import zipfile
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = ["save", "load", "FORMAT", "VERSION"]
 FORMAT = "qfab-model"
 VERSION = 1
 MAX_MEMBER_BYTES = 1 << 30
+_FLOAT_MAX = sys.float_info.max
 
 _STR_FIELDS = {"name", "input", "output", "a", "b"}
 _ARRAY_FIELDS = {"weights", "multipliers", "bias"}
@@ -94,8 +96,9 @@ class _Reader:
             "str": isinstance(value, str),
             "int": isinstance(value, int) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool)
-                     and math.isfinite(value),
+            "float": (isinstance(value, float) and math.isfinite(value))
+                     or (isinstance(value, int) and not isinstance(value, bool)
+                         and abs(value) <= _FLOAT_MAX),
             "list": isinstance(value, list),
             "dict": isinstance(value, dict),
             "int?": value is None or (isinstance(value, int) and not isinstance(value, bool)),
@@ -177,12 +180,12 @@ def load(path):
     members = _read_zip(path)
     try:
         doc = json.loads(members["model.json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:   # JSONDecodeError is a ValueError
         raise ModelFormatError(f"{path}: model.json is not valid JSON ({e})") from None
     try:
         with np.load(io.BytesIO(members["arrays.npz"]), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ModelFormatError(f"{path}: arrays.npz cannot be read without pickle ({e})") from None
     r = _Reader(arrays)
     if r.get(doc, "format", "str") != FORMAT:

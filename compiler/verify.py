@@ -89,8 +89,10 @@ def _check_matnode(graph, node, inp, out):
         _fail(node, f"weights must be a {3 if isinstance(node, Dense) else 5}-D array")
     if w.shape[0] < 1:
         _fail(node, "weights need at least one point")
-    if not 1 <= wt.bits <= 8:
+    if not isinstance(wt.bits, (int, np.integer)) or not 1 <= wt.bits <= 8:
         _fail(node, f"weight bits must be 1 to 8, not {wt.bits}")
+    if wt.bipolar and wt.bits != 1:
+        _fail(node, f"bipolar weights have 1 bit, not {wt.bits}")
     _check_int_array(node, "weights", w, None, wt.qmin, wt.qmax)
     if wt.bipolar and np.any(w == 0):
         _fail(node, "bipolar weights must be -1 or +1, found 0")

@@ -114,32 +114,51 @@ def cmd_doctor(args):
 
 
 def cmd_demo(args):
+    """Quantize the bundled digits MLP, compile it, simulate the whole test set in Verilator."""
     from qfab.compiler import reference
+    from qfab.compiler.compile import compile_graph
     from qfab.compiler.fgraph import forward
     from qfab.compiler.frontends.onnx_import import import_onnx
     from qfab.compiler.info import format_table
+    from qfab.compiler.modelfile import save
     from qfab.compiler.ptq import QuantConfig, quantize
     from qfab.datasets import digits
+    from qfab.sim.accelerator import load_build, simulate
     model = _bundled("digits_mlp.onnx")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_test, y_test = digits("flat")
     fg = import_onnx(model)
     float_acc = float((forward(fg, x_test)[fg.outputs[0]].argmax(-1) == y_test).mean())
-    print(f"bundled model: {model.name} (float accuracy {100 * float_acc:.2f}% on {len(y_test)} test digits)")
-    results = []
+    print(f"[1/4] bundled model {model.name}: float accuracy {100 * float_acc:.2f}% on {len(y_test)} test digits")
+    print("[2/4] post-training quantization (MSE calibration on the 1437 training digits)")
+    results = {}
     for bits in (8, 4, 3, 2):
         graph = quantize(fg, x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
-        acc = float((reference.run_float(graph, x_test).argmax(-1) == y_test).mean())
-        results.append((bits, acc, graph))
-    print(format_table(results[1][2]))
-    print("\nbits  accuracy  vs float")
-    for bits, acc, _ in results:
-        print(f"w{bits}a{bits}  {100 * acc:7.2f}%  {100 * (acc - float_acc):+6.2f}")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from qfab.compiler.modelfile import save
-    for bits, _, graph in results:
+        results[bits] = (float((reference.run_float(graph, x_test).argmax(-1) == y_test).mean()), graph)
         save(graph, out / f"digits_mlp_w{bits}a{bits}.qfab")
-    print(f"\nwrote {', '.join(f'digits_mlp_w{b}a{b}.qfab' for b, _, _ in results)} to {out}/")
+    print("      bits  accuracy  vs float")
+    for bits, (acc, _) in results.items():
+        print(f"      w{bits}a{bits}  {100 * acc:7.2f}%  {100 * (acc - float_acc):+6.2f}")
+    graph = results[args.bits][1]
+    print(format_table(graph))
+    print(f"[3/4] compiling the w{args.bits}a{args.bits} model for an initiation interval of {args.target_ii} cycles")
+    manifest = compile_graph(graph, out / "build", target_ii=args.target_ii, log=lambda m: print("      " + m))
+    _print_manifest(manifest)
+    print(f"[4/4] simulating all {len(x_test)} test digits in Verilator (first build takes about a minute)")
+    codes = reference.quantize_inputs(graph, x_test)
+    res = simulate(load_build(out / "build"), codes, log=lambda m: print("      " + m))
+    want = reference.run(graph, codes)[graph.outputs[0]]
+    got = res.outputs.reshape(want.shape)
+    bad = int((got != want).sum())
+    hw_acc = float((got.argmax(-1) == y_test).mean())
+    print(f"      {res.cycles} cycles; latency {res.latency}; interval {res.interval:g} cycles per inference "
+          f"(bound {res.bound}, ratio {res.ratio:.3f})")
+    print(f"      accuracy of the simulated hardware: {100 * hw_acc:.2f}%; "
+          + ("bit-exact: every one of the " + str(want.size) + " outputs equals the reference" if not bad
+             else f"MISMATCH in {bad} of {want.size} outputs"))
+    print(f"results in {out}/ (quantized models, build/ with Verilog and manifest)")
+    return 1 if bad else 0
 
 
 def cmd_compile(args):
@@ -276,6 +295,8 @@ def parser():
 
     m = sub.add_parser("demo", help="the main job on the bundled digits model")
     m.add_argument("--out", default="out", help="folder for the results (default ./out)")
+    m.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2], help="which model to build (default 4)")
+    m.add_argument("--target-ii", type=int, default=64, help="cycles per inference (default 64)")
     m.set_defaults(func=cmd_demo)
     return p
 

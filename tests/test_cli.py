@@ -87,9 +87,14 @@ def test_pickled_input_is_refused(tmp_path, capsys):
     assert "without pickle" in capsys.readouterr().err
 
 
-def test_demo_writes_models(tmp_path, capsys):
+@pytest.mark.verilator
+def test_demo_quantizes_compiles_and_simulates(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "w8a8" in text and "w4a4" in text
+    assert "bit-exact: every one of the 3600 outputs equals the reference" in text
+    assert "(bound 64, ratio 1.000)" in text
     graph = load(tmp_path / "digits_mlp_w4a4.qfab")
     assert graph.nodes[0].w_type.bits == 4
+    assert (tmp_path / "build" / "qfab_top.v").read_text().startswith("/*") or \
+        "module qfab_top" in (tmp_path / "build" / "qfab_top.v").read_text()
