@@ -118,6 +118,8 @@ class _Reader:
         if ref not in self.arrays:
             self.fail(f"field {key!r} names array {ref!r}, which arrays.npz does not hold")
         a = self.arrays[ref]
+        if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) >= 1 << 63:
+            self.fail(f"array {ref!r} holds values beyond the int64 range")
         if a.dtype.kind not in dtype_kind:
             self.fail(f"array {ref!r} has dtype {a.dtype}, expected {'integers' if 'i' in dtype_kind else 'floats'}")
         return a.astype(np.int64) if "i" in dtype_kind else a.astype(np.float64)
@@ -199,6 +201,8 @@ def load(path):
         shape = r.get(t, "shape", "list")
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             r.fail(f"shape must be a list of integers, not {shape!r:.60}")
+        if name in tensors:
+            r.fail("tensor name used twice")
         tensors[name] = Tensor(name, tuple(shape), QType(
             bits=r.get(t, "bits", "int"), signed=r.get(t, "signed", "bool"),
             scale=float(r.get(t, "scale", "float")), zero_point=r.get(t, "zero_point", "int")))

@@ -14,6 +14,8 @@ from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, Resh
 __all__ = ["verify", "conv_output_hw", "pool_output_hw"]
 
 BIAS_BITS = 32
+MAX_DIM = 1 << 20
+MAX_ELEMENTS = 1 << 31
 MULTIPLIER_BITS = 16
 
 
@@ -47,8 +49,10 @@ def _check_tensor(graph, name):
         raise VerifyError(f"tensor {name!r} is used but not declared")
     if t.name != name:
         raise VerifyError(f"tensor {name!r} is declared under the name {t.name!r}")
-    if not t.shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in t.shape):
-        raise VerifyError(f"tensor {name!r} has shape {t.shape!r}: dimensions must be positive integers")
+    if not t.shape or not all(isinstance(d, (int, np.integer)) and 0 < d <= MAX_DIM for d in t.shape):
+        raise VerifyError(f"tensor {name!r} has shape {t.shape!r}: dimensions must be positive integers (at most {MAX_DIM})")
+    if np.prod([int(d) for d in t.shape], dtype=object) > MAX_ELEMENTS:
+        raise VerifyError(f"tensor {name!r} has shape {t.shape!r}: more than {MAX_ELEMENTS} elements")
     q = t.qtype
     if not isinstance(q.bits, (int, np.integer)) or not 1 <= q.bits <= 8:
         raise VerifyError(f"tensor {name!r}: bits must be 1 to 8, not {q.bits!r}")
