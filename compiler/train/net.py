@@ -139,9 +139,11 @@ class QatNet(nn.Module):
     def _weighted(self, node, x):
         key = self._key(node.name)
         wq = self.weight_quant[key](self.weight[key] * self.mask(node))
-        s_acc = self.quantizer_of(node.inputs[0]).step.abs() * self.weight_quant[key].step.abs()
-        s_acc = s_acc.clamp_min(1e-12)
-        b = torch.round(self.bias[key] / s_acc).detach() * s_acc + (self.bias[key] - self.bias[key].detach())
+        # the bias on the accumulator's grid, straight-through; no gradient to the steps (the
+        # rounding error of a 32-bit bias is negligible, its gradient in the steps is not)
+        s_acc = (self.quantizer_of(node.inputs[0]).step.abs() * self.weight_quant[key].step.abs()).detach()
+        b = self.bias[key]
+        b = b + (torch.round(b / s_acc.clamp_min(1e-12)) * s_acc - b).detach()
         if node.kind == "Dense":
             return F.linear(x, wq, b)
         return F.conv2d(_pad(x, node.padding), wq, b, stride=tuple(node.stride), groups=node.groups)

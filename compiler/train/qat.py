@@ -8,8 +8,7 @@ The loss of one batch is
 with ``alpha`` and ``beta`` learned (`LearnableCoefficient`), the weight and activation steps
 learned (`LsqQuantizer`), and rounding straight-through. With a target ``sparsity`` the first
 ``prune_fraction`` of the epochs shrink the smallest weights with the partial L2 term; then
-exactly that fraction of all weights (the smallest magnitudes, over all layers) is pruned to
-zero, and the rest of the epochs fine-tune with the pruned weights held at zero by a mask.
+exactly that fraction of each layer's weights (the smallest magnitudes) is pruned to zero, and the rest of the epochs fine-tune with the pruned weights held at zero by a mask.
 """
 
 import time
@@ -24,7 +23,7 @@ from ..entropy import compression_report
 from ..errors import QfabError
 from ..fgraph import FGraph, forward
 from .net import QatNet
-from .quantizers import LearnableCoefficient, msqe, partial_l2, prune_threshold
+from .quantizers import MIN_STEP, LearnableCoefficient, msqe, partial_l2, prune_threshold
 
 __all__ = ["TrainConfig", "fit", "prune", "train_qat", "digits_model"]
 
@@ -37,14 +36,15 @@ class TrainConfig:
     the learnable-coefficient terms; ``sparsity`` is the fraction of weights pruned to zero."""
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     step_lr: float = 1e-3
     coefficient_lr: float = 2e-2
-    msqe_lambda: float = 1e-2
+    msqe_lambda: float = 1e-3
     prune_lambda: float = 1e-2
     sparsity: float = 0.0
     prune_fraction: float = 0.4
     seed: int = 0
+    threads: int = 1          # torch CPU threads while training (the digits nets are tiny)
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -59,21 +59,20 @@ class TrainConfig:
 
 
 def prune(net, sparsity):
-    """Zero exactly ``round(sparsity * n)`` of the ``n`` weights (smallest magnitudes, over all
-    layers) and fix them at zero with the layers' masks. Returns the number pruned."""
-    weights = [w.detach() for w in net.weights()]
-    mags = torch.cat([w.abs().reshape(-1) for w in weights])
-    k = int(round(sparsity * mags.numel()))
-    keep = torch.ones_like(mags)
-    keep[torch.argsort(mags, stable=True)[:k]] = 0.0
-    start = 0
+    """Zero exactly ``round(sparsity * n)`` of the ``n`` weights of each layer (the smallest
+    magnitudes) and fix them at zero with the layer's mask. Returns the number pruned."""
+    total = 0
     with torch.no_grad():
-        for node, w in zip(net.layers, weights):
-            mask = keep[start:start + w.numel()].reshape(w.shape) * net.mask(node)
+        for node, w in zip(net.layers, net.weights()):
+            mags = w.detach().abs().reshape(-1)
+            k = int(round(sparsity * mags.numel()))
+            keep = torch.ones_like(mags)
+            keep[torch.argsort(mags, stable=True)[:k]] = 0.0
+            mask = keep.reshape(w.shape) * net.mask(node)
             net.set_mask(node, mask)
             net.weight[net._key(node.name)].mul_(mask)
-            start += w.numel()
-    return k
+            total += k
+    return total
 
 
 def fit(net, x, y, config=TrainConfig()):
@@ -82,6 +81,15 @@ def fit(net, x, y, config=TrainConfig()):
     Returns a history dict: per epoch the mean task loss, MSQE, ``alpha`` and (while pruning)
     ``beta``; and ``pruned``, the number of weights fixed at zero.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _fit(net, x, y, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(net, x, y, config):
     torch.manual_seed(config.seed)
     xt = torch.as_tensor(np.asarray(x, np.float32))
     yt = torch.as_tensor(np.asarray(y, np.int64))
@@ -121,8 +129,11 @@ def fit(net, x, y, config=TrainConfig()):
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(task))
-            errors.append(float(r))
+            with torch.no_grad():
+                for p in steps:
+                    p.abs_().clamp_(min=MIN_STEP)
+            losses.append(float(task.detach()))
+            errors.append(float(r.detach()))
         history["loss"].append(float(np.mean(losses)))
         history["msqe"].append(float(np.mean(errors)))
         history["alpha"].append(alpha.alpha)

@@ -10,7 +10,7 @@
   "Learning Sparse Low-Precision Neural Networks With Learnable Regularization"). Its gradient in
   ``alpha`` vanishes at ``alpha = lambda / R``: as the regularized quantity ``R`` shrinks during
   training, ``alpha`` grows and the pull toward the grid gets stronger.
-- `partial_l2`: the squared magnitude of the weights below a magnitude threshold (the
+- `partial_l2`: the squared magnitude of the weights below a magnitude threshold (each layer's
   target-sparsity quantile), which drives exactly those weights toward zero before pruning.
 """
 
@@ -23,7 +23,7 @@ from .. import intops
 
 __all__ = ["round_ste", "LsqQuantizer", "msqe", "partial_l2", "LearnableCoefficient", "prune_threshold"]
 
-MIN_STEP = 1e-8
+MIN_STEP = 1e-6
 
 
 def round_ste(x):
@@ -104,19 +104,21 @@ def msqe(weights, quantizers):
 
 
 def prune_threshold(weights, sparsity):
-    """The magnitude below which the fraction ``sparsity`` of all ``weights`` lies (global)."""
-    mags = torch.cat([w.detach().abs().reshape(-1) for w in weights])
-    k = int(round(sparsity * mags.numel()))
-    if k <= 0:
-        return 0.0
-    return float(torch.kthvalue(mags, k).values)
-
-
-def partial_l2(weights, threshold):
-    """Mean over all weights of ``w^2`` for the weights with ``|w| <= threshold`` (others 0)."""
-    total, count = 0.0, 0
+    """Per layer, the magnitude at or below which the fraction ``sparsity`` of its weights lies."""
+    out = []
     for w in weights:
-        small = (w.detach().abs() <= threshold).to(w.dtype)
+        mags = w.detach().abs().reshape(-1)
+        k = int(round(sparsity * mags.numel()))
+        out.append(float(torch.kthvalue(mags, k).values) if k > 0 else -1.0)
+    return out
+
+
+def partial_l2(weights, thresholds):
+    """Mean over all weights of ``w^2`` for the weights with ``|w| <= threshold`` of their layer
+    (the others count as 0)."""
+    total, count = 0.0, 0
+    for w, th in zip(weights, thresholds):
+        small = (w.detach().abs() <= th).to(w.dtype)
         total = total + (small * w ** 2).sum()
         count += w.numel()
     return total / max(count, 1)
