@@ -1,0 +1,49 @@
+"""The papers' methods on hardware: multipoint weights and trained, pruned networks compile and
+simulate bit-exact under random stalls."""
+
+import numpy as np
+import pytest
+
+from qfab.compiler import reference
+from qfab.compiler.compile import compile_graph
+from qfab.compiler.load import load_graph
+from qfab.compiler.ptq import QuantConfig
+from qfab.datasets import digits
+from qfab.sim.accelerator import load_build, simulate
+
+pytestmark = [pytest.mark.verilator, pytest.mark.slow]
+
+
+def _bundled(name):
+    from importlib.resources import files
+    return str(files("qfab.compiler") / "data" / name)
+
+
+def _check(graph, x, folder, **kwargs):
+    manifest = compile_graph(graph, folder, log=lambda *a: None, **kwargs)
+    codes = reference.quantize_inputs(graph, x)
+    res = simulate(load_build(folder), codes, stall=0.2, log=lambda *a: None)
+    want = reference.run(graph, codes)[graph.outputs[0]]
+    assert np.array_equal(res.outputs.reshape(want.shape), want)
+    return manifest, res
+
+
+def test_multipoint_cnn_simulates_bit_exact(tmp_path):
+    x_train, _, x_test, _ = digits("NCHW")
+    graph = load_graph(_bundled("digits_cnn.onnx"), x_train,
+                       QuantConfig(w_bits=2, a_bits=4, calib_method="mse", multipoint=0.5))
+    points = [n.points for n in graph.nodes if hasattr(n, "points")]
+    assert max(points) >= 2
+    manifest, res = _check(graph, x_test[:40], tmp_path / "b", target_ii=4608)
+    conv = next(s for s in manifest["stages"] if s["kind"] == "mvau")
+    assert conv["cycles"] % max(points) == 0 or conv["cycles"] <= 4608     # points cost passes
+    assert abs(res.interval - res.bound) <= 0.05 * res.bound
+
+
+def test_trained_pruned_mlp_simulates_bit_exact(tmp_path):
+    pytest.importorskip("torch", reason="needs the [train] extra: pip install -e '.[train]'")
+    from qfab.compiler.train import train_qat
+    graph, report = train_qat("mlp", w_bits=4, a_bits=4, sparsity=0.75, epochs=3, seed=0)
+    assert report["weight_sparsity"] >= 0.7
+    x_test = digits("flat")[2]
+    _check(graph, x_test[:40], tmp_path / "b", target_ii=64)
