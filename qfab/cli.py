@@ -161,6 +161,31 @@ def cmd_demo(args):
     return 1 if bad else 0
 
 
+def cmd_train(args):
+    """Quantization-aware training on digits (needs the [train] extra)."""
+    try:
+        from qfab.compiler.train import train_qat
+    except ImportError as e:
+        raise QfabError(str(e)) from None
+    from qfab.compiler.modelfile import save
+    print(f"training the digits {args.model} at w{args.wbits}a{args.abits}, target sparsity {args.sparsity:.0%}, "
+          f"{args.epochs} epochs ...")
+    graph, report = train_qat(args.model, w_bits=args.wbits, a_bits=args.abits, sparsity=args.sparsity,
+                              epochs=args.epochs, seed=args.seed)
+    print(f"accuracy: float {100 * report['float_accuracy']:.2f}%, trained integer model "
+          f"{100 * report['accuracy']:.2f}% (agrees with the torch model on {100 * report['agreement']:.1f}% "
+          f"of images); weight sparsity {100 * report['weight_sparsity']:.1f}%; {report['train_seconds']:.1f} s")
+    print(f"{'layer':<14}{'weights':>9}{'sparsity':>10}{'Huffman bits':>14}{'ratio vs fp32':>15}")
+    for name, c in report["compression"].items():
+        print(f"{name:<14}{c['weights']:>9}{100 * c['sparsity']:>9.1f}%{c['huffman_bits']:>14}{c['ratio']:>14.2f}x")
+    save(graph, args.output)
+    print(f"wrote {args.output}")
+    if args.qdq:
+        from qfab.compiler.frontends.onnx_qdq_write import save_qdq
+        save_qdq(graph, args.qdq)
+        print(f"wrote {args.qdq} (QDQ ONNX)")
+
+
 def cmd_compile(args):
     from qfab.compiler.compile import Budget, compile_graph, load_folding
     graph = _graph(args)
@@ -294,6 +319,17 @@ def parser():
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--trace", metavar="FILE.vcd", help="write a waveform (.vcd; .fst where liblz4 is installed)")
     s.set_defaults(func=cmd_simulate)
+
+    t = sub.add_parser("train", help="quantization-aware training on digits (needs pip install -e '.[train]')")
+    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    t.add_argument("--wbits", type=int, default=4)
+    t.add_argument("--abits", type=int, default=4)
+    t.add_argument("--sparsity", type=float, default=0.0, help="target weight sparsity (pruning), e.g. 0.75")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("-o", "--output", required=True, metavar="MODEL.qfab")
+    t.add_argument("--qdq", metavar="MODEL.onnx", help="also export QDQ ONNX")
+    t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("demo", help="the main job on the bundled digits model")
     m.add_argument("--out", default="out", help="folder for the results (default ./out)")

@@ -98,3 +98,20 @@ def test_demo_quantizes_compiles_and_simulates(tmp_path, capsys):
     assert graph.nodes[0].w_type.bits == 4
     assert (tmp_path / "build" / "qfab_top.v").read_text().startswith("/*") or \
         "module qfab_top" in (tmp_path / "build" / "qfab_top.v").read_text()
+
+
+def test_train_writes_a_pruned_model_and_qdq(tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra: pip install -e '.[train]'")
+    assert main(["train", "--epochs", "2", "--sparsity", "0.5", "-o", str(tmp_path / "t.qfab"),
+                 "--qdq", str(tmp_path / "t.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "ratio vs fp32" in text and "total" in text
+    graph = load(tmp_path / "t.qfab")
+    weights = np.concatenate([n.weights.ravel() for n in graph.nodes if hasattr(n, "weights")])
+    assert (weights == 0).mean() >= 0.45
+    from qfab.compiler.load import load_graph
+    again = load_graph(tmp_path / "t.onnx")
+    x = digits("flat")[2]
+    a = reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]]
+    b = reference.run(again, reference.quantize_inputs(again, x))[again.outputs[0]]
+    assert np.array_equal(a, b)
