@@ -246,6 +246,10 @@ def cmd_simulate(args):
     print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
           f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
     _print_utilization(res, build.manifest)
+    if args.plot:
+        from qfab.sim.plots import utilization_plot
+        utilization_plot(res, build.manifest, args.plot)
+        print(f"utilization plot: {args.plot}")
     if args.trace:
         print(f"waveform: {args.trace}")
     print(f"wrote {args.output}")
@@ -257,17 +261,12 @@ def cmd_simulate(args):
 def _print_utilization(res, manifest):
     if not res.stages:
         return
-    print(f"{'stage':<22}{'input busy':>11}{'blocked':>9}{'output busy':>12}{'blocked':>9}")
-    for s in manifest["stages"]:
-        ins = [v for k, v in res.stages.items() if k.split(".")[0] == s["name"] and k.split(".")[1] != "o"]
-        out = res.stages.get(f"{s['name']}.o", {"fire": 0, "wait": 0})
-        fire_in = sum(v["fire"] for v in ins) / max(len(ins), 1)
-        wait_in = sum(v["wait"] for v in ins) / max(len(ins), 1)
-        c = max(res.cycles, 1)
-        print(f"{s['name']:<22}{100 * fire_in / c:>10.1f}%{100 * wait_in / c:>8.1f}%"
-              f"{100 * out['fire'] / c:>11.1f}%{100 * out['wait'] / c:>8.1f}%")
-    print("(busy: cycles a beat moved; blocked: cycles a beat waited, on the input because the stage was busy, "
-          "on the output because the next stage was)")
+    from qfab.sim.plots import stage_shares
+    print(f"{'stage':<22}{'compute':>9}{'in blocked':>12}{'out blocked':>13}")
+    for name, compute, blocked_in, blocked_out in stage_shares(res, manifest):
+        print(f"{name:<22}{100 * compute:>8.1f}%{100 * blocked_in:>11.1f}%{100 * blocked_out:>12.1f}%")
+    print("(compute: the stage's analytical cycles over all cycles; blocked: a beat waited, on the input "
+          "because the stage was busy, on the output because the next stage was)")
 
 
 def parser():
@@ -317,6 +316,7 @@ def parser():
     s.add_argument("--stall", type=float, default=0.0, metavar="P",
                    help="probability of a random input gap and output stall per cycle")
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--plot", metavar="FILE.png", help="plot the per-stage utilization")
     s.add_argument("--trace", metavar="FILE.vcd", help="write a waveform (.vcd; .fst where liblz4 is installed)")
     s.set_defaults(func=cmd_simulate)
 
