@@ -73,7 +73,7 @@ def _bit_terms(value, bits, encoding):
 
 
 class BitSum:
-    """A non-negative integer ``value << shift`` whose largest possible value is ``top << shift``."""
+    """A non-negative integer ``value << shift`` that is at most ``top << shift``."""
     def __init__(self, value, top, shift=0):
         self.value = value
         self.top = int(top)
@@ -121,10 +121,13 @@ def tile_addends(w_lanes, w_bits, w_encoding, a_lanes, a_bits, a_encoding):
             addends.append(bitsum)
 
     if w_bits == 1 and a_bits == 1:
+        def bit_value(bit, encoding):
+            if encoding is Encoding.BIPOLAR:
+                return 2 * bit - 1
+            return -bit if encoding is Encoding.SIGNED else bit
+
         def lane_product(wv, av):
-            w = (2 * wv - 1) if w_encoding is Encoding.BIPOLAR else (-wv if w_encoding is Encoding.SIGNED else wv)
-            a = (2 * av - 1) if a_encoding is Encoding.BIPOLAR else (-av if a_encoding is Encoding.SIGNED else av)
-            return w * a
+            return bit_value(wv, w_encoding) * bit_value(av, a_encoding)
         lanes = list(zip(w_lanes, a_lanes))
         for pair in itertools.zip_longest(lanes[0::2], lanes[1::2]):  # 2 lanes, 4 inputs
             pair = [lane for lane in pair if lane is not None]

@@ -102,8 +102,10 @@ class MacArray(wiring.Component):
 
     Members
     -------
-    i : ``In(stream.Signature(StructLayout({"w": ArrayLayout(ArrayLayout(w, simd), pe), "a": ArrayLayout(a, simd)})))``
-        ``w[p][s]`` is the weight of PE ``p``, lane ``s``; codes of ``code_shape``.
+    i : ``In(stream.Signature(i_layout))``
+        ``i_layout = StructLayout({"w": ArrayLayout(ArrayLayout(w, simd), pe),
+        "a": ArrayLayout(a, simd)})``: ``w[p][s]`` is the weight of PE ``p``, lane ``s``; codes
+        are ``signed(bits)``, ``unsigned(bits)``, or ``unsigned(1)`` for bipolar.
     o : ``Out(stream.Signature(ArrayLayout(signed(acc_bits), pe)))``
         Exact dot products; ``acc_bits`` from the worst case (docs/semantics.md, section 5).
     precision : ``In(range(1, a_bits + 1))``, ``BIT_SERIAL`` only

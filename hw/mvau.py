@@ -264,7 +264,8 @@ class MVAU(wiring.Component):
             m.d.sync += f_valid.eq(issue_valid)
 
         # fetch: weights and activations meet at the MAC array's input
-        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data), mac.i.payload.a.eq(rd.data)]
+        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data),
+                     mac.i.payload.a.eq(rd.data)]
         if self._style is MacStyle.BIT_SERIAL:
             m.d.comb += mac.precision.eq(self._a_shape.width)
 

@@ -136,7 +136,8 @@ def test_init_wrong_layer():
         MVAU(1, 1, **_layer_kwargs(point_multipliers=[[1, 2, 3]]))
     with pytest.raises(ValueError, match=r"^in_zero_point 16 is outside \[0, 15\]$"):
         MVAU(1, 1, **_layer_kwargs(in_zero_point=16))
-    with pytest.raises(ValueError, match=r"^MVAU inputs are unsigned or signed codes, not bipolar$"):
+    with pytest.raises(ValueError,
+                       match=r"^MVAU inputs are unsigned or signed codes, not bipolar$"):
         MVAU(1, 1, **_layer_kwargs(a_bits=1, a_encoding=Encoding.BIPOLAR))
 
 
