@@ -24,7 +24,8 @@ def _read(dut, name):
 
 @cocotb.test()
 async def run_harness(dut):
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    if os.environ.get("QFAB_INTERNAL_CLOCK") != "1":
+        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0

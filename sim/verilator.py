@@ -103,7 +103,9 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
 def _run_build(runner, bdir, params, trace):
     runner.build(sources=[bdir / "qfab_top.v", HARNESS], hdl_toplevel=TOP, parameters=params,
                  build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0",
-                             "-O3"] + (["--trace-fst"] if trace == "fst" else ["--trace-structs"] if trace else []),
+                             "-O3", "--timing", "+define+QFAB_INTERNAL_CLOCK", "-CFLAGS", "-fcoroutines"]
+                            + (["--trace-fst"] if trace == "fst" else ["--trace-structs"] if trace else []),
+                 timescale=("1ns", "1ps"),
                  build_dir=bdir, waves=bool(trace), always=True, log_file=bdir / "build.log")
 
 
@@ -139,7 +141,7 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
         runner = get_runner("verilator")
         runner.test(hdl_toplevel=TOP, hdl_toplevel_lang="verilog", test_module="qfab.sim.cocotb_harness",
                     build_dir=bdir, test_dir=tmp,
-                    plusargs=plusargs, extra_env={"QFAB_RESULT": str(tmp / "result.json")},
+                    plusargs=plusargs, extra_env={"QFAB_RESULT": str(tmp / "result.json"), "QFAB_INTERNAL_CLOCK": "1"},
                     waves=trace is not None, log_file=tmp / "sim.log")
         if not (tmp / "result.json").exists():
             tail = (tmp / "sim.log").read_text()[-3000:] if (tmp / "sim.log").exists() else ""

@@ -13,7 +13,11 @@ module qfab_harness #(
     parameter integer MAX_IN = 1,
     parameter integer MAX_OUT = 1
 ) (
+`ifdef QFAB_INTERNAL_CLOCK
+    output reg  clk,
+`else
     input  wire clk,
+`endif
     input  wire rst,
     output reg  done,
     output reg  stalled,
@@ -24,6 +28,12 @@ module qfab_harness #(
     output reg  [31:0] first_in_cycle,
     output reg  [31:0] idle_cycles
 );
+`ifdef QFAB_INTERNAL_CLOCK
+    // the clock toggles inside the simulator: no callback into Python per cycle
+    initial clk = 0;
+    always #5 clk = ~clk;
+`endif
+
     reg [IN_W-1:0]  in_mem  [0:MAX_IN-1];
     reg [OUT_W-1:0] out_mem [0:MAX_OUT-1];
     reg [31:0]      out_time [0:MAX_OUT-1];
