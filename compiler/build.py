@@ -35,10 +35,10 @@ def clamp_bounds(act, qtype):
     """The output clamp ``(lo, hi)`` of a fused activation on a tensor of type ``qtype``."""
     lo, hi = qtype.qmin, qtype.qmax
     if act.kind in ("relu", "clip"):
-        lo = max(lo, qtype.zero_point + (0 if act.kind == "relu" else int(np.ceil(act.lo / qtype.scale - 1e-9)))) \
+        lo = max(lo, qtype.zero_point + (0 if act.kind == "relu" else int(np.ceil(act.lo / qtype.scale - 1e-5)))) \
             if act.real_lo != float("-inf") else lo
     if act.kind == "clip" and act.hi != float("inf"):
-        hi = min(hi, qtype.zero_point + int(np.floor(act.hi / qtype.scale + 1e-9)))
+        hi = min(hi, qtype.zero_point + int(np.floor(act.hi / qtype.scale + 1e-5)))
     if lo > hi:
         lo = hi = min(max(lo, qtype.qmin), qtype.qmax)
     return int(lo), int(hi)

@@ -134,3 +134,15 @@ def test_signed_symmetric_activations():
     out = graph.tensors[graph.outputs[0]].qtype
     assert out.signed and out.zero_point == 0      # logits have both signs
     assert _accuracy(graph, x_test, y_test) > 0.95
+
+
+def test_clip_bound_on_a_code_survives_float32_rounding():
+    """A Clip at exactly k * scale, stored as float32, must still allow code k."""
+    from qfab.compiler.build import clamp_bounds
+    from qfab.compiler.fgraph import Act
+    from qfab.compiler.ir import QType
+    for k, scale in ((15, 0.1), (255, 6 / 255), (7, 0.3)):
+        s = float(np.float32(scale))
+        q = QType(8, False, s, 0)
+        assert clamp_bounds(Act("clip", 0.0, float(np.float32(k * s))), q) == (0, min(k, 255))
+        assert clamp_bounds(Act("relu"), QType(8, True, s, -3)) == (-3, 127)
