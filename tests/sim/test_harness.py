@@ -76,6 +76,20 @@ def test_trace_writes_a_waveform(fifo_verilog, tmp_path):
     assert "$enddefinitions" in text and "i__payload" in text
 
 
+def test_trace_writes_an_fst_waveform(fifo_verilog, tmp_path):
+    from pylibfst import ffi, lib
+    words = pack_beats(np.arange(30).reshape(10, 3) % 16, 5)
+    trace = tmp_path / "run.fst"
+    run_stream(fifo_verilog, 15, 15, words, 10, trace=trace)
+    reader = lib.fstReaderOpen(str(trace).encode())
+    assert reader != ffi.NULL
+    try:
+        assert lib.fstReaderGetVarCount(reader) > 10
+        assert lib.fstReaderGetEndTime(reader) > 100
+    finally:
+        lib.fstReaderClose(reader)
+
+
 def test_trace_format_is_checked(fifo_verilog, tmp_path):
     with pytest.raises(ValueError, match="must end in .vcd or .fst"):
         run_stream(fifo_verilog, 15, 15, [0], 1, trace=tmp_path / "run.txt")
