@@ -1,8 +1,9 @@
 """Resource and cycle estimates before synthesis, per stage and in total.
 
-A linear model per stage kind whose coefficients live in ``data/estimate_model.json``; they are
-fitted to real Yosys results of qfab's own stages by ``bench/calibrate_estimates.py`` (the fit
-and its error are printed there and recorded in docs/estimates.md). Pure arithmetic: no Amaranth.
+A linear model per stage kind; ``data/estimate_model.json`` overrides its coefficients. For now
+only two whole-design scale factors (LUTs, FFs) are fitted, to Yosys ``synth_ice40`` results of
+the digits MLP and CNN (docs/lowering.md gives the residuals); a per-stage fit is open work.
+Pure arithmetic: no Amaranth.
 """
 
 import json
@@ -45,6 +46,8 @@ _DEFAULT = {
     "pool_lut": {"a": 4.0, "b": 30.0},
     "fifo_ff_per_bit": 1.0,
     "ff_per_lut": 0.6,
+    "lut_scale": 1.0,                         # whole-design corrections fitted to synthesis
+    "ff_scale": 1.0,
 }
 
 
@@ -62,9 +65,17 @@ def _acc_bits(stage, w_max=None):
     return intops.acc_bits(intops.acc_bound(stage.k, w, x_max, 1 << 20, stage.points, 1 << 7))
 
 
+def _scaled(r, m):
+    return Resources(r.luts * m["lut_scale"], r.ffs * m["ff_scale"], r.dsps, r.bram_bits)
+
+
 def stage_resources(stage, fold, m=None, m_bits=24):
     """Estimated `Resources` of one `qfab.compiler.folding.Stage` at ``fold``."""
     m = m or model()
+    return _scaled(_stage_resources(stage, fold, m, m_bits), m)
+
+
+def _stage_resources(stage, fold, m, m_bits):
     r = Resources()
     if stage.kind == "mvau":
         lanes = fold.pe * fold.simd
@@ -98,13 +109,13 @@ def stage_resources(stage, fold, m=None, m_bits=24):
 def window_resources(height, width, channels, kernel, stride, bits, simd, m=None):
     m = m or model()
     rows = min(kernel[0] + stride[0], height)
-    return Resources(luts=m["window_lut"]["a"] * simd * bits + m["window_lut"]["b"], ffs=simd * bits * 2 + 48,
-                     bram_bits=rows * width * channels * bits)
+    return _scaled(Resources(luts=m["window_lut"]["a"] * simd * bits + m["window_lut"]["b"], ffs=simd * bits * 2 + 48,
+                             bram_bits=rows * width * channels * bits), m)
 
 
 def fifo_resources(depth, width_bits, m=None):
     m = m or model()
-    return Resources(luts=width_bits * 0.5 + 12, ffs=depth * width_bits * m["fifo_ff_per_bit"] + 8)
+    return _scaled(Resources(luts=width_bits * 0.5 + 12, ffs=depth * width_bits * m["fifo_ff_per_bit"] + 8), m)
 
 
 def total(items):
