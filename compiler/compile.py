@@ -76,7 +76,9 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     if budget is not None:
         def fits(folds):
             per = _stage_estimates(graph, stages, folds)
-            return budget.check(estimate.total(per.values()))
+            # one input FIFO per stage (and one more per window unit) at depth 4
+            fifos = [estimate.fifo_resources(4, folds[s.name].simd * s.a_bits) for s in stages for _ in range(2)]
+            return budget.check(estimate.total(list(per.values()) + fifos))
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
                            manual=folding)
     t = time.perf_counter()

@@ -1,0 +1,65 @@
+"""compile_graph: folding by target interval, by resource budget, by hand; clear errors."""
+
+import json
+
+import pytest
+
+from qfab.compiler.compile import Budget, compile_graph, load_folding
+from qfab.compiler.errors import QfabError
+from qfab.compiler.folding import Fold
+from qfab.compiler.load import load_graph
+from qfab.compiler.ptq import QuantConfig
+from qfab.datasets import digits
+
+
+def _bundled(name):
+    from importlib.resources import files
+    return str(files("qfab.compiler") / "data" / name)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return load_graph(_bundled("digits_cnn.onnx"), digits("NCHW")[0], QuantConfig(w_bits=4, a_bits=4))
+
+
+def test_budget_picks_the_fastest_design_that_fits(cnn, tmp_path):
+    small = compile_graph(cnn, tmp_path / "a", budget=Budget(luts=5280), log=lambda *a: None)
+    large = compile_graph(cnn, tmp_path / "b", budget=Budget(luts=40000), log=lambda *a: None)
+    assert small["estimates"]["total"]["luts"] <= 5280
+    assert large["initiation_interval"] < small["initiation_interval"]
+    with pytest.raises(QfabError, match="does not fit the resource budget even fully folded: estimated luts"):
+        compile_graph(cnn, tmp_path / "c", budget=Budget(luts=100), log=lambda *a: None)
+
+
+def test_target_ii_that_cannot_be_met_names_the_layer(cnn, tmp_path):
+    # the first convolution reads 1 channel: SIMD cannot exceed it, so 64 windows x 9 beats is its floor
+    with pytest.raises(QfabError, match=r"cannot be met: layer 'conv_3' needs at least 576 cycles"):
+        compile_graph(cnn, tmp_path / "x", target_ii=10, log=lambda *a: None)
+
+
+def test_manual_folding_file(cnn, tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"conv_13": {"pe": 4, "simd": 8, "style": "bit_serial"}}))
+    folds = load_folding(path)
+    assert folds == {"conv_13": Fold(4, 8, "bit_serial")}
+    manifest = compile_graph(cnn, tmp_path / "b", folding=folds, log=lambda *a: None)
+    stage = next(s for s in manifest["stages"] if s["name"] == "conv_13")
+    assert (stage["pe"], stage["simd"], stage["style"]) == (4, 8, "bit_serial")
+    assert stage["cycles"] == 16 * (16 // 4) * (72 // 8) * 4
+    path.write_text(json.dumps({"conv_13": {"pe": 3}}))
+    with pytest.raises(QfabError, match="PE=3 must divide 16"):
+        compile_graph(cnn, tmp_path / "c", folding=load_folding(path), log=lambda *a: None)
+    path.write_text(json.dumps({"nope": {"pe": 1}}))
+    with pytest.raises(QfabError, match="names layer 'nope'"):
+        compile_graph(cnn, tmp_path / "d", folding=load_folding(path), log=lambda *a: None)
+
+
+def test_build_folder_contents(cnn, tmp_path):
+    manifest = compile_graph(cnn, tmp_path / "b", target_ii=1152, log=lambda *a: None)
+    assert (tmp_path / "b" / "qfab_top.v").read_text().count("module qfab_top") == 1
+    assert "counters" in (tmp_path / "b" / "qfab_top_sim.v").read_text()
+    assert manifest["input"]["elements"] == 64 and manifest["output"]["elements"] == 10
+    assert manifest["initiation_interval"] == 1152
+    assert all(f["depth"] >= 3 for f in manifest["fifos"])
+    on_disk = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert on_disk["stages"] == manifest["stages"]
