@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ._params import (check_clamp, check_in_range, check_int, check_nonnegative, check_positive,
                       check_shape)
-from ._requantize import requantize
+from .requant import requantize
 
 __all__ = ["Add"]
 
@@ -90,7 +90,6 @@ class Add(wiring.Component):
             for e in range(self._simd):
                 acc = ((self.a.payload[e] - za) * Const(ma, range(ma + 1)) +
                        (self.b.payload[e] - zb) * Const(mb, range(mb + 1)))
-                # TODO(lead): dedupe onto hw/requant.py (see hw/_requantize.py)
                 m.d.sync += self.o.payload[e].eq(requantize(acc, 1, self._shift,
                                                             self._out_zero_point,
                                                             self._lo, self._hi))

@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from ._params import (check_clamp, check_in_range, check_int, check_nonnegative, check_positive,
                       check_shape, code_range)
-from ._requantize import requantize
+from .requant import requantize
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool"]
 
@@ -198,7 +198,6 @@ class AvgPool(_WindowReduce):
         return acc + x
 
     def _finish(self, acc):
-        # TODO(lead): dedupe onto hw/requant.py (see hw/_requantize.py)
         return requantize(acc, self._multiplier, self._shift, self._out_zero_point,
                           self._lo, self._hi)
 

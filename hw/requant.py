@@ -1,12 +1,29 @@
 """Requantization: per-channel bias, ``M0`` multiply, rounding shift, zero point, clamp."""
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._arith import const_select
 
-__all__ = ["Requant"]
+__all__ = ["Requant", "requantize"]
+
+
+def requantize(acc, multiplier, shift, zero_point, lo, hi):
+    """``clamp(zero_point + round_shift(acc * multiplier, shift), lo, hi)`` with constant parameters,
+    combinational: the form of `Requant` for units with one multiplier for all channels (pools,
+    residual add).
+
+    ``acc`` is an Amaranth value (signed or not); ``multiplier >= 0``, ``0 <= shift <= 62``,
+    ``zero_point``, ``lo`` and ``hi`` are Python integers. The same arithmetic as `Requant` and
+    ``qfab.compiler.intops.requantize`` (docs/semantics.md, section 3): add half, then shift right
+    arithmetically; Amaranth widens every intermediate, so nothing overflows.
+    """
+    product = acc if multiplier == 1 else acc * Const(multiplier, range(multiplier + 1))
+    if shift > 0:
+        product = (product + (1 << (shift - 1))) >> shift
+    y = product + zero_point
+    return Mux(y < lo, lo, Mux(y > hi, hi, y))
 
 
 def _ints(name, values, count):
