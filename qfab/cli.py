@@ -336,6 +336,9 @@ def parser():
     m.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2], help="which model to build (default 4)")
     m.add_argument("--target-ii", type=int, default=64, help="cycles per inference (default 64)")
     m.set_defaults(func=cmd_demo)
+
+    from qfab.board_cli import add_commands
+    add_commands(sub)
     return p
 
 

@@ -1,0 +1,93 @@
+"""The inference core: the host link (`qfab.boards.link.Link`) around a build's accelerator.
+
+The accelerator enters as an ``Instance`` of the build's own ``qfab_top.v`` (the Verilog that
+``qfab simulate`` verified), so the board runs exactly what was simulated. `core_verilog` gives
+the core as Verilog (``qfab_core``) for a Verilator run together with ``qfab_top.v``; a board top
+(`qfab.boards.top`) puts the core on the board's pins.
+"""
+
+import json
+import pathlib
+
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from qfab.compiler.errors import QfabError
+
+from . import protocol
+from .link import Link, Status
+
+__all__ = ["InferenceCore", "core_verilog", "divisor_for"]
+
+
+def divisor_for(clock_hz, baud):
+    """Clock cycles per UART bit for ``baud`` at ``clock_hz``; error if off by more than 2 %."""
+    divisor = round(clock_hz / baud)
+    if divisor < 4:
+        raise QfabError(f"{baud} baud needs a clock of at least {4 * baud / 1e6:g} MHz, not {clock_hz / 1e6:g} MHz")
+    error = abs(clock_hz / divisor - baud) / baud
+    if error > 0.02:
+        raise QfabError(f"{baud} baud at {clock_hz / 1e6:g} MHz is {100 * error:.1f}% off (divisor {divisor}); "
+                        f"pick a baud rate near {clock_hz / divisor:.0f}")
+    return divisor
+
+
+class InferenceCore(wiring.Component):
+    """UART in, inference, UART out: a build's accelerator behind the framed link.
+
+    Parameters
+    ----------
+    build_dir : path
+        A ``qfab compile`` build folder (``manifest.json``, ``qfab_top.v``).
+    divisor : int
+        Clock cycles per UART bit.
+    timeout_cycles : int
+        Silence inside a frame after which the link drops it (default: 64 byte times).
+
+    Members
+    -------
+    rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
+    status : ``Out(Status)`` (busy, error, activity), for LEDs.
+    """
+
+    def __init__(self, build_dir, *, divisor, timeout_cycles=None, error_hold_cycles=1 << 20):
+        self._dir = pathlib.Path(build_dir)
+        try:
+            self._manifest = json.loads((self._dir / "manifest.json").read_text())
+            self._verilog = (self._dir / self._manifest["verilog"]).read_text()
+        except (OSError, ValueError, KeyError) as e:
+            raise QfabError(f"{build_dir}: not a readable qfab build folder ({e}); run qfab compile first") from None
+        i, o = self._manifest["input"], self._manifest["output"]
+        self.link = Link(in_elements=i["elements"], in_bits=i["bits"], in_signed=i["signed"],
+                         in_per_beat=i["per_beat"], out_elements=o["elements"], out_bits=o["bits"],
+                         out_signed=o["signed"], out_per_beat=o["per_beat"], divisor=divisor,
+                         timeout_cycles=timeout_cycles or 64 * 10 * divisor,
+                         design_id=protocol.design_id(self._manifest, self._verilog),
+                         error_hold_cycles=error_hold_cycles)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(Status)})
+
+    manifest = property(lambda self: self._manifest)
+
+    def verilog_files(self):
+        """The accelerator's Verilog, for ``platform.add_file`` or a simulator."""
+        return {"qfab_top.v": self._verilog}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = self.link
+        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.status.eq(link.status)]
+        m.submodules.accelerator = Instance(
+            self._manifest.get("top", "qfab_top"),
+            i_clk=ClockSignal(), i_rst=ResetSignal(),
+            i_i__valid=link.i.valid, o_i__ready=link.i.ready, i_i__payload=link.i.payload,
+            o_o__valid=link.o.valid, i_o__ready=link.o.ready, o_o__payload=link.o.payload)
+        return m
+
+
+def core_verilog(build_dir, *, divisor, timeout_cycles=None):
+    """The core as a Verilog module ``qfab_core`` (ports clk, rst, rx, tx, status); the accelerator
+    stays an instance of ``qfab_top`` to be compiled from the build's ``qfab_top.v``."""
+    from amaranth.back import verilog
+    core = InferenceCore(build_dir, divisor=divisor, timeout_cycles=timeout_cycles, error_hold_cycles=256)
+    return verilog.convert(core, name="qfab_core", emit_src=False)

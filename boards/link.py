@@ -1,0 +1,304 @@
+"""The board side of the host link (docs/link.md): UART, frame parser, input buffer, result framer.
+
+An INFER frame's payload goes into an input buffer (block RAM) and is streamed to the accelerator
+only once its check byte is good, so a damaged frame never reaches it. Results are framed as they
+leave the accelerator. Errors (bad check byte, wrong length, unknown type, a frame stopped
+half-way, a frame arriving while the previous input is still being streamed) are answered with an
+ERROR frame; bytes between frames are skipped, so the link resynchronizes on the next start byte.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qfab.hw.uart import UARTReceiver, UARTTransmitter
+
+from . import protocol
+
+__all__ = ["Link", "Status", "BUSY"]
+
+BUSY = 5            # error code: an INFER frame arrived before the previous input left the buffer
+
+Status = data.StructLayout({"busy": 1, "error": 1, "activity": 1})
+
+
+def _positive(name, value, low=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise TypeError(f"{name} must be an integer of at least {low}, not {value!r}")
+
+
+class Link(wiring.Component):
+    """Host link over a UART: INFER frames in -> accelerator input stream; its output -> RESULT frames.
+
+    Parameters
+    ----------
+    in_elements, in_bits, in_signed, in_per_beat : the accelerator's input (elements per
+        inference, bits per element, signedness, elements per stream beat).
+    out_elements, out_bits, out_signed, out_per_beat : the same for its output.
+    divisor : int
+        Clock cycles per UART bit.
+    timeout_cycles : int
+        Silence inside a frame after which it is dropped with a TIMEOUT error.
+    design_id : int
+        32 bits reported in the INFO reply.
+    error_hold_cycles : int
+        How long ``status.error`` stays high after an error (for an LED).
+
+    Members
+    -------
+    rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
+        The UART pins.
+    i : ``Out(stream.Signature(in_per_beat * in_bits))``
+        To the accelerator: element ``k`` of a beat in bits ``[k * in_bits, (k + 1) * in_bits)``.
+    o : ``In(stream.Signature(out_per_beat * out_bits))``
+        From the accelerator, packed the same way.
+    status : ``Out(Status)``
+        ``busy`` (a frame or a result is in flight), ``error`` (held after an error), ``activity``
+        (toggles with every good frame).
+    """
+
+    def __init__(self, *, in_elements, in_bits, in_signed, in_per_beat, out_elements, out_bits, out_signed,
+                 out_per_beat, divisor, timeout_cycles, design_id=0, error_hold_cycles=1 << 20):
+        for name, value in (("in_elements", in_elements), ("in_per_beat", in_per_beat),
+                            ("out_elements", out_elements), ("out_per_beat", out_per_beat),
+                            ("timeout_cycles", timeout_cycles), ("error_hold_cycles", error_hold_cycles)):
+            _positive(name, value)
+        for name, value in (("in_bits", in_bits), ("out_bits", out_bits)):
+            _positive(name, value)
+            if value > 8:
+                raise ValueError(f"{name} must be at most 8 (one byte per element), not {value}")
+        if in_elements % in_per_beat or out_elements % out_per_beat:
+            raise ValueError(f"elements per beat must divide the elements: input {in_elements}/{in_per_beat}, "
+                             f"output {out_elements}/{out_per_beat}")
+        if max(in_elements, out_elements) > 0xFFFF:
+            raise ValueError("at most 65535 elements per frame")
+        if not 0 <= design_id < 1 << 32:
+            raise ValueError(f"design_id must be a 32-bit unsigned integer, not {design_id!r}")
+        self._in = (in_elements, in_bits, bool(in_signed), in_per_beat)
+        self._out = (out_elements, out_bits, bool(out_signed), out_per_beat)
+        self._divisor, self._timeout, self._id, self._hold = divisor, timeout_cycles, design_id, error_hold_cycles
+        self.uart_rx = UARTReceiver(divisor)
+        self.uart_tx = UARTTransmitter(divisor)
+        super().__init__({
+            "rx": In(1, init=1), "tx": Out(1, init=1),
+            "i": Out(stream.Signature(in_per_beat * in_bits)),
+            "o": In(stream.Signature(out_per_beat * out_bits)),
+            "status": Out(Status),
+        })
+
+    def info(self):
+        """The INFO reply this link sends."""
+        ne, nb, ns, _ = self._in
+        oe, ob, os, _ = self._out
+        return protocol.Info(protocol.VERSION, ne, oe, nb, ns, ob, os, self._id)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = urx = self.uart_rx
+        m.submodules.uart_tx = utx = self.uart_tx
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        in_elements, in_bits, _, in_per_beat = self._in
+
+        # -- input buffer and the streamer that empties it into the accelerator ----------------
+        m.submodules.buffer = mem = Memory(shape=unsigned(in_bits), depth=in_elements, init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        loaded = Signal()               # the buffer holds a checked input not yet streamed out
+        addr = Signal(range(in_elements))
+        lane = Signal(range(in_per_beat))
+        beat = Signal(in_per_beat * in_bits)
+        beat_full = Signal()
+        advance = loaded & ~beat_full
+        m.d.comb += [rd.addr.eq(Mux(advance, Mux(addr == in_elements - 1, 0, addr + 1), addr)),
+                     self.i.payload.eq(beat), self.i.valid.eq(beat_full)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += beat_full.eq(0)
+        with m.If(advance):
+            m.d.sync += [beat.word_select(lane, in_bits).eq(rd.data),
+                         addr.eq(Mux(addr == in_elements - 1, 0, addr + 1)),
+                         lane.eq(Mux(lane == in_per_beat - 1, 0, lane + 1))]
+            with m.If(lane == in_per_beat - 1):
+                m.d.sync += beat_full.eq(1)
+            with m.If(addr == in_elements - 1):
+                m.d.sync += loaded.eq(0)
+
+        # -- frame parser ---------------------------------------------------------------------
+        kind = Signal(8)
+        length = Signal(16)
+        count = Signal(16)
+        total = Signal(8)               # running sum of the bytes after the start byte
+        idle = Signal(range(self._timeout + 1))
+        error_pending, error_code, error_type = Signal(), Signal(8), Signal(8)
+        info_pending = Signal()
+        activity = Signal()
+        byte = urx.o.payload
+        got = Signal()
+        m.d.comb += [urx.o.ready.eq(1), got.eq(urx.o.valid)]
+
+        raised = Signal()               # an error is raised this cycle (it wins over the framer's clear)
+
+        def error(code):
+            m.d.comb += raised.eq(1)
+            m.d.sync += [error_pending.eq(1), error_code.eq(code), error_type.eq(kind)]
+
+        timed_out = Signal()
+        with m.FSM() as parser:
+            with m.State("IDLE"):
+                with m.If(got & (byte == protocol.START)):
+                    m.d.sync += total.eq(0)
+                    m.next = "TYPE"
+            with m.State("TYPE"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                with m.If(got):
+                    m.d.sync += [kind.eq(byte), total.eq(byte)]
+                    m.next = "LEN0"
+            with m.State("LEN0"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                with m.If(got):
+                    m.d.sync += [length[:8].eq(byte), total.eq(total + byte)]
+                    m.next = "LEN1"
+            with m.State("LEN1"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                full_length = Cat(length[:8], byte)
+                with m.If(got):
+                    m.d.sync += [length[8:].eq(byte), total.eq(total + byte), count.eq(0)]
+                    with m.If(kind == protocol.INFER):
+                        with m.If(full_length != in_elements):
+                            error(protocol.BAD_LENGTH)
+                            m.next = "SKIP"
+                        with m.Elif(loaded):
+                            error(BUSY)
+                            m.next = "SKIP"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+                    with m.Elif(kind == protocol.INFO):
+                        with m.If(full_length != 0):
+                            error(protocol.BAD_LENGTH)
+                            m.next = "SKIP"
+                        with m.Else():
+                            m.next = "CHECK"
+                    with m.Else():
+                        error(protocol.UNKNOWN_TYPE)
+                        m.next = "SKIP"
+            with m.State("PAYLOAD"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                m.d.comb += [wr.addr.eq(count), wr.data.eq(byte), wr.en.eq(got)]
+                with m.If(got):
+                    m.d.sync += [total.eq(total + byte), count.eq(count + 1)]
+                    with m.If(count == length - 1):
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                with m.If(got):
+                    with m.If(((total + byte) & 0xFF) == 0):
+                        m.d.sync += activity.eq(~activity)
+                        with m.If(kind == protocol.INFER):
+                            m.d.sync += [loaded.eq(1), addr.eq(0), lane.eq(0)]
+                        with m.Else():
+                            m.d.sync += info_pending.eq(1)
+                    with m.Else():
+                        error(protocol.BAD_CHECKSUM)
+                    m.next = "IDLE"
+            with m.State("SKIP"):           # the rest of a rejected frame: its payload and check byte
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                with m.If(got):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == length):
+                        m.next = "IDLE"
+        # silence inside a frame drops it (a rejected frame's tail is dropped without a word)
+        with m.If(parser.ongoing("IDLE") | got):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle == self._timeout):
+            m.d.sync += idle.eq(0)
+            with m.If(~parser.ongoing("SKIP")):
+                error(protocol.TIMEOUT)
+            m.d.comb += timed_out.eq(1)
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
+        # -- framer: ERROR and INFO replies, RESULT frames from the accelerator ----------------
+        out_elements, out_bits, out_signed, out_per_beat = self._out
+        info = protocol.encode_frame(protocol.INFO_REPLY, self.info().encode())
+        info_rom = Signal(data.ArrayLayout(8, len(info)), init=list(info))
+        sent = Signal(range(max(len(info), 8) + 1))
+        out_sum = Signal(8)
+        obeat = Signal(out_per_beat * out_bits)
+        olane = Signal(range(out_per_beat))
+        obeat_full = Signal()
+        out_count = Signal(range(out_elements + 1))
+        element = obeat.word_select(olane, out_bits)
+        element8 = Signal(8)
+        m.d.comb += element8.eq(element.as_signed() if out_signed else element)
+        header = [protocol.START, protocol.RESULT, out_elements & 0xFF, out_elements >> 8]
+        header_sum = (protocol.RESULT + (out_elements & 0xFF) + (out_elements >> 8)) & 0xFF
+        send_code, send_type = Signal(8), Signal(8)        # the error being sent (a new one may be pending)
+        err_check = Signal(8)
+        m.d.comb += err_check.eq(-(protocol.ERROR + 2 + send_code + send_type))
+        err_frame = Signal(data.ArrayLayout(8, 7))
+        m.d.comb += err_frame.eq(Cat(Const(protocol.START, 8), Const(protocol.ERROR, 8), Const(2, 8), Const(0, 8),
+                                     send_code, send_type, err_check))
+        header_rom = Signal(data.ArrayLayout(8, 4), init=header)
+
+        with m.FSM() as framer:
+            with m.State("IDLE"):
+                m.d.sync += sent.eq(0)
+                with m.If(error_pending):
+                    m.d.sync += [send_code.eq(error_code), send_type.eq(error_type), error_pending.eq(raised)]
+                    m.next = "ERROR"
+                with m.Elif(info_pending):
+                    m.d.sync += info_pending.eq(0)
+                    m.next = "INFO"
+                with m.Elif(self.o.valid):
+                    m.next = "HEADER"
+            with m.State("ERROR"):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(err_frame[sent])]
+                with m.If(utx.i.ready):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == 6):
+                        m.next = "IDLE"
+            with m.State("INFO"):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(info_rom[sent])]
+                with m.If(utx.i.ready):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == len(info) - 1):
+                        m.next = "IDLE"
+            with m.State("HEADER"):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(header_rom[sent])]
+                with m.If(utx.i.ready):
+                    m.d.sync += [sent.eq(sent + 1), out_sum.eq(header_sum), out_count.eq(0)]
+                    with m.If(sent == 3):
+                        m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                with m.If(~obeat_full):
+                    m.d.comb += self.o.ready.eq(1)
+                    with m.If(self.o.valid):
+                        m.d.sync += [obeat.eq(self.o.payload), obeat_full.eq(1), olane.eq(0)]
+                with m.Else():
+                    m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(element8)]
+                    with m.If(utx.i.ready):
+                        m.d.sync += [out_sum.eq(out_sum + element8), out_count.eq(out_count + 1),
+                                     olane.eq(olane + 1)]
+                        with m.If(olane == out_per_beat - 1):
+                            m.d.sync += obeat_full.eq(0)
+                        with m.If(out_count == out_elements - 1):
+                            m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(-out_sum)]
+                with m.If(utx.i.ready):
+                    m.next = "IDLE"
+
+        # -- status ---------------------------------------------------------------------------
+        hold = Signal(range(self._hold + 1))
+        with m.If(error_pending):
+            m.d.sync += hold.eq(self._hold)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.d.comb += [self.status.error.eq(hold != 0), self.status.activity.eq(activity),
+                     self.status.busy.eq(~parser.ongoing("IDLE") | loaded | beat_full | ~framer.ongoing("IDLE"))]
+        return m

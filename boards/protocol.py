@@ -1,0 +1,166 @@
+"""The host link's framed protocol, version 1 (docs/link.md): the host side's encoder, decoder
+and packing. Pure Python; the gateware side is `qfab.boards.link`.
+
+A frame is ``0xA5, type, length (u16 little-endian), payload, check`` where ``check`` makes all
+bytes after the start byte sum to 0 modulo 256. Bytes outside frames are skipped (resync).
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["START", "INFER", "INFO", "RESULT", "INFO_REPLY", "ERROR", "ERROR_CODES", "MAX_PAYLOAD",
+           "Frame", "FrameDecoder", "encode_frame", "checksum", "pack_input", "unpack_output", "Info",
+           "design_id", "type_name", "describe_error", "is_transient", "VERSION"]
+
+VERSION = 1
+START = 0xA5
+INFER, INFO = 0x01, 0x02                      # host -> board
+RESULT, INFO_REPLY, ERROR = 0x81, 0x82, 0xEE  # board -> host
+MAX_PAYLOAD = 0xFFFF
+
+BAD_CHECKSUM, BAD_LENGTH, UNKNOWN_TYPE, TIMEOUT = 1, 2, 3, 4
+ERROR_CODES = {BAD_CHECKSUM: "bad checksum", BAD_LENGTH: "wrong length", UNKNOWN_TYPE: "unknown frame type",
+               TIMEOUT: "frame timed out half-way"}
+_NAMES = {INFER: "INFER", INFO: "INFO", RESULT: "RESULT", INFO_REPLY: "INFO reply", ERROR: "ERROR"}
+
+
+def type_name(kind):
+    return _NAMES.get(kind, f"type 0x{kind:02x}")
+
+
+def checksum(kind, payload):
+    """The check byte of a frame: minus the sum of type, length bytes and payload, modulo 256."""
+    n = len(payload)
+    return (-(kind + (n & 0xFF) + (n >> 8) + sum(payload))) & 0xFF
+
+
+def encode_frame(kind, payload=b""):
+    payload = bytes(payload)
+    if not 0 <= kind <= 0xFF:
+        raise ValueError(f"frame type must be a byte, not {kind!r}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return bytes([START, kind]) + struct.pack("<H", len(payload)) + payload + bytes([checksum(kind, payload)])
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Incremental decoder: `feed` bytes as they arrive, take whole frames with `next_frame`.
+
+    Frames with a bad check byte are dropped and counted in ``bad_frames`` (the board answers the
+    host's corrupted frames with ERROR; the host has nothing to answer, it resends or times out).
+    ``max_payload`` bounds a claimed length so that a corrupted length cannot swallow the stream.
+    """
+
+    def __init__(self, max_payload=4096):
+        self._buffer = bytearray()
+        self._frames = []
+        self.max_payload = max_payload
+        self.bad_frames = 0
+        self.skipped = 0
+
+    def feed(self, data):
+        self._buffer += data
+        while True:
+            start = self._buffer.find(START)
+            if start < 0:
+                self.skipped += len(self._buffer)
+                self._buffer.clear()
+                return
+            if start:
+                self.skipped += start
+                del self._buffer[:start]
+            if len(self._buffer) < 4:
+                return
+            kind, length = self._buffer[1], self._buffer[2] | self._buffer[3] << 8
+            if length > self.max_payload:
+                self.bad_frames += 1
+                del self._buffer[:1]                 # not a frame start after all: resync
+                continue
+            if len(self._buffer) < 5 + length:
+                return
+            frame = bytes(self._buffer[:5 + length])
+            if sum(frame[1:]) & 0xFF:
+                self.bad_frames += 1
+                del self._buffer[:1]
+                continue
+            del self._buffer[:5 + length]
+            self._frames.append(Frame(kind, frame[4:4 + length]))
+
+    def next_frame(self):
+        return self._frames.pop(0) if self._frames else None
+
+
+def pack_input(codes, bits, signed):
+    """Input codes (one per element, element order) -> INFER payload: one byte each."""
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if codes.size and (codes.min() < lo or codes.max() > hi):
+        bad = codes[(codes < lo) | (codes > hi)][0]
+        raise ValueError(f"input code {bad} outside the {'signed' if signed else 'unsigned'} {bits}-bit range "
+                         f"[{lo}, {hi}]")
+    return (codes & 0xFF).astype(np.uint8).tobytes()
+
+
+def unpack_output(payload, bits, signed):
+    """RESULT payload -> output codes (int64); signed outputs arrive sign-extended to 8 bits."""
+    raw = np.frombuffer(bytes(payload), dtype=np.uint8).astype(np.int64)
+    if signed:
+        raw = np.where(raw >= 128, raw - 256, raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class Info:
+    version: int
+    in_elements: int
+    out_elements: int
+    in_bits: int
+    in_signed: bool
+    out_bits: int
+    out_signed: bool
+    design_id: int
+
+    FORMAT = "<BHHBBBBI"
+
+    def encode(self):
+        return struct.pack(self.FORMAT, self.version, self.in_elements, self.out_elements, self.in_bits,
+                           int(self.in_signed), self.out_bits, int(self.out_signed), self.design_id)
+
+    @classmethod
+    def parse(cls, payload):
+        if len(payload) != struct.calcsize(cls.FORMAT):
+            raise ValueError(f"INFO payload of {len(payload)} bytes, expected {struct.calcsize(cls.FORMAT)}")
+        v, ni, no, bi, si, bo, so, did = struct.unpack(cls.FORMAT, payload)
+        return cls(v, ni, no, bi, bool(si), bo, bool(so), did)
+
+
+def design_id(manifest, verilog):
+    """A 32-bit id of a build: CRC-32 of its accelerator Verilog (weights included), input and
+    output formats and stages. The board reports it (INFO) so the host knows what it talks to."""
+    import json
+    key = {"verilog": zlib.crc32(verilog.encode()),"input": manifest["input"], "output": manifest["output"], "top": manifest.get("top"),
+           "stages": [[s["name"], s["kind"], s.get("pe"), s.get("simd"), s.get("style")]
+                      for s in manifest.get("stages", [])],
+           "ii": manifest.get("initiation_interval")}
+    return zlib.crc32(json.dumps(key, sort_keys=True).encode()) & 0xFFFFFFFF
+
+
+def describe_error(payload):
+    if len(payload) != 2:
+        return f"malformed ERROR frame ({len(payload)} bytes)"
+    code, kind = payload
+    return f"{ERROR_CODES.get(code, f'error code {code}')} (in a {type_name(kind)} frame)"
+
+
+def is_transient(payload):
+    """Errors a resend can cure: the frame was damaged on the wire."""
+    return len(payload) == 2 and payload[0] in (BAD_CHECKSUM, TIMEOUT)
