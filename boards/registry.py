@@ -29,12 +29,12 @@ class Board:
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K-SG48", 12.0,
           5280, 5280, 30 * 4096, 4 * 262144, 8, "FTDI 2232H UART (/dev/ttyUSB1)"),
-    Board("upduino_v3", "amaranth_boards.upduino_v3:UPduinoV3Platform", "ice40", "iCE40UP5K-SG48", 12.0,
-          5280, 5280, 30 * 4096, 4 * 262144, 8, "FTDI 232H UART"),
+    Board("upduino_v3", "amaranth_boards.upduino_v3:UpduinoV3Platform", "ice40", "iCE40UP5K-SG48", 48.0,
+          5280, 5280, 30 * 4096, 4 * 262144, 8, "3.3 V USB-serial adapter on header pins 23 (rx), 25 (tx)"),
     Board("ulx3s_85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "LFE5U-85F-6BG381C", 25.0,
           83640, 83640, 208 * 18432, 0, 156, "FT231X UART (/dev/ttyUSB0)"),
     Board("orangecrab", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_85FPlatform", "ecp5", "LFE5U-85F-8MG285C",
-          48.0, 83640, 83640, 208 * 18432, 0, 156, "USB (needs a soft USB-serial core)"),
+          48.0, 83640, 83640, 208 * 18432, 0, 156, "3.3 V USB-serial adapter on header pins 0 (rx), 1 (tx)"),
 ]}
 
 

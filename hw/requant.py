@@ -2,9 +2,8 @@
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-
-from ._arith import const_select
 
 __all__ = ["Requant", "requantize"]
 
@@ -66,7 +65,8 @@ class Requant(wiring.Component):
     i : ``In(stream.Signature(ArrayLayout(signed(acc_bits), lanes)))``
     o : ``Out(stream.Signature(ArrayLayout(signed(out_bits) or unsigned(out_bits), lanes)))``
 
-    Latency 3 cycles, throughput one beat per cycle; backpressure on ``o`` stalls the pipeline.
+    Latency 4 cycles, throughput one beat per cycle; backpressure on ``o`` stalls the pipeline.
+    The per-channel constants are ROMs with a registered read (block RAM where synthesis can).
     """
 
     def __init__(self, lanes, channels, *, acc_bits, bias, m0, shift, zero_point, lo, hi,
@@ -111,13 +111,18 @@ class Requant(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
 
-        fold0, fold1, fold2 = (Signal(range(folds), name=f"fold{n}") for n in range(3))
-        valid1, valid2 = Signal(), Signal()
+        # stage k holds the beat's fold index in fold[k]; the per-channel constants are ROMs read
+        # one stage ahead (a registered read, so synthesis can put them in block RAM)
+        fold = [Signal(range(folds), name=f"fold{n}") for n in range(3)]
+        valid = [Signal(name=f"valid{n}") for n in range(3)]
         with m.If(en):
-            m.d.sync += [valid1.eq(self.i.valid), valid2.eq(valid1), self.o.valid.eq(valid2),
-                         fold1.eq(fold0), fold2.eq(fold1)]
+            m.d.sync += [valid[0].eq(self.i.valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
+                         self.o.valid.eq(valid[2]), fold[1].eq(fold[0]), fold[2].eq(fold[1])]
+        counter = Signal(range(folds))
         with m.If(self.i.valid & en):
-            m.d.sync += fold0.eq(Mux(fold0 == folds - 1, 0, fold0 + 1))
+            m.d.sync += counter.eq(Mux(counter == folds - 1, 0, counter + 1))
+        with m.If(en):
+            m.d.sync += fold[0].eq(counter)
 
         acc_max = 1 << (self._acc_bits - 1)
         for lane in range(lanes):
@@ -132,18 +137,31 @@ class Requant(wiring.Component):
             sum_bound = prod_bound + max(abs(v) for v in offset)
             sum_shape = signed(max(2, sum_bound.bit_length() + 2))
 
-            m0_sig = const_select(m, m0, fold0, unsigned(self._m_bits), f"m0_{lane}")
-            off_sig = const_select(m, offset, fold1, sum_shape, f"offset_{lane}")
-            shift_sig = const_select(m, shift, fold2, unsigned(6), f"shift_{lane}")
+            m0_sig = self._rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
+            off_sig = self._rom(m, offset, fold[0], en, sum_shape, f"offset_{lane}")
+            shift_sig = self._rom(m, shift, fold[1], en, unsigned(6), f"shift_{lane}")
+            acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
             prod = Signal(prod_shape, name=f"prod_{lane}")
             total = Signal(sum_shape, name=f"sum_{lane}")
             shifted = Signal(sum_shape, name=f"shifted_{lane}")
             m.d.comb += shifted.eq(total >> shift_sig)
             with m.If(en):
                 m.d.sync += [
-                    prod.eq(self.i.payload[lane] * m0_sig),
+                    acc.eq(self.i.payload[lane]),
+                    prod.eq(acc * m0_sig),
                     total.eq(prod + off_sig),
                     self.o.payload[lane].eq(Mux(shifted < self._lo, self._lo,
                                                 Mux(shifted > self._hi, self._hi, shifted))),
                 ]
         return m
+
+    @staticmethod
+    def _rom(m, values, index, en, shape, name):
+        """``values[index]`` one cycle later (read when ``en``): a constant if all are equal."""
+        if len(set(values)) == 1:
+            return Const(values[0], shape)
+        m.submodules[name] = rom = Memory(shape=shape, depth=len(values), init=values,
+                                          attrs={"rom_style": "block"} if len(values) >= 16 else None)
+        port = rom.read_port()
+        m.d.comb += [port.addr.eq(index), port.en.eq(en)]
+        return port.data
