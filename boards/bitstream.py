@@ -119,13 +119,17 @@ def parse_report(report_json, family, requested_mhz):
     """Utilization, Fmax (of the slowest clock) and critical path from nextpnr's ``--report`` JSON."""
     doc = json.loads(report_json)
     util = {k: (int(v["used"]), int(v["available"])) for k, v in doc.get("utilization", {}).items()}
-    fmax = [v["achieved"] for v in doc.get("fmax", {}).values() if "achieved" in v]
+    clocks = {k: v["achieved"] for k, v in doc.get("fmax", {}).items() if "achieved" in v}
+    if not clocks:
+        return util, None, []
+    slowest = min(clocks, key=clocks.get)
     path = []
-    for crit in doc.get("critical_paths", [])[:1]:
-        for step in crit.get("path", []):
-            if step.get("type") in ("clk-to-q", "source", "setup", "sink"):
-                path.append(f"{step.get('from', {}).get('cell', '?')} -> {step.get('to', {}).get('cell', '?')}")
-    return util, (min(fmax) if fmax else None), path
+    for crit in doc.get("critical_paths", []):
+        if crit.get("from") == crit.get("to") == f"posedge {slowest}" and crit.get("path"):
+            steps = crit["path"]
+            path = [steps[0]["from"]["cell"], steps[-1]["to"]["cell"]]
+            break
+    return util, clocks[slowest], path
 
 
 def _overuse(log_text):
@@ -242,7 +246,7 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, baud=None, out_dir=Non
     (folder / "report.json.qfab").write_text(json.dumps(report.as_dict(), indent=1))
     if not report.timing_met:
         log(f"WARNING: timing missed: Fmax {fmax or 0:.2f} MHz < {mhz:g} MHz"
-            + (f"; critical path {path[0]} ... {path[-1]}" if path else "")
+            + (f"; critical path from {path[0]} to {path[-1]}" if path else "")
             + ". The bitstream may misbehave: ask for a lower --freq or fold deeper (larger --target-ii)")
     return report
 

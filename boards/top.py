@@ -10,6 +10,7 @@ has them: heartbeat (about 1 Hz, the clock runs), activity (toggles with every g
 
 from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, Signal
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.resources import UARTResource
 
@@ -58,7 +59,8 @@ class BoardTop(Elaboratable):
                 raise QfabError(f"{self.board.name}: its clock is the FPGA's internal oscillator "
                                 f"({self.board.clock_mhz:g} MHz); --freq is not supported on this board")
             return None                     # the platform's own ``sync`` from the oscillator
-        clk_in = platform.request(platform.default_clk, dir="i").i
+        m.submodules.clk_buffer = clk_buffer = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
+        clk_in = clk_buffer.i
         m.domains.sync = cd = ClockDomain("sync")
         if self.clock_mhz == self.board.clock_mhz:
             m.d.comb += cd.clk.eq(clk_in)
@@ -76,18 +78,22 @@ class BoardTop(Elaboratable):
         platform.add_clock_constraint(cd.clk, setting.out_mhz * 1e6)
         return lock
 
-    def _leds(self, platform):
-        leds = []
+    def _leds(self, m, platform):
+        ports = []
         for k in range(8):
             try:
-                leds.append(platform.request("led", k).o)
+                ports.append(platform.request("led", k, dir="-"))
             except ResourceError:
                 break
         try:
-            rgb = platform.request("rgb_led", 0)
-            leds += [rgb.g.o, rgb.b.o, rgb.r.o]
+            rgb = platform.request("rgb_led", 0, dir="-")
+            ports += [rgb.g, rgb.b, rgb.r]
         except ResourceError:
             pass
+        leds = []
+        for k, port in enumerate(ports):
+            m.submodules[f"led_buffer_{k}"] = buffer = io.Buffer("o", port)
+            leds.append(buffer.o)
         return leds
 
     def elaborate(self, platform):
@@ -99,9 +105,11 @@ class BoardTop(Elaboratable):
             rx, tx, conn = HEADER_UART[self.board.name]
             platform.add_resources([UARTResource(0, rx=rx, tx=tx, conn=conn,
                                                  attrs=_io_attrs(self.board.family))])
-        uart = platform.request("uart", 0)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
         m.submodules.core = core = self.core
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        m.d.comb += [core.rx.eq(rx.i), tx.o.eq(core.tx)]
         heartbeat = Signal(range(int(self.clock_mhz * 1e6)))
         beat = Signal()
         with m.If(heartbeat == 0):
@@ -111,7 +119,7 @@ class BoardTop(Elaboratable):
         status = [beat, core.status.activity, core.status.error, core.status.busy]
         if lock is not None:
             status.append(lock)
-        for led, value in zip(self._leds(platform), status):
+        for led, value in zip(self._leds(m, platform), status):
             m.d.comb += led.eq(value)
         return m
 

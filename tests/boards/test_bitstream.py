@@ -1,0 +1,78 @@
+"""Real bitstreams of the digits MLP with the open toolchain, their reports parsed.
+
+The iCEBreaker build (about a minute) runs everywhere, CI included; the ULX3S one is marked slow.
+"""
+
+import pytest
+
+from qfab.boards.bitstream import build_bitstream
+from qfab.cli import main
+from qfab.compiler.compile import compile_graph
+from qfab.compiler.errors import QfabError
+from qfab.compiler.load import load_graph
+from qfab.compiler.ptq import QuantConfig
+from qfab.datasets import digits
+
+pytestmark = [pytest.mark.board]
+
+
+def _bundled(name):
+    from importlib.resources import files
+    return str(files("qfab.compiler") / "data" / name)
+
+
+def _mlp(folder, bits, ii):
+    x_train, _, _, _ = digits("flat")
+    graph = load_graph(_bundled("digits_mlp.onnx"), x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
+    return compile_graph(graph, folder, target_ii=ii, log=lambda *a: None)
+
+
+def _check(report, lut_cell, family):
+    assert report.family == family
+    used, available = report.utilization[lut_cell]
+    assert 0 < used <= available
+    assert report.fmax_mhz is not None and report.fmax_mhz > 0
+    assert report.bitstream.is_file() and report.bitstream.stat().st_size > 10000
+    assert report.yosys["luts"] > 0 and report.yosys["ffs"] > 0
+
+
+def test_icebreaker_bitstream(tmp_path):
+    _mlp(tmp_path, 4, 1024)
+    lines = []
+    report = build_bitstream(tmp_path, "icebreaker", log=lines.append)
+    _check(report, "ICESTORM_LC", "ice40")
+    assert report.utilization["ICESTORM_DSP"][0] > 0        # requantization multiplies on the SB_MAC16s
+    assert report.requested_mhz == 12 and report.timing_met
+    assert any("synthesis" in line for line in lines)       # progress while the tools ran
+
+
+@pytest.mark.slow
+def test_ulx3s_bitstream_with_pll(tmp_path):
+    _mlp(tmp_path, 8, 256)
+    report = build_bitstream(tmp_path, "ulx3s_85f", freq_mhz=50, log=lambda *a: None)
+    _check(report, "TRELLIS_COMB", "ecp5")
+    assert report.requested_mhz == 50 and report.utilization["EHXPLLL"][0] == 1
+
+
+@pytest.mark.slow
+def test_a_design_that_does_not_fit_names_the_resource(tmp_path):
+    _mlp(tmp_path, 4, 64)
+    with pytest.raises(QfabError, match=r"does not fit the icebreaker .*logic cells \d+ used of 5280.*--target-ii"):
+        build_bitstream(tmp_path, "icebreaker", log=lambda *a: None)
+
+
+def test_deploy_without_a_programmer_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    folder = tmp_path / "bitstream" / "icebreaker"
+    folder.mkdir(parents=True)
+    (folder / "qfab_board.bin").write_bytes(b"\x00" * 16)
+    assert main(["deploy", str(tmp_path), "--board", "icebreaker"]) == 1
+    out = capsys.readouterr().out
+    assert "iceprog" in out and "qfab_board.bin" in out
+
+
+def test_boards_command(capsys):
+    assert main(["boards"]) == 0
+    out = capsys.readouterr().out
+    for name in ("icebreaker", "upduino_v3", "ulx3s_85f", "orangecrab"):
+        assert name in out
