@@ -38,7 +38,9 @@ _DEFAULT = {
     "mac_lut": {"a": 1.0, "b": 2.0},          # LUTs per lane = a * w_bits * a_bits + b (bipolar: 1.2)
     "mac_serial_lut": {"a": 1.2, "b": 2.0},   # per lane = a * w_bits + b (one activation bit a cycle)
     "acc_lut_per_bit": 1.0,
-    "requant_lut": {"a": 0.55, "b": 20.0},    # per PE lane: a * acc_bits * m_bits / 8 + b
+    "requant_lut": {"a": 2.0, "b": 20.0},     # per PE lane: a * (acc_bits + m_bits) + b (adders, shift, clamp)
+    "requant_dsp_width": 16,                  # the M0 multiply goes on DSPs of this operand width
+    "requant_rom_block": 16,                  # per-channel constants of >= this many folds: block RAM
     "control_lut": 60.0,
     "logic_weight_lut_per_bit": 0.12,         # constant weights kept in LUTs (AUTO: up to 1024 bits)
     "logic_weight_limit_bits": 1024,
@@ -87,7 +89,18 @@ def _stage_resources(stage, fold, m, m_bits):
             per_lane = m["mac_lut"]["a"] * stage.w_bits * stage.a_bits + m["mac_lut"]["b"]
         acc = _acc_bits(stage)
         r.luts += lanes * per_lane + fold.pe * acc * m["acc_lut_per_bit"]
-        r.luts += fold.pe * (m["requant_lut"]["a"] * acc * m_bits / 8 + m["requant_lut"]["b"]) + m["control_lut"]
+        r.luts += fold.pe * (m["requant_lut"]["a"] * (acc + m_bits) + m["requant_lut"]["b"]) + m["control_lut"]
+        # acc x M0 on DSPs (iCE40 SB_MAC16 16x16, ECP5 18x18): one per operand-width piece of M0
+        width = m["requant_dsp_width"]
+        dot = intops.acc_bits(intops.acc_bound(stage.k, 1 << (stage.w_bits - 1), (1 << stage.a_bits) - 1,
+                                               0, stage.points, 1 << 7 if stage.points > 1 else 1))
+        r.dsps += fold.pe * math.ceil(m_bits / width) * math.ceil(dot / width)
+        folds = stage.n // max(1, fold.pe)
+        if folds >= m["requant_rom_block"]:
+            # M0, offset and shift ROMs per PE lane; block RAMs are 16 bits wide x 256 deep (iCE40), so
+            # count whole 4-kbit blocks: a ROM of 64 x 24 bits takes two
+            blocks = math.ceil(m_bits / 16) + math.ceil((dot + m_bits) / 16) + 1
+            r.bram_bits += fold.pe * blocks * math.ceil(folds / 256) * 4096
         wbits = stage.points * stage.n * stage.k * stage.w_bits
         if wbits <= m["logic_weight_limit_bits"]:
             r.luts += wbits * m["logic_weight_lut_per_bit"]
