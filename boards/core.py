@@ -41,36 +41,65 @@ class InferenceCore(wiring.Component):
     build_dir : path
         A ``qfab compile`` build folder (``manifest.json``, ``qfab_top.v``).
     divisor : int
-        Clock cycles per UART bit.
+        Clock cycles per UART bit; or give ``clock_hz`` and ``baud`` instead (`divisor_for`).
+    clock_hz : float
+        The core's clock frequency; with ``divisor`` it only sets the default ``error_hold_cycles``.
+    baud : int
+        The UART's baud rate, with ``clock_hz``.
     timeout_cycles : int
         Silence inside a frame after which the link drops it (default: 64 byte times).
+    error_hold_cycles : int
+        How long ``status.error`` stays high after an error (default: a quarter second when
+        ``clock_hz`` is known, else 2**20 cycles).
 
     Members
     -------
     rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
-    status : ``Out(Status)`` (busy, error, activity), for LEDs.
+        The UART pins.
+    status : ``Out(Status)``
+        ``busy``, ``error``, ``activity``, for LEDs (`qfab.boards.link.Link`).
+
+    Inside, a `Link` (attribute ``link``) feeds an ``Instance`` of the build's top module; its
+    ``observe`` port is left unconnected.
+
+    Raises
+    ------
+    QfabError
+        If the build folder cannot be read, or the UART rate is not given exactly one way.
     """
 
-    def __init__(self, build_dir, *, divisor, timeout_cycles=None, error_hold_cycles=1 << 20):
+    def __init__(self, build_dir, *, divisor=None, clock_hz=None, baud=None, timeout_cycles=None,
+                 error_hold_cycles=None):
+        if (divisor is None) == (baud is None):
+            raise QfabError("give the UART rate as divisor=, or as clock_hz= and baud=, not both or neither")
+        if baud is not None:
+            if clock_hz is None:
+                raise QfabError("baud= needs clock_hz=")
+            divisor = divisor_for(clock_hz, baud)
         self._dir = pathlib.Path(build_dir)
         try:
             self._manifest = json.loads((self._dir / "manifest.json").read_text())
             self._verilog = (self._dir / self._manifest["verilog"]).read_text()
-        except (OSError, ValueError, KeyError) as e:
-            raise QfabError(f"{build_dir}: not a readable qfab build folder ({e}); run qfab compile first") from None
-        i, o = self._manifest["input"], self._manifest["output"]
-        self.link = Link(in_elements=i["elements"], in_bits=i["bits"], in_signed=i["signed"],
-                         in_per_beat=i["per_beat"], out_elements=o["elements"], out_bits=o["bits"],
-                         out_signed=o["signed"], out_per_beat=o["per_beat"], divisor=divisor,
-                         timeout_cycles=timeout_cycles or 64 * 10 * divisor,
+            i, o = self._manifest["input"], self._manifest["output"]
+            formats = dict(in_elements=i["elements"], in_bits=i["bits"], in_signed=i["signed"],
+                           in_per_beat=i["per_beat"], out_elements=o["elements"], out_bits=o["bits"],
+                           out_signed=o["signed"], out_per_beat=o["per_beat"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise QfabError(f"{build_dir}: not a readable qfab build folder ({e!r}); run qfab compile first") \
+                from None
+        if error_hold_cycles is None:
+            error_hold_cycles = int(clock_hz) // 4 if clock_hz else 1 << 20
+        self.link = Link(**formats, divisor=divisor, timeout_cycles=timeout_cycles or 64 * 10 * divisor,
                          design_id=protocol.design_id(self._manifest, self._verilog),
                          error_hold_cycles=error_hold_cycles)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "status": Out(Status)})
 
     manifest = property(lambda self: self._manifest)
+    divisor = property(lambda self: self.link.divisor)
+    design_id = property(lambda self: self.link.design_id)
 
     def verilog_files(self):
-        """The accelerator's Verilog, for ``platform.add_file`` or a simulator."""
+        """The accelerator's Verilog, ``{"qfab_top.v": text}``, for ``platform.add_file`` or a simulator."""
         return {"qfab_top.v": self._verilog}
 
     def elaborate(self, platform):
@@ -85,9 +114,12 @@ class InferenceCore(wiring.Component):
         return m
 
 
-def core_verilog(build_dir, *, divisor, timeout_cycles=None):
-    """The core as a Verilog module ``qfab_core`` (ports clk, rst, rx, tx, status); the accelerator
-    stays an instance of ``qfab_top`` to be compiled from the build's ``qfab_top.v``."""
+def core_verilog(build_dir, *, divisor=None, clock_hz=None, baud=None, timeout_cycles=None, error_hold_cycles=256):
+    """The core as a Verilog module ``qfab_core`` (ports ``clk``, ``rst``, ``rx``, ``tx``,
+    ``status[2:0]`` = busy, error, activity); the accelerator stays an instance of ``qfab_top``
+    to be compiled from the build's ``qfab_top.v``. ``error_hold_cycles`` is short by default,
+    for simulation."""
     from amaranth.back import verilog
-    core = InferenceCore(build_dir, divisor=divisor, timeout_cycles=timeout_cycles, error_hold_cycles=256)
+    core = InferenceCore(build_dir, divisor=divisor, clock_hz=clock_hz, baud=baud, timeout_cycles=timeout_cycles,
+                         error_hold_cycles=error_hold_cycles)
     return verilog.convert(core, name="qfab_core", emit_src=False)

@@ -3,8 +3,9 @@
 An INFER frame's payload goes into an input buffer (block RAM) and is streamed to the accelerator
 only once its check byte is good, so a damaged frame never reaches it. Results are framed as they
 leave the accelerator. Errors (bad check byte, wrong length, unknown type, a frame stopped
-half-way, a frame arriving while the previous input is still being streamed) are answered with an
-ERROR frame; bytes between frames are skipped, so the link resynchronizes on the next start byte.
+half-way, an INFER frame arriving while the previous input is still in the buffer) are answered
+with an ERROR frame; bytes between frames are skipped, so the link resynchronizes on the next
+start byte.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
@@ -18,7 +19,7 @@ from . import protocol
 
 __all__ = ["Link", "Status", "BUSY"]
 
-BUSY = 5            # error code: an INFER frame arrived before the previous input left the buffer
+BUSY = protocol.BUSY    # error code 5: an INFER frame arrived before the previous input left the buffer
 
 Status = data.StructLayout({"busy": 1, "error": 1, "activity": 1})
 
@@ -39,7 +40,9 @@ class Link(wiring.Component):
     divisor : int
         Clock cycles per UART bit.
     timeout_cycles : int
-        Silence inside a frame after which it is dropped with a TIMEOUT error.
+        Cycles from the last byte received (the middle of its stop bit) after which an
+        unfinished frame is dropped with a TIMEOUT error; more than one byte time
+        (``10 * divisor``), so a pause between two bytes may last ``timeout_cycles - 10 * divisor``.
     design_id : int
         32 bits reported in the INFO reply.
     error_hold_cycles : int
@@ -54,8 +57,22 @@ class Link(wiring.Component):
     o : ``In(stream.Signature(out_per_beat * out_bits))``
         From the accelerator, packed the same way.
     status : ``Out(Status)``
-        ``busy`` (a frame or a result is in flight), ``error`` (held after an error), ``activity``
-        (toggles with every good frame).
+        ``busy`` (from a start byte to the end of the answer: while a frame arrives, an input is
+        in the accelerator and its RESULT not sent, or an answer is being sent), ``error`` (high
+        for ``error_hold_cycles`` after an error), ``activity`` (toggles with every good frame).
+
+    Timing: the input goes to ``i`` from the cycle after the INFER frame's check byte arrives, one
+    beat per ``in_per_beat + 1`` cycles at most. The RESULT header starts as soon as ``o`` is
+    valid; ``o`` is then taken one beat per ``out_per_beat`` byte times (``10 * divisor`` cycles
+    each). Answers go out in the order their cause happened, except that an ERROR or INFO reply
+    raised during a RESULT waits for its end; one ERROR can wait (a later one replaces it).
+
+    Raises
+    ------
+    TypeError
+        If a count is not a positive integer, or ``timeout_cycles`` is not above one byte time.
+    ValueError
+        If the element formats do not fit the protocol.
     """
 
     def __init__(self, *, in_elements, in_bits, in_signed, in_per_beat, out_elements, out_bits, out_signed,
@@ -64,6 +81,8 @@ class Link(wiring.Component):
                             ("out_elements", out_elements), ("out_per_beat", out_per_beat),
                             ("timeout_cycles", timeout_cycles), ("error_hold_cycles", error_hold_cycles)):
             _positive(name, value)
+        _positive("divisor", divisor, 4)
+        _positive("timeout_cycles", timeout_cycles, 10 * divisor + 1)
         for name, value in (("in_bits", in_bits), ("out_bits", out_bits)):
             _positive(name, value)
             if value > 8:
@@ -73,19 +92,22 @@ class Link(wiring.Component):
                              f"output {out_elements}/{out_per_beat}")
         if max(in_elements, out_elements) > 0xFFFF:
             raise ValueError("at most 65535 elements per frame")
-        if not 0 <= design_id < 1 << 32:
+        if not isinstance(design_id, int) or not 0 <= design_id < 1 << 32:
             raise ValueError(f"design_id must be a 32-bit unsigned integer, not {design_id!r}")
         self._in = (in_elements, in_bits, bool(in_signed), in_per_beat)
         self._out = (out_elements, out_bits, bool(out_signed), out_per_beat)
         self._divisor, self._timeout, self._id, self._hold = divisor, timeout_cycles, design_id, error_hold_cycles
-        self.uart_rx = UARTReceiver(divisor)
-        self.uart_tx = UARTTransmitter(divisor)
         super().__init__({
             "rx": In(1, init=1), "tx": Out(1, init=1),
             "i": Out(stream.Signature(in_per_beat * in_bits)),
             "o": In(stream.Signature(out_per_beat * out_bits)),
             "status": Out(Status),
         })
+
+    divisor = property(lambda self: self._divisor)
+    timeout_cycles = property(lambda self: self._timeout)
+    design_id = property(lambda self: self._id)
+    error_hold_cycles = property(lambda self: self._hold)
 
     def info(self):
         """The INFO reply this link sends."""
@@ -95,8 +117,8 @@ class Link(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.uart_rx = urx = self.uart_rx
-        m.submodules.uart_tx = utx = self.uart_tx
+        m.submodules.uart_rx = urx = UARTReceiver(self._divisor)
+        m.submodules.uart_tx = utx = UARTTransmitter(self._divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
         in_elements, in_bits, _, in_per_beat = self._in
 
@@ -142,10 +164,16 @@ class Link(wiring.Component):
             m.d.sync += [error_pending.eq(1), error_code.eq(code), error_type.eq(kind)]
 
         timed_out = Signal()
+        accepted, answered = Signal(), Signal()     # an INFER frame checked good; a RESULT frame sent
+        owed = Signal(8)                            # RESULT frames owed (for status.busy)
+        with m.If(accepted & ~answered):
+            m.d.sync += owed.eq(owed + 1)
+        with m.Elif(answered & ~accepted):
+            m.d.sync += owed.eq(owed - 1)
         with m.FSM() as parser:
             with m.State("IDLE"):
                 with m.If(got & (byte == protocol.START)):
-                    m.d.sync += total.eq(0)
+                    m.d.sync += [total.eq(0), kind.eq(0)]       # a TIMEOUT before the type names type 0
                     m.next = "TYPE"
             with m.State("TYPE"):
                 with m.If(timed_out):
@@ -199,6 +227,7 @@ class Link(wiring.Component):
                         m.d.sync += activity.eq(~activity)
                         with m.If(kind == protocol.INFER):
                             m.d.sync += [loaded.eq(1), addr.eq(0), lane.eq(0)]
+                            m.d.comb += accepted.eq(1)
                         with m.Else():
                             m.d.sync += info_pending.eq(1)
                     with m.Else():
@@ -291,6 +320,7 @@ class Link(wiring.Component):
             with m.State("CHECK"):
                 m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(-out_sum)]
                 with m.If(utx.i.ready):
+                    m.d.comb += answered.eq(1)
                     m.next = "IDLE"
 
         # -- status ---------------------------------------------------------------------------
@@ -300,5 +330,6 @@ class Link(wiring.Component):
         with m.Elif(hold != 0):
             m.d.sync += hold.eq(hold - 1)
         m.d.comb += [self.status.error.eq(hold != 0), self.status.activity.eq(activity),
-                     self.status.busy.eq(~parser.ongoing("IDLE") | loaded | beat_full | ~framer.ongoing("IDLE"))]
+                     self.status.busy.eq(~parser.ongoing("IDLE") | (owed != 0) | error_pending | info_pending |
+                                        ~framer.ongoing("IDLE"))]
         return m

@@ -5,6 +5,7 @@ A frame is ``0xA5, type, length (u16 little-endian), payload, check`` where ``ch
 bytes after the start byte sum to 0 modulo 256. Bytes outside frames are skipped (resync).
 """
 
+import json
 import struct
 import zlib
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["START", "INFER", "INFO", "RESULT", "INFO_REPLY", "ERROR", "ERROR_CODES", "MAX_PAYLOAD",
+           "BAD_CHECKSUM", "BAD_LENGTH", "UNKNOWN_TYPE", "TIMEOUT", "BUSY",
            "Frame", "FrameDecoder", "encode_frame", "checksum", "pack_input", "unpack_output", "Info",
            "design_id", "type_name", "describe_error", "is_transient", "VERSION"]
 
@@ -21,9 +23,9 @@ INFER, INFO = 0x01, 0x02                      # host -> board
 RESULT, INFO_REPLY, ERROR = 0x81, 0x82, 0xEE  # board -> host
 MAX_PAYLOAD = 0xFFFF
 
-BAD_CHECKSUM, BAD_LENGTH, UNKNOWN_TYPE, TIMEOUT = 1, 2, 3, 4
+BAD_CHECKSUM, BAD_LENGTH, UNKNOWN_TYPE, TIMEOUT, BUSY = 1, 2, 3, 4, 5
 ERROR_CODES = {BAD_CHECKSUM: "bad checksum", BAD_LENGTH: "wrong length", UNKNOWN_TYPE: "unknown frame type",
-               TIMEOUT: "frame timed out half-way"}
+               TIMEOUT: "frame timed out half-way", BUSY: "input buffer busy"}
 _NAMES = {INFER: "INFER", INFO: "INFO", RESULT: "RESULT", INFO_REPLY: "INFO reply", ERROR: "ERROR"}
 
 
@@ -53,19 +55,30 @@ class Frame:
 
 
 class FrameDecoder:
-    """Incremental decoder: `feed` bytes as they arrive, take whole frames with `next_frame`.
+    """Incremental decoder: `feed` bytes as they arrive, take whole frames with `next_frame` (or
+    all of them with `frames`).
 
-    Frames with a bad check byte are dropped and counted in ``bad_frames`` (the board answers the
-    host's corrupted frames with ERROR; the host has nothing to answer, it resends or times out).
-    ``max_payload`` bounds a claimed length so that a corrupted length cannot swallow the stream.
+    Frames with a bad check byte are dropped and counted in ``bad_checksums``; a claimed length
+    above ``max_payload`` (so that a corrupted length cannot swallow the stream) in
+    ``bad_lengths``. Either way the decoder resynchronizes on the next start byte after the
+    rejected one. ``skipped`` counts bytes outside frames. (The board answers the host's
+    corrupted frames with ERROR; the host has nothing to answer, it resends or times out.)
     """
 
     def __init__(self, max_payload=4096):
+        if not isinstance(max_payload, int) or not 0 <= max_payload <= MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be an integer from 0 to {MAX_PAYLOAD}, not {max_payload!r}")
         self._buffer = bytearray()
         self._frames = []
         self.max_payload = max_payload
-        self.bad_frames = 0
+        self.bad_checksums = 0
+        self.bad_lengths = 0
         self.skipped = 0
+
+    @property
+    def bad_frames(self):
+        """Frames dropped, for either reason."""
+        return self.bad_checksums + self.bad_lengths
 
     def feed(self, data):
         self._buffer += data
@@ -82,27 +95,39 @@ class FrameDecoder:
                 return
             kind, length = self._buffer[1], self._buffer[2] | self._buffer[3] << 8
             if length > self.max_payload:
-                self.bad_frames += 1
+                self.bad_lengths += 1
                 del self._buffer[:1]                 # not a frame start after all: resync
                 continue
             if len(self._buffer) < 5 + length:
                 return
             frame = bytes(self._buffer[:5 + length])
             if sum(frame[1:]) & 0xFF:
-                self.bad_frames += 1
+                self.bad_checksums += 1
                 del self._buffer[:1]
                 continue
             del self._buffer[:5 + length]
             self._frames.append(Frame(kind, frame[4:4 + length]))
 
     def next_frame(self):
+        """The oldest whole frame not taken yet, or None."""
         return self._frames.pop(0) if self._frames else None
+
+    def frames(self):
+        """Yield (and take) every whole frame decoded so far."""
+        while self._frames:
+            yield self._frames.pop(0)
+
+
+def _code_range(bits, signed):
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an integer from 1 to 8 (one byte per element), not {bits!r}")
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def pack_input(codes, bits, signed):
     """Input codes (one per element, element order) -> INFER payload: one byte each."""
+    lo, hi = _code_range(bits, signed)
     codes = np.asarray(codes, dtype=np.int64).reshape(-1)
-    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     if codes.size and (codes.min() < lo or codes.max() > hi):
         bad = codes[(codes < lo) | (codes > hi)][0]
         raise ValueError(f"input code {bad} outside the {'signed' if signed else 'unsigned'} {bits}-bit range "
@@ -111,10 +136,18 @@ def pack_input(codes, bits, signed):
 
 
 def unpack_output(payload, bits, signed):
-    """RESULT payload -> output codes (int64); signed outputs arrive sign-extended to 8 bits."""
+    """RESULT payload -> output codes (int64); signed outputs arrive sign-extended to 8 bits.
+
+    A byte that is not a ``bits``-bit code (which the board never sends) raises ValueError.
+    """
+    lo, hi = _code_range(bits, signed)
     raw = np.frombuffer(bytes(payload), dtype=np.uint8).astype(np.int64)
     if signed:
         raw = np.where(raw >= 128, raw - 256, raw)
+    if raw.size and (raw.min() < lo or raw.max() > hi):
+        bad = raw[(raw < lo) | (raw > hi)][0]
+        raise ValueError(f"output byte 0x{int(bad) & 0xFF:02x} is not a {'signed' if signed else 'unsigned'} "
+                         f"{bits}-bit code")
     return raw
 
 
@@ -144,10 +177,13 @@ class Info:
 
 
 def design_id(manifest, verilog):
-    """A 32-bit id of a build: CRC-32 of its accelerator Verilog (weights included), input and
-    output formats and stages. The board reports it (INFO) so the host knows what it talks to."""
-    import json
-    key = {"verilog": zlib.crc32(verilog.encode()),"input": manifest["input"], "output": manifest["output"], "top": manifest.get("top"),
+    """A 32-bit id of a build: CRC-32 of a canonical JSON of its accelerator Verilog's CRC-32
+    (the weights are in the Verilog, not in the manifest), the manifest's input and output
+    formats, top module, stages and initiation interval. The board reports it (INFO) so the host
+    knows what it talks to; both sides compute it with this function from the build folder's
+    ``manifest.json`` and the text of its ``qfab_top.v``."""
+    key = {"verilog": zlib.crc32(verilog.encode()), "input": manifest["input"], "output": manifest["output"],
+           "top": manifest.get("top"),
            "stages": [[s["name"], s["kind"], s.get("pe"), s.get("simd"), s.get("style")]
                       for s in manifest.get("stages", [])],
            "ii": manifest.get("initiation_interval")}
@@ -162,5 +198,5 @@ def describe_error(payload):
 
 
 def is_transient(payload):
-    """Errors a resend can cure: the frame was damaged on the wire."""
-    return len(payload) == 2 and payload[0] in (BAD_CHECKSUM, TIMEOUT)
+    """Errors a resend can cure: the frame was damaged on the wire, or came too early (BUSY)."""
+    return len(payload) == 2 and payload[0] in (BAD_CHECKSUM, TIMEOUT, BUSY)

@@ -1,29 +1,76 @@
 # amaranth: UnusedElaboratable=no
 """The board's link gateware in Amaranth's simulator, with a bit-level UART on the host side and
-a small model accelerator (``y = x - 8`` per element, repacked) on the other."""
+a small model accelerator on the other: a function of the input, taken and given with random
+stalls, packed with `qfab.sim.packing`. (The model is a per-cycle process rather than the shared
+`tests/hw/streams.py` drivers because it must outlive its inputs: the simulation stops at a fixed
+time with the model still waiting.)"""
 
+import json
+import random
+
+import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from qfab.boards import protocol
+from qfab.boards.core import InferenceCore, core_verilog
 from qfab.boards.link import BUSY, Link
+from qfab.compiler.errors import QfabError
+from qfab.sim.packing import pack_beats, unpack_beats
 
 DIV = 4
-IN, OUT = 6, 6
+BYTE = 10 * DIV                   # cycles per byte on the wire
 
 
-def make_link(**kw):
-    args = dict(in_elements=IN, in_bits=4, in_signed=False, in_per_beat=2, out_elements=OUT, out_bits=5,
-                out_signed=True, out_per_beat=3, divisor=DIV, timeout_cycles=30 * DIV, design_id=0x1234ABCD,
-                error_hold_cycles=50)
-    args.update(kw)
-    return Link(**args)
+class Format:
+    """One test configuration: the accelerator's input and output formats and its function."""
+
+    def __init__(self, in_elements, in_bits, in_signed, in_per_beat, out_bits, out_signed, out_per_beat,
+                 function):
+        self.in_elements, self.in_bits, self.in_signed, self.in_per_beat = in_elements, in_bits, in_signed, in_per_beat
+        self.out_bits, self.out_signed, self.out_per_beat = out_bits, out_signed, out_per_beat
+        self.function = function
+        self.out_elements = len(function(np.zeros(in_elements, np.int64)))
+
+    def link(self, **kw):
+        args = dict(in_elements=self.in_elements, in_bits=self.in_bits, in_signed=self.in_signed,
+                    in_per_beat=self.in_per_beat, out_elements=self.out_elements, out_bits=self.out_bits,
+                    out_signed=self.out_signed, out_per_beat=self.out_per_beat, divisor=DIV,
+                    timeout_cycles=30 * DIV, design_id=0x1234ABCD, error_hold_cycles=50)
+        args.update(kw)
+        return Link(**args)
+
+    def infer(self, xs):
+        return protocol.encode_frame(protocol.INFER, protocol.pack_input(xs, self.in_bits, self.in_signed))
+
+    def result(self, xs):
+        return protocol.Frame(protocol.RESULT, protocol.pack_input(self.function(np.asarray(xs)), self.out_bits,
+                                                                   self.out_signed))
+
+    def inputs(self, count, seed=0):
+        lo, hi = (-(1 << (self.in_bits - 1)), 1 << (self.in_bits - 1)) if self.in_signed else (0, 1 << self.in_bits)
+        rng = np.random.default_rng(seed)
+        return [list(rng.integers(lo, hi, self.in_elements)) for _ in range(count)]
 
 
-def run(link, wire, cycles=6000, accelerator=True):
-    """Drive ``wire`` (a list of byte strings, or ("pause", cycles)) into rx; return the frames
-    decoded from tx and the inputs the accelerator saw."""
+# u4 in, 2 a beat -> s5 out, 3 a beat (most tests use this one)
+SMALL = Format(6, 4, False, 2, 5, True, 3, lambda x: x - 8)
+# s8 in, the whole input in one beat (like the digits MLP) -> u3, 1 a beat, fewer outputs than inputs
+WIDE = Format(4, 8, True, 4, 3, False, 1, lambda x: np.array([(x[0] + x[1]) & 7, (x[2] ^ x[3]) & 7]))
+# 1-bit in, 1 a beat -> s8 out, all in one beat
+BITS = Format(5, 1, False, 1, 8, True, 5, lambda x: x * 255 - 128)
+# a single u8 element each way (zero-width buffer address)
+ONE = Format(1, 8, False, 1, 8, False, 1, lambda x: 255 - x)
+FORMATS = {"small": SMALL, "wide": WIDE, "bits": BITS, "one": ONE}
+
+
+def run(fmt, link, wire, cycles=None, accelerator=True, stall=0.3, watch=None):
+    """Drive ``wire`` (byte strings, or ("pause", cycles)) into rx; return the frames decoded from
+    tx and the inputs the accelerator saw. ``watch(ctx)``, if given, runs alongside."""
     seen, out_bytes = [], bytearray()
+    if cycles is None:
+        cycles = sum(len(w) * BYTE if isinstance(w, bytes) else w[1] for w in wire) * 2 + 40 * BYTE
 
     async def host(ctx):
         ctx.set(link.rx, 1)
@@ -37,7 +84,7 @@ def run(link, wire, cycles=6000, accelerator=True):
                     ctx.set(link.rx, bit)
                     await ctx.tick().repeat(DIV)
 
-    async def monitor(ctx):                      # a per-cycle UART receiver on tx
+    async def monitor(ctx):                      # a UART receiver on tx sampling each bit's middle
         t = None
         byte = 0
         async for _, _, tx in ctx.tick().sample(link.tx):
@@ -54,22 +101,23 @@ def run(link, wire, cycles=6000, accelerator=True):
                 out_bytes.append(byte)
                 t = None
 
-    async def model(ctx):                        # the accelerator: y = x - 8, 2 in per beat, 3 out per beat
-        xs, words = [], []
-        ctx.set(link.i.ready, 1)
-        async for _, _, i_valid, i_payload, o_ready in ctx.tick().sample(link.i.valid, link.i.payload,
-                                                                          link.o.ready):
-            if words and o_ready:
+    async def model(ctx):                        # takes whole inputs; gives their results, in order
+        rng = random.Random(len(wire))
+        beats, words = [], []
+        async for _, _, i_valid, i_ready, i_payload, o_valid, o_ready in ctx.tick().sample(
+                link.i.valid, link.i.ready, link.i.payload, link.o.valid, link.o.ready):
+            if i_valid and i_ready:
+                beats.append(i_payload)
+            if len(beats) == fmt.in_elements // fmt.in_per_beat:
+                xs = unpack_beats(beats, fmt.in_per_beat, fmt.in_bits, fmt.in_signed).reshape(-1)
+                seen.append([int(x) for x in xs])
+                words += pack_beats(fmt.function(xs).reshape(-1, fmt.out_per_beat), fmt.out_bits)
+                beats = []
+            if o_valid and o_ready:
                 words.pop(0)
-            if i_valid:
-                xs += [(i_payload >> (4 * k)) & 0xF for k in range(2)]
-            if len(xs) == IN:
-                seen.append(xs)
-                ys = [x - 8 for x in xs]
-                for k in range(0, OUT, 3):
-                    words.append(sum((y & 0x1F) << (5 * j) for j, y in enumerate(ys[k:k + 3])))
-                xs = []
-            ctx.set(link.o.valid, bool(words))
+            ctx.set(link.i.ready, rng.random() >= stall)
+            hold = o_valid and not o_ready                  # a beat offered stays until taken
+            ctx.set(link.o.valid, bool(words) and (hold or rng.random() >= stall))
             ctx.set(link.o.payload, words[0] if words else 0)
 
     sim = Simulator(link)
@@ -78,76 +126,184 @@ def run(link, wire, cycles=6000, accelerator=True):
     sim.add_process(monitor)
     if accelerator:
         sim.add_process(model)
+    if watch is not None:
+        sim.add_process(watch)
     sim.run_until(cycles * 1e-6)
     dec = protocol.FrameDecoder()
     dec.feed(bytes(out_bytes))
-    frames = []
-    while (f := dec.next_frame()) is not None:
-        frames.append(f)
+    frames = list(dec.frames())
     assert dec.bad_frames == 0 and dec.skipped == 0
     return frames, seen
-
-
-def infer(xs):
-    return protocol.encode_frame(protocol.INFER, protocol.pack_input(xs, 4, False))
-
-
-def result(xs):
-    return protocol.Frame(protocol.RESULT, bytes((x - 8) & 0xFF for x in xs))
 
 
 def error(code, kind):
     return protocol.Frame(protocol.ERROR, bytes([code, kind]))
 
 
+def test_init():
+    link = SMALL.link()
+    assert (link.divisor, link.timeout_cycles, link.design_id) == (DIV, 30 * DIV, 0x1234ABCD)
+    assert link.info() == protocol.Info(1, 6, 6, 4, False, 5, True, 0x1234ABCD)
+    assert link.i.payload.shape().width == 8 and link.o.payload.shape().width == 15
+
+
 def test_init_wrong():
     with pytest.raises(ValueError, match="in_bits must be at most 8"):
-        make_link(in_bits=9)
+        SMALL.link(in_bits=9)
+    with pytest.raises(ValueError, match="out_bits must be at most 8"):
+        SMALL.link(out_bits=9)
     with pytest.raises(ValueError, match="elements per beat must divide"):
-        make_link(in_per_beat=4)
-    with pytest.raises(TypeError, match="timeout_cycles must be an integer"):
-        make_link(timeout_cycles=0)
+        SMALL.link(in_per_beat=4)
+    with pytest.raises(TypeError, match="timeout_cycles must be an integer of at least 1, not 0"):
+        SMALL.link(timeout_cycles=0)
+    with pytest.raises(TypeError, match="timeout_cycles must be an integer of at least 41, not 40"):
+        SMALL.link(timeout_cycles=10 * DIV)
+    with pytest.raises(TypeError, match="divisor must be an integer of at least 4, not 3"):
+        SMALL.link(divisor=3)
+    with pytest.raises(ValueError, match="design_id must be a 32-bit unsigned integer"):
+        SMALL.link(design_id=1 << 32)
+    with pytest.raises(ValueError, match="at most 65535 elements"):
+        SMALL.link(in_elements=1 << 16, in_per_beat=1)
 
 
-def test_info():
-    frames, seen = run(make_link(), [protocol.encode_frame(protocol.INFO)], cycles=1500)
-    assert frames == [protocol.Frame(protocol.INFO_REPLY, protocol.Info(1, IN, OUT, 4, False, 5, True,
-                                                                        0x1234ABCD).encode())]
-    assert seen == []
+@pytest.mark.parametrize("name", FORMATS)
+def test_info(name):
+    fmt = FORMATS[name]
+    frames, seen = run(fmt, fmt.link(), [protocol.encode_frame(protocol.INFO)])
+    assert [protocol.Info.parse(f.payload) for f in frames] == [
+        protocol.Info(1, fmt.in_elements, fmt.out_elements, fmt.in_bits, fmt.in_signed, fmt.out_bits,
+                      fmt.out_signed, 0x1234ABCD)]
+    assert frames[0].type == protocol.INFO_REPLY and seen == []
 
 
-def test_back_to_back_inferences():
-    inputs = [[0, 1, 2, 3, 4, 5], [15, 14, 8, 7, 0, 9], [3] * 6]
-    frames, seen = run(make_link(), [infer(x) for x in inputs], cycles=4000)
+@pytest.mark.parametrize("name", FORMATS)
+def test_back_to_back_inferences(name):
+    """Frames sent without a pause, the accelerator stalling at random: every result exact."""
+    fmt = FORMATS[name]
+    inputs = fmt.inputs(4, seed=len(name))
+    frames, seen = run(fmt, fmt.link(), [fmt.infer(x) for x in inputs])
     assert seen == inputs
-    assert frames == [result(x) for x in inputs]
+    assert frames == [fmt.result(x) for x in inputs]
+
+
+def test_info_during_a_result_waits_for_its_end():
+    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6), protocol.encode_frame(protocol.INFO)],
+                       stall=0.0)
+    assert [f.type for f in frames] == [protocol.RESULT, protocol.INFO_REPLY]
+    assert frames[0] == SMALL.result([1] * 6)
 
 
 def test_bad_checksum_never_reaches_the_accelerator():
-    bad = bytearray(infer([1, 2, 3, 4, 5, 6]))
+    bad = bytearray(SMALL.infer([1, 2, 3, 4, 5, 6]))
     bad[6] ^= 0x01
-    frames, seen = run(make_link(), [b"\x00\x13", bytes(bad), infer([6, 5, 4, 3, 2, 1])], cycles=4000)
-    assert frames == [error(protocol.BAD_CHECKSUM, protocol.INFER), result([6, 5, 4, 3, 2, 1])]
+    frames, seen = run(SMALL, SMALL.link(), [b"\x00\x13", bytes(bad), SMALL.infer([6, 5, 4, 3, 2, 1])])
+    assert frames == [error(protocol.BAD_CHECKSUM, protocol.INFER), SMALL.result([6, 5, 4, 3, 2, 1])]
     assert seen == [[6, 5, 4, 3, 2, 1]]
 
 
 def test_wrong_length_and_unknown_type():
     short = protocol.encode_frame(protocol.INFER, b"\x01\x02\x03")
+    long = protocol.encode_frame(protocol.INFER, bytes(7))
     odd = protocol.encode_frame(0x33, b"\x07")
     info_with_payload = protocol.encode_frame(protocol.INFO, b"\x00")
-    frames, seen = run(make_link(), [short, odd, info_with_payload, infer([1] * 6)], cycles=5000)
-    assert frames == [error(protocol.BAD_LENGTH, protocol.INFER), error(protocol.UNKNOWN_TYPE, 0x33),
-                      error(protocol.BAD_LENGTH, protocol.INFO), result([1] * 6)]
+    frames, seen = run(SMALL, SMALL.link(), [short, long, odd, info_with_payload, SMALL.infer([1] * 6)])
+    assert frames == [error(protocol.BAD_LENGTH, protocol.INFER), error(protocol.BAD_LENGTH, protocol.INFER),
+                      error(protocol.UNKNOWN_TYPE, 0x33), error(protocol.BAD_LENGTH, protocol.INFO),
+                      SMALL.result([1] * 6)]
     assert seen == [[1] * 6]
 
 
-def test_timeout_half_way_then_recovers():
-    cut = infer([9] * 6)[:5]
-    frames, seen = run(make_link(), [cut, ("pause", 60 * DIV), infer([2] * 6)], cycles=5000)
-    assert frames == [error(protocol.TIMEOUT, protocol.INFER), result([2] * 6)]
+@pytest.mark.parametrize("cut", [2, 5, 10])
+def test_timeout_half_way_then_recovers(cut):
+    """A frame stopped after its type, in its payload, or before its check byte; the next frame works."""
+    frame = SMALL.infer([9] * 6)
+    frames, seen = run(SMALL, SMALL.link(), [frame[:cut], ("pause", 60 * DIV), SMALL.infer([2] * 6)])
+    assert frames == [error(protocol.TIMEOUT, protocol.INFER), SMALL.result([2] * 6)]
     assert seen == [[2] * 6]
 
 
+def test_timeout_after_the_start_byte_names_type_zero():
+    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([3] * 6), b"\xA5", ("pause", 60 * DIV),
+                                             SMALL.infer([4] * 6)])
+    assert frames == [SMALL.result([3] * 6), error(protocol.TIMEOUT, 0), SMALL.result([4] * 6)]
+
+
+def test_a_pause_shorter_than_the_timeout_is_no_error():
+    """The timeout counts from the end of the last byte: a pause plus a byte time under it is fine."""
+    frame = SMALL.infer([7] * 6)
+    frames, seen = run(SMALL, SMALL.link(), [frame[:6], ("pause", 30 * DIV - BYTE - 2 * DIV), frame[6:]])
+    assert frames == [SMALL.result([7] * 6)]
+
+
 def test_busy_when_the_accelerator_does_not_take_the_input():
-    frames, seen = run(make_link(), [infer([1] * 6), infer([2] * 6)], cycles=3000, accelerator=False)
+    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6), SMALL.infer([2] * 6)], accelerator=False)
     assert frames == [error(BUSY, protocol.INFER)]
+
+
+def test_status():
+    """``busy`` while a frame or its result is in flight, ``error`` for ``error_hold_cycles`` after
+    an error, ``activity`` toggling with each good frame."""
+    link = SMALL.link(error_hold_cycles=50)
+    trace = []
+
+    async def watch(ctx):
+        async for _, _, status in ctx.tick().sample(link.status):
+            trace.append((status.busy, status.error, status.activity))
+
+    bad = bytearray(SMALL.infer([1] * 6))
+    bad[-1] ^= 0xFF
+    wire = [("pause", 20), SMALL.infer([1] * 6), ("pause", 40 * BYTE), bytes(bad), ("pause", 20 * BYTE),
+            protocol.encode_frame(protocol.INFO), ("pause", 30 * BYTE)]
+    frames, seen = run(SMALL, link, wire, watch=watch)
+    assert [f.type for f in frames] == [protocol.RESULT, protocol.ERROR, protocol.INFO_REPLY]
+    busy, err, activity = (np.array(column) for column in zip(*trace))
+    assert not busy[:20].any() and not busy[-20 * BYTE:].any()
+    assert np.count_nonzero(np.diff(busy.astype(int)) == 1) == 3          # three frames, three busy spells
+    assert np.count_nonzero(np.diff(activity.astype(int)) != 0) == 2       # two good frames
+    rises = np.flatnonzero(np.diff(err.astype(int)) == 1)
+    assert len(rises) == 1 and 49 <= np.count_nonzero(err) <= 52
+
+
+# -- the inference core around a build folder ---------------------------------------------------
+
+def _build_folder(path, top="qfab_top"):
+    manifest = {"verilog": "qfab_top.v", "top": top, "initiation_interval": 8, "stages": [],
+                "input": {"tensor": "x", "shape": [6], "elements": 6, "per_beat": 2, "bits": 4, "signed": False},
+                "output": {"tensor": "y", "shape": [6], "elements": 6, "per_beat": 3, "bits": 5, "signed": True}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "qfab_top.v").write_text(f"module {top}(); endmodule\n")
+    return manifest
+
+
+def test_core(tmp_path):
+    manifest = _build_folder(tmp_path)
+    core = InferenceCore(tmp_path, clock_hz=12e6, baud=115200)
+    Fragment.get(core, None)
+    assert core.divisor == 104 and core.link.timeout_cycles == 64 * 10 * 104
+    assert core.link.error_hold_cycles == 3_000_000                 # a quarter second
+    assert core.design_id == protocol.design_id(manifest, "module qfab_top(); endmodule\n")
+    assert core.link.info() == protocol.Info(1, 6, 6, 4, False, 5, True, core.design_id)
+    assert core.verilog_files() == {"qfab_top.v": "module qfab_top(); endmodule\n"}
+    other = InferenceCore(tmp_path, divisor=8, timeout_cycles=500)
+    Fragment.get(other, None)
+    assert other.link.timeout_cycles == 500 and other.link.divisor == 8
+    text = core_verilog(tmp_path, divisor=8)
+    assert "module qfab_core(" in text and "qfab_top accelerator (" in text
+    for port in ("input clk;", "input rst;", "input rx;", "output tx;", "output [2:0] status;",
+                 ".i__payload(", ".i__valid(", ".i__ready(", ".o__payload(", ".o__valid(", ".o__ready("):
+        assert port in text
+    assert ".observe(" not in text and "module qfab_top" not in text
+
+
+def test_core_wrong(tmp_path):
+    with pytest.raises(QfabError, match="not a readable qfab build folder"):
+        InferenceCore(tmp_path, divisor=8)
+    _build_folder(tmp_path)
+    with pytest.raises(QfabError, match="give the UART rate as divisor=, or as clock_hz= and baud="):
+        InferenceCore(tmp_path)
+    with pytest.raises(QfabError, match="give the UART rate as divisor=, or as clock_hz= and baud="):
+        InferenceCore(tmp_path, divisor=8, baud=115200)
+    with pytest.raises(QfabError, match="baud= needs clock_hz="):
+        InferenceCore(tmp_path, baud=115200)
+    with pytest.raises(QfabError, match="115200 baud needs a clock of at least 0.4608 MHz"):
+        InferenceCore(tmp_path, clock_hz=300e3, baud=115200)

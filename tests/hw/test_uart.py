@@ -51,6 +51,32 @@ def _bits(byte, stop=1):
     return [0] + [(byte >> i) & 1 for i in range(8)] + [stop]
 
 
+@pytest.mark.parametrize("divisor", [4, 9])
+def test_transmitter_waveform(divisor):
+    """Every bit lasts exactly ``divisor`` cycles and bytes follow each other without idle time."""
+    tx = UARTTransmitter(divisor)
+    payload = [0x55, 0x00, 0xFF, 0xA5]
+    line = []
+
+    async def sender(ctx):
+        assert ctx.get(tx.tx) == 1
+        await put_all(ctx, tx.i, payload)
+
+    async def watch(ctx):
+        async for _, _, bit in ctx.tick().sample(tx.tx):
+            line.append(bit)
+
+    sim = Simulator(tx)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sender)
+    sim.add_process(watch)
+    sim.run_until(1e-6 * (divisor * 10 * len(payload) + 20))
+    # the first byte is taken in the first cycle; its start bit is on the line from the second
+    expected = [1] + [bit for byte in payload for bit in _bits(byte) for _ in range(divisor)]
+    expected += [1] * (len(line) - len(expected))
+    assert line == expected
+
+
 @pytest.mark.parametrize("divisor", [4, 7])
 def test_receiver_framing_error_and_glitch(divisor):
     """A low stop bit gives no byte and a framing-error pulse; a short low glitch is not a start bit."""
@@ -86,3 +112,74 @@ def test_receiver_framing_error_and_glitch(divisor):
     sim.run_until(1e-6 * divisor * 60)
     assert events["framing"] == 1
     assert events["bytes"] == [0x5A]
+
+
+@pytest.mark.parametrize("error", [-0.03, 0.03])
+def test_receiver_tolerates_a_baud_rate_error(error):
+    """A sender 3 % slow or fast, at any phase against the clock: sampling in the middle of each bit
+    still reads every byte (sampling at the bit edges would not)."""
+    divisor = 16
+    period = divisor * (1 + error)
+    rng = random.Random(int(error * 100))
+    payload = [rng.randrange(256) for _ in range(12)] + [0x00, 0xFF]
+    edges, t = [], rng.random() * divisor              # (time in cycles, level) of the sender's line
+    for byte in payload:
+        for k, bit in enumerate(_bits(byte)):
+            edges.append((t + k * period, bit))
+        t += (10 + rng.choice([0, 0, 0.5, 2])) * period
+    rx = UARTReceiver(divisor)
+    got, framing = [], []
+
+    async def line(ctx):
+        cycle = 0
+        for when, bit in edges:
+            while cycle < when:
+                await ctx.tick()
+                cycle += 1
+            ctx.set(rx.rx, bit)
+
+    async def watch(ctx):
+        ctx.set(rx.o.ready, 1)
+        async for _, _, valid, payload_, bad in ctx.tick().sample(rx.o.valid, rx.o.payload, rx.framing_error):
+            if valid:
+                got.append(payload_)
+            if bad:
+                framing.append(len(got))
+
+    sim = Simulator(rx)
+    sim.add_clock(1e-6)
+    sim.add_testbench(line)
+    sim.add_process(watch)
+    sim.run_until(1e-6 * (t + 4 * divisor))
+    assert framing == []
+    assert got == payload
+
+
+def test_receiver_overrun():
+    """A byte that arrives while ``o`` still holds the previous one replaces it and pulses ``overrun``."""
+    divisor = 4
+    rx = UARTReceiver(divisor)
+    overruns = []
+
+    async def line(ctx):
+        for byte in (0x11, 0x22):
+            for bit in _bits(byte):
+                ctx.set(rx.rx, bit)
+                await ctx.tick().repeat(divisor)
+        await ctx.tick().repeat(3 * divisor)
+        assert ctx.get(rx.o.valid) and ctx.get(rx.o.payload) == 0x22
+        ctx.set(rx.o.ready, 1)
+        await ctx.tick()
+        assert not ctx.get(rx.o.valid)
+
+    async def watch(ctx):
+        async for _, _, overrun in ctx.tick().sample(rx.overrun):
+            if overrun:
+                overruns.append(overrun)
+
+    sim = Simulator(rx)
+    sim.add_clock(1e-6)
+    sim.add_testbench(line)
+    sim.add_process(watch)
+    sim.run_until(1e-6 * divisor * 30)
+    assert overruns == [1]
