@@ -2,15 +2,23 @@
 
 A `MacArray` takes one beat of ``pe x simd`` weights and ``simd`` activations per transfer and
 emits, every ``beats`` transfers, the ``pe`` exact dot products of the last ``beats`` transfers.
+
+When the weights are constants known at build time (``weights=``, every word ``w`` will carry),
+each lane is built for the weights it can see: a lane of zeros has no product and no adder-tree
+input at all, a lane with one weight multiplies by a constant (tiles of activation bits only), a
+lane with at most four weights reads one or two bits of ``w`` and looks up the product, and the
+rest multiply ``w`` at run time (`qfab.hw._const_tiles`; docs/hardware.md, "Sparse (pruned)
+weights").
 """
 
 import enum
 
-from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._arith import Encoding, acc_width, code_range, code_shape, sum_tree, tile_addends
+from ._const_tiles import FewValues, const_addends, few_addends, few_values
 
 __all__ = ["MacStyle", "Encoding", "MacArray"]
 
@@ -68,6 +76,24 @@ def _check_positive(name, value):
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
 
 
+def _check_weights(weights, pe, simd, shape):
+    try:
+        words = [[[int(v) for v in row] for row in word] for word in weights]
+    except TypeError:
+        words = None
+    if not words or any(len(word) != pe or any(len(row) != simd for row in word)
+                        for word in words):
+        raise ValueError(f"weights must be a non-empty list of words of {pe} rows of {simd} codes")
+    lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed \
+        else (0, (1 << shape.width) - 1)
+    for word in words:
+        for row in word:
+            for v in row:
+                if not lo <= v <= hi:
+                    raise ValueError(f"weight code {v} is outside [{lo}, {hi}]")
+    return words
+
+
 def _check_bits(name, bits, encoding, enc_name):
     if not isinstance(encoding, Encoding):
         raise TypeError(f"{enc_name} must be an Encoding, not {encoding!r}")
@@ -98,7 +124,16 @@ class MacArray(wiring.Component):
         Bit-parallel only: write products as ``*`` so synthesis may use DSP blocks; ``k`` lanes
         share one multiplier when their packed operands fit 18 bits (``w0*a0 + w1*a1`` is the
         middle field of ``(w0 << S | w1) * (a1 << S | a0)``): 3 lanes per multiplier at 2x2
-        bits, 2 at 4x4, 1 at 8x8.
+        bits, 2 at 4x4, 1 at 8x8. Lanes with a constant weight never use a multiplier.
+    weights : ``[depth][pe][simd]`` weight codes, optional
+        Every word ``i.payload.w`` will carry (codes as on the wire: bipolar ``0`` / ``1``),
+        when the weights are constants (`qfab.hw.mvau.MVAU` passes its ``LOGIC`` weight words).
+        A lane ``(p, s)`` whose code is the same in every word ignores ``w[p][s]`` and uses
+        that constant: zero leaves the lane out, anything else is a multiplication by a
+        constant. A lane with two to four codes (and weights of 3 bits or more) reads only
+        the one or two bits of ``w[p][s]`` that tell its codes apart. The others multiply ``w``
+        as usual. Words outside this list give wrong results; latency and throughput do not
+        change.
 
     Members
     -------
@@ -119,7 +154,7 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, pe, simd, *, w_bits, w_encoding, a_bits, a_encoding, beats,
-                 style=MacStyle.BIT_PARALLEL, use_dsp=False):
+                 style=MacStyle.BIT_PARALLEL, use_dsp=False, weights=None):
         _check_positive("pe", pe)
         _check_positive("simd", simd)
         _check_positive("beats", beats)
@@ -131,7 +166,10 @@ class MacArray(wiring.Component):
             raise ValueError("a bit-serial MAC array does not take bipolar activations")
         if use_dsp and style is MacStyle.BIT_SERIAL:
             raise ValueError("use_dsp applies to the bit-parallel style only")
+        if weights is not None:
+            weights = _check_weights(weights, pe, simd, code_shape(w_bits, w_encoding))
         self._pe, self._simd, self._beats = pe, simd, beats
+        self._weights = weights
         self._w_bits, self._w_encoding = w_bits, w_encoding
         self._a_bits, self._a_encoding = a_bits, a_encoding
         self._style, self._use_dsp = style, bool(use_dsp)
@@ -155,6 +193,7 @@ class MacArray(wiring.Component):
     beats = property(lambda self: self._beats)
     style = property(lambda self: self._style)
     acc_bits = property(lambda self: self._acc_bits)
+    weights = property(lambda self: self._weights, doc="The constant weight codes, or ``None``.")
     i_layout = property(lambda self: self._i_layout)
     o_layout = property(lambda self: self._o_layout)
 
@@ -175,10 +214,41 @@ class MacArray(wiring.Component):
             self._elaborate_serial(m, en, beat_last)
         return m
 
-    def _lanes(self, pe):
-        w = [Value.cast(self.i.payload.w[pe][s]) for s in range(self._simd)]
-        a = [Value.cast(self.i.payload.a[s]) for s in range(self._simd)]
-        return w, a
+    def _activations(self):
+        return [Value.cast(self.i.payload.a[s]) for s in range(self._simd)]
+
+    def _weight_lanes(self, m, pe):
+        """PE ``pe``'s weight per lane: the code from ``i``; with ``weights=``, the weight
+        *value* (an ``int``) of a lane that has the same code in every word, or `FewValues` for
+        a lane with at most four."""
+        if self._weights is None:
+            return [Value.cast(self.i.payload.w[pe][s]) for s in range(self._simd)]
+        lanes = []
+        for s in range(self._simd):
+            codes = [word[pe][s] for word in self._weights]
+            code = Value.cast(self.i.payload.w[pe][s])
+            if len(set(codes)) == 1:
+                lanes.append(2 * codes[0] - 1 if self._w_encoding is Encoding.BIPOLAR
+                             else codes[0])
+            else:
+                lanes.append(few_values(code, codes, self._w_bits, self._w_encoding) or code)
+        return lanes
+
+    def _addends(self, w, a, a_bits, a_encoding):
+        """Tiles of ``sum(w * a)``: lanes with an ``int`` weight as constant multiplications
+        (zeros left out), `FewValues` lanes as look-ups, the others as run-time products."""
+        def lanes_of(kind):
+            return ([x for x in w if isinstance(x, kind)],
+                    [y for x, y in zip(w, a) if isinstance(x, kind)])
+        run_w, run_a = lanes_of(Value)
+        addends, constant = tile_addends(run_w, self._w_bits, self._w_encoding, run_a, a_bits,
+                                         a_encoding)
+        for build, kind in ((const_addends, int), (few_addends, FewValues)):
+            lanes, acts = lanes_of(kind)
+            if lanes:
+                more, more_constant = build(lanes, acts, a_bits, a_encoding)
+                addends, constant = addends + more, constant + more_constant
+        return addends, constant
 
     def _value(self, code, encoding):
         if encoding is Encoding.BIPOLAR:
@@ -194,6 +264,8 @@ class MacArray(wiring.Component):
         """
         w = [self._value(x, self._w_encoding) for x in w]
         a = [self._value(x, self._a_encoding) for x in a]
+        if not w:
+            return Const(0, 1)
         k, field = _dsp_packing(code_range(self._w_bits, self._w_encoding),
                                 code_range(self._a_bits, self._a_encoding))
         terms = []
@@ -222,13 +294,20 @@ class MacArray(wiring.Component):
             m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(beat_last)]
             m.d.sync += self.o.valid.eq(s1_valid & s1_last)
         for pe in range(self._pe):
-            w, a = self._lanes(pe)
+            w, a = self._weight_lanes(m, pe), self._activations()
             if self._use_dsp:
-                dot, constant = self._dsp_dot(w, a), 0
+                # run-time (and ROM) weights on multipliers; constant ones as LUT tiles
+                w = [x.code if isinstance(x, FewValues) else x for x in w]
+                run = [(x, y) for x, y in zip(w, a) if not isinstance(x, int)]
+                dot = self._dsp_dot([x for x, _ in run], [y for _, y in run])
+                fixed, constant = self._addends([x for x in w if isinstance(x, int)],
+                                                [y for x, y in zip(w, a) if isinstance(x, int)],
+                                                self._a_bits, self._a_encoding)
+                if fixed:
+                    dot = dot + sum_tree(m, fixed, name=f"pe{pe}_const").value
                 s1_sum = Signal(signed(self._acc_bits), name=f"s1_sum_{pe}")
             else:
-                addends, constant = tile_addends(w, self._w_bits, self._w_encoding,
-                                                 a, self._a_bits, self._a_encoding)
+                addends, constant = self._addends(w, a, self._a_bits, self._a_encoding)
                 tree = sum_tree(m, addends, name=f"pe{pe}")
                 dot = tree.value
                 s1_sum = Signal(unsigned(min(tree.width, self._acc_bits)), name=f"s1_sum_{pe}")
@@ -278,9 +357,8 @@ class MacArray(wiring.Component):
         with m.If(en):
             m.d.sync += s1_neg.eq(neg)
         for pe in range(self._pe):
-            w, _ = self._lanes(pe)
-            addends, constant = tile_addends(w, self._w_bits, self._w_encoding,
-                                             planes, 1, Encoding.UNSIGNED)
+            addends, constant = self._addends(self._weight_lanes(m, pe), planes, 1,
+                                              Encoding.UNSIGNED)
             tree = sum_tree(m, addends, name=f"pe{pe}")     # plane sum - constant
             width = tree.width
             # Horner over the planes, MSB first: partial = 2 * partial + tree (or, on the sign

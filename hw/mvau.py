@@ -108,6 +108,15 @@ class MVAU(wiring.Component):
     style : MacStyle
     use_dsp : bool
     weight_memory : MemoryKind
+        With ``LOGIC`` (``AUTO`` picks it for up to 1024 weight bits) the weights are constants
+        (`MacArray` ``weights=``): a lane (PE row, SIMD column) whose weight is zero at every
+        fold step has no product and no adder input, a lane with one weight at every step
+        (every lane at ``pe = N``, ``simd = K``) multiplies by a constant, one with at most
+        four weights over the steps looks its product up from one or two bits of the word read
+        from a ROM of the fold step, and the others multiply that word; zeros also make the ROM
+        smaller. So pruned weights make the unit smaller (docs/hardware.md, "Sparse (pruned)
+        weights"); ``BLOCK`` and ``SPRAM`` weights are run-time data and cost the same whatever
+        their values.
 
     Members
     -------
@@ -164,8 +173,11 @@ class MVAU(wiring.Component):
                  for f in range(nf) for p in range(points) for s in range(sf)]
         self._wmem = WeightMemory(words, pe=pe, simd=simd, w_bits=w_bits, w_encoding=w_encoding,
                                   kind=weight_memory)
+        # LOGIC weights are constants: lanes constant over all words become constants of the array
+        const = self._wmem.kind is MemoryKind.LOGIC
         self._mac = MacArray(pe, simd, w_bits=w_bits, w_encoding=w_encoding, a_bits=a_bits,
-                             a_encoding=a_encoding, beats=sf, style=style, use_dsp=use_dsp)
+                             a_encoding=a_encoding, beats=sf, style=style, use_dsp=use_dsp,
+                             weights=self._wmem.codes if const else None)
         self._combine = not (points == 1 and all(v == 1 for v in mult[0]))
         dot_bits = self._mac.acc_bits
         if self._combine:

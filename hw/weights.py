@@ -15,7 +15,10 @@ class MemoryKind(enum.Enum):
     """Where a `WeightMemory` keeps its words.
 
     ``LOGIC``: constants in LUTs, a registered ``case`` on the address (one word: plain wires,
-    so a zero weight's products fold away in synthesis and cost nothing). Best for small layers.
+    so a zero weight's products fold away in synthesis and cost nothing). An `MVAU` also builds
+    every lane that holds one weight in all words as a constant (zero: no logic at all), so
+    pruned layers get smaller at any folding (docs/hardware.md, "Sparse (pruned) weights").
+    Best for small or sparse layers.
     ``BLOCK``: an initialized `amaranth.lib.memory.Memory` with one synchronous read port;
     Yosys maps it to block RAM (iCE40 ``SB_RAM40_4K``, ECP5 ``DP16KD``).
     ``SPRAM``: a single-port RAM with no initial contents, written once from the ``load`` stream
@@ -104,10 +107,13 @@ class WeightMemory(wiring.Component):
             if depth == 1:
                 m.d.comb += self.data.eq(self._layout.const(self._codes[0]))
             else:
-                with m.If(self.en):
-                    with m.Switch(self.addr):
-                        for n, word in enumerate(self._codes):
-                            with m.Case(n):
+                # the enable inside each case keeps Yosys' proc_rom from turning the switch into
+                # a $mem ROM: as a mux tree, ABC shrinks zero-heavy words further (a 64-word,
+                # 256-bit ROM with 75% zero weights: 725 LUTs, against 913 as a $mem)
+                with m.Switch(self.addr):
+                    for n, word in enumerate(self._codes):
+                        with m.Case(n):
+                            with m.If(self.en):
                                 m.d.sync += self.data.eq(self._layout.const(word))
             return m
 
