@@ -16,7 +16,7 @@ from .folding import Fold, choose_folding, stages_of
 from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save
 
-__all__ = ["Budget", "compile_graph", "load_folding"]
+__all__ = ["Budget", "compile_graph", "design_estimates", "load_folding"]
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ class Budget:
     def check(self, res):
         for key in ("luts", "ffs", "dsps", "bram_bits"):
             limit = getattr(self, key)
-            used = getattr(res, key)
+            used = round(getattr(res, key))       # as the manifest reports it
             if limit is not None and used > limit:
-                return False, f"estimated {key} {used:.0f} > {limit}"
+                return False, f"estimated {key} {used} > {limit}"
         return True, ""
 
 
@@ -54,17 +54,50 @@ def load_folding(path):
 
 
 def _stage_estimates(graph, stages, folds):
+    """Estimated `Resources` of each layer: its engine (with the layer's real requantization
+    shifts, which size an MVAU's variable shifter) and the sliding window in front of it."""
     per = {}
     for s in stages:
-        r = estimate.stage_resources(s, folds[s.name], m_bits=graph.m_bits)
         node = next(n for n in graph.nodes if n.name == s.name)
-        if s.kind in ("maxpool", "avgpool") or getattr(node, "kernel", None) is not None and s.kind == "mvau" \
-                and node.kind == "Conv2d":
+        shifts = getattr(getattr(node, "requant", None), "shift", None) if s.kind == "mvau" else None
+        terms = estimate.stage_terms(s, folds[s.name], m_bits=graph.m_bits,
+                                     shifts=None if shifts is None else [int(v) for v in shifts])
+        r = estimate.resources(terms)
+        if s.kind in ("maxpool", "avgpool") or s.kind == "mvau" and node.kind == "Conv2d":
             tin = graph.tensors[node.input]
             h, w, c = tin.shape
             r = r + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, folds[s.name].simd)
         per[s.name] = r
     return per
+
+
+def _stream_estimates(plan):
+    """Estimated `Resources` of what the Dataflow adds on the edges, in the order it builds them:
+    a fork where one output feeds several inputs, a width converter where the element counts per
+    beat differ, and each edge's FIFO."""
+    items = {"fifos": [], "converters": [], "forks": []}
+    by_source = {}
+    for e in plan.edges:
+        by_source.setdefault(e.src, []).append(e)
+    for src, edges in by_source.items():
+        if len(edges) > 1:
+            items["forks"].append(estimate.fork_resources(edges[0].per_beat_src, edges[0].shape.width, len(edges)))
+    for e in plan.edges:
+        if e.per_beat_src != e.per_beat_dst:
+            items["converters"].append(estimate.converter_resources(e.per_beat_src, e.per_beat_dst, e.shape.width))
+        if e.depth > 0:
+            items["fifos"].append(estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width))
+    return {k: estimate.total(v) for k, v in items.items()}
+
+
+def design_estimates(graph, stages, folds):
+    """``(per_layer, streams, total)``: the estimated `Resources` of each layer, of the FIFOs,
+    width converters and forks between them, and of the whole accelerator, for the plan that
+    `compile_graph` lowers (the budget check and the manifest use these same numbers)."""
+    plan = plan_graph(graph, folds, {s.name: s for s in stages}, build=False)
+    per = _stage_estimates(graph, stages, folds)
+    streams = _stream_estimates(plan)
+    return per, streams, estimate.total(list(per.values()) + list(streams.values()))
 
 
 def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, style="bit_parallel",
@@ -75,10 +108,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     fits = None
     if budget is not None:
         def fits(folds):
-            per = _stage_estimates(graph, stages, folds)
-            # one input FIFO per stage (and one more per window unit) at depth 4
-            fifos = [estimate.fifo_resources(4, folds[s.name].simd * s.a_bits) for s in stages for _ in range(2)]
-            return budget.check(estimate.total(list(per.values()) + fifos))
+            return budget.check(design_estimates(graph, stages, folds)[2])
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
                            manual=folding)
     t = time.perf_counter()
@@ -88,9 +118,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     verilog = to_verilog(top)
     sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}), counters=True)
     sim_verilog = to_verilog(sim_top)
-    per = _stage_estimates(graph, stages, folds)
-    fifo_res = [estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width) for e in plan.edges]
-    totals = estimate.total(list(per.values()) + fifo_res)
+    per, streams, totals = design_estimates(graph, stages, folds)
     ii = max(s.cycles(folds[s.name]) for s in stages)
     latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +138,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
         "fifos": [{"name": f"e{k}", "from": e.src, "to": e.dst, "depth": e.depth, "tensor": e.tensor,
                    "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
         "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
+                      "streams": {k: v.rounded() for k, v in streams.items()},
                       "total": totals.rounded(), "model": estimate.model().get("source", "")},
         "observe_layout": _field_offsets(top, "observe", "level"),
         "counters_layout": _field_offsets(sim_top, "counters", "fire", "wait"),

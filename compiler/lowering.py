@@ -116,12 +116,21 @@ def _window(graph, node, simd, pad_value, hw, kernel, stride, padding):
                                stride=stride, padding=padding, pad_value=pad_value, simd=simd)
 
 
-def plan_graph(graph, folds, stages_info):
+def _no_hw():
+    """`_hw` for a plan without components (`plan_graph` ``build=False``): the encodings are real,
+    every component is None."""
+    hw = _hw()
+    return {k: (v if k in ("Encoding", "MacStyle") else (lambda *a, **k: None)) for k, v in hw.items()}
+
+
+def plan_graph(graph, folds, stages_info, *, build=True):
     """Stages and streams for ``graph`` with ``folds`` (by node name, see `qfab.compiler.folding`).
 
-    ``stages_info``: the `Stage` work items by node name (for cycle counts).
+    ``stages_info``: the `Stage` work items by node name (for cycle counts). ``build=False``
+    plans the streams (edges, beats, FIFO depths) without building the stages' components
+    (their ``component`` is None), as the resource estimates need it.
     """
-    hw = _hw()
+    hw = _hw() if build else _no_hw()
     plan = Plan()
     # where each tensor's stream comes from: (endpoint, elements per beat)
     source = {}
