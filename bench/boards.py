@@ -16,8 +16,8 @@ import tempfile
 import time
 
 from qfab.boards.bitstream import build_bitstream
-from qfab.boards.registry import BOARDS, get_board
-from qfab.compiler.compile import Budget, compile_graph
+from qfab.boards.registry import BOARDS, budget_for, get_board
+from qfab.compiler.compile import compile_graph
 from qfab.compiler.errors import QfabError
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
@@ -37,8 +37,7 @@ def run_one(model, bits, board, work):
     x_train = digits(layout)[0]
     graph = load_graph(_bundled(file), x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
     folder = work / f"{model}_w{bits}_{board.name}"
-    budget = Budget(luts=board.luts, dsps=board.dsps, bram_bits=board.bram_bits)
-    manifest = compile_graph(graph, folder, budget=budget, log=lambda *a: None)
+    manifest = compile_graph(graph, folder, budget=budget_for(board), log=lambda *a: None)
     retries = 0
     while True:
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from qfab.compiler.errors import QfabError
 
-__all__ = ["Board", "BOARDS", "get_board"]
+__all__ = ["Board", "BOARDS", "get_board", "budget_for", "TOP_RESERVE"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,24 @@ BOARDS = {b.name: b for b in [
     Board("orangecrab", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_85FPlatform", "ecp5", "LFE5U-85F-8MG285C",
           48.0, 83640, 83640, 208 * 18432, 0, 156, "3.3 V USB-serial adapter on header pins 0 (rx), 1 (tx)"),
 ]}
+
+
+# What a board top takes besides the accelerator: the host link (UART, framing, input and output
+# buffers) and the clock, reset and LED logic. The link alone, synthesized for the digits MLP and
+# CNN: iCE40 556-613 LUT4, 254-500 FFs, 1 block RAM; ECP5 485-728 LUT4, 238-488 FFs. Rounded up.
+TOP_RESERVE = {"ice40": {"luts": 700, "ffs": 600, "bram_blocks": 1},
+               "ecp5": {"luts": 850, "ffs": 600, "bram_blocks": 0}}
+_BLOCK_BITS = {"ice40": 4096, "ecp5": 18432}
+
+
+def budget_for(board):
+    """The accelerator's `qfab.compiler.compile.Budget` on ``board`` (a `Board` or its name): the
+    device's LUTs, FFs, DSPs and block RAM, less `TOP_RESERVE`."""
+    from qfab.compiler.compile import Budget
+    board = get_board(board) if isinstance(board, str) else board
+    keep = TOP_RESERVE[board.family]
+    return Budget(luts=board.luts - keep["luts"], ffs=board.ffs - keep["ffs"], dsps=board.dsps,
+                  bram_bits=board.bram_bits - keep["bram_blocks"] * _BLOCK_BITS[board.family], family=board.family)
 
 
 def get_board(name):

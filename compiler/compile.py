@@ -21,18 +21,20 @@ __all__ = ["Budget", "compile_graph", "design_estimates", "load_folding"]
 
 @dataclass(frozen=True)
 class Budget:
-    """Resources the design may use (None: unlimited)."""
+    """Resources the design may use (None: unlimited), and the device family they are counted in
+    (``"ice40"`` or ``"ecp5"``: LUT4s, DSP and block RAM geometry differ)."""
     luts: int | None = None
     ffs: int | None = None
     dsps: int | None = None
     bram_bits: int | None = None
+    family: str = "ice40"
 
     def check(self, res):
         for key in ("luts", "ffs", "dsps", "bram_bits"):
             limit = getattr(self, key)
             used = round(getattr(res, key))       # as the manifest reports it
             if limit is not None and used > limit:
-                return False, f"estimated {key} {used} > {limit}"
+                return False, f"estimated {key} {used} > {limit} available"
         return True, ""
 
 
@@ -53,25 +55,25 @@ def load_folding(path):
     return folds
 
 
-def _stage_estimates(graph, stages, folds):
+def _stage_estimates(graph, stages, folds, m):
     """Estimated `Resources` of each layer: its engine (with the layer's real requantization
     shifts, which size an MVAU's variable shifter) and the sliding window in front of it."""
     per = {}
     for s in stages:
         node = next(n for n in graph.nodes if n.name == s.name)
         shifts = getattr(getattr(node, "requant", None), "shift", None) if s.kind == "mvau" else None
-        terms = estimate.stage_terms(s, folds[s.name], m_bits=graph.m_bits,
+        terms = estimate.stage_terms(s, folds[s.name], m, m_bits=graph.m_bits,
                                      shifts=None if shifts is None else [int(v) for v in shifts])
-        r = estimate.resources(terms)
+        r = estimate.resources(terms, m)
         if s.kind in ("maxpool", "avgpool") or s.kind == "mvau" and node.kind == "Conv2d":
             tin = graph.tensors[node.input]
             h, w, c = tin.shape
-            r = r + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, folds[s.name].simd)
+            r = r + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, folds[s.name].simd, m)
         per[s.name] = r
     return per
 
 
-def _stream_estimates(plan):
+def _stream_estimates(plan, m):
     """Estimated `Resources` of what the Dataflow adds on the edges, in the order it builds them:
     a fork where one output feeds several inputs, a width converter where the element counts per
     beat differ, and each edge's FIFO."""
@@ -81,34 +83,41 @@ def _stream_estimates(plan):
         by_source.setdefault(e.src, []).append(e)
     for src, edges in by_source.items():
         if len(edges) > 1:
-            items["forks"].append(estimate.fork_resources(edges[0].per_beat_src, edges[0].shape.width, len(edges)))
+            items["forks"].append(estimate.fork_resources(edges[0].per_beat_src, edges[0].shape.width, len(edges), m))
     for e in plan.edges:
         if e.per_beat_src != e.per_beat_dst:
-            items["converters"].append(estimate.converter_resources(e.per_beat_src, e.per_beat_dst, e.shape.width))
+            items["converters"].append(estimate.converter_resources(e.per_beat_src, e.per_beat_dst, e.shape.width, m))
         if e.depth > 0:
-            items["fifos"].append(estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width))
+            items["fifos"].append(estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width, m))
     return {k: estimate.total(v) for k, v in items.items()}
 
 
-def design_estimates(graph, stages, folds):
+def design_estimates(graph, stages, folds, family="ice40"):
     """``(per_layer, streams, total)``: the estimated `Resources` of each layer, of the FIFOs,
-    width converters and forks between them, and of the whole accelerator, for the plan that
-    `compile_graph` lowers (the budget check and the manifest use these same numbers)."""
+    width converters and forks between them, and of the whole accelerator on ``family``, for the
+    plan that `compile_graph` lowers (the budget check and the manifest use these same numbers)."""
+    m = estimate.model(family)
     plan = plan_graph(graph, folds, {s.name: s for s in stages}, build=False)
-    per = _stage_estimates(graph, stages, folds)
-    streams = _stream_estimates(plan)
+    per = _stage_estimates(graph, stages, folds, m)
+    streams = _stream_estimates(plan, m)
     return per, streams, estimate.total(list(per.values()) + list(streams.values()))
 
 
 def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, style="bit_parallel",
-                  log=print):
-    """Lower ``graph`` and write the build folder; return the manifest (a dict)."""
+                  family=None, log=print):
+    """Lower ``graph`` and write the build folder; return the manifest (a dict).
+
+    ``family``: the device family the estimates count in (default: the budget's, else iCE40).
+    """
     out = pathlib.Path(out_dir)
+    family = family or (budget.family if budget is not None else "ice40")
+    if family not in ("ice40", "ecp5"):
+        raise QfabError(f"family must be ice40 or ecp5, not {family!r}")
     stages = stages_of(graph)
     fits = None
     if budget is not None:
         def fits(folds):
-            return budget.check(design_estimates(graph, stages, folds)[2])
+            return budget.check(design_estimates(graph, stages, folds, family)[2])
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
                            manual=folding)
     t = time.perf_counter()
@@ -118,7 +127,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     verilog = to_verilog(top)
     sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}), counters=True)
     sim_verilog = to_verilog(sim_top)
-    per, streams, totals = design_estimates(graph, stages, folds)
+    per, streams, totals = design_estimates(graph, stages, folds, family)
     ii = max(s.cycles(folds[s.name]) for s in stages)
     latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +148,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                    "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
         "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
                       "streams": {k: v.rounded() for k, v in streams.items()},
-                      "total": totals.rounded(), "model": estimate.model().get("source", "")},
+                      "total": totals.rounded(), "family": family,
+                      "model": estimate.model(family).get("source", "")},
         "observe_layout": _field_offsets(top, "observe", "level"),
         "counters_layout": _field_offsets(sim_top, "counters", "fire", "wait"),
         "m_bits": graph.m_bits,

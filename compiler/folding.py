@@ -164,5 +164,7 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
         else:
             why_last, lo = why, mid + 1
     if best is None:
-        raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}")
+        raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}; "
+                        f"use fewer bits (--wbits/--abits; requantization multiplies of wider accumulators "
+                        f"take more DSPs) or a larger device")
     return best

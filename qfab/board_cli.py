@@ -175,9 +175,9 @@ def _progress(done, total):
 def cmd_build(args):
     """The whole flow: quantize, fold for the board, lower, place and route, report."""
     from qfab.boards.bitstream import build_bitstream
-    from qfab.boards.registry import get_board
+    from qfab.boards.registry import budget_for, get_board
     from qfab.cli import _graph, _print_manifest
-    from qfab.compiler.compile import Budget, compile_graph
+    from qfab.compiler.compile import compile_graph
     from qfab.compiler.info import format_table
     board = get_board(args.board)
     t0 = time.perf_counter()
@@ -186,8 +186,7 @@ def cmd_build(args):
     print(format_table(graph))
     print(f"[2/3] lowering for the {board.name} ({board.luts} LUTs, {board.dsps} DSPs, "
           f"{board.bram_bits // 1024} kbit block RAM)")
-    budget = Budget(luts=board.luts, dsps=board.dsps, bram_bits=board.bram_bits)
-    manifest = compile_graph(graph, args.output, budget=budget, style=args.style)
+    manifest = compile_graph(graph, args.output, budget=budget_for(board), style=args.style)
     _print_manifest(manifest)
     print(f"[3/3] bitstream for the {board.name}")
     report = build_bitstream(args.output, board.name, freq_mhz=args.freq, baud=args.baud)

@@ -191,10 +191,11 @@ def cmd_compile(args):
     graph = _graph(args)
     budget = None
     if args.board:
-        from qfab.boards.registry import get_board
+        from qfab.boards.registry import budget_for, get_board
         board = get_board(args.board)
-        budget = Budget(luts=board.luts, dsps=board.dsps, bram_bits=board.bram_bits)
-        print(f"board {board.name}: budget {board.luts} LUTs, {board.dsps} DSPs, {board.bram_bits} block RAM bits")
+        budget = budget_for(board)
+        print(f"board {board.name}: the accelerator may use {budget.luts} LUTs, {budget.ffs} FFs, {budget.dsps} DSPs, "
+              f"{budget.bram_bits} block RAM bits (the device less the host link and board top)")
     folding = load_folding(args.folding) if args.folding else None
     manifest = compile_graph(graph, args.output, target_ii=args.target_ii, budget=budget, folding=folding,
                              style=args.style)
