@@ -49,7 +49,7 @@ def run_one(model, bits, board, work):
             retries += 1
             ii = manifest["initiation_interval"] * 2
             print(f"   does not fit ({str(e).split(':')[1].split('.')[0].strip()}); retrying at II {ii}", flush=True)
-            manifest = compile_graph(graph, folder, target_ii=ii, log=lambda *a: None)
+            manifest = compile_graph(graph, folder, target_ii=ii, family=board.family, log=lambda *a: None)
     est = manifest["estimates"]["total"]
     ii = manifest["initiation_interval"]
     return {"model": model, "bits": bits, "board": board.name, "ii": ii, "refolds": retries,
@@ -63,6 +63,9 @@ def print_table(rows):
     print(f"\n{'model':<6}{'bits':<6}{'board':<12}{'II':>6}{'LUT/LC used':>12}{'est.':>7}{'FF':>7}{'est.':>7}"
           f"{'BRAM':>6}{'est.':>6}{'DSP':>5}{'est.':>5}{'Fmax MHz':>10}{'inf/s @Fmax':>13}{'tools s':>9}")
     for r in rows:
+        if "failed" in r:
+            print(f"{r['model']:<6}{'w%da%d' % (r['bits'], r['bits']):<6}{r['board']:<12}  {r['failed']}")
+            continue
         fam = get_board(r["board"]).family
         u, y, e = r["utilization"], r["yosys"], r["estimate"]
         luts = u["ICESTORM_LC"][0] if fam == "ice40" else u["TRELLIS_COMB"][0]
@@ -100,7 +103,8 @@ def main(argv=None):
                         rows.append(run_one(model, bits, board, pathlib.Path(tmp)))
                     except QfabError as e:
                         print(f"   FAILED: {e}", flush=True)
-                        continue
+                        rows.append({"model": model, "bits": bits, "board": board.name,
+                                     "failed": str(e).split(";")[0]})
                     print(f"   done in {time.perf_counter() - t:.0f} s", flush=True)
                     keep = [r for r in saved if (r["model"], r["bits"], r["board"]) != (model, bits, board.name)]
                     saved = keep + [rows[-1]]

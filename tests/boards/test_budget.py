@@ -1,0 +1,42 @@
+"""Board budgets: the device less the board top, counted in the board's family."""
+
+import pytest
+
+from qfab.boards.registry import TOP_RESERVE, budget_for, get_board
+from qfab.compiler.compile import compile_graph
+from qfab.compiler.errors import QfabError
+from qfab.compiler.load import load_graph
+from qfab.compiler.ptq import QuantConfig
+from qfab.datasets import digits
+
+
+def _mlp(bits):
+    from importlib.resources import files
+    return load_graph(str(files("qfab.compiler") / "data" / "digits_mlp.onnx"), digits("flat")[0],
+                      QuantConfig(w_bits=bits, a_bits=bits))
+
+
+def test_budget_leaves_room_for_the_board_top():
+    b = budget_for("icebreaker")
+    assert (b.luts, b.ffs, b.dsps, b.bram_bits, b.family) == (5280 - 700, 5280 - 600, 8, 29 * 4096, "ice40")
+    e = budget_for(get_board("ulx3s_85f"))
+    assert e.family == "ecp5" and e.bram_bits == 208 * 18432 and e.luts == 83640 - TOP_RESERVE["ecp5"]["luts"]
+    with pytest.raises(QfabError, match="unknown board 'nexys'"):
+        budget_for("nexys")
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s_85f"])
+def test_board_designs_fit_their_budget_in_their_family(tmp_path, board):
+    budget = budget_for(board)
+    manifest = compile_graph(_mlp(4), tmp_path, budget=budget, log=lambda *a: None)
+    est = manifest["estimates"]
+    assert est["family"] == budget.family
+    for key in ("luts", "ffs", "dsps", "bram_bits"):
+        assert est["total"][key] <= getattr(budget, key), key
+    block = 4096 if budget.family == "ice40" else 18432
+    assert est["total"]["bram_bits"] == est["total"]["bram_blocks"] * block
+
+
+def test_w8a8_on_an_up5k_names_the_dsps(tmp_path):
+    with pytest.raises(QfabError, match=r"even fully folded: estimated dsps \d+ > 8 available; use fewer bits"):
+        compile_graph(_mlp(8), tmp_path, budget=budget_for("icebreaker"), log=lambda *a: None)
