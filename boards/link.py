@@ -324,12 +324,16 @@ class Link(wiring.Component):
                     m.next = "IDLE"
 
         # -- status ---------------------------------------------------------------------------
-        hold = Signal(range(self._hold + 1))
+        # the error LED's timer counts up from 2**bits - hold to 2**bits: its top bit says "done",
+        # so the loop is one carry chain enabled by one bit (a 22-bit "!= 0" was the slowest path
+        # of a whole board design on the UP5K)
+        bits = max(1, (self._hold - 1).bit_length())
+        hold = Signal(bits + 1, init=1 << bits)
         with m.If(error_pending):
-            m.d.sync += hold.eq(self._hold)
-        with m.Elif(hold != 0):
-            m.d.sync += hold.eq(hold - 1)
-        m.d.comb += [self.status.error.eq(hold != 0), self.status.activity.eq(activity),
+            m.d.sync += hold.eq((1 << bits) - self._hold)
+        with m.Elif(~hold[bits]):
+            m.d.sync += hold.eq(hold + 1)
+        m.d.comb += [self.status.error.eq(~hold[bits]), self.status.activity.eq(activity),
                      self.status.busy.eq(~parser.ongoing("IDLE") | (owed != 0) | error_pending | info_pending |
                                         ~framer.ongoing("IDLE"))]
         return m

@@ -167,7 +167,8 @@ class Report:
 
     def format_table(self, estimates=None):
         """Used / available per resource next to the lowering's ``estimates`` (the manifest's
-        ``estimates.total``: luts, ffs, dsps, bram_bits), then Fmax, times and warnings."""
+        ``estimates.total``: luts, ffs, dsps, bram_bits, logic_cells) plus the board top's
+        reserve, then Fmax, times and warnings."""
         est = _estimate_columns(self.family, estimates or {})
         lines = [f"{'resource':<34}{'used':>8}{'available':>11}{'share':>8}{'estimate':>10}"]
         for cell, (used, avail) in self.utilization.items():
@@ -179,7 +180,8 @@ class Report:
         if self.yosys:
             y = self.yosys
             lines.append(f"after synthesis (Yosys): {y.get('luts', 0)} LUT4, {y.get('ffs', 0)} flip-flops"
-                         + (f" (estimate {estimates['ffs']})" if estimates and "ffs" in estimates else "")
+                         + (f" (accelerator estimate {estimates['ffs']})" if estimates and "ffs" in estimates
+                            else "")
                          + f", {y.get('carry', 0)} carry, {y.get('bram', 0)} block RAM, {y.get('dsps', 0)} DSP")
         if self.fmax_mhz is not None:
             verdict = "met" if self.timing_met else "MISSED"
@@ -206,13 +208,19 @@ class Report:
 
 
 def _estimate_columns(family, est):
+    """The manifest's accelerator estimate plus the board top's reserve (`registry.TOP_RESERVE`),
+    per nextpnr cell type, so the column compares with what the whole bitstream uses."""
+    from .registry import TOP_RESERVE
     if not est:
         return {}
-    blocks = -(-est.get("bram_bits", 0) // BRAM_BITS[family])
+    top = TOP_RESERVE[family]
+    blocks = -(-est.get("bram_bits", 0) // BRAM_BITS[family]) + top["bram_blocks"]
     if family == "ice40":
-        return {"ICESTORM_LC": est.get("luts", ""), "ICESTORM_RAM": blocks, "ICESTORM_DSP": est.get("dsps", "")}
-    return {"TRELLIS_COMB": est.get("luts", ""), "TRELLIS_FF": est.get("ffs", ""), "DP16KD": blocks,
-            "MULT18X18D": est.get("dsps", "")}
+        cells = est.get("logic_cells", est.get("luts", 0))
+        return {"ICESTORM_LC": round(cells) + top["logic_cells"], "ICESTORM_RAM": blocks,
+                "ICESTORM_DSP": est.get("dsps", "")}
+    return {"TRELLIS_COMB": est.get("luts", 0) + top["luts"], "TRELLIS_FF": est.get("ffs", 0) + top["ffs"],
+            "DP16KD": blocks, "MULT18X18D": est.get("dsps", "")}
 
 
 def timing_warning(nextpnr, requested_mhz):

@@ -33,7 +33,7 @@ from qfab.compiler.errors import QfabError
 from .pll import pll_for, pll_instance
 from .registry import Board, get_board
 
-__all__ = ["BoardTop", "HEADER_UART", "LED_ROLES", "clock_mhz"]
+__all__ = ["BoardTop", "HEADER_UART", "LED_ROLES", "clock_mhz", "clock_plan"]
 
 # board -> (connector, rx pin, tx pin) for boards without a UART to the FPGA
 HEADER_UART = {
@@ -58,15 +58,34 @@ BUTTONS = {
 POWER_ON_RESET_SECONDS = 100e-6
 
 
-def clock_mhz(board, freq_mhz=None):
-    """The frequency ``sync`` will run at: the oscillator's, or the PLL's closest output to ``freq_mhz``.
+HFOSC_DIVIDER = {48: "0b00", 24: "0b01", 12: "0b10", 6: "0b11"}     # SB_HFOSC output MHz -> CLKHF_DIV
 
-    Raises `QfabError` when no PLL setting comes within 1 % of ``freq_mhz``.
+
+def clock_plan(board, freq_mhz=None):
+    """``(oscillator MHz, PllSetting or None)`` for running ``board`` at ``freq_mhz`` (None: the
+    board's default clock). No PLL when the oscillator gives the frequency itself: its own, or on
+    the UPduino an SB_HFOSC division (48, 24, 12, 6 MHz).
+
+    Raises `QfabError` when ``freq_mhz`` is not positive or no PLL setting comes within 1 % of it.
     """
     board = get_board(board) if isinstance(board, str) else board
-    if freq_mhz is None or math.isclose(freq_mhz, board.clock_mhz):
-        return board.clock_mhz
-    return pll_for(board.family, board.clock_mhz, freq_mhz).out_mhz
+    if freq_mhz is not None and not (isinstance(freq_mhz, (int, float)) and freq_mhz > 0):
+        raise QfabError(f"freq_mhz must be a positive number of MHz or None, not {freq_mhz!r}")
+    want = freq_mhz if freq_mhz is not None else board.default_mhz or board.clock_mhz
+    if board.hfosc:
+        for mhz in HFOSC_DIVIDER:
+            if math.isclose(want, mhz):
+                return float(mhz), None
+    if math.isclose(want, board.clock_mhz):
+        return board.clock_mhz, None
+    return board.clock_mhz, pll_for(board.family, board.clock_mhz, want)
+
+
+def clock_mhz(board, freq_mhz=None):
+    """The frequency ``sync`` will run at (`clock_plan`): the oscillator's, or the PLL's closest
+    output to ``freq_mhz``."""
+    oscillator, pll = clock_plan(board, freq_mhz)
+    return pll.out_mhz if pll else oscillator
 
 
 class BoardTop(Elaboratable):
@@ -81,8 +100,8 @@ class BoardTop(Elaboratable):
     board : `qfab.boards.registry.Board` or str
         The board, or its registry name.
     freq_mhz : float or None
-        The clock to run ``sync`` at; ``None`` (or the oscillator's frequency) runs from the
-        oscillator without a PLL.
+        The clock to run ``sync`` at; ``None``: the board's default (`clock_plan`). A frequency
+        the oscillator gives itself needs no PLL.
 
     Raises
     ------
@@ -99,13 +118,9 @@ class BoardTop(Elaboratable):
         board = get_board(board) if isinstance(board, str) else board
         if not isinstance(board, Board):
             raise QfabError(f"board must be a registry Board or its name, not {board!r}")
-        if freq_mhz is not None and not (isinstance(freq_mhz, (int, float)) and freq_mhz > 0):
-            raise QfabError(f"freq_mhz must be a positive number of MHz or None, not {freq_mhz!r}")
         self._core = core
         self._board = board
-        self._pll = None
-        if freq_mhz is not None and not math.isclose(freq_mhz, board.clock_mhz):
-            self._pll = pll_for(board.family, board.clock_mhz, freq_mhz)
+        self._oscillator_mhz, self._pll = clock_plan(board, freq_mhz)
 
     core = property(lambda self: self._core)
     board = property(lambda self: self._board)
@@ -114,14 +129,14 @@ class BoardTop(Elaboratable):
     @property
     def clock_mhz(self):
         """The frequency of ``sync``."""
-        return self._pll.out_mhz if self._pll else self._board.clock_mhz
+        return self._pll.out_mhz if self._pll else self._oscillator_mhz
 
     def _oscillator(self, m, platform):
         """The board's oscillator as a fabric signal (None when its pad feeds the PLL directly) and
         the raw pad (for SB_PLL40_PAD)."""
         if platform.default_clk == "SB_HFOSC":
             clk = Signal()
-            divider = {48: "0b00", 24: "0b01", 12: "0b10", 6: "0b11"}[round(self._board.clock_mhz)]
+            divider = HFOSC_DIVIDER[round(self._oscillator_mhz)]
             m.submodules.hfosc = Instance("SB_HFOSC", p_CLKHF_DIV=divider, i_CLKHFEN=Const(1), i_CLKHFPU=Const(1),
                                           o_CLKHF=clk)
             return clk, None

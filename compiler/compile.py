@@ -22,19 +22,25 @@ __all__ = ["Budget", "compile_graph", "design_estimates", "load_folding"]
 @dataclass(frozen=True)
 class Budget:
     """Resources the design may use (None: unlimited), and the device family they are counted in
-    (``"ice40"`` or ``"ecp5"``: LUT4s, DSP and block RAM geometry differ)."""
+    (``"ice40"`` or ``"ecp5"``: LUT4s, DSP and block RAM geometry differ). ``logic_cells`` limits
+    iCE40 logic cells, one LUT4 and one FF each, as nextpnr packs them (`estimate.logic_cells`)."""
     luts: int | None = None
     ffs: int | None = None
     dsps: int | None = None
     bram_bits: int | None = None
+    logic_cells: int | None = None
     family: str = "ice40"
 
     def check(self, res):
-        for key in ("luts", "ffs", "dsps", "bram_bits"):
+        """``(fits, why)`` for estimated `Resources` ``res``."""
+        used = {key: round(getattr(res, key)) for key in ("luts", "ffs", "dsps", "bram_bits")}
+        if self.logic_cells is not None:
+            cells = estimate.logic_cells(res, self.family)
+            used["logic_cells"] = round(cells) if cells is not None else None
+        for key in ("logic_cells", "luts", "ffs", "dsps", "bram_bits"):
             limit = getattr(self, key)
-            used = round(getattr(res, key))       # as the manifest reports it
-            if limit is not None and used > limit:
-                return False, f"estimated {key} {used} > {limit} available"
+            if limit is not None and used.get(key) is not None and used[key] > limit:
+                return False, f"estimated {key.replace('_', ' ')} {used[key]} > {limit} available"
         return True, ""
 
 
@@ -148,7 +154,9 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                    "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
         "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
                       "streams": {k: v.rounded() for k, v in streams.items()},
-                      "total": totals.rounded(), "family": family,
+                      "total": {**totals.rounded(), **({"logic_cells": round(estimate.logic_cells(totals, family))}
+                                                       if estimate.logic_cells(totals, family) is not None else {})},
+                      "family": family,
                       "model": estimate.model(family).get("source", "")},
         "observe_layout": _field_offsets(top, "observe", "level"),
         "counters_layout": _field_offsets(sim_top, "counters", "fire", "wait"),

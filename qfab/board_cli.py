@@ -38,11 +38,12 @@ def _remember(board, build, bitstream, report):
 
 def cmd_boards(args):
     from qfab.boards.registry import BOARDS
-    print(f"{'board':<12}{'device':<20}{'clock':>7}{'LUTs':>8}{'FFs':>8}{'BRAM kbit':>11}{'SPRAM kbit':>12}"
-          f"{'DSPs':>6}  host link")
+    print(f"{'board':<12}{'device':<20}{'oscillator':>11}{'default':>9}{'LUTs':>8}{'FFs':>8}{'BRAM kbit':>11}"
+          f"{'SPRAM kbit':>12}{'DSPs':>6}  host link")
     for b in BOARDS.values():
-        print(f"{b.name:<12}{b.device:<20}{b.clock_mhz:>5g}MHz{b.luts:>8}{b.ffs:>8}{b.bram_bits // 1024:>11}"
-              f"{b.spram_bits // 1024:>12}{b.dsps:>6}  {b.link}")
+        print(f"{b.name:<12}{b.device:<20}{b.clock_mhz:>8g}MHz{b.default_mhz or b.clock_mhz:>6g}MHz{b.luts:>8}"
+              f"{b.ffs:>8}{b.bram_bits // 1024:>11}{b.spram_bits // 1024:>12}{b.dsps:>6}  {b.link}")
+    print("(default: the clock without --freq; other frequencies come from the PLL)")
 
 
 def _build_manifest(build):

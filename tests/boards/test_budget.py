@@ -19,6 +19,7 @@ def _mlp(bits):
 def test_budget_leaves_room_for_the_board_top():
     b = budget_for("icebreaker")
     assert (b.luts, b.ffs, b.dsps, b.bram_bits, b.family) == (5280 - 700, 5280 - 600, 8, 29 * 4096, "ice40")
+    assert b.logic_cells == 5280 - 1150
     e = budget_for(get_board("ulx3s_85f"))
     assert e.family == "ecp5" and e.bram_bits == 208 * 18432 and e.luts == 83640 - TOP_RESERVE["ecp5"]["luts"]
     with pytest.raises(QfabError, match="unknown board 'nexys'"):
@@ -31,8 +32,10 @@ def test_board_designs_fit_their_budget_in_their_family(tmp_path, board):
     manifest = compile_graph(_mlp(4), tmp_path, budget=budget, log=lambda *a: None)
     est = manifest["estimates"]
     assert est["family"] == budget.family
-    for key in ("luts", "ffs", "dsps", "bram_bits"):
-        assert est["total"][key] <= getattr(budget, key), key
+    for key in ("luts", "ffs", "dsps", "bram_bits", "logic_cells"):
+        if getattr(budget, key) is not None:
+            assert est["total"][key] <= getattr(budget, key), key
+    assert ("logic_cells" in est["total"]) == (budget.family == "ice40")
     block = 4096 if budget.family == "ice40" else 18432
     assert est["total"]["bram_bits"] == est["total"]["bram_blocks"] * block
 

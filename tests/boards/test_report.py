@@ -76,13 +76,14 @@ def test_report_table_and_timing_verdict():
                     115200, {"synthesis": 20.0, "tools": 35.0}, r.critical_path, r.untimed_dsp_ns,
                     timing_warning(r, 24.0))
     assert not report.timing_met
-    text = report.format_table({"luts": 2488, "ffs": 563, "dsps": 6, "bram_bits": 25856})
+    text = report.format_table({"luts": 2488, "ffs": 563, "dsps": 6, "bram_bits": 25856, "logic_cells": 2910})
+    # the accelerator's estimate plus the board top's reserve (1150 logic cells, 1 block RAM)
     lc = next(line for line in text.splitlines() if line.startswith("logic cells (ICESTORM_LC)"))
-    assert lc.split()[-4:] == ["2981", "5280", "56.5%", "2488"]
+    assert lc.split()[-4:] == ["2981", "5280", "56.5%", "4060"]
     ram = next(line for line in text.splitlines() if line.startswith("block RAM"))
-    assert ram.split()[-1] == "7"                            # 25856 bits = 7 blocks of 4 kbit
+    assert ram.split()[-1] == "8"                            # 25856 bits = 7 blocks of 4 kbit, + 1
     assert "Fmax 18.41 MHz for a 24 MHz clock: MISSED" in text and "WARNING: timing MISSED" in text
-    assert "(estimate 563)" in text and "15.7 ns" in text
+    assert "(accelerator estimate 563)" in text and "15.7 ns" in text
     d = report.as_dict()
     assert d["timing_met"] is False and d["utilization"]["ICESTORM_LC"] == [2981, 5280]
 

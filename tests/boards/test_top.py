@@ -49,7 +49,7 @@ def test_pins(board, uart, extra):
 
 @pytest.mark.parametrize("board, freq, primitive, source", [
     ("icebreaker", 30, "SB_PLL40_PAD", None),           # pin 35 is the PLL's own pad
-    ("upduino_v3", 24, "SB_PLL40_CORE", "SB_HFOSC"),
+    ("upduino_v3", 30, "SB_PLL40_CORE", "SB_HFOSC"),
     ("ulx3s_85f", 50, "EHXPLLL", None),
     ("orangecrab", 60, "EHXPLLL", None),
 ])
@@ -59,9 +59,16 @@ def test_pll(board, freq, primitive, source):
     assert primitive in cells and (source is None or source in cells)
 
 
+@pytest.mark.parametrize("freq, divider", [(None, "0b10"), (12, "0b10"), (24, "0b01"), (48, "0b00")])
+def test_hfosc_divides_without_pll(freq, divider):
+    _, rtlil, _ = _plan("upduino_v3", freq)
+    cells = _cells(rtlil)
+    assert "SB_HFOSC" in cells and not cells & {"SB_PLL40_CORE", "SB_PLL40_PAD"}
+    assert re.search(rf'parameter \\CLKHF_DIV "{divider}"', rtlil), divider
+    assert clock_mhz("upduino_v3", freq) == (freq or 12)
+
+
 def test_oscillator_without_pll():
-    _, rtlil, _ = _plan("upduino_v3")
-    assert "SB_HFOSC" in _cells(rtlil)
     top = BoardTop(EchoCore(), "icebreaker", 12.0)
     assert top.pll is None and top.clock_mhz == 12.0
 

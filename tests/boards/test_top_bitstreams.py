@@ -17,7 +17,7 @@ PLL_CELL = {"ice40": "ICESTORM_PLL", "ecp5": "EHXPLLL"}
 
 @pytest.mark.parametrize("board, freq", [
     ("icebreaker", None), ("icebreaker", 30),
-    ("upduino_v3", None), ("upduino_v3", 24),
+    ("upduino_v3", None), ("upduino_v3", 30),
     ("ulx3s_85f", 50),
     ("orangecrab", None),
 ])
@@ -28,7 +28,7 @@ def test_board_top_bitstream(tmp_path, board, freq):
     assert report.bitstream.is_file() and report.bitstream.stat().st_size > 1000
     assert report.timing_met, report.format_table()
     assert report.utilization.get(PLL_CELL[family], (0, 0))[0] == (1 if freq else 0)
-    assert report.requested_mhz == pytest.approx(freq or BOARDS[board].clock_mhz, rel=0.01)
+    assert report.requested_mhz == pytest.approx(freq or BOARDS[board].default_mhz or BOARDS[board].clock_mhz, rel=0.01)
     io = report.utilization["SB_IO" if family == "ice40" else "TRELLIS_IO"][0]
     assert io >= 3                                          # uart rx, tx and at least one LED
     assert any("routing" in line for line in lines)
