@@ -33,7 +33,7 @@ def _remember(board, build, bitstream, report):
     path = _last_build_file(board)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"build": str(pathlib.Path(build).resolve()), "bitstream": str(bitstream),
-                                "baud": report.get("baud"), "freq_mhz": report.get("freq_mhz")}))
+                                **report}))
 
 
 def cmd_boards(args):
@@ -59,7 +59,8 @@ def cmd_bitstream(args):
     build = _build_manifest(args.build)
     report = build_bitstream(args.build, args.board, freq_mhz=args.freq, baud=args.baud)
     print(report.format_table(build.manifest["estimates"]["total"]))
-    _remember(args.board, args.build, report.bitstream, {"baud": report.baud, "freq_mhz": report.fmax_mhz})
+    _remember(args.board, args.build, report.bitstream, {"baud": report.baud, "clock_mhz": report.requested_mhz,
+                                                                  "fmax_mhz": report.fmax_mhz})
     _print_speed(build.manifest, report)
     return 0
 
@@ -192,7 +193,8 @@ def cmd_build(args):
     print(f"[3/3] bitstream for the {board.name}")
     report = build_bitstream(args.output, board.name, freq_mhz=args.freq, baud=args.baud)
     print(report.format_table(manifest["estimates"]["total"]))
-    _remember(board.name, args.output, report.bitstream, {"baud": report.baud, "freq_mhz": report.fmax_mhz})
+    _remember(board.name, args.output, report.bitstream, {"baud": report.baud, "clock_mhz": report.requested_mhz,
+                                                                  "fmax_mhz": report.fmax_mhz})
     print(f"\nsummary: {args.model} -> {report.bitstream} in {time.perf_counter() - t0:.0f} s")
     _print_speed(manifest, report)
     print(f"next: qfab deploy {args.output} --board {board.name}; then qfab run {args.output} --board {board.name} "

@@ -76,3 +76,26 @@ def test_boards_command(capsys):
     out = capsys.readouterr().out
     for name in ("icebreaker", "upduino_v3", "ulx3s_85f", "orangecrab"):
         assert name in out
+
+
+def test_build_command_runs_the_whole_flow(tmp_path, capsys, monkeypatch):
+    """``qfab build``: quantize, fold for the board, lower, bitstream, summary."""
+    import json
+
+    import numpy as np
+    monkeypatch.setenv("QFAB_CACHE", str(tmp_path / "cache"))
+    np.save(tmp_path / "calib.npy", digits("flat")[0])
+    out = tmp_path / "build"
+    assert main(["build", _bundled("digits_mlp.onnx"), "--calib", str(tmp_path / "calib.npy"), "--wbits", "4",
+                 "--abits", "4", "--board", "icebreaker", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    for step in ("[1/3] quantizing", "[2/3] lowering for the icebreaker", "[3/3] bitstream for the icebreaker",
+                 "logic cells (ICESTORM_LC)", "summary:", "next: qfab deploy"):
+        assert step in text, step
+    bitstream = out / "bitstream" / "icebreaker" / "qfab_board.bin"
+    assert bitstream.is_file() and bitstream.stat().st_size > 10000
+    report = json.loads((bitstream.parent / "report.qfab.json").read_text())
+    used, available = report["utilization"]["ICESTORM_LC"]
+    assert used <= available and report["timing_met"]
+    remembered = json.loads((tmp_path / "cache" / "boards" / "icebreaker.json").read_text())
+    assert remembered["clock_mhz"] == 12.0 and remembered["bitstream"] == str(bitstream)
