@@ -187,19 +187,24 @@ def cmd_train(args):
 
 
 def cmd_compile(args):
-    from qfab.compiler.compile import Budget, compile_graph, load_folding
+    from qfab.compiler.compile import compile_graph, load_folding
     graph = _graph(args)
     budget = None
     if args.board:
         from qfab.boards.registry import budget_for, get_board
         board = get_board(args.board)
         budget = budget_for(board)
-        print(f"board {board.name}: the accelerator may use {budget.luts} LUTs, {budget.ffs} FFs, {budget.dsps} DSPs, "
-              f"{budget.bram_bits} block RAM bits (the device less the host link and board top)")
+        cells = f"{budget.logic_cells} logic cells, " if budget.logic_cells else ""
+        print(f"board {board.name}: the accelerator may use {cells}{budget.luts} LUTs, {budget.ffs} FFs, "
+              f"{budget.dsps} DSPs, {budget.bram_bits} block RAM bits (the device less the host link and board top)")
     folding = load_folding(args.folding) if args.folding else None
     manifest = compile_graph(graph, args.output, target_ii=args.target_ii, budget=budget, folding=folding,
                              style=args.style)
     _print_manifest(manifest)
+    if args.plot:
+        from qfab.compiler.plots import build_plot
+        build_plot(manifest, args.plot)
+        print(f"pipeline and resources plot: {args.plot}")
 
 
 def _print_manifest(manifest):
@@ -210,9 +215,10 @@ def _print_manifest(manifest):
         print(f"{s['name']:<22}{s['kind']:<9}{s['pe'] or '':>4}{s['simd'] or '':>6}  {s['style'] or '':<13}"
               f"{s['cycles'] or '':>9}{e.get('luts', ''):>8}{e.get('ffs', ''):>7}{e.get('bram_bits', ''):>11}")
     t = est["total"]
-    print(f"{'total (with FIFOs)':<54}{manifest['initiation_interval']:>9}{t['luts']:>8}{t['ffs']:>7}{t['bram_bits']:>11}")
+    print(f"{'total (with streams)':<54}{manifest['initiation_interval']:>9}{t['luts']:>8}{t['ffs']:>7}{t['bram_bits']:>11}")
     print(f"initiation interval {manifest['initiation_interval']} cycles per inference (the slowest stage); "
-          f"estimated latency {manifest['latency_estimate']} cycles; DSPs {t['dsps']}")
+          f"estimated latency {manifest['latency_estimate']} cycles; DSPs {t['dsps']}"
+          + (f"; {t['logic_cells']} iCE40 logic cells" if "logic_cells" in t else ""))
 
 
 def cmd_simulate(args):
@@ -307,6 +313,7 @@ def parser():
     c.add_argument("--folding", metavar="FILE", help="JSON: {layer: {pe, simd, style}} overrides")
     c.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel",
                    help="MAC style of the matrix-vector engines (default bit_parallel)")
+    c.add_argument("--plot", metavar="FILE.png", help="plot the pipeline's balance and the estimated resources per layer")
     c.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("simulate", help="run a build in Verilator, bit-exact against the reference")

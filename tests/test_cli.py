@@ -115,3 +115,13 @@ def test_train_writes_a_pruned_model_and_qdq(tmp_path, capsys):
     a = reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]]
     b = reference.run(again, reference.quantize_inputs(again, x))[again.outputs[0]]
     assert np.array_equal(a, b)
+
+
+def test_compile_for_a_board_with_a_plot(data, tmp_path, capsys):
+    plot = tmp_path / "build.png"
+    assert main(["compile", _bundled("digits_cnn.onnx"), "--calib", str(data / "calib.npy"), "--wbits", "4",
+                 "--abits", "4", "--board", "icebreaker", "-o", str(tmp_path / "b"), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "board icebreaker: the accelerator may use 4130 logic cells, 4580 LUTs" in text
+    assert "total (with streams)" in text and "iCE40 logic cells" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20000
