@@ -124,7 +124,7 @@ def build(design):
     stages = stages_of(graph)
     folds = choose_folding(stages, target_ii=design.ii, cost=_lanes, style=design.style)
     by_node = {s.name: s for s in stages}
-    plan = plan_graph(graph, folds, by_node)
+    plan = plan_graph(graph, folds, by_node, family=design.family)
     top = build_top(plan)
     desc = {}
     for hs in plan.stages:

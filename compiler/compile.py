@@ -103,7 +103,7 @@ def design_estimates(graph, stages, folds, family="ice40"):
     width converters and forks between them, and of the whole accelerator on ``family``, for the
     plan that `compile_graph` lowers (the budget check and the manifest use these same numbers)."""
     m = estimate.model(family)
-    plan = plan_graph(graph, folds, {s.name: s for s in stages}, build=False)
+    plan = plan_graph(graph, folds, {s.name: s for s in stages}, build=False, family=family)
     per = _stage_estimates(graph, stages, folds, m)
     streams = _stream_estimates(plan, m)
     return per, streams, estimate.total(list(per.values()) + list(streams.values()))
@@ -127,11 +127,11 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
                            manual=folding)
     t = time.perf_counter()
-    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
     verilog = to_verilog(top)
-    sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}), counters=True)
+    sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}, family=family), counters=True)
     sim_verilog = to_verilog(sim_top)
     per, streams, totals = design_estimates(graph, stages, folds, family)
     ii = max(s.cycles(folds[s.name]) for s in stages)

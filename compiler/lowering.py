@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from amaranth.hdl import signed, unsigned
 
+from . import estimate
 from .errors import QfabError
 from .folding import Fold
 from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
@@ -78,9 +79,12 @@ class Plan:
         return next(s for s in self.stages if s.name == name)
 
 
-def _mvau(graph, node, fold, rows, hw):
+def _mvau(graph, node, fold, rows, hw, logic_weights=None):
+    """The MVAU of a Dense or Conv2d ``node``; ``logic_weights``: build the weights in as constants
+    (`estimate.weights_in_logic`) or put them in block RAM; None leaves it to the MVAU (``AUTO``)."""
     tin, tout = graph.tensors[node.input], graph.tensors[node.output]
     wt = node.w_type
+    kind = {None: hw["MemoryKind"].AUTO, True: hw["MemoryKind"].LOGIC, False: hw["MemoryKind"].BLOCK}[logic_weights]
     return hw["MVAU"](
         fold.pe, fold.simd, weights=rows, w_bits=wt.bits,
         w_encoding=hw["Encoding"].BIPOLAR if wt.bipolar else hw["Encoding"].SIGNED,
@@ -88,19 +92,20 @@ def _mvau(graph, node, fold, rows, hw):
         bias=node.bias.tolist(), m0=node.requant.m0.tolist(), shift=node.requant.shift.tolist(),
         out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
         out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
-        point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits,
+        point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits, weight_memory=kind,
         style=hw["MacStyle"].BIT_SERIAL if fold.style == "bit_serial" else hw["MacStyle"].BIT_PARALLEL)
 
 
 def _hw():
     from qfab.hw.mac import Encoding, MacStyle
     from qfab.hw.mvau import MVAU
+    from qfab.hw.weights import MemoryKind
     from qfab.hw.pool import AvgPool as HwAvgPool
     from qfab.hw.pool import GlobalAvgPool as HwGlobalAvgPool
     from qfab.hw.pool import MaxPool as HwMaxPool
     from qfab.hw.window import SlidingWindow
     from qfab.hw.add import Add as HwAdd
-    return dict(MVAU=MVAU, Encoding=Encoding, MacStyle=MacStyle, AvgPool=HwAvgPool,
+    return dict(MVAU=MVAU, Encoding=Encoding, MacStyle=MacStyle, MemoryKind=MemoryKind, AvgPool=HwAvgPool,
                 GlobalAvgPool=HwGlobalAvgPool, MaxPool=HwMaxPool, SlidingWindow=SlidingWindow, Add=HwAdd)
 
 
@@ -120,18 +125,25 @@ def _no_hw():
     """`_hw` for a plan without components (`plan_graph` ``build=False``): the encodings are real,
     every component is None."""
     hw = _hw()
-    return {k: (v if k in ("Encoding", "MacStyle") else (lambda *a, **k: None)) for k, v in hw.items()}
+    return {k: (v if k in ("Encoding", "MacStyle", "MemoryKind") else (lambda *a, **k: None)) for k, v in hw.items()}
 
 
-def plan_graph(graph, folds, stages_info, *, build=True):
+def plan_graph(graph, folds, stages_info, *, build=True, family="ice40"):
     """Stages and streams for ``graph`` with ``folds`` (by node name, see `qfab.compiler.folding`).
 
-    ``stages_info``: the `Stage` work items by node name (for cycle counts). ``build=False``
+    ``stages_info``: the `Stage` work items by node name (for cycle counts, and where each MVAU
+    keeps its weights: `estimate.weights_in_logic` on ``family``). ``build=False``
     plans the streams (edges, beats, FIFO depths) without building the stages' components
     (their ``component`` is None), as the resource estimates need it.
     """
     hw = _hw() if build else _no_hw()
     plan = Plan()
+    m = estimate.model(family)
+
+    def in_logic(node, fold):
+        work = stages_info.get(node.name)
+        return None if work is None else estimate.weights_in_logic(work, fold, m)
+
     # where each tensor's stream comes from: (endpoint, elements per beat)
     source = {}
     uses = {t: len(graph.consumers(t)) + (1 if t in graph.outputs else 0) for t in graph.tensors}
@@ -171,7 +183,7 @@ def plan_graph(graph, folds, stages_info, *, build=True):
         tin = graph.tensors[node.inputs[0]]
         tout = graph.tensors[node.output]
         if isinstance(node, Dense):
-            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw),
+            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw, in_logic(node, fold)),
                                   fold.simd, fold.pe, cycles, fold, buffered=node.fan_in + 2 * fold.pe))
             connect(node.input, f"{s.name}.i", fold.simd)
             out = (f"{s.name}.o", fold.pe)
@@ -183,7 +195,7 @@ def plan_graph(graph, folds, stages_info, *, build=True):
                                             node.stride, node.padding), fold.simd, fold.simd,
                                     buffered=_line_buffer(tin, node.kernel, node.stride)))
             connect(node.input, f"{win.name}.i", fold.simd)
-            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw),
+            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw, in_logic(node, fold)),
                                   fold.simd, fold.pe, cycles, fold, buffered=node.fan_in + 2 * fold.pe))
             plan.edges.append(Edge(f"{win.name}.o", f"{s.name}.i", fold.simd, fold.simd, element_shape(tin.qtype),
                                    tensor=node.input + "#windows"))
