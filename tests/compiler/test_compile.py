@@ -70,3 +70,27 @@ def test_build_folder_contents(cnn, tmp_path):
     assert all(f["depth"] >= 3 for f in manifest["fifos"])
     on_disk = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert on_disk["stages"] == manifest["stages"]
+
+
+@pytest.mark.parametrize("ii, logic", [(4096, {"gemm_3": False, "gemm_7": False, "gemm_11": False}),
+                                       (64, {"gemm_3": True, "gemm_7": True, "gemm_11": True})])
+def test_weights_become_constants_where_their_rom_stays_in_logic(ii, logic):
+    """Fully folded, the MLP's weights are deep ROMs: block RAM. At 64 cycles they are shallow and
+    wide, a ROM Yosys keeps in logic anyway: built in as constants, so the MAC arrays know them."""
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding, stages_of
+    from amaranth.hdl import Fragment
+
+    from qfab.compiler.lowering import build_top, plan_graph
+    from qfab.hw.weights import MemoryKind
+    graph = load_graph(_bundled("digits_mlp.onnx"), digits("flat")[0], QuantConfig(w_bits=4, a_bits=4))
+    stages = stages_of(graph)
+    folds = choose_folding(stages, target_ii=ii, cost=estimate.cost_luts)
+    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    kinds = {s.node: s.component._wmem.kind for s in plan.stages if s.kind == "mvau"}
+    assert kinds == {name: MemoryKind.LOGIC if v else MemoryKind.BLOCK for name, v in logic.items()}
+    for s in plan.stages:                           # the constant lanes know the weights
+        assert (s.component._mac.weights is not None) == logic[s.node]
+    for s in stages:
+        assert estimate.weights_in_logic(s, folds[s.name]) == logic[s.name]
+    Fragment.get(build_top(plan), None)             # elaborates (and so uses) every component
