@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from qfab.boards.bitstream import build_bitstream
-from qfab.boards.registry import BOARDS, budget_for, get_board
+from qfab.boards.registry import BLOCK_BITS, BOARDS, TOP_RESERVE, budget_for, get_board
 from qfab.compiler.compile import compile_graph
 from qfab.compiler.errors import QfabError
 from qfab.compiler.load import load_graph
@@ -60,24 +60,31 @@ def run_one(model, bits, board, work):
 
 
 def print_table(rows):
-    print(f"\n{'model':<6}{'bits':<6}{'board':<12}{'II':>6}{'LUT/LC used':>12}{'est.':>7}{'FF':>7}{'est.':>7}"
-          f"{'BRAM':>6}{'est.':>6}{'DSP':>5}{'est.':>5}{'Fmax MHz':>10}{'inf/s @Fmax':>13}{'tools s':>9}")
+    """A markdown table: what nextpnr used against the estimate (the accelerator's, plus the board
+    top's reserve, as `qfab bitstream` prints it), Fmax and inferences per second."""
+    print("\n| model | board | II | logic used / est. | FFs used / est. | BRAM used / est. | DSP used / est. "
+          "| clock | Fmax | inferences/s at Fmax | tools |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        name = f"{r['model']} w{r['bits']}a{r['bits']}"
         if "failed" in r:
-            print(f"{r['model']:<6}{'w%da%d' % (r['bits'], r['bits']):<6}{r['board']:<12}  {r['failed']}")
+            print(f"| {name} | {r['board']} | {r['failed']} ||||||||")
             continue
         fam = get_board(r["board"]).family
-        u, y, e = r["utilization"], r["yosys"], r["estimate"]
-        luts = u["ICESTORM_LC"][0] if fam == "ice40" else u["TRELLIS_COMB"][0]
-        ffs = y.get("ffs", 0)
+        u, y, e, top = r["utilization"], r["yosys"], r["estimate"], TOP_RESERVE[fam]
+        if fam == "ice40":
+            logic = f"{u['ICESTORM_LC'][0]} LC / {round(e.get('logic_cells', e['luts'])) + top['logic_cells']}"
+        else:
+            logic = f"{u['TRELLIS_COMB'][0]} LUT4 / {e['luts'] + top['luts']}"
         bram = (u.get("ICESTORM_RAM") or u.get("DP16KD") or [0])[0]
-        block = 4096 if fam == "ice40" else 18432
         dsp = (u.get("ICESTORM_DSP") or u.get("MULT18X18D") or [0])[0]
+        blocks = -(-e["bram_bits"] // BLOCK_BITS[fam]) + top["bram_blocks"]
+        met = "" if (r["fmax_mhz"] or 0) >= r["clock_mhz"] else " (missed)"
         ips = r["inferences_per_s_at_fmax"]
-        print(f"{r['model']:<6}{'w%da%d' % (r['bits'], r['bits']):<6}{r['board']:<12}{r['ii']:>6}"
-              f"{luts:>12}{e['luts']:>7}{ffs:>7}{e['ffs']:>7}{bram:>6}{-(-e['bram_bits'] // block):>6}"
-              f"{dsp:>5}{e['dsps']:>5}{r['fmax_mhz'] or 0:>10.1f}{ips or 0:>13,.0f}{r['tool_seconds'] or 0:>9.0f}"
-              + (f"  (refolded {r['refolds']}x)" if r["refolds"] else ""))
+        print(f"| {name} | {r['board']} | {r['ii']} | {logic} | {y.get('ffs', 0)} / {e['ffs'] + top['ffs']} "
+              f"| {bram} / {blocks} | {dsp} / {e['dsps']} | {r['clock_mhz']:g} MHz | {r['fmax_mhz'] or 0:.1f} MHz{met} "
+              f"| {ips or 0:,.0f} | {r['tool_seconds'] or 0:.0f} s |"
+              + (f" (refolded {r['refolds']}x)" if r["refolds"] else ""))
 
 
 def main(argv=None):
@@ -86,8 +93,10 @@ def main(argv=None):
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--bits", default="8,4")
     p.add_argument("--table", action="store_true", help="print the saved results only")
+    p.add_argument("--out", default=str(RESULTS), help=f"results file (default {RESULTS.relative_to(RESULTS.parents[2])})")
     args = p.parse_args(argv)
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    results = pathlib.Path(args.out)
+    saved = json.loads(results.read_text()) if results.exists() else []
     if args.table:
         print_table(saved)
         return 0
@@ -108,8 +117,8 @@ def main(argv=None):
                     print(f"   done in {time.perf_counter() - t:.0f} s", flush=True)
                     keep = [r for r in saved if (r["model"], r["bits"], r["board"]) != (model, bits, board.name)]
                     saved = keep + [rows[-1]]
-                    RESULTS.parent.mkdir(exist_ok=True)
-                    RESULTS.write_text(json.dumps(saved, indent=1))
+                    results.parent.mkdir(parents=True, exist_ok=True)
+                    results.write_text(json.dumps(saved, indent=1))
     print_table(rows)
     return 0
 
