@@ -106,9 +106,12 @@ def test_plumbing_grows_with_width():
 def test_block_ram_follows_the_yosys_cost_rule():
     m = estimate.model()
     # a 64-deep, 256-bit weight ROM: 16 blocks cost what its 16384 bits cost in logic, so Yosys
-    # keeps it in LUTs (what it did with the digits MLP at SIMD 64)
+    # keeps it in LUTs (what it did with the digits MLP at SIMD 64), and the lowering builds its
+    # weights in as constants
     wide = estimate.stage_terms(DENSE, Fold(1, 64), m)
-    assert wide.values["rom_bits"] == 64 * 256 and wide.values["lane_bits"] == 64 * 16
+    assert wide.values["rom_bits"] == 64 * 256 and wide.values["const_lane_bits"] == 64 * 16
+    assert wide.values["lane_bits"] == 0 and estimate.weights_in_logic(DENSE, Fold(1, 64), m)
+    assert not estimate.weights_in_logic(DENSE, Fold(1, 1), m)
     # fully folded, the same weights are a 4096 x 4 ROM: four 1024 x 4 blocks
     narrow = estimate.stage_terms(DENSE, Fold(1, 1), m)
     assert narrow.values["rom_bits"] == 0
