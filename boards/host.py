@@ -127,6 +127,7 @@ class Device:
                 return frame
             remaining = deadline - self.transport.clock()
             if remaining <= 0:
+                self._decoder.drop_partial()        # a frame cut short never completes
                 raise LinkError(f"no answer from the board on {self.transport.name} within {self.timeout:g} s "
                                 f"(waiting for {what}); is the bitstream loaded (qfab deploy), the port right "
                                 f"and the baud rate that of the bitstream?")

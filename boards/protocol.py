@@ -60,8 +60,9 @@ class FrameDecoder:
 
     Frames with a bad check byte are dropped and counted in ``bad_checksums``; a claimed length
     above ``max_payload`` (so that a corrupted length cannot swallow the stream) in
-    ``bad_lengths``. Either way the decoder resynchronizes on the next start byte after the
-    rejected one. ``skipped`` counts bytes outside frames. (The board answers the host's
+    ``bad_lengths``, as is a start byte whose claimed length runs past a whole, checked frame of a
+    known type that follows it (a corrupted frame's data byte that reads as a start). Either way
+    the decoder resynchronizes on the next start byte after the rejected one. ``skipped`` counts bytes outside frames. (The board answers the host's
     corrupted frames with ERROR; the host has nothing to answer, it resends or times out.)
     """
 
@@ -99,7 +100,13 @@ class FrameDecoder:
                 del self._buffer[:1]                 # not a frame start after all: resync
                 continue
             if len(self._buffer) < 5 + length:
-                return
+                if not self._complete_frame_after_start():
+                    return
+                # a start byte that was data (a corrupted frame's payload): its claimed length
+                # runs past a whole, checked frame that follows, so it is no frame
+                self.bad_lengths += 1
+                del self._buffer[:1]
+                continue
             frame = bytes(self._buffer[:5 + length])
             if sum(frame[1:]) & 0xFF:
                 self.bad_checksums += 1
@@ -107,6 +114,29 @@ class FrameDecoder:
                 continue
             del self._buffer[:5 + length]
             self._frames.append(Frame(kind, frame[4:4 + length]))
+
+    def _complete_frame_after_start(self):
+        """Whether a whole frame of a known type with a good check byte starts after the buffer's
+        first byte."""
+        at = 0
+        while (at := self._buffer.find(START, at + 1)) >= 0:
+            if len(self._buffer) < at + 4:
+                return False
+            kind, length = self._buffer[at + 1], self._buffer[at + 2] | self._buffer[at + 3] << 8
+            end = at + 5 + length
+            if kind in _NAMES and length <= self.max_payload and end <= len(self._buffer) \
+                    and not sum(self._buffer[at + 1:end]) & 0xFF:
+                return True
+        return False
+
+    def drop_partial(self):
+        """Forget an unfinished frame (the host's timeout: what is left will never complete);
+        counted in ``bad_lengths`` if there was one. Returns the bytes dropped."""
+        dropped = len(self._buffer)
+        if dropped:
+            self.bad_lengths += 1
+            self._buffer.clear()
+        return dropped
 
     def next_frame(self):
         """The oldest whole frame not taken yet, or None."""

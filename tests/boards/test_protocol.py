@@ -143,3 +143,21 @@ def test_design_id_depends_on_the_verilog():
     assert a == protocol.design_id(manifest, "module a; endmodule")
     assert a != protocol.design_id(manifest, "module b; endmodule")
     assert 0 <= a < 1 << 32
+
+
+def test_a_data_byte_that_reads_as_a_start_does_not_hold_up_the_next_frame():
+    """Hypothesis found it: a corrupted check byte leaves a payload byte 0xA5 that claims a
+    frame longer than what follows, while a whole good frame follows."""
+    frame = bytearray(protocol.encode_frame(protocol.RESULT, b".4h\x99\xb4\xbd"))
+    frame[-1] ^= 1
+    fake = bytes([protocol.START, protocol.RESULT, 40, 0])            # 40 bytes claimed
+    good = protocol.encode_frame(protocol.RESULT, b"ok")
+    dec = protocol.FrameDecoder()
+    dec.feed(bytes(frame) + fake + good)
+    assert list(dec.frames()) == [protocol.Frame(protocol.RESULT, b"ok")]
+    assert dec.bad_checksums == 1 and dec.bad_lengths == 1
+    # an unfinished frame with nothing whole after it waits for its bytes, until dropped
+    dec.feed(fake + b"\x00" * 10)
+    assert list(dec.frames()) == [] and dec.drop_partial() == 14 and dec.bad_lengths == 2
+    dec.feed(good)
+    assert list(dec.frames()) == [protocol.Frame(protocol.RESULT, b"ok")]
