@@ -216,7 +216,8 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     board_name : str
         A board of `qfab.boards.registry.BOARDS`.
     freq_mhz : float or None
-        The clock to run at (through the PLL); None for the board's oscillator.
+        The clock to run at (through the PLL where the oscillator cannot give it); None for the
+        board's default clock (`qfab.boards.top.clock_plan`).
     out_dir : path or None
         Where the tools work; default ``<build_dir>/bitstream/<board>/``.
     baud : int or None

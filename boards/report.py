@@ -30,7 +30,6 @@ CELLS = {"ice40": {"ICESTORM_LC": "logic cells", "ICESTORM_RAM": "block RAM (4 k
                   "MULT18X18D": "DSP (18x18)", "TRELLIS_IO": "I/O", "EHXPLLL": "PLL", "TRELLIS_RAMW": "LUT RAM"}}
 YOSYS_CELLS = {"ice40": {"luts": ("SB_LUT4",), "ffs": ("SB_DFF",), "carry": ("SB_CARRY",)},
                "ecp5": {"luts": ("LUT4",), "ffs": ("TRELLIS_FF",), "carry": ("CCU2C",)}}
-BRAM_BITS = {"ice40": 4096, "ecp5": 18432}
 _CONSTANT_CLOCK = re.compile(r"\$PACKER_(GND|VCC)_NET")
 
 
@@ -210,11 +209,11 @@ class Report:
 def _estimate_columns(family, est):
     """The manifest's accelerator estimate plus the board top's reserve (`registry.TOP_RESERVE`),
     per nextpnr cell type, so the column compares with what the whole bitstream uses."""
-    from .registry import TOP_RESERVE
+    from .registry import BLOCK_BITS, TOP_RESERVE
     if not est:
         return {}
     top = TOP_RESERVE[family]
-    blocks = -(-est.get("bram_bits", 0) // BRAM_BITS[family]) + top["bram_blocks"]
+    blocks = -(-est.get("bram_bits", 0) // BLOCK_BITS[family]) + top["bram_blocks"]
     if family == "ice40":
         cells = est.get("logic_cells", est.get("luts", 0))
         return {"ICESTORM_LC": round(cells) + top["logic_cells"], "ICESTORM_RAM": blocks,

@@ -134,6 +134,10 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}, family=family), counters=True)
     sim_verilog = to_verilog(sim_top)
     per, streams, totals = design_estimates(graph, stages, folds, family)
+    total = totals.rounded()
+    cells = estimate.logic_cells(totals, family)
+    if cells is not None:
+        total["logic_cells"] = round(cells)
     ii = max(s.cycles(folds[s.name]) for s in stages)
     latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +158,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                    "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
         "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
                       "streams": {k: v.rounded() for k, v in streams.items()},
-                      "total": {**totals.rounded(), **({"logic_cells": round(estimate.logic_cells(totals, family))}
-                                                       if estimate.logic_cells(totals, family) is not None else {})},
+                      "total": total,
                       "family": family,
                       "model": estimate.model(family).get("source", "")},
         "observe_layout": _field_offsets(top, "observe", "level"),

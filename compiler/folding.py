@@ -164,7 +164,7 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
         else:
             why_last, lo = why, mid + 1
     if best is None:
+        dsps = " (requantization multiplies of wider accumulators take more DSPs)" if "dsps" in why_last else ""
         raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}; "
-                        f"use fewer bits (--wbits/--abits; requantization multiplies of wider accumulators "
-                        f"take more DSPs) or a larger device")
+                        f"use fewer bits{dsps} or a larger device")
     return best

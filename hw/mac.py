@@ -217,7 +217,7 @@ class MacArray(wiring.Component):
     def _activations(self):
         return [Value.cast(self.i.payload.a[s]) for s in range(self._simd)]
 
-    def _weight_lanes(self, m, pe):
+    def _weight_lanes(self, pe):
         """PE ``pe``'s weight per lane: the code from ``i``; with ``weights=``, the weight
         *value* (an ``int``) of a lane that has the same code in every word, or `FewValues` for
         a lane with at most four."""
@@ -294,7 +294,7 @@ class MacArray(wiring.Component):
             m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(beat_last)]
             m.d.sync += self.o.valid.eq(s1_valid & s1_last)
         for pe in range(self._pe):
-            w, a = self._weight_lanes(m, pe), self._activations()
+            w, a = self._weight_lanes(pe), self._activations()
             if self._use_dsp:
                 # run-time (and ROM) weights on multipliers; constant ones as LUT tiles
                 w = [x.code if isinstance(x, FewValues) else x for x in w]
@@ -357,7 +357,7 @@ class MacArray(wiring.Component):
         with m.If(en):
             m.d.sync += s1_neg.eq(neg)
         for pe in range(self._pe):
-            addends, constant = self._addends(self._weight_lanes(m, pe), planes, 1,
+            addends, constant = self._addends(self._weight_lanes(pe), planes, 1,
                                               Encoding.UNSIGNED)
             tree = sum_tree(m, addends, name=f"pe{pe}")     # plane sum - constant
             width = tree.width

@@ -57,16 +57,26 @@ def test_ecp5_matches_ecppll(fin, fout, params, vco):
     assert s.params == params and s.vco_mhz == pytest.approx(vco) and s.out_mhz == pytest.approx(fout)
 
 
-def test_ecp5_settings_stay_within_the_datasheet():
-    for fin, want in ((25, 33.3), (25, 62.5), (25, 133), (48, 100), (48, 12), (25, 5), (25, 399)):
+def test_ecp5_settings_stay_within_the_datasheet_and_are_the_closest():
+    outputs = {fin: _ecp5_outputs(fin) for fin in (25, 48)}
+    for fin, want in ((25, 33.3), (25, 62.5), (25, 133), (48, 100), (48, 12), (25, 5), (25, 399), (25, 47.3)):
         s = ecp5_pll(fin, want)
         p = s.params
         assert ECP5_LIMITS["vco"][0] <= s.vco_mhz <= ECP5_LIMITS["vco"][1]
         assert ECP5_LIMITS["pfd"][0] <= fin / p["CLKI_DIV"] <= ECP5_LIMITS["pfd"][1]
-        assert 1 <= p["CLKI_DIV"] <= 128 and 1 <= p["CLKFB_DIV"] <= 80 and 1 <= p["CLKOP_DIV"] <= 128
+        # no legal setting comes closer (brute force over every divider)
+        assert abs(s.out_mhz - want) == pytest.approx(min(abs(out - want) for out in outputs[fin]), abs=1e-9)
         assert s.out_mhz == pytest.approx(fin / p["CLKI_DIV"] * p["CLKFB_DIV"])
         assert s.vco_mhz == pytest.approx(s.out_mhz * p["CLKOP_DIV"])
         assert abs(s.out_mhz - want) < 0.01 * want
+
+
+def _ecp5_outputs(fin):
+    """Every output an EHXPLLL with CLKOP feedback can make from ``fin``, by brute force."""
+    (pfd_lo, pfd_hi), (vco_lo, vco_hi) = ECP5_LIMITS["pfd"], ECP5_LIMITS["vco"]
+    return {fin / r * f for r in range(1, 129) for f in range(1, 81)
+            if pfd_lo <= fin / r <= pfd_hi
+            and any(vco_lo <= fin / r * f * o <= vco_hi for o in range(1, 129))}
 
 
 @pytest.mark.parametrize("call, message", [

@@ -32,3 +32,5 @@ def test_board_top_bitstream(tmp_path, board, freq):
     io = report.utilization["SB_IO" if family == "ice40" else "TRELLIS_IO"][0]
     assert io >= 3                                          # uart rx, tx and at least one LED
     assert any("routing" in line for line in lines)
+    if board == "orangecrab":                               # its DFU bootloader wants the suffix
+        assert report.bitstream.read_bytes()[-16:-4].endswith(b"UFD\x10")

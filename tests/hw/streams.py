@@ -1,15 +1,17 @@
 """Stream drivers for Amaranth async testbenches, shared by every hardware test.
 
 `put_all` drives a ``stream.Signature`` producer side with random ``valid`` gaps; `get_all`
-consumes with random ``ready`` stalls and returns what arrived, in order. Payloads are Python
+consumes with random ``ready`` stalls and returns what arrived, in order; `stream_through` runs a
+component with one input and one output stream under both. Payloads are Python
 values the payload layout can cast (an int, or a list of ints for an ``ArrayLayout``).
 """
 
 import random
 
 from amaranth.lib import data
+from amaranth.sim import Simulator
 
-__all__ = ["put_all", "get_all", "payload_value"]
+__all__ = ["put_all", "get_all", "payload_value", "stream_through"]
 
 
 def payload_value(value):
@@ -48,3 +50,25 @@ async def get_all(ctx, stream, count, *, stall_prob=0.0, seed=1):
         received.append(payload_value(payload))
     ctx.set(stream.ready, 0)
     return received
+
+
+def stream_through(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, before=None):
+    """Simulate ``dut``: send ``payloads`` into ``dut.i`` with input gaps, take ``count`` from
+    ``dut.o`` with output stalls; return what arrived. ``before``: an async ``f(ctx)`` the producer
+    awaits first (set a control input, load weights)."""
+    got = []
+
+    async def producer(ctx):
+        if before is not None:
+            await before(ctx)
+        await put_all(ctx, dut.i, payloads, gap_prob=gap_prob, seed=seed)
+
+    async def consumer(ctx):
+        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall_prob, seed=seed + 1))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return got

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from amaranth.hdl import unsigned
-from amaranth.sim import Simulator
 
 from qfab.hw.mac import Encoding, MacArray, MacStyle
 
-from .streams import get_all, put_all
+from .streams import stream_through
 
 
 def _codes(rng, bits, encoding, shape):
@@ -25,22 +24,12 @@ def _codes(rng, bits, encoding, shape):
 
 
 def run_mac(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, precision=None, seed=0):
-    got = []
-
-    async def producer(ctx):
+    async def set_precision(ctx):
         if precision is not None:
             ctx.set(dut.precision, precision)
-        await put_all(ctx, dut.i, payloads, gap_prob=gap_prob, seed=seed)
 
-    async def consumer(ctx):
-        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall_prob, seed=seed + 1))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
-    return got
+    return stream_through(dut, payloads, count, gap_prob=gap_prob, stall_prob=stall_prob, seed=seed,
+                          before=set_precision)
 
 
 def check_mac(pe, simd, beats, vectors, w_bits, w_enc, a_bits, a_enc, style, use_dsp,

@@ -11,7 +11,7 @@ from qfab.hw.mac import Encoding, MacStyle
 from qfab.hw.mvau import MVAU
 from qfab.hw.weights import MemoryKind
 
-from .streams import get_all, put_all
+from .streams import put_all, stream_through
 
 
 def dense_model(x, zx, w, mult, bias, m0, shift, zy, lo, hi):
@@ -45,22 +45,12 @@ def make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_
 
 
 def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=None):
-    got = []
-
-    async def producer(ctx):
+    async def load_weights(ctx):
         if load is not None:
             await put_all(ctx, dut.load, load, gap_prob=gap_prob, seed=seed + 2)
-        await put_all(ctx, dut.i, beats, gap_prob=gap_prob, seed=seed)
 
-    async def consumer(ctx):
-        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall_prob, seed=seed + 1))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
-    return got
+    return stream_through(dut, beats, count, gap_prob=gap_prob, stall_prob=stall_prob, seed=seed,
+                          before=load_weights)
 
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,

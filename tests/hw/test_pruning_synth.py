@@ -12,14 +12,13 @@ import subprocess
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from amaranth.sim import Simulator
 
 from qfab.boards.bitstream import parse_yosys_stats
 from qfab.hw.mac import Encoding, MacArray, MacStyle
 from qfab.hw.mvau import MVAU
 from qfab.hw.weights import MemoryKind
 
-from .streams import get_all, put_all
+from .streams import stream_through
 from .test_mvau import dense_model, make_layer, run_mvau
 
 
@@ -106,19 +105,7 @@ def test_sim_mac_constant_lanes(w_bits, w_enc, a_bits, a_enc):
     payloads = [{"w": codes[order[v, b]].tolist(), "a": a[v, b].tolist()}
                 for v in range(vectors) for b in range(beats)]
     expected = np.einsum("vbps,vbs->vp", values[order], a_vals).tolist()
-    got = []
-
-    async def producer(ctx):
-        await put_all(ctx, dut.i, payloads, gap_prob=0.3)
-
-    async def consumer(ctx):
-        got.extend(await get_all(ctx, dut.o, vectors, stall_prob=0.3))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    got = stream_through(dut, payloads, vectors, gap_prob=0.3, stall_prob=0.3)
     assert got == expected
 
 

@@ -4,29 +4,15 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from amaranth.sim import Simulator
 
 from qfab.compiler import intops
 from qfab.hw.requant import Requant
 
-from .streams import get_all, put_all
+from .streams import stream_through
 
 
 def run_stream(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0):
-    got = []
-
-    async def producer(ctx):
-        await put_all(ctx, dut.i, payloads, gap_prob=gap_prob, seed=seed)
-
-    async def consumer(ctx):
-        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall_prob, seed=seed + 1))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
-    return got
+    return stream_through(dut, payloads, count, gap_prob=gap_prob, stall_prob=stall_prob, seed=seed)
 
 
 def _kwargs(**overrides):
