@@ -33,7 +33,7 @@ from scipy.optimize import nnls
 
 from qfab.boards import synth
 from qfab.compiler import estimate
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.compiler.folding import choose_folding, stages_of
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def graph_of(model, bits):
 
     from qfab.compiler.load import load_graph
     from qfab.compiler.ptq import QuantConfig
-    from qfab.datasets import digits
+    from qfab.compiler.datasets import digits
     file, layout = MODELS[model]
     x = digits(layout)[0][:400]
     config = QuantConfig(w_bits=bits, a_bits=bits, calib_method="minmax")

@@ -19,7 +19,7 @@ from qfab.compiler import reference
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.mixed import mixed_quantize, weight_memory_cost
 from qfab.compiler.ptq import QuantConfig, quantize
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 MODELS = (("digits_mlp", "flat"), ("digits_cnn", "NCHW"))
 

@@ -35,7 +35,7 @@ from qfab.compiler.folding import Fold
 from qfab.compiler.ir import Dense
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 from qfab.hw.weights import MemoryKind
 
 RESULTS = pathlib.Path(__file__).parent / "results"

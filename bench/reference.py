@@ -14,7 +14,7 @@ import numpy as np
 from qfab.compiler import reference
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

@@ -23,7 +23,7 @@ from qfab.compiler.estimate import cost_luts
 from qfab.compiler.load import load_graph
 from qfab.compiler.lowering import build_top, plan_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 from qfab.sim.accelerator import load_build, simulate
 from qfab.sim.packing import pack_beats, unpack_beats
 

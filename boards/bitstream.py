@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 from .registry import get_board
 from .report import (CELLS, NextpnrReport, Report, fit_error, overused, parse_report, parse_yosys_stats,

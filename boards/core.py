@@ -13,7 +13,7 @@ from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 from . import protocol
 from .link import Link, Status

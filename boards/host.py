@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 from . import protocol
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.sim.toolchain import apply_verilator_env, verilator_version
 from qfab.sim.verilator import cache_root
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Const, Instance
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 __all__ = ["PllSetting", "ICE40_LIMITS", "ECP5_LIMITS", "ice40_pll", "ecp5_pll", "pll_for", "pll_instance"]
 

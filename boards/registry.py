@@ -6,7 +6,7 @@ DP16KD 18 kbit each; SPRAM: UP5K 4 x 256 kbit).
 
 from dataclasses import dataclass
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 __all__ = ["Board", "BOARDS", "get_board", "budget_for", "TOP_RESERVE"]
 

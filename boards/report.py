@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 __all__ = ["Report", "NextpnrReport", "CELLS", "parse_report", "parse_yosys_stats", "overused",
            "fit_error", "timing_warning", "readable_cell"]

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 __all__ = ["Cells", "SynthResult", "SynthesisTimeout", "synthesize", "parse_stat", "cells_of",
            "FAMILIES"]

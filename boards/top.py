@@ -28,7 +28,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.resources import UARTResource
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 from .pll import pll_for, pll_instance
 from .registry import Board, get_board

@@ -8,7 +8,7 @@ else; the arithmetic follows docs/semantics.md.
 import numpy as np
 
 from . import intops
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .ir import (Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, QType, Requant,
                  Reshape, Tensor, WeightType)
 from .verify import verify

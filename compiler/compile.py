@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from . import estimate
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .folding import Fold, choose_folding, stages_of
 from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save

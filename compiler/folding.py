@@ -11,7 +11,7 @@ Pure arithmetic on the IR: no Amaranth here. Costs come from `qfab.compiler.esti
 
 from dataclasses import dataclass
 
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
 
 __all__ = ["MacStyleName", "Stage", "Fold", "stages_of", "fold_for_ii", "choose_folding", "divisors"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from amaranth.hdl import signed, unsigned
 
 from . import estimate
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .folding import Fold
 from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .fgraph import forward
 from .ptq import LayerConfig, QuantConfig, quantize
 from .reference import run

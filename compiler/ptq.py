@@ -15,7 +15,7 @@ import numpy as np
 
 from .build import activation_type, build_graph, type_preserving
 from .calibrate import METHODS, activation_range, quantize_weight_rows
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .fgraph import FixedWeights, forward
 from .multipoint import im2col, multipoint_rows
 

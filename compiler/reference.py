@@ -11,7 +11,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import intops
-from .errors import QfabError
+from qfab.base.errors import QfabError
 from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Layout, MaxPool, Reshape
 
 __all__ = ["run", "run_float", "quantize_inputs", "dequantize_outputs", "CHUNK"]

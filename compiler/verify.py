@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import intops
-from .errors import VerifyError
+from qfab.base.errors import VerifyError
 from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, Reshape, _MatNode
 
 __all__ = ["verify", "conv_output_hw", "pool_output_hw"]

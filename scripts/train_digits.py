@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from qfab.compiler.frontends.onnx_write import float_model, save
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "compiler" / "data"
 

@@ -6,7 +6,7 @@ import pytest
 from qfab.cli import main
 from qfab.compiler import reference
 from qfab.compiler.modelfile import load
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

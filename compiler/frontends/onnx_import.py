@@ -8,7 +8,7 @@ operators (`onnx_qops`) add fixed quantization to the same nodes and tensors.
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from qfab.base.errors import UnsupportedModelError
 from ..fgraph import Act, FGraph, FNode
 from ..ir import Layout
 from . import onnx_qops

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from ..errors import UnsupportedModelError
+from qfab.base.errors import UnsupportedModelError
 
 __all__ = ["OnnxModel", "node_label"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import QfabError
+from qfab.base.errors import QfabError
 from ..ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Layout, MaxPool, Reshape
 
 __all__ = ["qdq_model", "save_qdq"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..build import activation_type, build_graph, type_preserving
 from ..calibrate import activation_range, quantize_weight_rows
-from ..errors import QfabError
+from qfab.base.errors import QfabError
 from ..fgraph import FixedWeights, forward
 from ..ir import Layout, QType
 from .quantizers import LsqQuantizer

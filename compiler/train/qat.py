@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import reference
 from ..entropy import compression_report
-from ..errors import QfabError
+from qfab.base.errors import QfabError
 from ..fgraph import FGraph, forward
 from .net import QatNet
 from .quantizers import MIN_STEP, LearnableCoefficient, msqe, partial_l2, prune_threshold
@@ -148,7 +148,7 @@ def digits_model(model):
     """``(fg, (x_train, y_train, x_test, y_test))`` of a bundled digits model, ``"mlp"`` or ``"cnn"``."""
     from importlib.resources import files
 
-    from ...datasets import digits
+    from ..datasets import digits
     from ..frontends.onnx_import import import_onnx
     if model not in MODELS:
         raise QfabError(f"model must be one of {', '.join(MODELS)}, not {model!r}")

@@ -8,10 +8,10 @@ import pytest
 from qfab.boards.bitstream import build_bitstream
 from qfab.cli import main
 from qfab.compiler.compile import compile_graph
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 pytestmark = [pytest.mark.board]
 

@@ -4,10 +4,10 @@ import pytest
 
 from qfab.boards.registry import TOP_RESERVE, budget_for, get_board
 from qfab.compiler.compile import compile_graph
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 
 def _mlp(bits):

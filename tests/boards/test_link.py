@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 from qfab.boards import protocol
 from qfab.boards.core import InferenceCore, core_verilog
 from qfab.boards.link import BUSY, Link
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.sim.packing import pack_beats, unpack_beats
 
 DIV = 4

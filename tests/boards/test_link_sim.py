@@ -10,7 +10,7 @@ from qfab.compiler import reference
 from qfab.compiler.compile import compile_graph
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 pytestmark = [pytest.mark.verilator]
 

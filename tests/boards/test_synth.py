@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from qfab.boards import synth
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 DATA = pathlib.Path(__file__).parent / "data"
 

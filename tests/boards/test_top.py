@@ -9,7 +9,7 @@ import pytest
 from qfab.boards.bitstream import _platform
 from qfab.boards.registry import BOARDS, get_board
 from qfab.boards.top import BoardTop, clock_mhz
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 from .echo import EchoCore
 

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from qfab.compiler.compile import Budget, compile_graph, load_folding
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.compiler.folding import Fold
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from qfab.cli import main
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.mixed import Sensitivity, assign, mixed_quantize, parse_budget, weight_memory_cost
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qfab.compiler.errors import UnsupportedModelError
+from qfab.base.errors import UnsupportedModelError
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.frontends.onnx_write import float_model, save
 

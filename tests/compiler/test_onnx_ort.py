@@ -11,7 +11,7 @@ import pytest
 
 from qfab.compiler import reference
 from qfab.compiler.load import load_graph
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 
 from .ort_models import ort_quantize, residual_cnn
 

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from qfab.compiler.errors import VerifyError
+from qfab.base.errors import VerifyError
 from qfab.compiler.ir import Dense, Graph, QType, Reshape, Tensor, WeightType
 from qfab.compiler.verify import verify
 

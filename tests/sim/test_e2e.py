@@ -11,7 +11,7 @@ from qfab.compiler import reference
 from qfab.compiler.compile import compile_graph
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.datasets import digits
+from qfab.compiler.datasets import digits
 from qfab.sim.accelerator import load_build, simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]

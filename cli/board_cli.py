@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 __all__ = ["add_commands"]
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from qfab.compiler.errors import QfabError
+from qfab.base.errors import QfabError
 
 
 
@@ -122,7 +122,7 @@ def cmd_demo(args):
     from qfab.compiler.info import format_table
     from qfab.compiler.modelfile import save
     from qfab.compiler.ptq import QuantConfig, quantize
-    from qfab.datasets import digits
+    from qfab.compiler.datasets import digits
     from qfab.sim.accelerator import load_build, simulate
     model = _bundled("digits_mlp.onnx")
     out = pathlib.Path(args.out)

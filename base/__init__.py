@@ -1,0 +1,1 @@
+"""Dependency-free foundations every layer may import: user-facing errors and integer ranges."""
