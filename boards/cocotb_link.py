@@ -13,6 +13,8 @@ from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, Event, FallingEdge, First, Timer
 from cocotb.utils import get_sim_time
 
+from qfab.compiler.buildfolder import Build
+
 from .host import Device, LinkError, Transport
 
 
@@ -88,11 +90,10 @@ class SimTransport(Transport):
 
 def _host(transport, job):
     """What ``qfab run`` does with a board, against the simulated one."""
-    manifest = json.loads(open(job["manifest"]).read())
-    verilog = open(job["verilog"]).read()
+    build = Build.load(job["build"])
     device = Device(transport, timeout=job["timeout_s"], retries=job["retries"])
     try:
-        info = device.check(manifest, verilog)
+        info = device.check(build.manifest, build.verilog)
         out = device.run(np.load(job["inputs"]))
     except LinkError as e:
         return {"error": str(e), "stats": dataclasses.asdict(device.stats)}

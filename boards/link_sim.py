@@ -1,8 +1,8 @@
 """The board's gateware with its host link, simulated end to end: the real host driver
-(`qfab.boards.host.Device`) talks through a UART model to the `InferenceCore` (UART, framed
+(`qfab.boards.host.driver.Device`) talks through a UART model to the `InferenceCore` (UART, framed
 link, accelerator) running in Verilator.
 
-`simulate_link` compiles ``qfab_core`` (the core, from `qfab.boards.core.core_verilog`) together
+`simulate_link` compiles ``qfab_core`` (the core, from `qfab.boards.gateware.core.core_verilog`) together
 with the build's ``qfab_top.v`` (content-cached like `qfab.sim.verilator`), then runs the cocotb
 module `qfab.boards.cocotb_link`, in which the driver runs in a thread bridged into the simulator
 (`cocotb.task.bridge`): its transport's ``write`` and ``read`` are simulator coroutines that drive
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qfab.base.errors import QfabError
+from qfab.compiler.buildfolder import Build
 from qfab.sim.toolchain import apply_verilator_env, verilator_version
 from qfab.sim.verilator import cache_root
 
@@ -82,29 +83,28 @@ def simulate_link(build_dir, codes, *, divisor=8, timeout_cycles=None, faults=()
     ``"flip"`` (one payload byte inverted: the board must answer BAD_CHECKSUM) or ``"cut"`` (the
     frame stops half-way: the board must answer TIMEOUT). Frame 0 is the driver's INFO request.
     """
-    from .core import core_verilog
-    build_dir = pathlib.Path(build_dir).resolve()
-    manifest = json.loads((build_dir / "manifest.json").read_text())
+    from .gateware.core import core_verilog
+    build = build_dir if isinstance(build_dir, Build) else Build.load(pathlib.Path(build_dir).resolve())
+    manifest = build.manifest
     codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
     if timeout_cycles is None:
         timeout_cycles = 40 * divisor * 10          # 40 byte times of silence inside a frame
     t0 = time.perf_counter()
-    files = {"qfab_core.v": core_verilog(build_dir, divisor=divisor, timeout_cycles=timeout_cycles),
-             "qfab_top.v": (build_dir / manifest["verilog"]).read_text()}
+    files = {"qfab_core.v": core_verilog(build, divisor=divisor, timeout_cycles=timeout_cycles),
+             "qfab_top.v": build.verilog}
     bdir, built = _build(files, divisor, log)
     t1 = time.perf_counter()
     from cocotb_tools.runner import get_runner
     byte_ns = 10 * divisor * CLOCK_NS
-    frame_ns = (max(manifest["input"]["elements"], manifest["output"]["elements"]) + 8) * byte_ns
-    answer_ns = 2 * frame_ns + 4 * (manifest.get("latency_estimate", 0) + manifest["initiation_interval"]) \
+    frame_ns = (max(manifest.input.elements, manifest.output.elements) + 8) * byte_ns
+    answer_ns = 2 * frame_ns + 4 * (manifest.latency_estimate + manifest.initiation_interval) \
         * CLOCK_NS + 2 * timeout_cycles * CLOCK_NS
     with tempfile.TemporaryDirectory(prefix="qfab_link_") as tmp:
         tmp = pathlib.Path(tmp)
         np.save(tmp / "in.npy", codes)
         job = {"inputs": str(tmp / "in.npy"), "outputs": str(tmp / "out.npy"), "result": str(tmp / "result.json"),
                "divisor": divisor, "clock_ns": CLOCK_NS, "timeout_s": answer_ns * 1e-9, "retries": retries,
-               "faults": [list(f) for f in faults], "verilog": str(build_dir / manifest["verilog"]),
-               "manifest": str(build_dir / "manifest.json")}
+               "faults": [list(f) for f in faults], "build": str(build.folder.resolve())}
         (tmp / "job.json").write_text(json.dumps(job))
         get_runner("verilator").test(hdl_toplevel="qfab_core", hdl_toplevel_lang="verilog",
                                      test_module="qfab.boards.cocotb_link", build_dir=bdir, test_dir=tmp,

@@ -4,7 +4,8 @@
   per clock, and the critical paths;
 - nextpnr's log: the device utilisation it prints before placement (the only record when a design
   does not fit) and its errors;
-- Yosys's ``stat``: cells after synthesis (LUT4s, flip-flops, carries, block RAM, DSPs).
+- Yosys's ``stat -json``: cells after synthesis (LUT4s, flip-flops, carries, block RAM, DSPs), read
+  by `qfab.boards.toolchain.read_stat`.
 
 A known gap of nextpnr-ice40: an SB_MAC16 used without its registers is timed as if it were
 registered on its (unused, constant) clock, which shows up as a clock named ``$PACKER_GND_NET``.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from qfab.base.errors import QfabError
 
-__all__ = ["Report", "NextpnrReport", "CELLS", "parse_report", "parse_yosys_stats", "overused",
+__all__ = ["Report", "NextpnrReport", "CELLS", "parse_report", "overused",
            "fit_error", "timing_warning", "readable_cell"]
 
 # nextpnr cell types shown in reports, with what they are
@@ -28,8 +29,6 @@ CELLS = {"ice40": {"ICESTORM_LC": "logic cells", "ICESTORM_RAM": "block RAM (4 k
                    "SB_GB": "global buffers"},
          "ecp5": {"TRELLIS_COMB": "LUT4 (comb)", "TRELLIS_FF": "flip-flops", "DP16KD": "block RAM (18 kbit)",
                   "MULT18X18D": "DSP (18x18)", "TRELLIS_IO": "I/O", "EHXPLLL": "PLL", "TRELLIS_RAMW": "LUT RAM"}}
-YOSYS_CELLS = {"ice40": {"luts": ("SB_LUT4",), "ffs": ("SB_DFF",), "carry": ("SB_CARRY",)},
-               "ecp5": {"luts": ("LUT4",), "ffs": ("TRELLIS_FF",), "carry": ("CCU2C",)}}
 _CONSTANT_CLOCK = re.compile(r"\$PACKER_(GND|VCC)_NET")
 
 
@@ -77,26 +76,6 @@ def parse_report(report_json):
     return NextpnrReport(util, clocks.get(slowest), slowest, path, untimed)
 
 
-def parse_yosys_stats(log_text, family):
-    """Cell counts from the last statistics block of a Yosys log (``stat``: "  N cells", then one
-    "  N   TYPE" line per cell type): ``luts``, ``ffs``, ``carry``, ``bram``, ``dsps``, ``spram``."""
-    heads = list(re.finditer(r"^\s+\d+ cells\s*$", log_text, re.M))
-    counts = {}
-    if heads:
-        for line in log_text[heads[-1].end():].splitlines()[1:]:
-            if not line.strip():
-                break
-            m = re.match(r"^\s+(\d+)\s+([A-Za-z_$][\w$]*)\s*$", line)
-            if m and m.group(2) != "submodules":
-                counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
-    out = {key: sum(v for k, v in counts.items() if k.startswith(prefixes))
-           for key, prefixes in YOSYS_CELLS[family].items()}
-    out["bram"] = sum(v for k, v in counts.items() if k in ("SB_RAM40_4K", "DP16KD"))
-    out["dsps"] = sum(v for k, v in counts.items() if k in ("SB_MAC16", "MULT18X18D"))
-    out["spram"] = counts.get("SB_SPRAM256KA", 0)
-    return out
-
-
 def overused(log_text):
     """Resources a nextpnr log shows over 100 %, as ``[(cell type, used, available)]``: from the
     utilisation it prints before placement, or the type it ran out of while placing."""
@@ -129,8 +108,8 @@ class Report:
     board, family : str
     utilization : dict
         nextpnr cell type -> (used, available).
-    yosys : dict
-        Cell counts after synthesis (`parse_yosys_stats`).
+    yosys : `qfab.boards.toolchain.Cells` or None
+        Cell counts after synthesis (None when Yosys left no statistics).
     fmax_mhz : float or None
         Achieved Fmax of the design clock (nextpnr's timing analysis after routing).
     requested_mhz : float
@@ -168,7 +147,7 @@ class Report:
         """Used / available per resource next to the lowering's ``estimates`` (the manifest's
         ``estimates.total``: luts, ffs, dsps, bram_bits, logic_cells) plus the board top's
         reserve, then Fmax, times and warnings."""
-        est = _estimate_columns(self.family, estimates or {})
+        est = _estimate_columns(self.board, estimates or {})
         lines = [f"{'resource':<34}{'used':>8}{'available':>11}{'share':>8}{'estimate':>10}"]
         for cell, (used, avail) in self.utilization.items():
             if used == 0 and cell not in est:
@@ -178,10 +157,10 @@ class Report:
             lines.append(f"{name:<34}{used:>8}{avail:>11}{share:>8}{est.get(cell, ''):>10}")
         if self.yosys:
             y = self.yosys
-            lines.append(f"after synthesis (Yosys): {y.get('luts', 0)} LUT4, {y.get('ffs', 0)} flip-flops"
+            lines.append(f"after synthesis (Yosys): {y.luts} LUT4, {y.ffs} flip-flops"
                          + (f" (accelerator estimate {estimates['ffs']})" if estimates and "ffs" in estimates
                             else "")
-                         + f", {y.get('carry', 0)} carry, {y.get('bram', 0)} block RAM, {y.get('dsps', 0)} DSP")
+                         + f", {y.carries} carry, {y.bram} block RAM, {y.dsps} DSP")
         if self.fmax_mhz is not None:
             verdict = "met" if self.timing_met else "MISSED"
             lines.append(f"timing: Fmax {self.fmax_mhz:.2f} MHz for a {self.requested_mhz:g} MHz clock: {verdict}")
@@ -199,21 +178,23 @@ class Report:
 
     def as_dict(self):
         return {"board": self.board, "family": self.family,
-                "utilization": {k: list(v) for k, v in self.utilization.items()}, "yosys": self.yosys,
+                "utilization": {k: list(v) for k, v in self.utilization.items()},
+                "yosys": self.yosys.as_dict() if self.yosys else None,
                 "fmax_mhz": self.fmax_mhz, "requested_mhz": self.requested_mhz, "timing_met": self.timing_met,
                 "baud": self.baud, "bitstream": str(self.bitstream) if self.bitstream else None,
                 "seconds": self.seconds, "critical_path": list(self.critical_path),
                 "untimed_dsp_ns": self.untimed_dsp_ns, "warnings": self.warnings}
 
 
-def _estimate_columns(family, est):
-    """The manifest's accelerator estimate plus the board top's reserve (`registry.TOP_RESERVE`),
-    per nextpnr cell type, so the column compares with what the whole bitstream uses."""
-    from .registry import BLOCK_BITS, TOP_RESERVE
+def _estimate_columns(board, est):
+    """The manifest's accelerator estimate plus the board top's reserve (`Board.top_reserve`), per
+    nextpnr cell type, so the column compares with what the whole bitstream uses."""
+    from .registry import get_board
     if not est:
         return {}
-    top = TOP_RESERVE[family]
-    blocks = -(-est.get("bram_bits", 0) // BLOCK_BITS[family]) + top["bram_blocks"]
+    board = get_board(board)
+    family, top = board.family, board.top_reserve
+    blocks = -(-est.get("bram_bits", 0) // board.block_bits) + top["bram_blocks"]
     if family == "ice40":
         cells = est.get("logic_cells", est.get("luts", 0))
         return {"ICESTORM_LC": round(cells) + top["logic_cells"], "ICESTORM_RAM": blocks,

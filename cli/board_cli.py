@@ -1,39 +1,18 @@
 """The board commands of ``qfab``: ``boards``, ``bitstream``, ``deploy``, ``run`` and ``build``.
 
-They sit above `qfab.boards` (board tops, bitstreams, host driver) the way `qfab.cli` sits above
-the compiler; `qfab.cli` registers them.
+Argument parsing and printing over `qfab.flow` (which drives `qfab.boards`: board tops,
+bitstreams, host driver); `qfab.cli` registers them.
 """
 
-import json
+import argparse
 import pathlib
-import shutil
 import subprocess
-import sys
-import time
 
-import numpy as np
-
+from qfab import flow
 from qfab.base.errors import QfabError
+from qfab.cli_common import add_quant_options, print_manifest, print_notes, quant_args
 
 __all__ = ["add_commands"]
-
-
-def _load_npy(path, what):
-    from qfab.cli import _load_npy as load
-    return load(path, what)
-
-
-def _last_build_file(board):
-    import os
-    root = os.environ.get("QFAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qfab")
-    return pathlib.Path(root) / "boards" / f"{board}.json"
-
-
-def _remember(board, build, bitstream, report):
-    path = _last_build_file(board)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"build": str(pathlib.Path(build).resolve()), "bitstream": str(bitstream),
-                                **report}))
 
 
 def cmd_boards(args):
@@ -46,31 +25,20 @@ def cmd_boards(args):
     print("(default: the clock without --freq; other frequencies come from the PLL)")
 
 
-def _build_manifest(build):
-    from qfab.sim.accelerator import load_build
-    try:
-        return load_build(build)
-    except (FileNotFoundError, ValueError) as e:
-        raise QfabError(str(e)) from None
-
-
 def cmd_bitstream(args):
-    from qfab.boards.bitstream import build_bitstream
-    build = _build_manifest(args.build)
-    report = build_bitstream(args.build, args.board, freq_mhz=args.freq, baud=args.baud)
-    print(report.format_table(build.manifest["estimates"]["total"]))
-    _remember(args.board, args.build, report.bitstream, {"baud": report.baud, "clock_mhz": report.requested_mhz,
-                                                                  "fmax_mhz": report.fmax_mhz})
-    _print_speed(build.manifest, report)
+    result = flow.bitstream(args.build, args.board, freq_mhz=args.freq, baud=args.baud)
+    print(result.report.format_table(result.build.manifest.estimates.total.as_dict()))
+    _print_speed(result)
     return 0
 
 
-def _print_speed(manifest, report):
-    ii = manifest["initiation_interval"]
+def _print_speed(result):
+    manifest, report = result.build.manifest, result.report
+    ii = manifest.initiation_interval
     clock = report.requested_mhz
-    bytes_per = manifest["input"]["elements"] + manifest["output"]["elements"] + 10
+    bytes_per = manifest.input.elements + manifest.output.elements + 10
     link = report.baud / (10 * bytes_per) if report.baud else None
-    print(f"accelerator: {ii} cycles per inference at {clock:g} MHz = {clock * 1e6 / ii:,.0f} inferences/s"
+    print(f"accelerator: {ii} cycles per inference at {clock:g} MHz = {result.inferences_per_second:,.0f} inferences/s"
           + (f" (Fmax {report.fmax_mhz:.1f} MHz would allow {report.fmax_mhz * 1e6 / ii:,.0f})"
              if report.fmax_mhz else ""))
     if link:
@@ -104,68 +72,18 @@ def cmd_deploy(args):
     return 0
 
 
-def _inputs(graph, path):
-    from qfab.compiler import reference
-    x = _load_npy(path, "input")
-    if x.dtype.kind == "f":
-        return reference.quantize_inputs(graph, x)
-    from qfab.compiler.reference import _check_codes
-    return _check_codes(graph, graph.inputs[0], reference.to_ir_layout(graph, x))
-
-
 def cmd_run(args):
     """Inference on a board (or on its simulated gateware with --sim) through the host link."""
-    from qfab.boards.host import Device, LinkError, SerialTransport
-    from qfab.boards.registry import get_board
-    from qfab.compiler import reference
-    from qfab.compiler.modelfile import load
-    board = get_board(args.board)
-    remembered = {}
-    if _last_build_file(board.name).is_file():
-        remembered = json.loads(_last_build_file(board.name).read_text())
-    build_dir = args.build or remembered.get("build")
-    if build_dir is None:
-        raise QfabError(f"which build runs on the {board.name}? give the build folder (qfab run BUILD ...); "
-                        f"none was recorded by qfab bitstream for this board")
-    build = _build_manifest(build_dir)
-    graph = load(build.graph_path)
-    codes = _inputs(graph, args.input)
-    flat = codes.reshape(len(codes), -1)
-    t = time.perf_counter()
-    if args.sim:
-        from qfab.boards.link_sim import simulate_link
-        print(f"running {len(flat)} inputs through the simulated {board.name} gateware (UART, link, accelerator) "
-              f"with the host driver ...")
-        res = simulate_link(build_dir, flat, divisor=args.sim_divisor)
-        out, stats = res.outputs, res.stats
-        print(f"simulated {res.cycles} cycles; build {res.build_seconds:.1f} s"
-              f"{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s")
-    else:
-        if args.port is None:
-            raise QfabError(f"give the serial port of the {board.name} (--port; its link: {board.link})")
-        baud = args.baud or remembered.get("baud") or 115200
-        device = Device(SerialTransport(args.port, baud), timeout=args.timeout)
-        try:
-            info = device.check(build.manifest, (build.folder / build.manifest["verilog"]).read_text())
-            print(f"board on {args.port}: design {info.design_id:08x}, {info.in_elements} inputs -> "
-                  f"{info.out_elements} outputs; running {len(flat)} inferences ...")
-            out = device.run(flat, progress=_progress)
-        except LinkError as e:
-            raise QfabError(str(e)) from None
-        finally:
-            device.transport.close()
-        stats = device.stats.__dict__
-    dt = time.perf_counter() - t
-    y = out.reshape((len(codes),) + tuple(build.manifest["output"]["shape"]))
-    result = reference.output_codes(graph, y) if args.int else reference.dequantize_outputs(graph, y)
-    np.save(args.output, result.astype(np.int64) if args.int else result.astype(np.float32))
-    print(f"{len(flat)} inferences in {dt:.1f} s; {stats['retries']} frames resent; wrote {args.output}")
-    if args.check:
-        want = reference.run(graph, codes)[graph.outputs[0]]
-        bad = int((y.reshape(want.shape) != want).sum())
-        if bad:
-            raise QfabError(f"MISMATCH: {bad} of {want.size} output elements differ from the reference")
-        print(f"checked: all {want.size} output elements equal the reference")
+    x = flow.load_array(args.input, "input")
+    result = flow.run(args.build, args.board, x, port=args.port, baud=args.baud, timeout=args.timeout, sim=args.sim,
+                      sim_divisor=args.sim_divisor, check=args.check, progress=_progress)
+    flow.save_outputs(result.graph, result.outputs, args.output, integer=args.int)
+    print(f"{len(result.outputs)} inferences in {result.seconds:.1f} s; {result.stats['retries']} frames resent; "
+          f"wrote {args.output}")
+    if result.comparison is not None:
+        if not result.comparison.bit_exact:
+            raise QfabError(result.comparison.describe())
+        print(f"checked: {result.comparison.describe()}")
     return 0
 
 
@@ -176,34 +94,29 @@ def _progress(done, total):
 
 def cmd_build(args):
     """The whole flow: quantize, fold for the board, lower, place and route, report."""
-    from qfab.boards.bitstream import build_bitstream
-    from qfab.boards.registry import budget_for, get_board
-    from qfab.cli import _graph, _print_manifest
-    from qfab.compiler.compile import compile_graph
     from qfab.compiler.info import format_table
-    board = get_board(args.board)
-    t0 = time.perf_counter()
-    print(f"[1/3] quantizing {args.model}")
-    graph = _graph(args)
-    print(format_table(graph))
-    print(f"[2/3] lowering for the {board.name} ({board.luts} LUTs, {board.dsps} DSPs, "
-          f"{board.bram_bits // 1024} kbit block RAM)")
-    manifest = compile_graph(graph, args.output, budget=budget_for(board), style=args.style)
-    _print_manifest(manifest)
-    print(f"[3/3] bitstream for the {board.name}")
-    report = build_bitstream(args.output, board.name, freq_mhz=args.freq, baud=args.baud)
-    print(report.format_table(manifest["estimates"]["total"]))
-    _remember(board.name, args.output, report.bitstream, {"baud": report.baud, "clock_mhz": report.requested_mhz,
-                                                                  "fmax_mhz": report.fmax_mhz})
-    print(f"\nsummary: {args.model} -> {report.bitstream} in {time.perf_counter() - t0:.0f} s")
-    _print_speed(manifest, report)
-    print(f"next: qfab deploy {args.output} --board {board.name}; then qfab run {args.output} --board {board.name} "
+
+    def summary(step, result):
+        if step == "quantize":
+            print_notes(result)
+            print(format_table(result.graph))
+        elif step == "compile":
+            print_manifest(result.manifest)
+        else:
+            print(result.report.format_table(result.build.manifest.estimates.total.as_dict()))
+    calib, config, mixed = quant_args(args)
+    done = flow.build(args.model, args.board, args.output, calib=calib, config=config, mixed_budget=mixed,
+                      style=args.style, freq_mhz=args.freq, baud=args.baud, on_step=summary)
+    report = done.bitstream.report
+    board = report.board
+    print(f"\nsummary: {args.model} -> {report.bitstream} in {done.seconds:.0f} s")
+    _print_speed(done.bitstream)
+    print(f"next: qfab deploy {args.output} --board {board}; then qfab run {args.output} --board {board} "
           f"--port PORT --input X.npy -o Y.npy --check")
     return 0
 
 
 def add_commands(sub):
-    from qfab.cli import _add_quant_options
     b = sub.add_parser("boards", help="list the supported boards")
     b.set_defaults(func=cmd_boards)
 
@@ -237,7 +150,7 @@ def add_commands(sub):
 
     a = sub.add_parser("build", help="the whole flow in one command: quantize, compile, bitstream")
     a.add_argument("model", help="MODEL.onnx (float with --calib, or QDQ/QOperator) or MODEL.qfab")
-    _add_quant_options(a)
+    add_quant_options(a)
     a.add_argument("--board", required=True, metavar="NAME")
     a.add_argument("-o", "--output", required=True, metavar="BUILD")
     a.add_argument("--freq", type=float, metavar="MHZ")
@@ -247,5 +160,4 @@ def add_commands(sub):
 
 
 def argparse_suppress():
-    import argparse
     return argparse.SUPPRESS

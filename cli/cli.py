@@ -1,86 +1,19 @@
-"""The ``qfab`` command. It sits above qfab.compiler, qfab.hw, qfab.sim and qfab.boards."""
+"""The ``qfab`` command: argument parsing, printing and exit codes over `qfab.flow`. It sits above
+qfab.compiler, qfab.hw, qfab.sim and qfab.boards; the board commands are in `qfab.board_cli`."""
 
 import argparse
-import pathlib
 import sys
 import time
 
-import numpy as np
-
+from qfab import flow
 from qfab.base.errors import QfabError
-
-
-
-def _bundled(name):
-    from importlib.resources import files
-    return pathlib.Path(str(files("qfab.compiler") / "data" / name))
-
-
-def _load_npy(path, what):
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise QfabError(f"{what} {path}: no such file") from None
-    except (ValueError, OSError) as e:
-        raise QfabError(f"{what} {path}: not a numpy .npy array readable without pickle ({e})") from None
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
-        raise QfabError(f"{what} {path}: expected a numeric array, got {getattr(a, 'dtype', type(a))}")
-    return a
-
-
-def _config(args):
-    from qfab.compiler.ptq import QuantConfig, load_config
-    over = dict(w_bits=args.wbits, a_bits=args.abits, calib_method=args.calib_method,
-                multipoint=getattr(args, "multipoint", None))
-    if args.config:
-        return load_config(args.config, **over)
-    return QuantConfig(**{k: v for k, v in over.items() if v is not None})
-
-
-def _graph(args, need_config=True):
-    from qfab.compiler.load import load_graph
-    calib = _load_npy(args.calib, "calibration data") if getattr(args, "calib", None) else None
-    config = _config(args) if need_config else None
-    if getattr(args, "mixed_budget", None):
-        return _mixed(args, calib, config)
-    notes = []
-    graph = load_graph(args.model, calib, config, notes=notes)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    return graph
-
-
-def _mixed(args, calib, config):
-    from qfab.compiler.frontends.onnx_import import import_onnx
-    from qfab.compiler.load import is_quantized_onnx
-    from qfab.compiler.mixed import mixed_quantize
-    from qfab.compiler.reference import to_ir_layout
-    if not str(args.model).endswith(".onnx") or calib is None:
-        raise QfabError("--mixed-budget needs a float ONNX model and --calib data")
-    fg = import_onnx(args.model)
-    if is_quantized_onnx(fg):
-        raise QfabError(f"{args.model} is already quantized; --mixed-budget applies to float models")
-    graph, bits, sens = mixed_quantize(fg, to_ir_layout(fg, np.asarray(calib)), args.mixed_budget, config)
-    print("mixed precision, weight bits per layer: " + ", ".join(f"{k}={v}" for k, v in bits.items()))
-    return graph
-
-
-def _add_quant_options(p):
-    p.add_argument("--calib", metavar="X.npy", help="calibration inputs (float, the model's layout)")
-    p.add_argument("--wbits", type=int, help="weight bits, 1 to 8 (default 8)")
-    p.add_argument("--abits", type=int, help="activation bits, 1 to 8 (default 8)")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML quantization config (bits per layer ...)")
-    p.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="activation range method")
-    p.add_argument("--mixed-budget", metavar="BUDGET",
-                   help="choose weight bits per layer under a weight-memory budget: '40%%' of 8-bit, '3kB', '2000B'")
-    p.add_argument("--multipoint", type=float, metavar="BUDGET",
-                   help="multipoint weights: extra points as a fraction of each layer's channels (e.g. 0.1)")
+from qfab.cli_common import add_quant_options, bundled, graph_from_args, print_manifest
 
 
 def cmd_quantize(args):
     from qfab.compiler.info import format_table
     from qfab.compiler.modelfile import save
-    graph = _graph(args)
+    graph = graph_from_args(args)
     save(graph, args.output)
     print(format_table(graph))
     print(f"wrote {args.output}")
@@ -88,24 +21,19 @@ def cmd_quantize(args):
 
 def cmd_reference(args):
     from qfab.compiler import reference
-    graph = _graph(args)
-    x = _load_npy(args.input, "input")
-    if x.dtype.kind == "f":
-        codes = reference.quantize_inputs(graph, x)
-    else:
-        codes = reference.to_ir_layout(graph, x)
+    graph = graph_from_args(args)
+    codes = flow.input_codes(graph, flow.load_array(args.input, "input"))
     t = time.perf_counter()
     y = reference.run(graph, codes)[graph.outputs[0]]
     dt = time.perf_counter() - t
-    out = reference.output_codes(graph, y) if args.int else reference.dequantize_outputs(graph, y)
-    np.save(args.output, out.astype(np.int64) if args.int else out.astype(np.float32))
+    out = flow.save_outputs(graph, y, args.output, integer=args.int)
     print(f"{len(codes)} inputs in {dt * 1e3:.1f} ms; wrote {args.output} {out.shape} "
           f"({'integer codes' if args.int else 'dequantized floats'})")
 
 
 def cmd_info(args):
     from qfab.compiler.info import format_table
-    print(format_table(_graph(args)))
+    print(format_table(graph_from_args(args)))
 
 
 def cmd_doctor(args):
@@ -115,16 +43,15 @@ def cmd_doctor(args):
 
 def cmd_demo(args):
     """Quantize the bundled digits MLP, compile it, simulate the whole test set in Verilator."""
+    import pathlib
     from qfab.compiler import reference
-    from qfab.compiler.compile import compile_graph
+    from qfab.compiler.datasets import digits
     from qfab.compiler.fgraph import forward
     from qfab.compiler.frontends.onnx_import import import_onnx
     from qfab.compiler.info import format_table
     from qfab.compiler.modelfile import save
     from qfab.compiler.ptq import QuantConfig, quantize
-    from qfab.compiler.datasets import digits
-    from qfab.sim.accelerator import load_build, simulate
-    model = _bundled("digits_mlp.onnx")
+    model = bundled("digits_mlp.onnx")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_test, y_test = digits("flat")
@@ -143,22 +70,22 @@ def cmd_demo(args):
     graph = results[args.bits][1]
     print(format_table(graph))
     print(f"[3/4] compiling the w{args.bits}a{args.bits} model for an initiation interval of {args.target_ii} cycles")
-    manifest = compile_graph(graph, out / "build", target_ii=args.target_ii, log=lambda m: print("      " + m))
-    _print_manifest(manifest)
+
+    def indent(m):
+        print("      " + m)
+    compiled = flow.compile(graph, out / "build", target_ii=args.target_ii, log=indent)
+    print_manifest(compiled.manifest)
     print(f"[4/4] simulating all {len(x_test)} test digits in Verilator (first build takes about a minute)")
-    codes = reference.quantize_inputs(graph, x_test)
-    res = simulate(load_build(out / "build"), codes, log=lambda m: print("      " + m))
-    want = reference.run(graph, codes)[graph.outputs[0]]
-    got = res.outputs.reshape(want.shape)
-    bad = int((got != want).sum())
-    hw_acc = float((got.argmax(-1) == y_test).mean())
+    sim = flow.simulate(compiled.build, x_test, log=indent)
+    res, check = sim.sim, sim.comparison
+    hw_acc = float((sim.outputs.reshape(len(y_test), -1).argmax(-1) == y_test).mean())
     print(f"      {res.cycles} cycles; latency {res.latency}; interval {res.interval:g} cycles per inference "
           f"(bound {res.bound}, ratio {res.ratio:.3f})")
     print(f"      accuracy of the simulated hardware: {100 * hw_acc:.2f}%; "
-          + ("bit-exact: every one of the " + str(want.size) + " outputs equals the reference" if not bad
-             else f"MISMATCH in {bad} of {want.size} outputs"))
-    print(f"results in {out}/ (quantized models, build/ with Verilog and manifest)")
-    return 1 if bad else 0
+          + ("bit-exact: every one of the " + str(check.elements) + " outputs equals the reference"
+             if check.bit_exact else f"MISMATCH in {check.mismatches} of {check.elements} outputs"))
+    print(f"results in {out}/ (quantized models, build/ with Verilog, manifest and reports/simulation.json)")
+    return 0 if check.bit_exact else 1
 
 
 def cmd_train(args):
@@ -187,91 +114,48 @@ def cmd_train(args):
 
 
 def cmd_compile(args):
-    from qfab.compiler.compile import compile_graph, load_folding
-    graph = _graph(args)
-    budget = None
-    if args.board:
-        from qfab.boards.registry import budget_for, get_board
-        board = get_board(args.board)
-        budget = budget_for(board)
-        cells = f"{budget.logic_cells} logic cells, " if budget.logic_cells else ""
-        print(f"board {board.name}: the accelerator may use {cells}{budget.luts} LUTs, {budget.ffs} FFs, "
-              f"{budget.dsps} DSPs, {budget.bram_bits} block RAM bits (the device less the host link and board top)")
-    folding = load_folding(args.folding) if args.folding else None
-    manifest = compile_graph(graph, args.output, target_ii=args.target_ii, budget=budget, folding=folding,
-                             style=args.style)
-    _print_manifest(manifest)
+    graph = graph_from_args(args)
+    compiled = flow.compile(graph, args.output, target_ii=args.target_ii, board=args.board, folding=args.folding,
+                            style=args.style)
+    print_manifest(compiled.manifest)
     if args.plot:
         from qfab.compiler.plots import build_plot
-        build_plot(manifest, args.plot)
+        build_plot(compiled.manifest, args.plot)
         print(f"pipeline and resources plot: {args.plot}")
 
 
-def _print_manifest(manifest):
-    est = manifest["estimates"]
-    print(f"\n{'stage':<22}{'kind':<9}{'PE':>4}{'SIMD':>6}  {'style':<13}{'cycles':>9}{'LUTs':>8}{'FFs':>7}{'BRAM bits':>11}")
-    for s in manifest["stages"]:
-        e = est["per_layer"].get(s["name"], {})
-        print(f"{s['name']:<22}{s['kind']:<9}{s['pe'] or '':>4}{s['simd'] or '':>6}  {s['style'] or '':<13}"
-              f"{s['cycles'] or '':>9}{e.get('luts', ''):>8}{e.get('ffs', ''):>7}{e.get('bram_bits', ''):>11}")
-    t = est["total"]
-    print(f"{'total (with streams)':<54}{manifest['initiation_interval']:>9}{t['luts']:>8}{t['ffs']:>7}{t['bram_bits']:>11}")
-    print(f"initiation interval {manifest['initiation_interval']} cycles per inference (the slowest stage); "
-          f"estimated latency {manifest['latency_estimate']} cycles; DSPs {t['dsps']}"
-          + (f"; {t['logic_cells']} iCE40 logic cells" if "logic_cells" in t else ""))
-
-
 def cmd_simulate(args):
-    from qfab.compiler import reference
-    from qfab.compiler.modelfile import load
-    from qfab.sim.accelerator import StalledError, load_build, simulate
-    try:
-        build = load_build(args.build)
-    except (FileNotFoundError, ValueError) as e:
-        raise QfabError(str(e)) from None
-    graph = load(build.graph_path)
-    x = _load_npy(args.input, "input")
-    codes = reference.quantize_inputs(graph, x) if x.dtype.kind == "f" else reference.to_ir_layout(graph, x)
-    if x.dtype.kind != "f":
-        from qfab.compiler.reference import _check_codes
-        codes = _check_codes(graph, graph.inputs[0], codes)
-    print(f"simulating {len(codes)} inputs in Verilator (stall probability {args.stall}) ...")
-    try:
-        res = simulate(build, codes, stall=args.stall, seed=args.seed, trace=args.trace)
-    except StalledError as e:
-        raise QfabError(str(e)) from None
-    except ValueError as e:
-        raise QfabError(str(e)) from None
-    want = reference.run(graph, codes)[graph.outputs[0]]
-    got = res.outputs.reshape(want.shape)
-    bad = int((got != want).sum())
-    out = reference.output_codes(graph, got) if args.int else reference.dequantize_outputs(graph, got)
-    np.save(args.output, out.astype(np.int64) if args.int else out.astype(np.float32))
+    from qfab.compiler.buildfolder import Build
+    build = Build.load(args.build)
+    x = flow.load_array(args.input, "input")
+    print(f"simulating {len(x)} inputs in Verilator (stall probability {args.stall}) ...")
+    sim = flow.simulate(build, x, stall=args.stall, seed=args.seed, trace=args.trace)
+    res = sim.sim
+    flow.save_outputs(sim.graph, sim.outputs, args.output, integer=args.int)
     print(f"build {res.build_seconds:.1f} s{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s: "
           f"{res.cycles} cycles, {res.cycles / max(res.run_seconds, 1e-9) / 1e6:.2f} M cycles/s, "
-          f"{len(codes) / max(res.run_seconds, 1e-9):.0f} inferences/s")
+          f"{len(sim.codes) / max(res.run_seconds, 1e-9):.0f} inferences/s")
     print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
           f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
-    _print_utilization(res, build.manifest)
+    _print_utilization(sim.report)
     if args.plot:
         from qfab.sim.plots import utilization_plot
         utilization_plot(res, build.manifest, args.plot)
         print(f"utilization plot: {args.plot}")
     if args.trace:
         print(f"waveform: {args.trace}")
-    print(f"wrote {args.output}")
-    if bad:
-        raise QfabError(f"MISMATCH: {bad} of {want.size} output elements differ from the reference")
-    print(f"bit-exact: all {want.size} output elements equal the reference")
+    print(f"wrote {args.output}; results in {build.folder / 'reports' / 'simulation.json'}")
+    if not sim.bit_exact:
+        raise QfabError(sim.comparison.describe())
+    print(f"bit-exact: {sim.comparison.describe()}")
 
 
-def _print_utilization(res, manifest):
-    if not res.stages:
+def _print_utilization(report):
+    if not report.utilization:
         return
-    from qfab.sim.plots import stage_shares
     print(f"{'stage':<22}{'compute':>9}{'in blocked':>12}{'out blocked':>13}")
-    for name, compute, blocked_in, blocked_out in stage_shares(res, manifest):
-        print(f"{name:<22}{100 * compute:>8.1f}%{100 * blocked_in:>11.1f}%{100 * blocked_out:>12.1f}%")
+    for name, u in report.utilization.items():
+        print(f"{name:<22}{100 * u.compute:>8.1f}%{100 * u.input_blocked:>11.1f}%{100 * u.output_blocked:>12.1f}%")
     print("(compute: the stage's analytical cycles over all cycles; blocked: a beat waited, on the input "
           "because the stage was busy, on the output because the next stage was)")
 
@@ -282,13 +166,13 @@ def parser():
 
     q = sub.add_parser("quantize", help="quantize a float ONNX model (or import a quantized one) to .qfab")
     q.add_argument("model", help="MODEL.onnx (float with --calib, or QDQ/QOperator) or MODEL.qfab")
-    _add_quant_options(q)
+    add_quant_options(q)
     q.add_argument("-o", "--output", required=True, metavar="MODEL.qfab")
     q.set_defaults(func=cmd_quantize)
 
     r = sub.add_parser("reference", help="run the bit-exact integer reference")
     r.add_argument("model", help="MODEL.qfab or MODEL.onnx")
-    _add_quant_options(r)
+    add_quant_options(r)
     r.add_argument("--input", required=True, metavar="X.npy",
                    help="float inputs (quantized as the model's input), or integer codes")
     r.add_argument("-o", "--output", required=True, metavar="Y.npy")
@@ -297,7 +181,7 @@ def parser():
 
     i = sub.add_parser("info", help="layers, shapes, bits, parameter memory, MACs")
     i.add_argument("model")
-    _add_quant_options(i)
+    add_quant_options(i)
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("doctor", help="check that every tool of the flow is installed")
@@ -305,7 +189,7 @@ def parser():
 
     c = sub.add_parser("compile", help="lower a model to a dataflow accelerator (Verilog + manifest)")
     c.add_argument("model", help="MODEL.qfab or MODEL.onnx (float with --calib, or QDQ/QOperator)")
-    _add_quant_options(c)
+    add_quant_options(c)
     c.add_argument("-o", "--output", required=True, metavar="BUILD", help="build folder")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--target-ii", type=int, metavar="N", help="cycles per inference to reach (fold to balance)")

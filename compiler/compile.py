@@ -4,6 +4,7 @@ The compiler takes a resource budget (numbers), never a board: the CLI turns ``-
 `Budget`.
 """
 
+import io
 import json
 import math
 import pathlib
@@ -11,10 +12,13 @@ import time
 from dataclasses import dataclass
 
 from . import estimate
+from .buildfolder import (Build, BuildFiles, Estimates, FieldSlice, FifoInfo, Manifest, ResourceCount,
+                          StageInfo, StreamFormat)
 from qfab.base.errors import QfabError
 from .folding import Fold, choose_folding, stages_of
 from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save
+from .ops import op_for
 
 __all__ = ["Budget", "compile_graph", "design_estimates", "load_folding"]
 
@@ -62,56 +66,44 @@ def load_folding(path):
 
 
 def _stage_estimates(graph, stages, folds, m):
-    """Estimated `Resources` of each layer: its engine (with the layer's real requantization
-    shifts, which size an MVAU's variable shifter) and the sliding window in front of it."""
-    per = {}
-    for s in stages:
-        node = next(n for n in graph.nodes if n.name == s.name)
-        shifts = getattr(getattr(node, "requant", None), "shift", None) if s.kind == "mvau" else None
-        terms = estimate.stage_terms(s, folds[s.name], m, m_bits=graph.m_bits,
-                                     shifts=None if shifts is None else [int(v) for v in shifts])
-        r = estimate.resources(terms, m)
-        if s.kind in ("maxpool", "avgpool") or s.kind == "mvau" and node.kind == "Conv2d":
-            tin = graph.tensors[node.input]
-            h, w, c = tin.shape
-            r = r + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, folds[s.name].simd, m)
-        per[s.name] = r
-    return per
+    """Estimated `Resources` of each layer: its operator's engine (with the layer's real
+    requantization shifts, which size an MVAU's variable shifter) and the sliding window in front
+    of it (`Op.estimate`)."""
+    works = {s.name: s for s in stages}
+    return {node.name: op_for(node).estimate(graph, node, works[node.name], folds[node.name], m)
+            for node in graph.nodes if node.name in works}
 
 
-def _stream_estimates(plan, m):
-    """Estimated `Resources` of what the Dataflow adds on the edges, in the order it builds them:
-    a fork where one output feeds several inputs, a width converter where the element counts per
-    beat differ, and each edge's FIFO."""
-    items = {"fifos": [], "converters": [], "forks": []}
-    by_source = {}
-    for e in plan.edges:
-        by_source.setdefault(e.src, []).append(e)
-    for src, edges in by_source.items():
-        if len(edges) > 1:
-            items["forks"].append(estimate.fork_resources(edges[0].per_beat_src, edges[0].shape.width, len(edges), m))
-    for e in plan.edges:
-        if e.per_beat_src != e.per_beat_dst:
-            items["converters"].append(estimate.converter_resources(e.per_beat_src, e.per_beat_dst, e.shape.width, m))
-        if e.depth > 0:
-            items["fifos"].append(estimate.fifo_resources(e.depth, e.per_beat_dst * e.shape.width, m))
-    return {k: estimate.total(v) for k, v in items.items()}
+def plan_stream_estimates(plan, m):
+    """Estimated `Resources` of the plumbing the plan puts on its edges: its forks, width
+    converters and FIFOs (`Plan.forks`, `Plan.converters`, `Plan.fifos`)."""
+    return {
+        "fifos": estimate.total([estimate.fifo_resources(e.depth, e.per_beat_dst * e.element.width, m)
+                                 for e in plan.fifos]),
+        "converters": estimate.total([estimate.converter_resources(e.per_beat_src, e.per_beat_dst, e.element.width, m)
+                                      for e in plan.converters]),
+        "forks": estimate.total([estimate.fork_resources(f.per_beat, f.element.width, f.count, m)
+                                 for f in plan.forks]),
+    }
 
 
-def design_estimates(graph, stages, folds, family="ice40"):
+def design_estimates(graph, stages, folds, family="ice40", plan=None):
     """``(per_layer, streams, total)``: the estimated `Resources` of each layer, of the FIFOs,
     width converters and forks between them, and of the whole accelerator on ``family``, for the
-    plan that `compile_graph` lowers (the budget check and the manifest use these same numbers)."""
+    plan that `compile_graph` lowers (``plan``, or planned here: the budget check and the
+    manifest use these same numbers)."""
     m = estimate.model(family)
-    plan = plan_graph(graph, folds, {s.name: s for s in stages}, build=False, family=family)
+    if plan is None:
+        plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
     per = _stage_estimates(graph, stages, folds, m)
-    streams = _stream_estimates(plan, m)
+    streams = plan_stream_estimates(plan, m)
     return per, streams, estimate.total(list(per.values()) + list(streams.values()))
 
 
 def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, style="bit_parallel",
                   family=None, log=print):
-    """Lower ``graph`` and write the build folder; return the manifest (a dict).
+    """Lower ``graph`` and write the build folder ``out_dir``; return its `Build` (the manifest
+    is ``build.manifest``).
 
     ``family``: the device family the estimates count in (default: the budget's, else iCE40).
     """
@@ -131,44 +123,44 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
     verilog = to_verilog(top)
-    sim_top = build_top(plan_graph(graph, folds, {s.name: s for s in stages}, family=family), counters=True)
+    sim_top = build_top(plan, counters=True)
     sim_verilog = to_verilog(sim_top)
-    per, streams, totals = design_estimates(graph, stages, folds, family)
+    per, streams, totals = design_estimates(graph, stages, folds, family, plan=plan)
     total = totals.rounded()
     cells = estimate.logic_cells(totals, family)
     if cells is not None:
         total["logic_cells"] = round(cells)
     ii = max(s.cycles(folds[s.name]) for s in stages)
     latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qfab_top.v").write_text(verilog)
-    (out / "qfab_top_sim.v").write_text(sim_verilog)
-    save(graph, out / "model.qfab")
-    fifo_names = list(top.fifos)
-    manifest = {
-        "format": "qfab-build", "version": 1, "model": "model.qfab", "verilog": "qfab_top.v",
-        "sim_verilog": "qfab_top_sim.v", "top": "qfab_top",
-        "input": plan.input, "output": plan.output,
-        "initiation_interval": ii, "latency_estimate": latency,
-        "stages": [{"name": s.name, "node": s.node, "kind": s.kind,
-                    "pe": s.fold.pe if s.fold else None, "simd": s.fold.simd if s.fold else None,
-                    "style": s.fold.style if s.fold and s.kind == "mvau" else None,
-                    "cycles": s.cycles} for s in plan.stages],
-        "fifos": [{"name": f"e{k}", "from": e.src, "to": e.dst, "depth": e.depth, "tensor": e.tensor,
-                   "elements_per_beat": e.per_beat_dst} for k, e in enumerate(plan.edges) if e.depth > 0],
-        "estimates": {"per_layer": {k: v.rounded() for k, v in per.items()},
-                      "streams": {k: v.rounded() for k, v in streams.items()},
-                      "total": total,
-                      "family": family,
-                      "model": estimate.model(family).get("source", "")},
-        "observe_layout": _field_offsets(top, "observe", "level"),
-        "counters_layout": _field_offsets(sim_top, "counters", "fire", "wait"),
-        "m_bits": graph.m_bits,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest = Manifest(
+        input=_stream_format(plan.input), output=_stream_format(plan.output),
+        initiation_interval=ii, latency_estimate=latency,
+        stages=tuple(StageInfo(name=s.name, node=s.node, kind=s.kind, pe=s.fold.pe if s.fold else None,
+                               simd=s.fold.simd if s.fold else None,
+                               style=s.fold.style if s.fold and s.kind == "mvau" else None, cycles=s.cycles)
+                     for s in plan.stages),
+        fifos=tuple(FifoInfo(name=e.name, src=e.src, dst=e.dst, depth=e.depth, tensor=e.tensor,
+                             elements_per_beat=e.per_beat_dst) for e in plan.fifos),
+        estimates=Estimates(per_layer={k: ResourceCount(**v.rounded()) for k, v in per.items()},
+                            streams={k: ResourceCount(**v.rounded()) for k, v in streams.items()},
+                            total=ResourceCount(**total), family=family,
+                            model=estimate.model(family).get("source", "")),
+        observe_layout=_field_offsets(top, "observe", "level"),
+        counters_layout=_field_offsets(sim_top, "counters", "fire", "wait"),
+        m_bits=graph.m_bits, top="qfab_top", files=BuildFiles())
+    model = io.BytesIO()
+    save(graph, model)
+    build = Build.save(out, manifest, {manifest.files.verilog: verilog, manifest.files.sim_verilog: sim_verilog,
+                                       manifest.files.model: model.getvalue()})
     log(f"wrote {out}/qfab_top.v ({len(verilog.splitlines())} lines), manifest.json, model.qfab "
         f"in {time.perf_counter() - t:.1f} s")
-    return manifest
+    return build
+
+
+def _stream_format(spec):
+    """The plan's `StreamPacking` of the accelerator's input or output stream, as the manifest's."""
+    return StreamFormat(tensor=spec.tensor, shape=tuple(spec.shape), elements=spec.elements,
+                        per_beat=spec.per_beat, bits=spec.bits, signed=spec.signed)
 
 
 def _field_offsets(top, port, *subfields):
@@ -178,5 +170,6 @@ def _field_offsets(top, port, *subfields):
         return {}
     out = {}
     for name, field in member.shape:
-        out[name] = {sub: [field.offset + field.shape[sub].offset, field.shape[sub].width] for sub in subfields}
+        out[name] = {sub: FieldSlice(field.offset + field.shape[sub].offset, field.shape[sub].width)
+                     for sub in subfields}
     return out

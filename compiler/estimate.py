@@ -19,9 +19,12 @@ import math
 from dataclasses import dataclass, field
 from importlib.resources import files
 
+from qfab.base.limits import LOGIC_WEIGHT_LIMIT_BITS
+
 __all__ = ["logic_cells", "Resources", "Terms", "model", "stage_resources", "window_resources", "fifo_resources",
            "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
-           "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS"]
+           "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS",
+           "structure"]
 
 KINDS = ("mvau_parallel", "mvau_serial", "window", "maxpool", "avgpool", "add", "fifo", "convert", "fork")
 
@@ -47,7 +50,7 @@ _DEFAULT = {
     "ram_logic_cost": 1.0,
     "block_margin": 8,                # block RAM costs this much more than its blocks (emulation)
     "requant_rom_block": 16,          # Requant forces its constant ROMs into block RAM from this depth
-    "logic_weight_limit_bits": 1024,  # MVAU AUTO: weights as constants in logic up to this many bits
+    "logic_weight_limit_bits": LOGIC_WEIGHT_LIMIT_BITS,  # MVAU AUTO: weights as constants in logic up to this many bits
     "typical_shift_levels": 2,        # varying shift bits per PE lane when the shifts are unknown
     "scale": {"luts": 1.0, "ffs": 1.0},
     "families": {},
@@ -108,6 +111,20 @@ def _load(family):
     own = m.get("families", {}).get(family, {})
     m.update({**_FAMILIES[family], **{k: v for k, v in own.items() if k != "scale"}})
     m["scale"] = own.get("scale", {"luts": 1.0, "ffs": 1.0}) if family != m["family"] else m["scale"]
+    m["target_family"] = family
+    return m
+
+
+@functools.lru_cache(maxsize=4)
+def structure(family="ice40"):
+    """The fixed facts of ``family`` (block RAM geometry, Yosys' memory cost rule, the logic
+    weight limit), never the fitted model file: what the lowering's choices depend on, so that
+    refitting the estimates cannot change the hardware."""
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(_FAMILIES)}, not {family!r}")
+    m = {k: v for k, v in _DEFAULT.items() if k != "coefficients"}
+    m.update(_FAMILIES[family])
+    m["target_family"] = family
     return m
 
 
@@ -239,7 +256,7 @@ def _mvau_terms(stage, fold, m, m_bits, shifts):
     sf, nf = stage.k // simd, stage.n // pe
     depth = stage.points * nf * sf                      # weight words
     word = lanes * w
-    constant = weights_in_logic(stage, fold, m)
+    constant = weights_in_logic(stage, fold, structure(m.get("target_family", "ice40")))
     weight_blocks = 0 if constant else _memory(depth, word, m, rom=True)
     buffer_blocks = _memory(2 * sf, simd * a, m, rom=False)
     # Requant: per PE lane, ROMs of one entry per fold: M0 (m_bits), offset (the sum's width:

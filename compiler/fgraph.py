@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .ir import Layout
 
@@ -110,46 +109,9 @@ class FGraph:
         return [n for n in self.nodes if name in n.inputs]
 
 
-def _pad(x, padding, value=0.0):
-    top, left, bottom, right = padding
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
-
-
-def _windows(x, kernel, stride, padding, value=0.0):
-    win = sliding_window_view(_pad(x, padding, value), kernel, axis=(1, 2))
-    return win[:, ::stride[0], ::stride[1]].transpose(0, 1, 2, 4, 5, 3)
-
-
-def _conv(node, x):
-    win = _windows(x, node.weight.shape[1:3], node.stride, node.padding)
-    b, ho, wo, kh, kw, c = win.shape
-    g = node.groups
-    cout = node.weight.shape[0]
-    cols = win.reshape(b * ho * wo, kh, kw, g, c // g)
-    w = node.weight.reshape(g, cout // g, kh, kw, c // g)
-    y = np.einsum("nyxgc,goyxc->ngo", cols, w, optimize=True).reshape(b, ho, wo, cout)
-    return y + node.bias
-
-
 def _eval(node, xs):
-    x = xs[0]
-    if node.kind == "Dense":
-        y = x @ node.weight.T + node.bias
-    elif node.kind == "Conv2d":
-        y = _conv(node, x)
-    elif node.kind == "MaxPool":
-        y = _windows(x, node.kernel, node.stride, node.padding, -np.inf).max(axis=(3, 4))
-    elif node.kind == "AvgPool":
-        y = _windows(x, node.kernel, node.stride, node.padding).mean(axis=(3, 4))
-    elif node.kind == "GlobalAvgPool":
-        y = x.mean(axis=(1, 2), keepdims=True)
-    elif node.kind == "Add":
-        y = xs[0] + xs[1]
-    elif node.kind == "Reshape":
-        y = x
-    else:
-        raise ValueError(node.kind)
-    return node.act.apply(y)
+    from .ops import op_for
+    return node.act.apply(op_for(node.kind).float_forward(node, xs))
 
 
 def forward(fg, x, keep=()):

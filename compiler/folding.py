@@ -9,10 +9,10 @@ balances the stages so that none is much faster than it needs to be.
 Pure arithmetic on the IR: no Amaranth here. Costs come from `qfab.compiler.estimate`.
 """
 
-from dataclasses import dataclass
-
 from qfab.base.errors import QfabError
-from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
+
+from .ops import op_for
+from .plan import Fold, Stage
 
 __all__ = ["MacStyleName", "Stage", "Fold", "stages_of", "fold_for_ii", "choose_folding", "divisors"]
 
@@ -23,74 +23,14 @@ def divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-@dataclass(frozen=True)
-class Fold:
-    pe: int = 1
-    simd: int = 1
-    style: MacStyleName = "bit_parallel"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One hardware stage's work per inference.
-
-    ``kind``: "mvau" (Dense/Conv2d), "maxpool", "avgpool", "gap", "add". For an mvau, ``n`` outputs,
-    ``k`` inputs per vector, ``vectors`` per inference; ``simd_of`` is what SIMD must divide (the
-    window's channel count for a convolution, so no beat straddles two pixels). For pools, ``k`` is
-    the window size and ``n`` the channel count.
-    """
-    name: str
-    kind: str
-    n: int
-    k: int
-    vectors: int
-    points: int = 1
-    simd_of: int = 1
-    w_bits: int = 8
-    a_bits: int = 8
-
-    def cycles(self, fold):
-        if self.kind == "mvau":
-            c = self.vectors * self.points * (self.n // fold.pe) * (self.k // fold.simd)
-            return c * (self.a_bits if fold.style == "bit_serial" else 1)
-        # pools and adds move SIMD channels per cycle through every window element
-        return self.vectors * self.k * (self.n // fold.simd)
-
-    def folds(self, style="bit_parallel"):
-        """Every legal fold of this stage."""
-        if self.kind == "mvau":
-            return [Fold(pe, simd, style) for pe in divisors(self.n) for simd in divisors(self.simd_of)]
-        return [Fold(1, simd) for simd in divisors(self.n)]
-
-
 def stages_of(graph):
-    """The stages of ``graph`` that cost cycles (Reshape is free: it only renames a stream)."""
+    """The stages of ``graph`` that cost cycles (a Reshape is free: it only renames a stream),
+    each operator's `Op.stage`."""
     stages = []
     for node in graph.nodes:
-        tin = graph.tensors[node.inputs[0]]
-        tout = graph.tensors[node.output]
-        a_bits = tin.qtype.bits
-        if isinstance(node, Dense):
-            stages.append(Stage(node.name, "mvau", node.out_channels, node.fan_in, 1, node.points, node.fan_in,
-                                node.w_type.bits, a_bits))
-        elif isinstance(node, Conv2d):
-            if node.groups != 1:
-                raise QfabError(f"node {node.name!r}: grouped/depthwise convolution (groups={node.groups}) "
-                                "has no hardware engine yet")
-            ho, wo, _ = tout.shape
-            stages.append(Stage(node.name, "mvau", node.out_channels, node.fan_in, ho * wo, node.points,
-                                tin.shape[2], node.w_type.bits, a_bits))
-        elif isinstance(node, (MaxPool, AvgPool)):
-            ho, wo, c = tout.shape
-            stages.append(Stage(node.name, "maxpool" if isinstance(node, MaxPool) else "avgpool", c,
-                                node.kernel[0] * node.kernel[1], ho * wo, a_bits=a_bits))
-        elif isinstance(node, GlobalAvgPool):
-            h, w, c = tin.shape
-            stages.append(Stage(node.name, "gap", c, 1, h * w, a_bits=a_bits))
-        elif isinstance(node, Add):
-            stages.append(Stage(node.name, "add", tout.size, 1, 1, a_bits=a_bits))
-        elif not isinstance(node, Reshape):
-            raise QfabError(f"node {node.name!r}: no hardware stage for {node.kind}")
+        work = op_for(node).stage(graph, node)
+        if work is not None:
+            stages.append(work)
     return stages
 
 

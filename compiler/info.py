@@ -2,9 +2,7 @@
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from .ir import AvgPool, Conv2d, Dense, GlobalAvgPool
+from .ops import op_for
 
 __all__ = ["LayerInfo", "layer_table", "format_table"]
 
@@ -23,36 +21,16 @@ class LayerInfo:
     macs: int
 
 
-def _macs(node, graph):
-    out = graph.tensors[node.output]
-    if isinstance(node, Dense):
-        return node.points * node.out_channels * node.fan_in
-    if isinstance(node, Conv2d):
-        return node.points * out.size * node.fan_in
-    if isinstance(node, AvgPool):
-        return out.size * node.kernel[0] * node.kernel[1]
-    if isinstance(node, GlobalAvgPool):
-        return graph.tensors[node.input].size
-    return 0
-
-
 def layer_table(graph):
     rows = []
     for node in graph.nodes:
+        op = op_for(node)
         tin = graph.tensors[node.inputs[0]]
         tout = graph.tensors[node.output]
-        params = param_bits = 0
-        w_bits = "-"
-        if isinstance(node, (Dense, Conv2d)):
-            params = int(node.weights.size + node.bias.size)
-            c = node.out_channels
-            param_bits = int(node.weights.size * node.w_type.bits + c * 32 + c * (graph.m_bits + 6))
-            if node.points > 1:
-                param_bits += int(node.multipliers.size * 16)
-            w_bits = node.w_type.describe() + (f" x{node.points}pt" if node.points > 1 else "")
+        params, param_bits, w_bits = op.params(graph, node)
         a_bits = "/".join(graph.tensors[i].qtype.describe() for i in node.inputs)
         rows.append(LayerInfo(node.name, node.kind, tuple(tin.shape), tuple(tout.shape), w_bits, a_bits,
-                              tout.qtype.describe(), params, param_bits, _macs(node, graph)))
+                              tout.qtype.describe(), params, param_bits, op.macs(graph, node)))
     return rows
 
 

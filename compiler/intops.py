@@ -8,26 +8,24 @@ import math
 
 import numpy as np
 
+from qfab.base import ints
+
 __all__ = [
     "qrange", "round_shift", "clamp", "requantize", "dyadic", "acc_bound", "acc_bits",
-    "quantize_float", "dequantize", "MAX_SHIFT", "MAX_PRODUCT_BITS",
+    "quantize_float", "dequantize", "MAX_SHIFT", "MAX_PRODUCT_BITS", "MAX_CODE_BITS",
 ]
 
 MAX_SHIFT = 62
 MAX_PRODUCT_BITS = 62
+MAX_CODE_BITS = 32
 
 
 def qrange(bits, signed, bipolar=False):
-    """Smallest and largest code of a type of ``bits`` bits (bipolar: -1 and +1)."""
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 32:
-        raise ValueError(f"bits must be an integer from 1 to 32, not {bits!r}")
-    if bipolar:
-        if bits != 1:
-            raise ValueError(f"a bipolar type has 1 bit, not {bits}")
-        return -1, 1
-    if signed:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
+    """Smallest and largest code of a type of ``bits`` bits, 1 to 32 (bipolar: -1 and +1).
+
+    `qfab.base.ints.code_range` with the IR's 32-bit limit.
+    """
+    return ints.code_range(bits, signed, bipolar, max_bits=MAX_CODE_BITS)
 
 
 def round_shift(v, n):
@@ -89,9 +87,7 @@ def acc_bound(fan_in, w_max, x_max, bias_max=0, points=1, m_max=1):
     return int(bias_max) + int(points) * int(m_max) * int(fan_in) * int(w_max) * int(x_max)
 
 
-def acc_bits(bound):
-    """Signed width that holds every integer in ``[-bound, bound]``."""
-    return 1 + max(1, int(bound).bit_length())
+acc_bits = ints.acc_bits    # signed width holding every integer in ``[-bound, bound]``
 
 
 def quantize_float(x, scale, zero_point, qmin, qmax):

@@ -5,6 +5,10 @@ channels-last and shapes leave out the batch axis. Arrays are int64 numpy arrays
 constants and nobody mutates them (passes build new nodes with ``dataclasses.replace``).
 
 `qfab.compiler.verify.verify` checks a `Graph` against every rule written here.
+
+The node types themselves (``Dense``, ``Conv2d``, ``MaxPool``, ``AvgPool``, ``GlobalAvgPool``,
+``Add``, ``Reshape``) are defined with their operators in `qfab.compiler.ops` (one module each,
+with their verification, reference, lowering, ...); importing them from here works too.
 """
 
 import dataclasses
@@ -148,81 +152,6 @@ class _MatNode(_Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Dense(_MatNode):
-    """``y = requant(b + sum_p m_p * W_p (x - zx))``; weights ``(P, N, K)``."""
-
-
-@dataclass(frozen=True, eq=False)
-class Conv2d(_MatNode):
-    """2-D convolution; weights ``(P, Cout, KH, KW, Cin / groups)``, channels-last."""
-    stride: tuple = (1, 1)
-    padding: tuple = (0, 0, 0, 0)    # top, left, bottom, right
-    groups: int = 1
-
-    @property
-    def kernel(self):
-        return tuple(int(k) for k in self.weights.shape[2:4])
-
-
-@dataclass(frozen=True, eq=False)
-class MaxPool(_Node):
-    input: str
-    output: str
-    kernel: tuple
-    stride: tuple
-    padding: tuple = (0, 0, 0, 0)
-    lo: int | None = None
-    hi: int | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class AvgPool(_Node):
-    """Average over a window of ``K = KH*KW`` elements (padding counts, filled with ``zx``)."""
-    input: str
-    output: str
-    kernel: tuple
-    stride: tuple
-    requant: Requant
-    padding: tuple = (0, 0, 0, 0)
-
-
-@dataclass(frozen=True, eq=False)
-class GlobalAvgPool(_Node):
-    """Average over the whole ``H x W`` plane of each channel; output ``(1, 1, C)``."""
-    input: str
-    output: str
-    requant: Requant
-
-
-@dataclass(frozen=True, eq=False)
-class Add(_Node):
-    """``y = clamp(zy + round_shift(ma*(a - za) + mb*(b - zb), shift), lo, hi)``."""
-    a: str
-    b: str
-    output: str
-    m_a: int
-    m_b: int
-    shift: int
-    lo: int
-    hi: int
-
-    @property
-    def inputs(self):
-        return (self.a, self.b)
-
-
-@dataclass(frozen=True, eq=False)
-class Reshape(_Node):
-    """Flatten or reshape: the same codes in the same row-major order, a new shape."""
-    input: str
-    output: str
-
-
-Node = Dense | Conv2d | MaxPool | AvgPool | GlobalAvgPool | Add | Reshape
-NODE_KINDS = {cls.__name__: cls for cls in (Dense, Conv2d, MaxPool, AvgPool, GlobalAvgPool, Add, Reshape)}
-
-
-@dataclass(frozen=True, eq=False)
 class Graph:
     """A network: tensors by name, nodes in topological order, one or more inputs and outputs.
 
@@ -251,3 +180,21 @@ class Graph:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+_NODE_NAMES = ("Dense", "Conv2d", "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Reshape")
+
+
+def __getattr__(name):
+    """The node types, `Node` and `NODE_KINDS`, from the operator registry (imported on first use:
+    the operator modules import this one)."""
+    from . import ops
+    if name in ops.NODE_TYPES:
+        return ops.NODE_TYPES[name]
+    if name == "NODE_KINDS":
+        return dict(ops.NODE_TYPES)
+    if name == "Node":
+        import functools
+        import operator
+        return functools.reduce(operator.or_, ops.NODE_TYPES.values())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,12 @@
-"""Lowering: an IR graph and a folding become a dataflow of `qfab.hw` stages.
+"""Lowering: an IR graph and a folding become a `qfab.compiler.plan.Plan`, and a plan becomes a
+`qfab.hw.dataflow.Dataflow`.
 
-This is the one module of the compiler that knows the hardware library. Each IR node maps to
-stages with plain parameters taken from the node (docs/semantics.md is the contract on both sides):
+`plan_graph` is pure data: each IR node's operator (`qfab.compiler.ops`, ``Op.lower``) adds its
+stages -- which `qfab.hw` engine, with which parameters taken from the node (docs/semantics.md is
+the contract on both sides) -- and the streams between them; then the skip FIFOs of residual joins
+are sized and the plumbing (forks, width converters, FIFOs) is named. `build_top` is the one place
+that turns a plan into Amaranth components; this is the one module of the compiler that imports
+the hardware library.
 
 | IR node        | stages                                            |
 |----------------|---------------------------------------------------|
@@ -12,263 +17,133 @@ stages with plain parameters taken from the node (docs/semantics.md is the contr
 | GlobalAvgPool  | GlobalAvgPool                                     |
 | Add            | Fork at the skip source, then Add                 |
 | Reshape        | nothing (the element order is already row-major) |
-
-The result is a `Plan`: stages with their components, the streams between them (with element
-counts per beat, so width converters can go where they differ, and FIFO depths), and the packing
-of the accelerator's input and output streams.
 """
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass
 
-from amaranth.hdl import signed, unsigned
+from qfab.base.errors import QfabError
 
 from . import estimate
-from qfab.base.errors import QfabError
-from .folding import Fold
-from .ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
+from .ops import op_for
+from .plan import DEFAULT_FIFO_DEPTH, ElementType, Fold, Plan, PlanBuilder, PlanStage, StreamPacking
 
-__all__ = ["HwStage", "Edge", "Plan", "plan_graph", "element_shape", "build_top", "to_verilog"]
+__all__ = ["WeightPolicy", "Lowering", "plan_graph", "element_type", "build_top", "to_verilog", "stage_component",
+           "DEFAULT_FIFO_DEPTH"]
 
-DEFAULT_FIFO_DEPTH = 4   # SyncFIFOBuffered needs depth >= 3 to pass a beat every cycle
 SKIP_MARGIN = 8
+WEIGHT_MODES = ("rule", "logic", "block", "engine")
 
 
-def _ident(name):
+def legal_name(name):
+    """``name`` as an identifier (letters, digits, ``_``; not starting with a digit or ``_``)."""
     out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-    return out if out and not out[0].isdigit() else "n_" + out
+    return out if out and not out[0].isdigit() and not out.startswith("_") else "n_" + out.lstrip("_")
 
 
-def element_shape(qtype):
-    return signed(qtype.bits) if qtype.signed else unsigned(qtype.bits)
-
-
-@dataclass
-class HwStage:
-    name: str                   # unique stage name, e.g. "conv_3.window"
-    node: str                   # IR node it implements
-    kind: str                   # "mvau", "window", "maxpool", "avgpool", "gap", "fork", "add"
-    component: object
-    in_per_beat: int
-    out_per_beat: int
-    cycles: int = 0             # per inference, at full rate
-    fold: Fold | None = None
-    inputs: tuple = ("i",)
-    outputs: tuple = ("o",)
-    buffered: int = 0           # elements it can take in before it must emit (line/vector buffers)
+def element_type(qtype):
+    return ElementType(qtype.bits, qtype.signed)
 
 
 @dataclass(frozen=True)
-class Edge:
-    src: str                    # "stage.port" or "i" (the accelerator input)
-    dst: str                    # "stage.port" or "o" (the accelerator output)
-    per_beat_src: int
-    per_beat_dst: int
-    shape: object               # element shape
-    depth: int = DEFAULT_FIFO_DEPTH
-    tensor: str = ""
+class WeightPolicy:
+    """Where each MVAU keeps its weights: ``"rule"`` (the default: as constants in logic when
+    `qfab.compiler.estimate.weights_in_logic` says so for ``family``'s fixed structure, else in block
+    RAM), ``"logic"``, ``"block"``, or ``"engine"`` (the MVAU's own AUTO choice). The rule reads
+    only `qfab.compiler.estimate.structure`, never the fitted estimate model, so refitting the
+    estimates does not change the hardware."""
+    mode: str = "rule"
+    family: str = "ice40"
+
+    def __post_init__(self):
+        if self.mode not in WEIGHT_MODES:
+            raise QfabError(f"weight policy must be one of {', '.join(WEIGHT_MODES)}, not {self.mode!r}")
+
+    def in_logic(self, work, fold):
+        """True (constants), False (block RAM) or None (the engine decides)."""
+        if self.mode == "rule":
+            return estimate.weights_in_logic(work, fold, estimate.structure(self.family))
+        return {"logic": True, "block": False, "engine": None}[self.mode]
 
 
-@dataclass
-class Plan:
-    stages: list = field(default_factory=list)
-    edges: list = field(default_factory=list)
-    input: dict = field(default_factory=dict)
-    output: dict = field(default_factory=dict)
+class Lowering:
+    """The state of one `plan_graph`: what the operators' ``lower`` methods build with."""
 
-    def stage(self, name):
-        return next(s for s in self.stages if s.name == name)
+    def __init__(self, graph, policy):
+        self.graph = graph
+        self.policy = policy
+        self.builder = PlanBuilder()
+        self._source = {}           # tensor -> (endpoint, elements per beat)
+        self._names = set()
 
+    def element(self, qtype):
+        return element_type(qtype)
 
-def _mvau(graph, node, fold, rows, hw, logic_weights=None):
-    """The MVAU of a Dense or Conv2d ``node``; ``logic_weights``: build the weights in as constants
-    (`estimate.weights_in_logic`) or put them in block RAM; None leaves it to the MVAU (``AUTO``)."""
-    tin, tout = graph.tensors[node.input], graph.tensors[node.output]
-    wt = node.w_type
-    kind = {None: hw["MemoryKind"].AUTO, True: hw["MemoryKind"].LOGIC, False: hw["MemoryKind"].BLOCK}[logic_weights]
-    return hw["MVAU"](
-        fold.pe, fold.simd, weights=rows, w_bits=wt.bits,
-        w_encoding=hw["Encoding"].BIPOLAR if wt.bipolar else hw["Encoding"].SIGNED,
-        a_bits=tin.qtype.bits, a_encoding=hw["Encoding"].SIGNED if tin.qtype.signed else hw["Encoding"].UNSIGNED,
-        bias=node.bias.tolist(), m0=node.requant.m0.tolist(), shift=node.requant.shift.tolist(),
-        out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
-        out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
-        point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits, weight_memory=kind,
-        style=hw["MacStyle"].BIT_SERIAL if fold.style == "bit_serial" else hw["MacStyle"].BIT_PARALLEL)
+    def weights_in_logic(self, work, fold):
+        return None if work is None else self.policy.in_logic(work, fold)
 
+    def source_of(self, tensor):
+        return self._source[tensor]
 
-def _hw():
-    from qfab.hw.mac import Encoding, MacStyle
-    from qfab.hw.mvau import MVAU
-    from qfab.hw.weights import MemoryKind
-    from qfab.hw.pool import AvgPool as HwAvgPool
-    from qfab.hw.pool import GlobalAvgPool as HwGlobalAvgPool
-    from qfab.hw.pool import MaxPool as HwMaxPool
-    from qfab.hw.window import SlidingWindow
-    from qfab.hw.add import Add as HwAdd
-    return dict(MVAU=MVAU, Encoding=Encoding, MacStyle=MacStyle, MemoryKind=MemoryKind, AvgPool=HwAvgPool,
-                GlobalAvgPool=HwGlobalAvgPool, MaxPool=HwMaxPool, SlidingWindow=SlidingWindow, Add=HwAdd)
+    def set_source(self, tensor, endpoint, per_beat):
+        self._source[tensor] = (endpoint, per_beat)
 
-
-def _line_buffer(tin, kernel, stride):
-    h, w, c = tin.shape
-    return min(kernel[0] + stride[0], h) * w * c
-
-
-def _window(graph, node, simd, pad_value, hw, kernel, stride, padding):
-    tin = graph.tensors[node.input]
-    h, w, c = tin.shape
-    return hw["SlidingWindow"](element_shape(tin.qtype), height=h, width=w, channels=c, kernel=kernel,
-                               stride=stride, padding=padding, pad_value=pad_value, simd=simd)
-
-
-def _no_hw():
-    """`_hw` for a plan without components (`plan_graph` ``build=False``): the encodings are real,
-    every component is None."""
-    hw = _hw()
-    return {k: (v if k in ("Encoding", "MacStyle", "MemoryKind") else (lambda *a, **k: None)) for k, v in hw.items()}
-
-
-def plan_graph(graph, folds, stages_info, *, build=True, family="ice40"):
-    """Stages and streams for ``graph`` with ``folds`` (by node name, see `qfab.compiler.folding`).
-
-    ``stages_info``: the `Stage` work items by node name (for cycle counts, and where each MVAU
-    keeps its weights: `estimate.weights_in_logic` on ``family``). ``build=False``
-    plans the streams (edges, beats, FIFO depths) without building the stages' components
-    (their ``component`` is None), as the resource estimates need it.
-    """
-    hw = _hw() if build else _no_hw()
-    plan = Plan()
-    m = estimate.model(family)
-
-    def in_logic(node, fold):
-        work = stages_info.get(node.name)
-        return None if work is None else estimate.weights_in_logic(work, fold, m)
-
-    # where each tensor's stream comes from: (endpoint, elements per beat)
-    source = {}
-    uses = {t: len(graph.consumers(t)) + (1 if t in graph.outputs else 0) for t in graph.tensors}
-    first_consumer_simd = None
-
-    def connect(tensor, dst, per_beat):
-        src, src_beat = source[tensor]
-        plan.edges.append(Edge(src, dst, src_beat, per_beat, element_shape(graph.tensors[tensor].qtype),
-                               tensor=tensor))
-
-    def add_stage(stage):
-        plan.stages.append(stage)
-        return stage
-
-    names = {}
-
-    def sname(node, suffix=""):
-        base = _ident(node.name) + suffix
-        name = base
-        while name in names.values() or name in ("i", "o"):
+    def stage(self, node, suffix="", **fields):
+        """Add a `PlanStage` for ``node``, named after it (legal and unique)."""
+        name = legal_name(node.name + suffix)
+        while name in self._names or name in ("i", "o"):
             name += "_"
-        names[(node.name, suffix)] = name
-        return name
+        self._names.add(name)
+        return self.builder.add_stage(PlanStage(name=name, node=node.name, **fields))
 
+    def edge(self, src, dst, per_beat_src, per_beat_dst, element, *, tensor=""):
+        self.builder.add_edge(src, dst, per_beat_src, per_beat_dst, element, tensor=tensor)
+
+    def connect(self, tensor, dst, per_beat):
+        """A stream from wherever ``tensor`` comes from to ``dst``."""
+        src, src_beat = self._source[tensor]
+        self.edge(src, dst, src_beat, per_beat, element_type(self.graph.tensors[tensor].qtype), tensor=tensor)
+
+
+def plan_graph(graph, folds, works, *, family="ice40", policy=None):
+    """The `Plan` of ``graph`` with ``folds`` (by node name, see `qfab.compiler.folding`).
+
+    ``works``: the `Stage` work items by node name (`qfab.compiler.folding.stages_of`: cycle
+    counts, and the weight placement of ``policy``, a `WeightPolicy`, by default the rule on
+    ``family``).
+    """
+    policy = policy or WeightPolicy("rule", family)
+    lw = Lowering(graph, policy)
+    first_simd = None
     for node in graph.nodes:
-        if isinstance(node, Reshape):
-            source[node.output] = source[node.input]
-            continue
         fold = folds.get(node.name, Fold())
-        work = stages_info.get(node.name)
-        cycles = work.cycles(fold) if work else 0
         for t in node.inputs:
-            if t in graph.inputs and t not in source:
-                per = fold.simd
-                source[t] = ("i", per)
-                first_consumer_simd = per
-        tin = graph.tensors[node.inputs[0]]
-        tout = graph.tensors[node.output]
-        if isinstance(node, Dense):
-            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw, in_logic(node, fold)),
-                                  fold.simd, fold.pe, cycles, fold, buffered=node.fan_in + 2 * fold.pe))
-            connect(node.input, f"{s.name}.i", fold.simd)
-            out = (f"{s.name}.o", fold.pe)
-        elif isinstance(node, Conv2d):
-            if node.groups != 1:
-                raise QfabError(f"node {node.name!r}: grouped convolution has no hardware engine yet")
-            win = add_stage(HwStage(sname(node, "_window"), node.name, "window",
-                                    _window(graph, node, fold.simd, tin.qtype.zero_point, hw, node.kernel,
-                                            node.stride, node.padding), fold.simd, fold.simd,
-                                    buffered=_line_buffer(tin, node.kernel, node.stride)))
-            connect(node.input, f"{win.name}.i", fold.simd)
-            s = add_stage(HwStage(sname(node), node.name, "mvau", _mvau(graph, node, fold, node.weight_rows().tolist(), hw, in_logic(node, fold)),
-                                  fold.simd, fold.pe, cycles, fold, buffered=node.fan_in + 2 * fold.pe))
-            plan.edges.append(Edge(f"{win.name}.o", f"{s.name}.i", fold.simd, fold.simd, element_shape(tin.qtype),
-                                   tensor=node.input + "#windows"))
-            out = (f"{s.name}.o", fold.pe)
-        elif isinstance(node, (MaxPool, AvgPool)):
-            is_max = isinstance(node, MaxPool)
-            pad = tin.qtype.qmin if is_max else tin.qtype.zero_point
-            win = add_stage(HwStage(sname(node, "_window"), node.name, "window",
-                                    _window(graph, node, fold.simd, pad, hw, node.kernel, node.stride, node.padding),
-                                    fold.simd, fold.simd, buffered=_line_buffer(tin, node.kernel, node.stride)))
-            connect(node.input, f"{win.name}.i", fold.simd)
-            k = node.kernel[0] * node.kernel[1]
-            c = tin.shape[2]
-            if is_max:
-                comp = hw["MaxPool"](element_shape(tin.qtype), window=k, channels=c, simd=fold.simd,
-                                     lo=node.lo, hi=node.hi)
-            else:
-                comp = hw["AvgPool"](element_shape(tin.qtype), window=k, channels=c,
-                                     zero_point=tin.qtype.zero_point, multiplier=int(node.requant.m0[0]),
-                                     shift=int(node.requant.shift[0]), out_shape=element_shape(tout.qtype),
-                                     out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
-                                     simd=fold.simd)
-            s = add_stage(HwStage(sname(node), node.name, "maxpool" if is_max else "avgpool", comp,
-                                  fold.simd, fold.simd, cycles, fold))
-            plan.edges.append(Edge(f"{win.name}.o", f"{s.name}.i", fold.simd, fold.simd, element_shape(tin.qtype),
-                                   tensor=node.input + "#windows"))
-            out = (f"{s.name}.o", fold.simd)
-        elif isinstance(node, GlobalAvgPool):
-            h, w, c = tin.shape
-            comp = hw["GlobalAvgPool"](element_shape(tin.qtype), height=h, width=w, channels=c,
-                                       zero_point=tin.qtype.zero_point, multiplier=int(node.requant.m0[0]),
-                                       shift=int(node.requant.shift[0]), out_shape=element_shape(tout.qtype),
-                                       out_zero_point=tout.qtype.zero_point, lo=node.requant.lo,
-                                       hi=node.requant.hi, simd=fold.simd)
-            s = add_stage(HwStage(sname(node), node.name, "gap", comp, fold.simd, fold.simd, cycles, fold))
-            connect(node.input, f"{s.name}.i", fold.simd)
-            out = (f"{s.name}.o", fold.simd)
-        elif isinstance(node, Add):
-            ta, tb = graph.tensors[node.a], graph.tensors[node.b]
-            comp = hw["Add"](element_shape(ta.qtype), element_shape(tb.qtype), element_shape(tout.qtype),
-                             a_zero_point=ta.qtype.zero_point, b_zero_point=tb.qtype.zero_point,
-                             a_multiplier=node.m_a, b_multiplier=node.m_b, shift=node.shift,
-                             out_zero_point=tout.qtype.zero_point, lo=node.lo, hi=node.hi, simd=fold.simd)
-            s = add_stage(HwStage(sname(node), node.name, "add", comp, fold.simd, fold.simd, cycles, fold,
-                                  inputs=("a", "b")))
-            connect(node.a, f"{s.name}.a", fold.simd)
-            connect(node.b, f"{s.name}.b", fold.simd)
-            out = (f"{s.name}.o", fold.simd)
-        else:
-            raise QfabError(f"node {node.name!r}: no hardware for {node.kind}")
-        source[node.output] = out
+            if t in graph.inputs and t not in lw._source:
+                lw.set_source(t, "i", fold.simd)
+                first_simd = first_simd or fold.simd
+        lw.set_source(node.output, *op_for(node).lower(lw, node, fold, works.get(node.name)))
     out_t = graph.outputs[0]
-    src, per = source[out_t]
+    src, per = lw.source_of(out_t)
     tout = graph.tensors[out_t]
-    plan.edges.append(Edge(src, "o", per, per, element_shape(tout.qtype), tensor=out_t))
-    _size_skip_fifos(graph, plan)
+    lw.edge(src, "o", per, per, element_type(tout.qtype), tensor=out_t)
+    _size_skip_fifos(graph, lw.builder)
     tin = graph.tensors[graph.inputs[0]]
-    plan.input = {"tensor": tin.name, "shape": list(tin.shape), "elements": tin.size,
-                  "per_beat": first_consumer_simd or 1, "bits": tin.qtype.bits, "signed": tin.qtype.signed}
-    plan.output = {"tensor": out_t, "shape": list(tout.shape), "elements": tout.size, "per_beat": per,
-                   "bits": tout.qtype.bits, "signed": tout.qtype.signed}
-    return plan
+    packing_in = StreamPacking(tin.name, tuple(tin.shape), tin.size, first_simd or 1, tin.qtype.bits, tin.qtype.signed)
+    packing_out = StreamPacking(out_t, tuple(tout.shape), tout.size, per, tout.qtype.bits, tout.qtype.signed)
+    return lw.builder.finish(packing_in, packing_out, family)
 
 
-def _size_skip_fifos(graph, plan):
+def _size_skip_fifos(graph, builder):
     """Give the inputs of every Add a FIFO deep enough that the main path can fill.
 
     The skip path's FIFO must hold what the fork sends it while the main path takes in elements
     before it can emit one: the sum of the line and vector buffers on the main path, in beats of
     the skip stream, plus a margin; never more than one whole tensor.
     """
-    by_dst = {e.dst: e for e in plan.edges}
-    for stage in plan.stages:
+    edges = builder.edges
+    by_dst = {e.dst: e for e in edges}
+    stages = {s.name: s for s in builder.stages}
+    for stage in builder.stages:
         if stage.kind != "add":
             continue
         for port in ("a", "b"):
@@ -278,29 +153,64 @@ def _size_skip_fifos(graph, plan):
             seen = set()
             while src != "i" and src not in seen:
                 seen.add(src)
-                if sum(1 for e in plan.edges if e.src == src) > 1:
+                if sum(1 for e in edges if e.src == src) > 1:
                     break
-                prev = plan.stage(src.split(".")[0])
+                prev = stages[src.split(".")[0]]
                 held += prev.buffered + 2 * DEFAULT_FIFO_DEPTH * max(prev.in_per_beat, prev.out_per_beat)
-                ins = [e for e in plan.edges if e.dst.split(".")[0] == prev.name]
+                ins = [e for e in edges if e.dst.split(".")[0] == prev.name]
                 if len(ins) != 1:
                     break
                 src = ins[0].src
             size = graph.tensors[edge.tensor].size if edge.tensor in graph.tensors else held
             other = by_dst[f"{stage.name}.{'b' if port == 'a' else 'a'}"]
             # this edge waits for the other path's buffering: size it by the other path
-            plan.edges[plan.edges.index(other)] = replace(other, depth=max(
+            k = edges.index(other)
+            edges[k] = dataclasses.replace(other, depth=max(
                 other.depth, min(size // other.per_beat_dst + 2, held // other.per_beat_dst + SKIP_MARGIN)))
+            by_dst[other.dst] = edges[k]
 
 
-def build_top(plan, counters=False):
-    """The `qfab.hw.dataflow.Dataflow` of ``plan`` (with per-stage activity counters if asked)."""
+# ---- plan -> hardware ---------------------------------------------------------------------------
+def _engines():
+    from qfab.hw.add import Add
+    from qfab.hw.mvau import MVAU
+    from qfab.hw.pool import AvgPool, GlobalAvgPool, MaxPool
+    from qfab.hw.window import SlidingWindow
+    return {"MVAU": MVAU, "SlidingWindow": SlidingWindow, "MaxPool": MaxPool, "AvgPool": AvgPool,
+            "GlobalAvgPool": GlobalAvgPool, "Add": Add}
+
+
+def _hw_value(key, value):
+    """A plan parameter as the hardware takes it: element types as Amaranth shapes, mode names
+    as the hardware's enums."""
+    from amaranth.hdl import signed, unsigned
+
+    from qfab.hw.mac import Encoding, MacStyle
+    from qfab.hw.weights import MemoryKind
+    if isinstance(value, ElementType):
+        return signed(value.bits) if value.signed else unsigned(value.bits)
+    enum = {"w_encoding": Encoding, "a_encoding": Encoding, "style": MacStyle, "weight_memory": MemoryKind}.get(key)
+    if enum is not None:
+        return enum[value.upper()]
+    return value
+
+
+def stage_component(stage):
+    """The `qfab.hw` component of one `PlanStage`."""
+    engine = _engines().get(stage.engine)
+    if engine is None:
+        raise QfabError(f"stage {stage.name!r}: no hardware engine named {stage.engine!r}")
+    return engine(**{k: _hw_value(k, v) for k, v in stage.params.items()})
+
+
+def build_top(plan: Plan, counters=False):
+    """The `qfab.hw.dataflow.Dataflow` of ``plan`` (with per-stage activity counters if asked):
+    every stage's engine, and every fork, converter and FIFO under the plan's name."""
     from qfab.hw.dataflow import Dataflow
     from qfab.hw.dataflow import Edge as HwEdge
-    edges = []
-    for k, e in enumerate(plan.edges):
-        edges.append(HwEdge(e.src, e.dst, e.depth, name=f"e{k}"))
-    return Dataflow({s.name: s.component for s in plan.stages}, edges, counters=counters)
+    edges = [HwEdge(e.src, e.dst, e.depth, name=e.name, fork=e.fork, converter=e.converter, fifo=e.fifo)
+             for e in plan.edges]
+    return Dataflow({s.name: stage_component(s) for s in plan.stages}, edges, counters=counters)
 
 
 def to_verilog(top, name="qfab_top"):

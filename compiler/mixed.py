@@ -17,6 +17,7 @@ import numpy as np
 from qfab.base.errors import QfabError
 from .fgraph import forward
 from .ptq import LayerConfig, QuantConfig, quantize
+from .ops import op_for
 from .reference import run
 
 __all__ = ["Sensitivity", "sensitivities", "weight_memory_cost", "assign", "parse_budget", "mixed_quantize"]
@@ -34,7 +35,7 @@ class Sensitivity:
 
 def weight_memory_cost(fg):
     """``cost(layer, bits)``: weight bits stored for that layer."""
-    sizes = {n.name: int(n.weight.size) for n in fg.nodes if n.kind in ("Dense", "Conv2d")}
+    sizes = {n.name: int(n.weight.size) for n in fg.nodes if op_for(n.kind).weighted}
     return lambda layer, bits: sizes[layer] * bits
 
 
@@ -54,7 +55,7 @@ def sensitivities(fg, calib, base=QuantConfig(), candidates=CANDIDATES, cost=Non
     x = calib[:samples]
     float_out = forward(fg, x)[fg.outputs[0]]
     cost = cost or weight_memory_cost(fg)
-    layers = [n.name for n in fg.nodes if n.kind in ("Dense", "Conv2d")]
+    layers = [n.name for n in fg.nodes if op_for(n.kind).weighted]
     top = max(candidates)
     result = []
     for layer in layers:
@@ -137,7 +138,7 @@ def mixed_quantize(fg, calib, budget, base=QuantConfig(), candidates=CANDIDATES,
     Returns ``(graph, bits_by_layer, sensitivities)``.
     """
     cost = weight_memory_cost(fg)
-    full = sum(cost(n.name, 8) for n in fg.nodes if n.kind in ("Dense", "Conv2d"))
+    full = sum(cost(n.name, 8) for n in fg.nodes if op_for(n.kind).weighted)
     bits_budget = parse_budget(budget, full)
     sens = sensitivities(fg, calib, base, candidates, cost)
     bits = assign(sens, bits_budget, method)

@@ -98,7 +98,7 @@ def multipoint_rows(w, bits, x, budget, max_points=4, mult_bits=8):
 
 def im2col(x, kernel, stride, padding, samples=4096, seed=0):
     """Flattened windows ``(n, KH*KW*C)`` of channels-last batch ``x`` (zero padding), subsampled."""
-    from .fgraph import _windows
+    from .ops.conv2d import float_windows as _windows
     win = _windows(np.asarray(x, np.float64), kernel, stride, padding)
     rows = win.reshape(-1, win.shape[3] * win.shape[4] * win.shape[5])
     if len(rows) > samples:

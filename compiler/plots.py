@@ -1,35 +1,38 @@
 """A picture of a build before synthesis: how balanced the pipeline is and where the resources go."""
 
+from qfab.base.extras import require
+
+from .buildfolder import Manifest, ResourceCount
+
 __all__ = ["build_plot"]
 
 
-def build_plot(manifest, path):
-    """Save a two-panel PNG of a ``qfab compile`` manifest at ``path``.
+def build_plot(manifest: Manifest, path) -> None:
+    """Save a two-panel PNG of a build's `Manifest` at ``path``.
 
     Left: each stage's cycles per inference against the initiation interval (the slowest stage
     sets it; a balanced pipeline has every engine near the line). Right: estimated LUTs and FFs of
     each layer and of the streams between them (FIFOs, width converters, forks), with each layer's
     DSPs and block RAMs written above its bars.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "a plot (--plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ii = manifest["initiation_interval"]
-    timed = [s for s in manifest["stages"] if s.get("cycles")]
-    est = manifest["estimates"]
-    layers = list(est["per_layer"].items())
-    streams = est.get("streams", {})
-    if streams:
-        layers.append(("streams", {k: sum(v.get(k, 0) for v in streams.values())
-                                   for k in ("luts", "ffs", "dsps", "bram_blocks")}))
+    ii = manifest.initiation_interval
+    timed = [s for s in manifest.stages if s.cycles]
+    est = manifest.estimates
+    layers = list(est.per_layer.items())
+    if est.streams:
+        layers.append(("streams", ResourceCount(**{k: sum(getattr(v, k) for v in est.streams.values())
+                                                   for k in ("luts", "ffs", "dsps", "bram_blocks")})))
     fig, (ax_c, ax_r) = plt.subplots(1, 2, figsize=(max(10, 1.1 * (len(timed) + len(layers)) + 3), 4.4))
     x = range(len(timed))
-    colors = ["tab:red" if s["cycles"] == ii else "tab:blue" for s in timed]
-    ax_c.bar(list(x), [s["cycles"] for s in timed], color=colors)
+    colors = ["tab:red" if s.cycles == ii else "tab:blue" for s in timed]
+    ax_c.bar(list(x), [s.cycles for s in timed], color=colors)
     ax_c.axhline(ii, color="black", linestyle="--", linewidth=1, label=f"initiation interval {ii}")
     ax_c.set_xticks(list(x))
-    ax_c.set_xticklabels([f"{s['name']}\n{s['pe'] or 1}x{s['simd'] or 1}" for s in timed], rotation=30,
+    ax_c.set_xticklabels([f"{s.name}\n{s.pe or 1}x{s.simd or 1}" for s in timed], rotation=30,
                          ha="right", fontsize=8)
     ax_c.set_ylabel("cycles per inference")
     ax_c.set_title("pipeline balance (PE x SIMD under each stage; red: the bottleneck)", fontsize=10)
@@ -38,23 +41,23 @@ def build_plot(manifest, path):
 
     x = range(len(layers))
     width = 0.38
-    luts = [v.get("luts", 0) for _, v in layers]
-    ffs = [v.get("ffs", 0) for _, v in layers]
+    luts = [v.luts for _, v in layers]
+    ffs = [v.ffs for _, v in layers]
     ax_r.bar([i - width / 2 for i in x], luts, width, label="LUTs")
     ax_r.bar([i + width / 2 for i in x], ffs, width, label="FFs")
     top = max(luts + ffs + [1])
     for i, (_, v) in enumerate(layers):
-        extra = [f"{v[k]} {name}" for k, name in (("dsps", "DSP"), ("bram_blocks", "BRAM")) if v.get(k)]
+        extra = [f"{n} {name}" for n, name in ((v.dsps, "DSP"), (v.bram_blocks, "BRAM")) if n]
         if extra:
-            ax_r.text(i, max(v.get("luts", 0), v.get("ffs", 0)) + 0.02 * top, "\n".join(extra), ha="center",
+            ax_r.text(i, max(v.luts, v.ffs) + 0.02 * top, "\n".join(extra), ha="center",
                       va="bottom", fontsize=7)
     ax_r.set_xticks(list(x))
     ax_r.set_xticklabels([name for name, _ in layers], rotation=30, ha="right", fontsize=8)
     ax_r.set_ylim(0, 1.2 * top)
-    t = est["total"]
-    cells = f", {t['logic_cells']} logic cells" if "logic_cells" in t else ""
-    ax_r.set_title(f"estimated resources ({est.get('family', 'ice40')}): {t['luts']} LUTs, {t['ffs']} FFs{cells}, "
-                   f"{t['dsps']} DSPs, {t['bram_blocks']} BRAMs", fontsize=10)
+    t = est.total
+    cells = f", {t.logic_cells} logic cells" if t.logic_cells is not None else ""
+    ax_r.set_title(f"estimated resources ({est.family}): {t.luts} LUTs, {t.ffs} FFs{cells}, "
+                   f"{t.dsps} DSPs, {t.bram_blocks} BRAMs", fontsize=10)
     ax_r.legend(fontsize=8)
     ax_r.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -18,6 +18,7 @@ from .calibrate import METHODS, activation_range, quantize_weight_rows
 from qfab.base.errors import QfabError
 from .fgraph import FixedWeights, forward
 from .multipoint import im2col, multipoint_rows
+from .ops import op_for
 
 __all__ = ["QuantConfig", "LayerConfig", "quantize", "load_config"]
 
@@ -113,7 +114,7 @@ def _tensor_bits(fg, config, root):
     bits = {}
     for node in fg.nodes:
         for t in node.inputs:
-            want = config.layer(node.name)[1] if node.kind in ("Dense", "Conv2d") else config.a_bits
+            want = config.layer(node.name)[1] if op_for(node.kind).weighted else config.a_bits
             r = root[t]
             bits[r] = max(bits.get(r, 0), want)
     for t in fg.outputs:
@@ -124,7 +125,7 @@ def _tensor_bits(fg, config, root):
 def _multipoint(node, x, w_bits, config):
     """`FixedWeights` with several points per channel (see `qfab.compiler.multipoint`)."""
     rows = node.weight.reshape(node.weight.shape[0], -1)
-    if node.kind == "Conv2d":
+    if node.weight.ndim == 4:                  # a convolution: its windows are the inputs of a row
         if node.groups != 1:
             raise QfabError(f"node {node.name!r}: multipoint quantization of grouped convolutions is not supported")
         x = im2col(x, node.weight.shape[1:3], node.stride, node.padding)
@@ -157,7 +158,7 @@ def quantize(fg, calib, config=QuantConfig(), metadata=None):
         qtypes[t] = activation_type(b, lo, hi, signed=config.activations == "signed" and lo < 0)
     weights = {}
     for node in fg.nodes:
-        if node.kind not in ("Dense", "Conv2d"):
+        if not op_for(node.kind).weighted:
             continue
         w_bits = config.layer(node.name)[0]
         if config.multipoint > 0:

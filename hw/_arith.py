@@ -10,8 +10,11 @@ use ``+`` (so they map onto carry chains).
 import enum
 import heapq
 import itertools
+from collections.abc import Sequence
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Shape, ShapeLike, Signal, Value, signed, unsigned
+
+from qfab.base import ints
 
 __all__ = ["Encoding", "code_range", "code_shape", "acc_width", "const_select", "BitSum",
            "tile_addends", "sum_tree"]
@@ -28,29 +31,22 @@ class Encoding(enum.Enum):
     BIPOLAR = "bipolar"
 
 
-def code_range(bits, encoding):
-    """Smallest and largest value of a code."""
-    if encoding is Encoding.BIPOLAR:
-        return -1, 1
-    if encoding is Encoding.SIGNED:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
+def code_range(bits: int, encoding: Encoding) -> tuple[int, int]:
+    """Smallest and largest value of a code (`qfab.base.ints.code_range`)."""
+    return ints.code_range(bits, encoding is Encoding.SIGNED, encoding is Encoding.BIPOLAR)
 
 
-def code_shape(bits, encoding):
+def code_shape(bits: int, encoding: Encoding) -> Shape:
     """The Amaranth shape that carries a code (a bipolar code is one unsigned bit)."""
     if encoding is Encoding.BIPOLAR:
         return unsigned(1)
     return signed(bits) if encoding is Encoding.SIGNED else unsigned(bits)
 
 
-def acc_width(bound):
-    """Signed width holding every integer in ``[-bound, bound]`` (docs/semantics.md, section 5;
-    the same formula as ``qfab.compiler.intops.acc_bits``)."""
-    return 1 + max(1, int(bound).bit_length())
+acc_width = ints.acc_bits    # signed width holding every integer in ``[-bound, bound]``
 
 
-def const_select(m, values, index, shape, name):
+def const_select(m: Module, values: Sequence[int], index: Value, shape: ShapeLike, name: str) -> Value:
     """``values[index]`` as a value: a constant when all are equal, else a small mux."""
     if len(set(values)) == 1:
         return Const(values[0], shape)
@@ -74,13 +70,13 @@ def _bit_terms(value, bits, encoding):
 
 class BitSum:
     """A non-negative integer ``value << shift`` that is at most ``top << shift``."""
-    def __init__(self, value, top, shift=0):
+    def __init__(self, value: Value, top: int, shift: int = 0) -> None:
         self.value = value
         self.top = int(top)
         self.shift = int(shift)
 
     @property
-    def width(self):
+    def width(self) -> int:
         return max(1, self.top.bit_length())
 
 
@@ -103,7 +99,8 @@ def _tile(inputs, fn):
     return BitSum(value, top, shift), low
 
 
-def tile_addends(w_lanes, w_bits, w_encoding, a_lanes, a_bits, a_encoding):
+def tile_addends(w_lanes: Sequence[Value], w_bits: int, w_encoding: Encoding, a_lanes: Sequence[Value],
+                 a_bits: int, a_encoding: Encoding) -> tuple[list[BitSum], int]:
     """Split ``sum(w * a)`` over lanes into LUT-sized tiles.
 
     Returns (list of `BitSum`, constant). Each lane's product is written as a sum of partial
@@ -183,7 +180,7 @@ def _bits_add(x, y):
     return out
 
 
-def pack_rows(addends):
+def pack_rows(addends: Sequence[BitSum]) -> list[BitSum]:
     """Concatenate addends whose bit ranges do not overlap into rows (interval colouring)."""
     rows = []
     for a in sorted(addends, key=lambda a: (a.shift, -a.width)):
@@ -209,7 +206,7 @@ def pack_rows(addends):
     return packed
 
 
-def sum_tree(m, addends, *, logic_bits=4, name="sum"):
+def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name: str = "sum") -> BitSum:
     """Sum of `BitSum` addends as one `BitSum` (shift 0).
 
     Addends that do not overlap are first concatenated into rows (free); then the two rows

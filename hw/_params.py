@@ -4,13 +4,15 @@ Each check returns the normalized value or raises with the exact message the tes
 ``"<name> must be ..., not <value!r>"``.
 """
 
-from amaranth.hdl import Shape
+from amaranth.hdl import Shape, ShapeLike
+
+from qfab.base import ints
 
 __all__ = ["check_shape", "check_positive", "check_nonnegative", "check_int", "check_pair",
            "check_padding", "check_in_range", "check_clamp", "code_range"]
 
 
-def check_shape(name, shape):
+def check_shape(name: str, shape: ShapeLike) -> Shape:
     """An element shape: a signed or unsigned integer shape of 1 to 32 bits."""
     try:
         cast = Shape.cast(shape)
@@ -22,25 +24,25 @@ def check_shape(name, shape):
     return cast
 
 
-def check_int(name, value):
+def check_int(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, not {value!r}")
     return value
 
 
-def check_positive(name, value):
+def check_positive(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
     return value
 
 
-def check_nonnegative(name, value):
+def check_nonnegative(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TypeError(f"{name} must be a non-negative integer, not {value!r}")
     return value
 
 
-def check_pair(name, value):
+def check_pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     """A positive integer or a pair of positive integers, as a pair ``(y, x)``."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value, value
@@ -51,7 +53,7 @@ def check_pair(name, value):
                     f"not {value!r}")
 
 
-def check_padding(name, value):
+def check_padding(name: str, value: int | tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """A non-negative integer or four of them, as ``(top, left, bottom, right)``."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return (value,) * 4
@@ -62,14 +64,12 @@ def check_padding(name, value):
                     f"of them, not {value!r}")
 
 
-def code_range(shape):
-    """Smallest and largest value of an integer shape."""
-    if shape.signed:
-        return -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
-    return 0, (1 << shape.width) - 1
+def code_range(shape: Shape) -> tuple[int, int]:
+    """Smallest and largest value of an integer shape (`qfab.base.ints.code_range`)."""
+    return ints.code_range(shape.width, shape.signed)
 
 
-def check_in_range(name, value, shape, what="the element shape"):
+def check_in_range(name: str, value: int, shape: Shape, what: str = "the element shape") -> int:
     """An integer that ``shape`` can hold."""
     check_int(name, value)
     low, high = code_range(shape)
@@ -78,7 +78,7 @@ def check_in_range(name, value, shape, what="the element shape"):
     return value
 
 
-def check_clamp(lo, hi, shape):
+def check_clamp(lo: int | None, hi: int | None, shape: Shape) -> tuple[int, int]:
     """The output clamp ``(lo, hi)``; ``None`` stands for the end of the code range."""
     low, high = code_range(shape)
     lo = low if lo is None else check_in_range("Output clamp lo", lo, shape, "the output shape")

@@ -1,11 +1,10 @@
 """Residual addition of two streams (docs/semantics.md, section 4, "Add")."""
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, ShapeLike, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._params import (check_clamp, check_in_range, check_int, check_nonnegative, check_positive,
-                      check_shape)
+from ._params import check_clamp, check_in_range, check_int, check_nonnegative, check_positive, check_shape
 from .requant import requantize
 
 __all__ = ["Add"]
@@ -44,8 +43,9 @@ class Add(wiring.Component):
     b : ``In(stream.Signature(data.ArrayLayout(b_shape, simd)))``
     o : ``Out(stream.Signature(data.ArrayLayout(out_shape, simd)))``
     """
-    def __init__(self, a_shape, b_shape, out_shape, *, a_zero_point, b_zero_point, a_multiplier,
-                 b_multiplier, shift, out_zero_point, lo=None, hi=None, simd=1):
+    def __init__(self, a_shape: ShapeLike, b_shape: ShapeLike, out_shape: ShapeLike, *, a_zero_point: int,
+                 b_zero_point: int, a_multiplier: int, b_multiplier: int, shift: int, out_zero_point: int,
+                 lo: int | None = None, hi: int | None = None, simd: int = 1) -> None:
         a_shape = check_shape("Element shape of a", a_shape)
         b_shape = check_shape("Element shape of b", b_shape)
         out_shape = check_shape("Output element shape", out_shape)

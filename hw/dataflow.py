@@ -3,7 +3,10 @@
 The lowering gives the stages (components with stream ports, by name) and the edges between their
 ports; this module adds what the edges need (a `Fork` where an output feeds several inputs, a
 `WidthConverter` where element counts per beat differ, a `StreamFIFO` of the edge's depth) and
-exposes every FIFO's fill state so that a watchdog can name the edge where data stopped.
+exposes every FIFO's fill state so that a watchdog can name the edge where data stopped. A caller
+that planned the plumbing itself (qfab's compiler does) names each part on its `Edge`; the
+Dataflow checks that the named parts are exactly the ones the edges need and builds them under
+those names.
 """
 
 import dataclasses
@@ -33,11 +36,19 @@ class Edge:
         FIFO depth in beats (of the sink's width); 0 connects directly, without a FIFO.
     name : str or None
         Name of the FIFO in `Dataflow.observe`; default ``"source.port->sink.port"``.
+    fork, converter, fifo : str or None
+        Submodule names of the edge's `Fork` (shared by every edge of one source), `WidthConverter`
+        and `StreamFIFO`, when the caller planned them (each must start with ``"_"``); None: the
+        Dataflow names what it inserts (``_forkK``, ``_convertN``, ``_fifoN``). A name given for a
+        part the edge does not need, or a missing name where others are given, is an error.
     """
     source: str
     sink: str
     depth: int = 2
     name: str = None
+    fork: str = None
+    converter: str = None
+    fifo: str = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +126,7 @@ class Dataflow(wiring.Component):
         self._outputs = {n: _stream_ports(s, Out) for n, s in stages.items()}
 
         self._edges = []            # (name, source _End, sink _End, depth)
+        self._parts = []            # (fork, converter, fifo) names given by the caller
         for edge in edges:
             if not isinstance(edge, Edge):
                 raise TypeError(f"Edge must be an Edge, not {edge!r}")
@@ -126,7 +138,13 @@ class Dataflow(wiring.Component):
             name = edge.name if edge.name is not None else f"{source}->{sink}"
             if any(name == other[0] for other in self._edges):
                 raise ValueError(f"Edge name {name!r} is used twice")
+            for part in (edge.fork, edge.converter, edge.fifo):
+                if part is not None and (not isinstance(part, str) or not part.startswith("_")
+                                         or "." in part):
+                    raise ValueError(f"Part name {part!r} of edge {name!r} must be a string starting "
+                                     f"with '_' without '.'")
             self._edges.append((name, source, sink, edge.depth))
+            self._parts.append((edge.fork, edge.converter, edge.fifo))
         self._check_ports()
         self._check_acyclic()
 
@@ -138,6 +156,7 @@ class Dataflow(wiring.Component):
         out_layout = in_layout if last.stage is None else self._outputs[last.stage][last.port]
         for name, source, sink, _ in self._edges:
             self._check_layouts(name, source, sink, in_layout)
+        self._check_parts(in_layout, out_layout)
         members = {"i": In(stream.Signature(in_layout)), "o": Out(stream.Signature(out_layout))}
         fifos = {name: data.StructLayout({"level": unsigned(depth.bit_length()), "full": 1,
                                           "empty": 1})
@@ -218,6 +237,29 @@ class Dataflow(wiring.Component):
         raise ValueError(f"Edge {name!r} joins payload {src!r} to {dst!r}: only the element "
                          f"count per beat may differ")
 
+    def _check_parts(self, in_layout, out_layout):
+        """Plumbing names given on the edges must be exactly the parts the edges need."""
+        if all(p == (None, None, None) for p in self._parts):
+            return
+        count = {}
+        for _, source, _, _ in self._edges:
+            count[source] = count.get(source, 0) + 1
+        forks = {}
+        for (name, source, sink, depth), (fork, conv, fifo) in zip(self._edges, self._parts):
+            src = in_layout if source.stage is None else self._outputs[source.stage][source.port]
+            dst = out_layout if sink.stage is None else self._inputs[sink.stage][sink.port]
+            for part, needed, what in ((fork, count[source] > 1, "fork"),
+                                       (conv, src.length != dst.length, "width converter"),
+                                       (fifo, depth > 0, "FIFO")):
+                if (part is not None) != needed:
+                    raise ValueError(f"Edge {name!r} {'needs a' if needed else 'has no'} {what}, "
+                                     f"but {'no name was given' if needed else f'names {part!r}'}")
+            if fork is not None and forks.setdefault(source, fork) != fork:
+                raise ValueError(f"Edges from {source} name two forks: {forks[source]!r} and {fork!r}")
+        names = [p for parts in self._parts for p in parts[1:] if p is not None] + list(set(forks.values()))
+        if len(names) != len(set(names)):
+            raise ValueError(f"Part names are used twice: {sorted(n for n in names if names.count(n) > 1)}")
+
     @property
     def stages(self):
         return dict(self._stages)
@@ -259,7 +301,7 @@ class Dataflow(wiring.Component):
                 continue
             layout = src.payload.shape()
             fork = Fork(layout.elem_shape, layout.length, count=len(indices))
-            m.submodules[f"_fork{k}"] = fork
+            m.submodules[self._parts[indices[0]][0] or f"_fork{k}"] = fork
             wiring.connect(m, src, fork.i)
             for j, index in enumerate(indices):
                 branch[index] = fork.o[j]
@@ -273,12 +315,12 @@ class Dataflow(wiring.Component):
                 dst_layout = port(sink, False).payload.shape()
             if dst_layout != layout:
                 conv = WidthConverter(layout.elem_shape, layout.length, dst_layout.length)
-                m.submodules[f"_convert{index}"] = conv
+                m.submodules[self._parts[index][1] or f"_convert{index}"] = conv
                 wiring.connect(m, s, conv.i)
                 s = conv.o
             if depth > 0:
                 fifo = StreamFIFO(dst_layout.elem_shape, dst_layout.length, depth)
-                m.submodules[f"_fifo{index}"] = fifo
+                m.submodules[self._parts[index][2] or f"_fifo{index}"] = fifo
                 wiring.connect(m, s, fifo.i)
                 s = fifo.o
                 m.d.comb += [

@@ -12,12 +12,15 @@ weights").
 """
 
 import enum
+from collections.abc import Sequence
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._arith import Encoding, acc_width, code_range, code_shape, sum_tree, tile_addends
+from qfab.base import ints
+
+from ._arith import Encoding, code_range, code_shape, sum_tree, tile_addends
 from ._const_tiles import FewValues, const_addends, few_addends, few_values
 
 __all__ = ["MacStyle", "Encoding", "MacArray"]
@@ -84,8 +87,7 @@ def _check_weights(weights, pe, simd, shape):
     if not words or any(len(word) != pe or any(len(row) != simd for row in word)
                         for word in words):
         raise ValueError(f"weights must be a non-empty list of words of {pe} rows of {simd} codes")
-    lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed \
-        else (0, (1 << shape.width) - 1)
+    lo, hi = ints.code_range(shape.width, shape.signed)
     for word in words:
         for row in word:
             for v in row:
@@ -153,8 +155,9 @@ class MacArray(wiring.Component):
     Backpressure on ``o`` stalls the whole pipeline (``i.ready`` falls while ``o`` is full).
     """
 
-    def __init__(self, pe, simd, *, w_bits, w_encoding, a_bits, a_encoding, beats,
-                 style=MacStyle.BIT_PARALLEL, use_dsp=False, weights=None):
+    def __init__(self, pe: int, simd: int, *, w_bits: int, w_encoding: Encoding, a_bits: int,
+                 a_encoding: Encoding, beats: int, style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
+                 weights: Sequence[Sequence[Sequence[int]]] | None = None) -> None:
         _check_positive("pe", pe)
         _check_positive("simd", simd)
         _check_positive("beats", beats)
@@ -176,7 +179,7 @@ class MacArray(wiring.Component):
         w_lo, w_hi = code_range(w_bits, w_encoding)
         a_lo, a_hi = code_range(a_bits, a_encoding)
         self._w_max, self._a_max = max(-w_lo, w_hi), max(-a_lo, a_hi)
-        self._acc_bits = acc_width(beats * simd * self._w_max * self._a_max)
+        self._acc_bits = ints.acc_bits(beats * simd * self._w_max * self._a_max)
         self._i_layout = data.StructLayout({
             "w": data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe),
             "a": data.ArrayLayout(code_shape(a_bits, a_encoding), simd),
@@ -367,7 +370,7 @@ class MacArray(wiring.Component):
             #   unsigned: 2**p * start - (2**p - 1) * constant            with start = constant
             #   signed:   2**p * start + 2**(p-1) * 2**width + constant   with start = -2**(width-1)
             start = -(1 << (width - 1)) if signed_a else constant
-            partial_bits = acc_width(ps_bound * (1 << self._a_bits) + abs(constant))
+            partial_bits = ints.acc_bits(ps_bound * (1 << self._a_bits) + abs(constant))
             s1_ps = Signal(width, name=f"s1_ps_{pe}")
             partial = Signal(partial_bits, name=f"partial_{pe}", reset_less=True,
                              init=start % (1 << partial_bits))

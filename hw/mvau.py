@@ -3,11 +3,15 @@
 # is reported where it is created)
 """Matrix-vector-activation unit: a folded Dense layer (docs/semantics.md, section 4, Dense)."""
 
+from collections.abc import Sequence
+
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._arith import Encoding, acc_width, code_range, code_shape, const_select
+from qfab.base import ints
+
+from ._arith import Encoding, code_range, code_shape, const_select
 from .mac import MacArray, MacStyle
 from .requant import Requant
 from .weights import MemoryKind, WeightMemory
@@ -22,7 +26,8 @@ class _PointSum(wiring.Component):
     Latency 2 cycles.
     """
 
-    def __init__(self, pe, folds, multipliers, in_bits, out_bits):
+    def __init__(self, pe: int, folds: int, multipliers: Sequence[Sequence[int]], in_bits: int,
+                 out_bits: int) -> None:
         self._pe, self._folds, self._mult = pe, folds, multipliers
         self._in_bits, self._out_bits = in_bits, out_bits
         super().__init__({
@@ -136,10 +141,12 @@ class MVAU(wiring.Component):
     bit-serial adds ``a_bits``).
     """
 
-    def __init__(self, pe, simd, *, weights, w_bits, w_encoding, a_bits, a_encoding, bias, m0,
-                 shift, out_zero_point, lo, hi, out_bits, out_signed, in_zero_point=0,
-                 point_multipliers=None, m_bits=24, style=MacStyle.BIT_PARALLEL, use_dsp=False,
-                 weight_memory=MemoryKind.AUTO):
+    def __init__(self, pe: int, simd: int, *, weights: Sequence[Sequence[Sequence[int]]], w_bits: int, w_encoding: Encoding,
+                 a_bits: int, a_encoding: Encoding, bias: Sequence[int], m0: Sequence[int], shift: Sequence[int],
+                 out_zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool, in_zero_point: int = 0,
+                 point_multipliers: Sequence[Sequence[int]] | None = None, m_bits: int = 24,
+                 style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
+                 weight_memory: MemoryKind = MemoryKind.AUTO) -> None:
         for name, value in (("pe", pe), ("simd", simd)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -184,7 +191,7 @@ class MVAU(wiring.Component):
             m_max = max(abs(v) for row in mult for v in row)
             w_lo, w_hi = code_range(w_bits, w_encoding)
             bound = points * m_max * k_in * max(-w_lo, w_hi) * max(-a_lo, a_hi)
-            dot_bits = acc_width(bound)
+            dot_bits = ints.acc_bits(bound)
             self._point_sum = _PointSum(pe, nf, mult, self._mac.acc_bits, dot_bits)
         folded_bias = [bias[c] - in_zero_point * sum(mult[p][c] * sum(weights[p][c])
                                                      for p in range(points))

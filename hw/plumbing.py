@@ -6,7 +6,7 @@ first element of the beat being the earliest in stream order (docs/semantics.md,
 
 import math
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ShapeLike, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,7 +43,7 @@ class StreamFIFO(wiring.Component):
     TypeError
         If an argument has the wrong type or is out of range.
     """
-    def __init__(self, shape, n, depth):
+    def __init__(self, shape: ShapeLike, n: int, depth: int) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Elements per beat", n)
         check_positive("FIFO depth", depth)
@@ -102,7 +102,7 @@ class WidthConverter(wiring.Component):
     i : ``In(stream.Signature(data.ArrayLayout(shape, n_in)))``
     o : ``Out(stream.Signature(data.ArrayLayout(shape, n_out)))``
     """
-    def __init__(self, shape, n_in, n_out):
+    def __init__(self, shape: ShapeLike, n_in: int, n_out: int) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Input elements per beat", n_in)
         check_positive("Output elements per beat", n_out)
@@ -185,7 +185,7 @@ class Fork(wiring.Component):
     i : ``In(stream.Signature(data.ArrayLayout(shape, n)))``
     o : ``Out(stream.Signature(data.ArrayLayout(shape, n))).array(count)``
     """
-    def __init__(self, shape, n, count=2):
+    def __init__(self, shape: ShapeLike, n: int, count: int = 2) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Elements per beat", n)
         if not isinstance(count, int) or isinstance(count, bool) or count < 2:

@@ -7,12 +7,13 @@ one accumulator per channel and emits the ``C`` results of a window as ``C / sim
 the window's last position streams in.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Shape, ShapeLike, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._params import (check_clamp, check_in_range, check_int, check_nonnegative, check_positive,
-                      check_shape, code_range)
+from qfab.base import ints
+
+from ._params import check_clamp, check_in_range, check_int, check_nonnegative, check_positive, check_shape, code_range
 from .requant import requantize
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool"]
@@ -24,7 +25,7 @@ class _WindowReduce(wiring.Component):
     The accumulators form a ring of ``C / simd`` registers of ``simd`` lanes that rotates by one
     every input beat, so the head always belongs to the fold that arrives (no read multiplexer).
     """
-    def __init__(self, shape, out_shape, *, window, channels, simd):
+    def __init__(self, shape: Shape, out_shape: Shape, *, window: int, channels: int, simd: int) -> None:
         check_positive("Window size", window)
         check_positive("Channel count", channels)
         check_positive("SIMD width", simd)
@@ -116,7 +117,8 @@ class MaxPool(_WindowReduce):
     o : ``Out(stream.Signature(data.ArrayLayout(shape, simd)))``
         ``channels / simd`` beats per output pixel.
     """
-    def __init__(self, shape, *, window, channels, simd=1, lo=None, hi=None):
+    def __init__(self, shape: ShapeLike, *, window: int, channels: int, simd: int = 1, lo: int | None = None,
+                 hi: int | None = None) -> None:
         shape = check_shape("Element shape", shape)
         self._lo, self._hi = check_clamp(lo, hi, shape)
         super().__init__(shape, shape, window=window, channels=channels, simd=simd)
@@ -169,8 +171,9 @@ class AvgPool(_WindowReduce):
     o : ``Out(stream.Signature(data.ArrayLayout(out_shape, simd)))``
         ``channels / simd`` beats per output pixel.
     """
-    def __init__(self, shape, *, window, channels, zero_point, multiplier, shift, out_shape,
-                 out_zero_point, lo=None, hi=None, simd=1):
+    def __init__(self, shape: ShapeLike, *, window: int, channels: int, zero_point: int, multiplier: int, shift: int,
+                 out_shape: ShapeLike, out_zero_point: int, lo: int | None = None, hi: int | None = None,
+                 simd: int = 1) -> None:
         shape = check_shape("Element shape", shape)
         out_shape = check_shape("Output element shape", out_shape)
         check_in_range("Zero point", zero_point, shape)
@@ -189,7 +192,7 @@ class AvgPool(_WindowReduce):
     def _acc_shape(self):
         low, high = code_range(self._shape)
         bound = self._window * max(abs(low - self._zero_point), abs(high - self._zero_point))
-        return signed(1 + max(1, bound.bit_length()))
+        return signed(ints.acc_bits(bound))
 
     def _lift(self, x):
         return x - self._zero_point
@@ -209,8 +212,9 @@ class GlobalAvgPool(AvgPool):
     innermost) and emits ``C / simd`` beats per image. Parameters as `AvgPool`, with ``height``
     and ``width`` in place of ``window``; ``M0 / 2**n ~ s_x / (s_y * H * W)``.
     """
-    def __init__(self, shape, *, height, width, channels, zero_point, multiplier, shift,
-                 out_shape, out_zero_point, lo=None, hi=None, simd=1):
+    def __init__(self, shape: ShapeLike, *, height: int, width: int, channels: int, zero_point: int, multiplier: int,
+                 shift: int, out_shape: ShapeLike, out_zero_point: int, lo: int | None = None,
+                 hi: int | None = None, simd: int = 1) -> None:
         check_positive("Height", height)
         check_positive("Width", width)
         super().__init__(shape, window=height * width, channels=channels, zero_point=zero_point,

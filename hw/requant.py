@@ -1,14 +1,18 @@
 """Requantization: per-channel bias, ``M0`` multiply, rounding shift, zero point, clamp."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from collections.abc import Sequence
+
+from amaranth.hdl import Const, Module, Mux, Signal, Value, ValueLike, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from qfab.base import ints
+
 __all__ = ["Requant", "requantize"]
 
 
-def requantize(acc, multiplier, shift, zero_point, lo, hi):
+def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo: int, hi: int) -> Value:
     """``clamp(zero_point + round_shift(acc * multiplier, shift), lo, hi)`` with constant parameters,
     combinational: the form of `Requant` for units with one multiplier for all channels (pools,
     residual add).
@@ -69,8 +73,9 @@ class Requant(wiring.Component):
     The per-channel constants are ROMs with a registered read (block RAM where synthesis can).
     """
 
-    def __init__(self, lanes, channels, *, acc_bits, bias, m0, shift, zero_point, lo, hi,
-                 out_bits, out_signed, m_bits=24):
+    def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
+                 shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
+                 m_bits: int = 24) -> None:
         for name, value in (("lanes", lanes), ("channels", channels), ("acc_bits", acc_bits),
                             ("out_bits", out_bits), ("m_bits", m_bits)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -87,8 +92,7 @@ class Requant(wiring.Component):
             if not 0 <= v <= 62:
                 raise ValueError(f"shift must be in 0 .. 62, not {v}")
         out_shape = signed(out_bits) if out_signed else unsigned(out_bits)
-        q_lo, q_hi = ((-(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1) if out_signed
-                      else (0, (1 << out_bits) - 1))
+        q_lo, q_hi = ints.code_range(out_bits, out_signed)
         zero_point, lo, hi = int(zero_point), int(lo), int(hi)
         if not q_lo <= lo <= hi <= q_hi:
             raise ValueError(f"clamp [{lo}, {hi}] must lie within the output range "

@@ -38,7 +38,7 @@ class UARTTransmitter(wiring.Component):
         If ``divisor`` is not an integer of at least 4.
     """
 
-    def __init__(self, divisor):
+    def __init__(self, divisor: int) -> None:
         _check_divisor(divisor)
         self._divisor = divisor
         super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
@@ -98,7 +98,7 @@ class UARTReceiver(wiring.Component):
         If ``divisor`` is not an integer of at least 4.
     """
 
-    def __init__(self, divisor):
+    def __init__(self, divisor: int) -> None:
         _check_divisor(divisor)
         self._divisor = divisor
         super().__init__({"rx": In(1, init=1), "o": Out(stream.Signature(8)),

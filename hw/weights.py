@@ -1,10 +1,13 @@
 """Weight storage: one word of PE x SIMD weight codes per (neuron fold, point, synapse fold)."""
 
 import enum
+from collections.abc import Sequence
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from qfab.base.limits import LOGIC_WEIGHT_LIMIT_BITS
 
 from ._arith import Encoding, code_range, code_shape
 
@@ -24,7 +27,8 @@ class MemoryKind(enum.Enum):
     ``SPRAM``: a single-port RAM with no initial contents, written once from the ``load`` stream
     after reset and read-only afterwards; with ``synth_ice40 -spram`` it maps to the UP5K's
     ``SB_SPRAM256KA`` (16K x 16 each, which cannot be initialized by the bitstream).
-    ``AUTO``: ``LOGIC`` up to 1024 bits, ``BLOCK`` above.
+    ``AUTO``: ``LOGIC`` up to `qfab.base.limits.LOGIC_WEIGHT_LIMIT_BITS` (1024) bits, ``BLOCK``
+    above.
     """
     AUTO = "auto"
     LOGIC = "logic"
@@ -32,7 +36,7 @@ class MemoryKind(enum.Enum):
     SPRAM = "spram"
 
 
-def weight_layout(pe, simd, w_bits, w_encoding):
+def weight_layout(pe: int, simd: int, w_bits: int, w_encoding: Encoding) -> data.ArrayLayout:
     """``ArrayLayout(ArrayLayout(code, simd), pe)``: ``word[p][s]`` is PE ``p``, lane ``s``."""
     return data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe)
 
@@ -69,7 +73,8 @@ class WeightMemory(wiring.Component):
         All words written; reads before this return undefined data.
     """
 
-    def __init__(self, words, *, pe, simd, w_bits, w_encoding, kind=MemoryKind.AUTO):
+    def __init__(self, words: Sequence[Sequence[Sequence[int]]], *, pe: int, simd: int, w_bits: int,
+                 w_encoding: Encoding, kind: MemoryKind = MemoryKind.AUTO) -> None:
         if not isinstance(kind, MemoryKind):
             raise TypeError(f"kind must be a MemoryKind, not {kind!r}")
         lo, hi = code_range(w_bits, w_encoding)
@@ -87,7 +92,7 @@ class WeightMemory(wiring.Component):
             raise ValueError("words must not be empty")
         self._layout = weight_layout(pe, simd, w_bits, w_encoding)
         if kind is MemoryKind.AUTO:
-            kind = MemoryKind.LOGIC if len(codes) * self._layout.size <= 1024 else MemoryKind.BLOCK
+            kind = MemoryKind.LOGIC if len(codes) * self._layout.size <= LOGIC_WEIGHT_LIMIT_BITS else MemoryKind.BLOCK
         self._kind, self._codes = kind, codes
         members = {"addr": In(range(len(codes))), "en": In(1), "data": Out(self._layout)}
         if kind is MemoryKind.SPRAM:

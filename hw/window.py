@@ -5,7 +5,7 @@ for each output pixel, in row-major order, it emits the ``KH x KW x C`` window o
 input, flattened in ``(ky, kx, c)`` order.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, ShapeLike, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -72,8 +72,9 @@ class SlidingWindow(wiring.Component):
         If ``simd`` does not divide ``channels``, the kernel does not fit the padded input, or
         ``pad_value`` does not fit ``shape``.
     """
-    def __init__(self, shape, *, height, width, channels, kernel, stride=1, padding=0,
-                 pad_value=0, simd=1):
+    def __init__(self, shape: ShapeLike, *, height: int, width: int, channels: int, kernel: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int, int, int] = 0,
+                 pad_value: int = 0, simd: int = 1) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Height", height)
         check_positive("Width", width)

@@ -6,11 +6,11 @@ latency of the first result, steady-state initiation interval (cycles between co
 results) and its ratio to the lowering's analytical bound.
 """
 
-import json
-import pathlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from qfab.compiler.buildfolder import Build, Manifest
 
 from .packing import pack_beats, unpack_beats
 from .verilator import StalledError, run_stream
@@ -18,31 +18,9 @@ from .verilator import StalledError, run_stream
 __all__ = ["Build", "SimResult", "load_build", "simulate", "StalledError"]
 
 
-@dataclass(frozen=True)
-class Build:
-    folder: pathlib.Path
-    manifest: dict
-
-    @property
-    def verilog(self):
-        """The simulation Verilog (with activity counters), or the plain one."""
-        name = self.manifest.get("sim_verilog") or self.manifest["verilog"]
-        return (self.folder / name).read_text()
-
-    @property
-    def graph_path(self):
-        return self.folder / self.manifest["model"]
-
-
-def load_build(folder):
-    folder = pathlib.Path(folder)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a qfab build folder (no manifest.json); run qfab compile first")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != "qfab-build":
-        raise ValueError(f"{path}: not a qfab build manifest")
-    return Build(folder, manifest)
+def load_build(folder) -> Build:
+    """The build in ``folder`` (`Build.load`)."""
+    return Build.load(folder)
 
 
 @dataclass
@@ -63,65 +41,61 @@ class SimResult:
         return self.interval / self.bound if self.bound else float("nan")
 
 
-def _stream_io(manifest):
-    i, o = manifest["input"], manifest["output"]
-    return i, o
-
-
-def simulate(build, codes, *, stall=0.0, seed=1, watchdog=None, trace=None, log=print):
+def simulate(build: Build, codes, *, stall: float = 0.0, seed: int = 1, watchdog: int | None = None, trace=None,
+             log=print) -> SimResult:
     """Run ``codes`` (``(B, *input shape)``, channels-last integer codes) through ``build``."""
-    i, o = _stream_io(build.manifest)
+    manifest = build.manifest
+    i, o = manifest.input, manifest.output
     codes = np.asarray(codes, dtype=np.int64)
     batch = len(codes)
-    flat = codes.reshape(batch * i["elements"] // i["per_beat"], i["per_beat"])
-    words = pack_beats(flat, i["bits"])
-    n_out = batch * o["elements"] // o["per_beat"]
-    bound = int(build.manifest["initiation_interval"])
+    flat = codes.reshape(batch * i.beats, i.per_beat)
+    words = pack_beats(flat, i.bits)
+    n_out = batch * o.beats
+    bound = manifest.initiation_interval
     if watchdog is None:
-        watchdog = max(10000, 20 * bound + 20 * int(build.manifest.get("latency_estimate", 0)))
+        watchdog = max(10000, 20 * bound + 20 * manifest.latency_estimate)
     try:
-        res = run_stream(build.verilog, i["per_beat"] * i["bits"], o["per_beat"] * o["bits"], words, n_out,
+        res = run_stream(build.sim_verilog, i.per_beat * i.bits, o.per_beat * o.bits, words, n_out,
                          stall=stall, seed=seed, watchdog=watchdog, trace=trace, log=log)
     except StalledError as e:
-        raise StalledError(_describe_stall(build.manifest, e.result, batch), e.result) from None
-    values = unpack_beats(res.outputs, o["per_beat"], o["bits"], o["signed"])
-    outputs = values.reshape(batch, *o["shape"])
-    per = o["elements"] // o["per_beat"]
+        raise StalledError(_describe_stall(manifest, e.result, batch), e.result) from None
+    values = unpack_beats(res.outputs, o.per_beat, o.bits, o.signed)
+    outputs = values.reshape(batch, *o.shape)
+    per = o.beats
     done = [res.times[(k + 1) * per - 1] for k in range(batch)]
     gaps = np.diff(done)
     steady = gaps[len(gaps) // 4:] if len(gaps) >= 4 else gaps
     interval = float(np.median(steady)) if len(steady) else float("nan")
     return SimResult(outputs=outputs, cycles=res.cycles, latency=done[0] - res.first_in_cycle, interval=interval,
                      bound=bound, build_seconds=res.build_seconds, run_seconds=res.run_seconds, built=res.built,
-                     times=done, stages=_fields(res.counters, build.manifest.get("counters_layout", {})))
+                     times=done, stages=_fields(res.counters, manifest.counters_layout))
 
 
 def _fields(value, layout):
-    """Decode a struct port value with the manifest's ``{name: {sub: [offset, width]}}``."""
+    """Decode a struct port value with a manifest's layout (``{name: {sub: FieldSlice}}``)."""
     if value is None:
         return {}
-    return {name: {sub: (value >> off) & ((1 << width) - 1) for sub, (off, width) in subs.items()}
-            for name, subs in layout.items()}
+    return {name: {sub: part.extract(value) for sub, part in subs.items()} for name, subs in layout.items()}
 
 
-def _describe_stall(manifest, result, batch):
+def _describe_stall(manifest: Manifest, result, batch):
     """Name the stage whose FIFO is full (the stage after it is stuck) or empty (starved)."""
     lines = [f"pipeline stalled after {result.in_count} input beats and {result.out_count} output beats "
              f"(of {batch} inferences); no beat moved for the watchdog period."]
-    levels = _fields(result.observe, manifest.get("observe_layout", {}))
-    fifos = {f["name"]: f for f in manifest.get("fifos", [])}
+    levels = _fields(result.observe, manifest.observe_layout)
+    fifos = {f.name: f for f in manifest.fifos}
     full, empty = [], []
     for name, value in levels.items():
         fifo = fifos.get(name)
         if fifo is None:
             continue
         level = value["level"]
-        if level >= fifo["depth"]:
-            full.append(f"FIFO {name} ({fifo['from']} -> {fifo['to']}, depth {fifo['depth']}) is full: "
-                        f"{fifo['to'].split('.')[0]!r} stopped taking input")
+        if level >= fifo.depth:
+            full.append(f"FIFO {name} ({fifo.src} -> {fifo.dst}, depth {fifo.depth}) is full: "
+                        f"{fifo.dst.split('.')[0]!r} stopped taking input")
         elif level == 0:
-            empty.append(f"FIFO {name} ({fifo['from']} -> {fifo['to']}) is empty: "
-                         f"{fifo['from'].split('.')[0]!r} produces nothing")
+            empty.append(f"FIFO {name} ({fifo.src} -> {fifo.dst}) is empty: "
+                         f"{fifo.src.split('.')[0]!r} produces nothing")
     lines += full + empty
     if not full and not empty:
         lines.append("no FIFO status was available to name the stage")

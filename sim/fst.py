@@ -5,6 +5,8 @@ not have; so qfab traces to VCD and converts. Handles the VCD that Verilator wri
 scalar and vector variables, ``#time`` steps, ``0 1 x z`` scalars and ``b...`` vectors.
 """
 
+from qfab.base.extras import require
+
 __all__ = ["vcd_to_fst"]
 
 
@@ -16,7 +18,8 @@ def _tokens(path):
 
 def vcd_to_fst(vcd_path, fst_path):
     """Write the waveform of ``vcd_path`` to ``fst_path``; returns the number of variables."""
-    from pylibfst import ffi, lib
+    pylibfst = require("pylibfst", "trace", "an .fst waveform (--trace FILE.fst)")
+    ffi, lib = pylibfst.ffi, pylibfst.lib
     ctx = lib.fstWriterCreate(str(fst_path).encode(), 1)
     if ctx == ffi.NULL:
         raise OSError(f"cannot create {fst_path}")

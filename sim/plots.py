@@ -1,10 +1,12 @@
 """Pictures of a simulation: where the pipeline's cycles go, stage by stage."""
 
+from qfab.base.extras import require
+
 __all__ = ["utilization_plot", "stage_shares"]
 
 
 def stage_shares(res, manifest):
-    """Per stage: (name, compute share, input blocked share, output blocked share) of all cycles.
+    """Per stage of ``manifest`` (a build's `Manifest`): (name, compute share, input blocked share, output blocked share) of all cycles.
 
     The compute share is the stage's analytical cycles per inference times the inferences run,
     over the cycles simulated: 1.0 for the bottleneck of a balanced pipeline running at its bound.
@@ -12,16 +14,16 @@ def stage_shares(res, manifest):
     rows = []
     c = max(res.cycles, 1)
     n = len(res.times)
-    for s in manifest["stages"]:
-        ins = [v for k, v in res.stages.items() if k.split(".")[0] == s["name"] and k.split(".")[1] != "o"]
-        out = res.stages.get(f"{s['name']}.o", {"fire": 0, "wait": 0})
+    for s in manifest.stages:
+        ins = [v for k, v in res.stages.items() if k.split(".")[0] == s.name and k.split(".")[1] != "o"]
+        out = res.stages.get(f"{s.name}.o", {"fire": 0, "wait": 0})
         wait_in = sum(v["wait"] for v in ins) / max(len(ins), 1)
-        rows.append((s["name"], (s["cycles"] or 0) * n / c, wait_in / c, out["wait"] / c))
+        rows.append((s.name, (s.cycles or 0) * n / c, wait_in / c, out["wait"] / c))
     return rows
 
 
 def utilization_plot(res, manifest, path):
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "a plot (--plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = stage_shares(res, manifest)

@@ -11,6 +11,7 @@ import numpy as np
 from qfab.base.errors import UnsupportedModelError
 from ..fgraph import Act, FGraph, FNode
 from ..ir import Layout
+from ..ops import op_for
 from . import onnx_qops
 from .onnx_load import OnnxModel, node_label
 
@@ -234,7 +235,7 @@ class Importer:
             self.fail("Add of two constants should be folded before import")
         xi, ci = (0, 1) if consts[1] else (1, 0)
         prod = self.producer_for_fusion(n.input[xi], "Add of a constant (bias)")
-        if prod.kind not in ("Dense", "Conv2d") or prod.act.kind != "none":
+        if not op_for(prod.kind).weighted or prod.act.kind != "none":
             self.fail("a constant can only be added to the output of a Conv/Gemm/MatMul (as its bias)")
         c = self.const(n.input[ci], "bias")
         cout = prod.weight.shape[0]
@@ -266,7 +267,7 @@ class Importer:
         if prod.fixed is not None:
             self.fail("BatchNormalization after a quantized layer cannot be folded into its integer weights; "
                       "run onnxruntime.quantization.quant_pre_process on the float model before quantize_static")
-        if prod.kind not in ("Conv2d", "Dense") or prod.act.kind != "none":
+        if not op_for(prod.kind).weighted or prod.act.kind != "none":
             self.fail("BatchNormalization must follow a Conv or Gemm directly to be folded")
         gamma, beta, mean, var = (self.const(i, "BN parameter") for i in n.input[1:5])
         k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))

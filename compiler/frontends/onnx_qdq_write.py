@@ -23,7 +23,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qfab.base.errors import QfabError
-from ..ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Layout, MaxPool, Reshape
+
+from ..ir import Layout
+from ..ops import op_for
 
 __all__ = ["qdq_model", "save_qdq"]
 
@@ -85,7 +87,7 @@ class _Writer:
         wt = node.w_type
         dtype, _ = _storage(wt.bits, wt.signed)
         w = node.weights[0]
-        if isinstance(node, Conv2d):
+        if w.ndim == 4:
             w = w.transpose(0, 3, 1, 2)                                  # (Cout, Cin/g, KH, KW)
         elif node.input in self.channels_first:
             onnx_w = np.empty_like(w)
@@ -110,45 +112,9 @@ class _Writer:
         return dict(kernel_shape=list(node.kernel), strides=list(node.stride), pads=[top, left, bottom, right])
 
     def node(self, node):
-        x = self.float_of[node.inputs[0]]
-        out = node.output
-        if isinstance(node, Dense):
-            w, b = self.weights(node)
-            y = self.op("Gemm", [x, w, b], f"{out}_float", transB=1)
-            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
-        elif isinstance(node, Conv2d):
-            w, b = self.weights(node)
-            y = self.op("Conv", [x, w, b], f"{out}_float", group=node.groups, **self.window(node))
-            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
-        elif isinstance(node, MaxPool):
-            q = self.g.tensors[out].qtype
-            y = self.op("MaxPool", [x], f"{out}_float", **self.window(node))
-            lo, hi = (q.qmin if node.lo is None else node.lo), (q.qmax if node.hi is None else node.hi)
-            if lo > q.qmin or hi < q.qmax:             # otherwise the input's codes already fit
-                y = self.clamp(out, lo, hi, y)
-        elif isinstance(node, AvgPool):
-            extra = {"count_include_pad": 1} if any(node.padding) else {}
-            y = self.op("AveragePool", [x], f"{out}_float", **self.window(node), **extra)
-            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
-        elif isinstance(node, GlobalAvgPool):
-            y = self.op("GlobalAveragePool", [x], f"{out}_float")
-            y = self.clamp(out, node.requant.lo, node.requant.hi, y)
-        elif isinstance(node, Add):
-            y = self.op("Add", [x, self.float_of[node.b]], f"{out}_float")
-            y = self.clamp(out, node.lo, node.hi, y)
-        elif isinstance(node, Reshape):
-            shape_in = self.g.tensors[node.input].shape
-            if len(self.g.tensors[out].shape) != 1:
-                raise QfabError(f"node {node.name!r}: only flattening reshapes have a QDQ form")
-            y = self.op("Flatten", [x], f"{out}_float", axis=1)
-            if len(shape_in) == 3 and self.nchw and shape_in[0] * shape_in[1] > 1:
-                h, w, c = shape_in
-                self.channels_first[out] = np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
-            elif node.input in self.channels_first:
-                self.channels_first[out] = self.channels_first[node.input]
-        else:
-            raise QfabError(f"node {node.name!r}: {node.kind} has no QDQ form")
-        self.quantize(out, y)
+        """Write ``node`` through its operator's ``qdq`` (`qfab.compiler.ops`), then quantize its output."""
+        y = op_for(node).qdq(self, node, self.float_of[node.inputs[0]])
+        self.quantize(node.output, y)
 
     def model(self, input_name, output_name):
         g = self.g

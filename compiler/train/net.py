@@ -26,16 +26,14 @@ from ..calibrate import activation_range, quantize_weight_rows
 from qfab.base.errors import QfabError
 from ..fgraph import FixedWeights, forward
 from ..ir import Layout, QType
+from ..ops import op_for
 from .quantizers import LsqQuantizer
 
 __all__ = ["QatNet"]
 
-SUPPORTED = ("Dense", "Conv2d", "MaxPool", "AvgPool", "GlobalAvgPool", "Reshape", "Add")
-
-
 def _to_torch_weight(node):
     w = np.asarray(node.weight, np.float32)
-    return w.transpose(0, 3, 1, 2) if node.kind == "Conv2d" else w      # (Cout, Cin/g, KH, KW)
+    return w.transpose(0, 3, 1, 2) if w.ndim == 4 else w               # (Cout, Cin/g, KH, KW)
 
 
 def _pad(x, padding, value=0.0):
@@ -62,9 +60,8 @@ class QatNet(nn.Module):
         for what, bits in (("w_bits", w_bits), ("a_bits", a_bits), ("output_bits", output_bits)):
             if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
                 raise QfabError(f"{what} must be an integer from 2 to 8, not {bits!r}")
-        unsupported = [n for n in fg.nodes if n.kind not in SUPPORTED]
-        if unsupported:
-            raise QfabError(f"node {unsupported[0].name!r}: {unsupported[0].kind} is not supported by training")
+        for n in fg.nodes:
+            op_for(n.kind)                          # unknown kinds: a clear error
         if len(fg.inputs) != 1 or len(fg.outputs) != 1:
             raise QfabError("training supports graphs with one input and one output")
         self._fg = fg
@@ -102,7 +99,7 @@ class QatNet(nn.Module):
     @property
     def layers(self):
         """The Dense and Conv2d nodes of the float graph."""
-        return [n for n in self._fg.nodes if n.kind in ("Dense", "Conv2d")]
+        return [n for n in self._fg.nodes if op_for(n.kind).weighted]
 
     def _bits_of(self, tensor):
         fg = self._fg
@@ -136,7 +133,8 @@ class QatNet(nn.Module):
         return x.transpose(0, 2, 3, 1) if self._nchw and x.ndim == 4 else x
 
     # ---- forward --------------------------------------------------------------------------
-    def _weighted(self, node, x):
+    def quantized_weight(self, node):
+        """The fake-quantized weight and the bias on the accumulator's grid of weighted ``node``."""
         key = self._key(node.name)
         wq = self.weight_quant[key](self.weight[key] * self.mask(node))
         # the bias on the accumulator's grid, straight-through; no gradient to the steps (the
@@ -144,9 +142,11 @@ class QatNet(nn.Module):
         s_acc = (self.quantizer_of(node.inputs[0]).step.abs() * self.weight_quant[key].step.abs()).detach()
         b = self.bias[key]
         b = b + (torch.round(b / s_acc.clamp_min(1e-12)) * s_acc - b).detach()
-        if node.kind == "Dense":
-            return F.linear(x, wq, b)
-        return F.conv2d(_pad(x, node.padding), wq, b, stride=tuple(node.stride), groups=node.groups)
+        return wq, b
+
+    @staticmethod
+    def pad(x, padding, value=0.0):
+        return _pad(x, padding, value)
 
     @staticmethod
     def _act(node, y):
@@ -160,19 +160,7 @@ class QatNet(nn.Module):
         fg = self._fg
         env = {fg.inputs[0]: self.quantizer_of(fg.inputs[0])(x)}
         for node in fg.nodes:
-            x = env[node.inputs[0]]
-            if node.kind in ("Dense", "Conv2d"):
-                y = self._weighted(node, x)
-            elif node.kind == "MaxPool":
-                y = F.max_pool2d(_pad(x, node.padding, float("-inf")), tuple(node.kernel), tuple(node.stride))
-            elif node.kind == "AvgPool":
-                y = F.avg_pool2d(_pad(x, node.padding), tuple(node.kernel), tuple(node.stride))
-            elif node.kind == "GlobalAvgPool":
-                y = x.mean(dim=(2, 3), keepdim=True)
-            elif node.kind == "Add":
-                y = x + env[node.inputs[1]]
-            else:                                           # Reshape: flatten channels-last
-                y = (x.permute(0, 2, 3, 1) if x.dim() == 4 else x).reshape(len(x), -1)
+            y = op_for(node.kind).torch_forward(self, node, [env[n] for n in node.inputs])
             y = self._act(node, y)
             if not type_preserving(node.kind):
                 y = self.quantizer_of(node.output)(y)
@@ -189,7 +177,7 @@ class QatNet(nn.Module):
                 wq = self.weight_quant[key]
                 w = self.weight[key] * self.mask(node)
                 codes = wq.codes(w).to(torch.int64).numpy()
-                if node.kind == "Conv2d":
+                if codes.ndim == 4:
                     codes = codes.transpose(0, 2, 3, 1)
                 s_in = self.quantizer_of(node.inputs[0]).step.abs()
                 s_acc = (s_in * wq.step.abs()).clamp_min(1e-12)

@@ -1,4 +1,4 @@
-"""A stand-in for `qfab.boards.core.InferenceCore` with the interface `qfab.boards.top.BoardTop`
+"""A stand-in for `qfab.boards.gateware.core.InferenceCore` with the interface `qfab.boards.gateware.top.BoardTop`
 expects: the UART looped back (tx = rx), busy while a start bit or data is on the line, activity
 toggling with every falling edge of rx. Board tops and bitstream builds of it take seconds."""
 
@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qfab.boards.link import Status
+from qfab.boards.gateware.link import Status
 
 
 class EchoCore(wiring.Component):

@@ -29,15 +29,14 @@ def test_budget_leaves_room_for_the_board_top():
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s_85f"])
 def test_board_designs_fit_their_budget_in_their_family(tmp_path, board):
     budget = budget_for(board)
-    manifest = compile_graph(_mlp(4), tmp_path, budget=budget, log=lambda *a: None)
-    est = manifest["estimates"]
-    assert est["family"] == budget.family
+    est = compile_graph(_mlp(4), tmp_path, budget=budget, log=lambda *a: None).manifest.estimates
+    assert est.family == budget.family
     for key in ("luts", "ffs", "dsps", "bram_bits", "logic_cells"):
         if getattr(budget, key) is not None:
-            assert est["total"][key] <= getattr(budget, key), key
-    assert ("logic_cells" in est["total"]) == (budget.family == "ice40")
+            assert getattr(est.total, key) <= getattr(budget, key), key
+    assert (est.total.logic_cells is not None) == (budget.family == "ice40")
     block = 4096 if budget.family == "ice40" else 18432
-    assert est["total"]["bram_bits"] == est["total"]["bram_blocks"] * block
+    assert est.total.bram_bits == est.total.bram_blocks * block
 
 
 def test_w8a8_on_an_up5k_names_the_dsps(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qfab.boards import protocol
-from qfab.boards.host import Device, LinkError, Transport
+from qfab.boards.host import Device, LinkError, Transport, protocol
+from qfab.compiler.buildfolder import Manifest, StreamFormat
 
 INFO = protocol.Info(1, 4, 2, 4, False, 8, True, 0x1234)
 
@@ -72,8 +72,8 @@ def test_permanent_error_is_not_retried():
 
 
 def test_wrong_design_and_wrong_input_size():
-    manifest = {"input": {"elements": 4}, "output": {"elements": 2}, "top": "qfab_top", "stages": [],
-                "initiation_interval": 1}
+    manifest = Manifest(input=StreamFormat("x", (4,), 4, 1, 8, False),
+                        output=StreamFormat("y", (2,), 2, 1, 8, False), initiation_interval=1)
     t = Scripted([info_frame()])
     with pytest.raises(LinkError, match="program the board with this build's bitstream"):
         Device(t).check(manifest, "module qfab_top; endmodule")

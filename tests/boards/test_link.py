@@ -5,7 +5,6 @@ stalls, packed with `qfab.sim.packing`. (The model is a per-cycle process rather
 `tests/hw/streams.py` drivers because it must outlive its inputs: the simulation stops at a fixed
 time with the model still waiting.)"""
 
-import json
 import random
 
 import numpy as np
@@ -13,10 +12,11 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from qfab.boards import protocol
-from qfab.boards.core import InferenceCore, core_verilog
-from qfab.boards.link import BUSY, Link
+from qfab.boards.host import protocol
+from qfab.boards.gateware.core import InferenceCore, core_verilog
+from qfab.boards.gateware.link import BUSY, Link
 from qfab.base.errors import QfabError
+from qfab.compiler.buildfolder import Build, Manifest, StreamFormat
 from qfab.sim.packing import pack_beats, unpack_beats
 
 DIV = 4
@@ -267,11 +267,10 @@ def test_status():
 # -- the inference core around a build folder ---------------------------------------------------
 
 def _build_folder(path, top="qfab_top"):
-    manifest = {"verilog": "qfab_top.v", "top": top, "initiation_interval": 8, "stages": [],
-                "input": {"tensor": "x", "shape": [6], "elements": 6, "per_beat": 2, "bits": 4, "signed": False},
-                "output": {"tensor": "y", "shape": [6], "elements": 6, "per_beat": 3, "bits": 5, "signed": True}}
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    (path / "qfab_top.v").write_text(f"module {top}(); endmodule\n")
+    manifest = Manifest(input=StreamFormat("x", (6,), 6, 2, 4, False), output=StreamFormat("y", (6,), 6, 3, 5, True),
+                        initiation_interval=8, top=top)
+    verilog = f"module {top}(); endmodule\n"
+    Build.save(path, manifest, {"qfab_top.v": verilog, "qfab_top_sim.v": verilog, "model.qfab": b""})
     return manifest
 
 
@@ -296,7 +295,7 @@ def test_core(tmp_path):
 
 
 def test_core_wrong(tmp_path):
-    with pytest.raises(QfabError, match="not a readable qfab build folder"):
+    with pytest.raises(QfabError, match="not a qfab build folder"):
         InferenceCore(tmp_path, divisor=8)
     _build_folder(tmp_path)
     with pytest.raises(QfabError, match="give the UART rate as divisor=, or as clock_hz= and baud="):

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qfab.boards import protocol
+from qfab.boards.host import protocol
+from qfab.compiler.buildfolder import Manifest, StreamFormat
 
 
 def test_frame_layout():
@@ -137,8 +138,8 @@ def test_info_round_trip_and_errors():
 
 
 def test_design_id_depends_on_the_verilog():
-    manifest = {"input": {"elements": 64}, "output": {"elements": 10}, "top": "qfab_top", "stages": [],
-                "initiation_interval": 64}
+    manifest = Manifest(input=StreamFormat("x", (64,), 64, 1, 8, False),
+                        output=StreamFormat("y", (10,), 10, 1, 8, False), initiation_interval=64)
     a = protocol.design_id(manifest, "module a; endmodule")
     assert a == protocol.design_id(manifest, "module a; endmodule")
     assert a != protocol.design_id(manifest, "module b; endmodule")

@@ -6,9 +6,8 @@ import re
 
 import pytest
 
-from qfab.boards.bitstream import _platform
 from qfab.boards.registry import BOARDS, get_board
-from qfab.boards.top import BoardTop, clock_mhz
+from qfab.boards.gateware.top import BoardTop, clock_mhz
 from qfab.base.errors import QfabError
 
 from .echo import EchoCore
@@ -21,7 +20,7 @@ class VerilogEcho(EchoCore):
 
 def _plan(board_name, freq_mhz=None, core=None):
     board = get_board(board_name)
-    plan = _platform(board).build(BoardTop(core or EchoCore(), board, freq_mhz), name="top", do_build=False)
+    plan = board.new_platform().build(BoardTop(core or EchoCore(), board, freq_mhz), name="top", do_build=False)
     text = lambda name: plan.files[name] if isinstance(plan.files[name], str) else plan.files[name].decode()
     pins = text("top.pcf") if board.family == "ice40" else text("top.lpf")
     return plan, text("top.il"), pins

@@ -1,9 +1,12 @@
+# amaranth: UnusedElaboratable=no
 """compile_graph: folding by target interval, by resource budget, by hand; clear errors."""
 
 import json
 
+import numpy as np
 import pytest
 
+from qfab.compiler.buildfolder import Build
 from qfab.compiler.compile import Budget, compile_graph, load_folding
 from qfab.base.errors import QfabError
 from qfab.compiler.folding import Fold
@@ -23,17 +26,17 @@ def cnn():
 
 
 def test_budget_picks_the_fastest_design_that_fits(cnn, tmp_path):
-    small = compile_graph(cnn, tmp_path / "a", budget=Budget(luts=2500), log=lambda *a: None)
-    large = compile_graph(cnn, tmp_path / "b", budget=Budget(luts=40000), log=lambda *a: None)
-    assert small["estimates"]["total"]["luts"] <= 2500
+    small = compile_graph(cnn, tmp_path / "a", budget=Budget(luts=2500), log=lambda *a: None).manifest
+    large = compile_graph(cnn, tmp_path / "b", budget=Budget(luts=40000), log=lambda *a: None).manifest
+    assert small.estimates.total.luts <= 2500
     # the first convolution's floor (SIMD <= its one input channel): 576 cycles
-    assert large["initiation_interval"] == 576 < small["initiation_interval"]
+    assert large.initiation_interval == 576 < small.initiation_interval
     # the budget is checked on the same total the manifest reports, streams included
     for manifest in (small, large):
-        est = manifest["estimates"]
-        parts = list(est["per_layer"].values()) + list(est["streams"].values())
-        assert abs(sum(p["luts"] for p in parts) - est["total"]["luts"]) <= len(parts)
-        assert est["streams"]["fifos"]["luts"] > 0 and est["streams"]["converters"]["luts"] > 0
+        est = manifest.estimates
+        parts = list(est.per_layer.values()) + list(est.streams.values())
+        assert abs(sum(p.luts for p in parts) - est.total.luts) <= len(parts)
+        assert est.streams["fifos"].luts > 0 and est.streams["converters"].luts > 0
     with pytest.raises(QfabError, match="does not fit the resource budget even fully folded: estimated luts"):
         compile_graph(cnn, tmp_path / "c", budget=Budget(luts=100), log=lambda *a: None)
 
@@ -49,10 +52,10 @@ def test_manual_folding_file(cnn, tmp_path):
     path.write_text(json.dumps({"conv_13": {"pe": 4, "simd": 8, "style": "bit_serial"}}))
     folds = load_folding(path)
     assert folds == {"conv_13": Fold(4, 8, "bit_serial")}
-    manifest = compile_graph(cnn, tmp_path / "b", folding=folds, log=lambda *a: None)
-    stage = next(s for s in manifest["stages"] if s["name"] == "conv_13")
-    assert (stage["pe"], stage["simd"], stage["style"]) == (4, 8, "bit_serial")
-    assert stage["cycles"] == 16 * (16 // 4) * (72 // 8) * 4
+    manifest = compile_graph(cnn, tmp_path / "b", folding=folds, log=lambda *a: None).manifest
+    stage = manifest.stage("conv_13")
+    assert (stage.pe, stage.simd, stage.style) == (4, 8, "bit_serial")
+    assert stage.cycles == 16 * (16 // 4) * (72 // 8) * 4
     path.write_text(json.dumps({"conv_13": {"pe": 3}}))
     with pytest.raises(QfabError, match="PE=3 must divide 16"):
         compile_graph(cnn, tmp_path / "c", folding=load_folding(path), log=lambda *a: None)
@@ -62,14 +65,13 @@ def test_manual_folding_file(cnn, tmp_path):
 
 
 def test_build_folder_contents(cnn, tmp_path):
-    manifest = compile_graph(cnn, tmp_path / "b", target_ii=1152, log=lambda *a: None)
+    manifest = compile_graph(cnn, tmp_path / "b", target_ii=1152, log=lambda *a: None).manifest
     assert (tmp_path / "b" / "qfab_top.v").read_text().count("module qfab_top") == 1
     assert "counters" in (tmp_path / "b" / "qfab_top_sim.v").read_text()
-    assert manifest["input"]["elements"] == 64 and manifest["output"]["elements"] == 10
-    assert manifest["initiation_interval"] == 1152
-    assert all(f["depth"] >= 3 for f in manifest["fifos"])
-    on_disk = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert on_disk["stages"] == manifest["stages"]
+    assert manifest.input.elements == 64 and manifest.output.elements == 10
+    assert manifest.initiation_interval == 1152
+    assert all(f.depth >= 3 for f in manifest.fifos)
+    assert Build.load(tmp_path / "b").manifest == manifest
 
 
 @pytest.mark.parametrize("ii, logic", [(4096, {"gemm_3": False, "gemm_7": False, "gemm_11": False}),
@@ -81,16 +83,69 @@ def test_weights_become_constants_where_their_rom_stays_in_logic(ii, logic):
     from qfab.compiler.folding import choose_folding, stages_of
     from amaranth.hdl import Fragment
 
-    from qfab.compiler.lowering import build_top, plan_graph
+    from qfab.compiler.lowering import build_top, plan_graph, stage_component
     from qfab.hw.weights import MemoryKind
     graph = load_graph(_bundled("digits_mlp.onnx"), digits("flat")[0], QuantConfig(w_bits=4, a_bits=4))
     stages = stages_of(graph)
     folds = choose_folding(stages, target_ii=ii, cost=estimate.cost_luts)
     plan = plan_graph(graph, folds, {s.name: s for s in stages})
-    kinds = {s.node: s.component._wmem.kind for s in plan.stages if s.kind == "mvau"}
-    assert kinds == {name: MemoryKind.LOGIC if v else MemoryKind.BLOCK for name, v in logic.items()}
-    for s in plan.stages:                           # the constant lanes know the weights
-        assert (s.component._mac.weights is not None) == logic[s.node]
+    assert {s.node: s.params["weight_memory"] for s in plan.stages} == \
+        {name: "logic" if v else "block" for name, v in logic.items()}
+    components = {s.node: stage_component(s) for s in plan.stages}
+    assert {name: c._wmem.kind for name, c in components.items()} == \
+        {name: MemoryKind.LOGIC if v else MemoryKind.BLOCK for name, v in logic.items()}
+    for name, c in components.items():              # the constant lanes know the weights
+        assert (c._mac.weights is not None) == logic[name]
+        Fragment.get(c, None)
     for s in stages:
         assert estimate.weights_in_logic(s, folds[s.name]) == logic[s.name]
     Fragment.get(build_top(plan), None)             # elaborates (and so uses) every component
+
+
+def test_weight_policy_does_not_read_the_fitted_model(monkeypatch):
+    """Refitting the estimate model must not change the hardware: the lowering's weight placement
+    reads the family's fixed structure only, even if the fitted model says otherwise."""
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding, stages_of
+    from qfab.compiler.lowering import WeightPolicy, plan_graph
+    graph = load_graph(_bundled("digits_mlp.onnx"), digits("flat")[0], QuantConfig(w_bits=4, a_bits=4))
+    stages = stages_of(graph)
+    folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
+    before = [s.params["weight_memory"] for s in plan_graph(graph, folds, {s.name: s for s in stages}).stages]
+    fitted = dict(estimate.model("ice40"), logic_weight_limit_bits=0, rom_logic_cost=100.0)
+    monkeypatch.setattr(estimate, "model", lambda family="ice40": fitted)
+    after = [s.params["weight_memory"] for s in plan_graph(graph, folds, {s.name: s for s in stages}).stages]
+    assert before == after == ["logic"] * 3
+    forced = plan_graph(graph, folds, {s.name: s for s in stages}, policy=WeightPolicy("block"))
+    assert [s.params["weight_memory"] for s in forced.stages] == ["block"] * 3
+
+
+@pytest.mark.parametrize("ii", [576, 2304])
+def test_plan_names_the_plumbing_the_hardware_builds(tmp_path, ii):
+    """The plan is complete: every fork, width converter and FIFO the Dataflow builds is a part
+    the plan names, of the plan's kind, and nothing else is inserted."""
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding, stages_of
+    from qfab.compiler.frontends.onnx_write import float_model, save
+    from qfab.compiler.lowering import build_top, plan_graph
+    from qfab.hw.plumbing import Fork, StreamFIFO, WidthConverter
+    from amaranth.hdl import Fragment
+    rng = np.random.default_rng(1)
+    w = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(np.float32)
+    layers = [("conv", w(4, 1, 3, 3), w(4), 1, 1, 1), ("relu",),
+              ("residual", [("conv", w(4, 4, 3, 3), w(4), 1, 1, 1), ("relu",)]),
+              ("flatten",), ("gemm", w(10, 256), w(10))]
+    save(float_model(layers, (1, 8, 8)), tmp_path / "res.onnx")
+    x = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    graph = load_graph(str(tmp_path / "res.onnx"), x, QuantConfig(w_bits=4, a_bits=4))
+    stages = stages_of(graph)
+    folds = choose_folding(stages, target_ii=ii, cost=estimate.cost_luts)
+    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    assert plan.forks and plan.fifos
+    fragment = Fragment.get(build_top(plan), None)
+    named = {sub[1]: sub[0].origins[0] for sub in fragment.subfragments}
+    parts = {name: sub for name, sub in named.items() if name.startswith("_")}
+    kinds = {f.name: Fork for f in plan.forks} | {e.converter: WidthConverter for e in plan.converters} \
+        | {e.fifo: StreamFIFO for e in plan.fifos}
+    assert {name: type(sub) for name, sub in parts.items()} == kinds
+    assert set(named) - set(parts) == {s.name for s in plan.stages}

@@ -3,8 +3,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 from amaranth.hdl import unsigned
+from hypothesis import given, settings, strategies as st
 
 from qfab.hw.mac import Encoding, MacArray, MacStyle
 

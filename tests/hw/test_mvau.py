@@ -3,8 +3,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 from amaranth.sim import Simulator
+from hypothesis import given, settings, strategies as st
 
 from qfab.compiler import intops
 from qfab.hw.mac import Encoding, MacStyle

@@ -9,8 +9,7 @@ from hypothesis import given, settings, strategies as st
 from qfab.compiler import intops
 from qfab.hw.pool import AvgPool, GlobalAvgPool, MaxPool
 
-from .dataflow_models import (avgpool_model, beats, codes, element_shape, maxpool_model, shapes,
-                              simulate, unbeat)
+from .dataflow_models import avgpool_model, beats, codes, element_shape, maxpool_model, shapes, simulate, unbeat
 from .streams import get_all, put_all
 
 SETTINGS = settings(max_examples=25, deadline=None)

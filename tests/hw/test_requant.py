@@ -59,7 +59,10 @@ def requant_params(draw):
     q_lo, q_hi = intops.qrange(out_bits, out_signed)
     lo = draw(st.integers(q_lo, q_hi))
     hi = draw(st.integers(lo, q_hi))
-    ints = lambda a, b: st.lists(st.integers(a, b), min_size=channels, max_size=channels)
+
+    def ints(a, b):
+        return st.lists(st.integers(a, b), min_size=channels, max_size=channels)
+
     return dict(lanes=lanes, channels=channels, acc_bits=acc_bits, m_bits=m_bits,
                 bias=draw(ints(-(1 << acc_bits), 1 << acc_bits)),
                 m0=draw(ints(0, (1 << m_bits) - 1)), shift=draw(ints(0, 40)),

@@ -12,7 +12,7 @@ from qfab.compiler.compile import compile_graph
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
 from qfab.compiler.datasets import digits
-from qfab.sim.accelerator import load_build, simulate
+from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
@@ -36,10 +36,10 @@ def builds(tmp_path_factory):
             x_train, _, x_test, _ = digits(layout)
             graph = load_graph(_bundled(file), x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
             folder = tmp_path_factory.mktemp(f"{kind}_{bits}_{style}")
-            manifest = compile_graph(graph, folder, target_ii=ii if style == "bit_parallel" else ii * bits,
-                                     style=style, log=lambda *a: None)
+            build = compile_graph(graph, folder, target_ii=ii if style == "bit_parallel" else ii * bits,
+                                  style=style, log=lambda *a: None)
             codes = reference.quantize_inputs(graph, x_test[:IMAGES])
-            made[key] = (graph, load_build(folder), manifest, codes)
+            made[key] = (graph, build, codes)
         return made[key]
     return get
 
@@ -49,8 +49,8 @@ CASES = [(kind, bits, style) for kind in MODELS for bits in (8, 4) for style in 
 
 @pytest.mark.parametrize("kind,bits,style", CASES)
 def test_bit_exact_and_at_the_analytical_rate(builds, kind, bits, style):
-    graph, build, manifest, codes = builds(kind, bits, style)
-    assert any(s["style"] == style for s in manifest["stages"] if s["kind"] == "mvau")
+    graph, build, codes = builds(kind, bits, style)
+    assert any(s.style == style for s in build.manifest.stages if s.kind == "mvau")
     res = simulate(build, codes, log=lambda *a: None)
     want = reference.run(graph, codes)[graph.outputs[0]]
     got = res.outputs.reshape(want.shape)

@@ -15,7 +15,8 @@ from qfab.compiler.folding import stages_of
 from qfab.compiler.frontends.onnx_write import float_model, save
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import LayerConfig, QuantConfig
-from qfab.sim.accelerator import load_build, simulate
+from qfab.compiler.buildfolder import Build
+from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
@@ -77,7 +78,7 @@ def test_random_network_simulates_bit_exact(tmp_path, seed):
     x = rng.uniform(-0.5, 1.0, (24, *in_shape)).astype(np.float32)
     codes = reference.quantize_inputs(graph, x)
     want = reference.run(graph, codes)[graph.outputs[0]]
-    res = simulate(load_build(tmp_path / "build"), codes, stall=0.25, seed=seed + 1, log=lambda *a: None)
+    res = simulate(Build.load(tmp_path / "build"), codes, stall=0.25, seed=seed + 1, log=lambda *a: None)
     got = res.outputs.reshape(want.shape)
     kinds = [n.kind for n in graph.nodes]
     assert np.array_equal(got, want), f"seed {seed}: {kinds} {folds} differs in {(got != want).sum()} elements"

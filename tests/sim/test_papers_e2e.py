@@ -9,7 +9,8 @@ from qfab.compiler.compile import compile_graph
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
 from qfab.compiler.datasets import digits
-from qfab.sim.accelerator import load_build, simulate
+from qfab.compiler.buildfolder import Build
+from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
 
@@ -20,9 +21,9 @@ def _bundled(name):
 
 
 def _check(graph, x, folder, **kwargs):
-    manifest = compile_graph(graph, folder, log=lambda *a: None, **kwargs)
+    manifest = compile_graph(graph, folder, log=lambda *a: None, **kwargs).manifest
     codes = reference.quantize_inputs(graph, x)
-    res = simulate(load_build(folder), codes, stall=0.2, log=lambda *a: None)
+    res = simulate(Build.load(folder), codes, stall=0.2, log=lambda *a: None)
     want = reference.run(graph, codes)[graph.outputs[0]]
     assert np.array_equal(res.outputs.reshape(want.shape), want)
     return manifest, res
@@ -35,8 +36,8 @@ def test_multipoint_cnn_simulates_bit_exact(tmp_path):
     points = [n.points for n in graph.nodes if hasattr(n, "points")]
     assert max(points) >= 2
     manifest, res = _check(graph, x_test[:40], tmp_path / "b", target_ii=4608)
-    conv = next(s for s in manifest["stages"] if s["kind"] == "mvau")
-    assert conv["cycles"] % max(points) == 0 or conv["cycles"] <= 4608     # points cost passes
+    conv = next(s for s in manifest.stages if s.kind == "mvau")
+    assert conv.cycles % max(points) == 0 or conv.cycles <= 4608     # points cost passes
     assert abs(res.interval - res.bound) <= 0.05 * res.bound
 
 

@@ -1,6 +1,6 @@
 """Board tops: an inference core on a board's clock, reset, UART pins and LEDs.
 
-Clocking. The board's oscillator drives ``sync`` directly, or through the PLL (`qfab.boards.pll`)
+Clocking. The board's oscillator drives ``sync`` directly, or through the PLL (`qfab.boards.gateware.pll`)
 when another frequency is asked for: SB_PLL40_PAD on the iCEBreaker (its 12 MHz pin 35 is the
 PLL's own pad), SB_PLL40_CORE from SB_HFOSC (48 MHz) on the UPduino v3, EHXPLLL on ECP5.
 
@@ -11,11 +11,12 @@ instead drives its ``program`` pin, back to the DFU bootloader, so it can be rep
 unplugging.
 
 UART. The core's ``rx``/``tx`` go to ``platform.request("uart", 0)``. Boards without a UART wired
-to the FPGA take one on header pins (`HEADER_UART`), for a 3.3 V USB-serial adapter: UPduino v3
+to the FPGA take one on header pins (the board description's ``header_uart``), for a 3.3 V USB-serial adapter: UPduino v3
 FPGA pins 23 (rx) and 25 (tx); OrangeCrab Feather pins 0 (rx) and 1 (tx), since its USB port
 would need a soft USB-serial core.
 
-LEDs (`LED_ROLES`, in order, as many as the board has): heartbeat (about 1 Hz while the clock runs),
+LEDs (`LED_ROLES`, in order, as many as the board has; which LED is which: the board
+description's ``leds``): heartbeat (about 1 Hz while the clock runs),
 error (lit a moment after a bad frame), activity (toggles with each good frame), busy, PLL lock
 (without a PLL: out of reset).
 """
@@ -31,30 +32,11 @@ from amaranth_boards.resources import UARTResource
 from qfab.base.errors import QfabError
 
 from .pll import pll_for, pll_instance
-from .registry import Board, get_board
+from qfab.boards.registry import Board, get_board
 
-__all__ = ["BoardTop", "HEADER_UART", "LED_ROLES", "clock_mhz", "clock_plan"]
+__all__ = ["BoardTop", "LED_ROLES", "clock_mhz", "clock_plan"]
 
-# board -> (connector, rx pin, tx pin) for boards without a UART to the FPGA
-HEADER_UART = {
-    "upduino_v3": (("j", 0), "7", "8"),      # header J0 pins 7, 8 = FPGA pins 23, 25
-    "orangecrab": (("io", 0), "0", "1"),     # Feather pins 0 (RX) and 1 (TX): FPGA N17, M18
-}
 LED_ROLES = ("heartbeat", "error", "activity", "busy", "lock")
-# board -> LED for each role in LED_ROLES order: (resource, number) or (resource, number, subsignal)
-BOARD_LEDS = {
-    # green and red on the board, then three green LEDs of the snap-off PMOD2 board
-    "icebreaker": [("led", 1), ("led", 0), ("led", 3), ("led", 4), ("led", 5)],
-    "ulx3s_85f": [("led", n) for n in range(5)],
-    "upduino_v3": [("rgb_led", 0, "g"), ("rgb_led", 0, "r"), ("rgb_led", 0, "b")],
-    "orangecrab": [("rgb_led", 0, "g"), ("rgb_led", 0, "r"), ("rgb_led", 0, "b")],
-}
-# board -> (resource, number, what it does): "reset" or "bootloader" (drive the program pin)
-BUTTONS = {
-    "icebreaker": ("button", 0, "reset"),
-    "ulx3s_85f": ("button_pwr", 0, "reset"),
-    "orangecrab": ("button", 0, "bootloader"),
-}
 POWER_ON_RESET_SECONDS = 100e-6
 
 
@@ -96,7 +78,7 @@ class BoardTop(Elaboratable):
     core : wiring.Component
         With members ``rx: In(1)``, ``tx: Out(1)``, ``status: Out(StructLayout)`` with ``busy``,
         ``error`` and ``activity``, and a method ``verilog_files() -> {name: text}`` (the Verilog
-        its instances need; `qfab.boards.core.InferenceCore`).
+        its instances need; `qfab.boards.gateware.core.InferenceCore`).
     board : `qfab.boards.registry.Board` or str
         The board, or its registry name.
     freq_mhz : float or None
@@ -175,7 +157,7 @@ class BoardTop(Elaboratable):
 
     def _button(self, m, platform):
         """The reset button's level (pressed = 1), or None; wires the OrangeCrab's bootloader button."""
-        spec = BUTTONS.get(self._board.name)
+        spec = self._board.button
         if spec is None:
             return None
         name, number, action = spec
@@ -187,26 +169,26 @@ class BoardTop(Elaboratable):
         return None
 
     def _uart(self, m, platform):
-        if self._board.name in HEADER_UART:
-            conn, rx, tx = HEADER_UART[self._board.name]
+        if self._board.header_uart is not None:
+            conn, rx, tx = self._board.header_uart
             attrs = (Attrs(IO_STANDARD="SB_LVCMOS", PULLUP=1) if self._board.family == "ice40"
                      else Attrs(IO_TYPE="LVCMOS33", PULLMODE="UP"))
             platform.add_resources([UARTResource(0, rx=rx, tx=tx, conn=conn, attrs=attrs)])
         try:
             uart = platform.request("uart", 0, dir="-")
         except ResourceError:
-            raise QfabError(f"{self._board.name}: the platform has no UART resource; add one to HEADER_UART "
-                            f"in qfab/boards/top.py") from None
+            raise QfabError(f"{self._board.name}: the platform has no UART resource; give the board a "
+                            f"header_uart in qfab/boards/registry.py") from None
         m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
         m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
         m.d.comb += [self._core.rx.eq(rx.i), tx.o.eq(self._core.tx)]
 
     def _led_ports(self, platform):
         """The LED ports in `LED_ROLES` order."""
-        if self._board.name == "icebreaker":
-            platform.add_resources(platform.break_off_pmod)     # the LED PMOD in PMOD2, as shipped
-        wanted = BOARD_LEDS.get(self._board.name)
-        if wanted is None:          # another board: its plain LEDs in number order
+        if self._board.extra_resources:
+            platform.add_resources(getattr(platform, self._board.extra_resources))
+        wanted = list(self._board.leds)
+        if not wanted:              # its plain LEDs in number order
             wanted = []
             for number in range(len(LED_ROLES)):
                 try:

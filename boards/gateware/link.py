@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from qfab.hw.uart import UARTReceiver, UARTTransmitter
 
-from . import protocol
+from qfab.boards.host import protocol
 
 __all__ = ["Link", "Status", "BUSY"]
 

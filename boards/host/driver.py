@@ -1,6 +1,6 @@
 """The host side of the board link: a driver that runs inferences on a board over its UART.
 
-The driver speaks the framed protocol of docs/link.md (`qfab.boards.protocol`) through a
+The driver speaks the framed protocol of docs/link.md (`qfab.boards.host.protocol`) through a
 *transport*: anything with ``write(data)`` and ``read(size, timeout)``. `SerialTransport` is a real
 port (pyserial); `qfab.boards.link_sim` gives the same driver a transport into a Verilator
 simulation of the board's gateware, so the code that talks to the board is the code that is tested.
@@ -162,18 +162,17 @@ class Device:
         return self._info
 
     def check(self, manifest, verilog):
-        """Raise `LinkError` unless the board runs the build of ``manifest`` and ``verilog`` (its
-        accelerator Verilog)."""
+        """Raise `LinkError` unless the board runs the build of ``manifest`` (its
+        `qfab.compiler.buildfolder.Manifest`) and ``verilog`` (its accelerator Verilog)."""
         info = self.info()
         want = protocol.design_id(manifest, verilog)
         if info.design_id != want:
             raise LinkError(f"the board runs design {info.design_id:08x}, not this build's {want:08x}: "
                             f"program the board with this build's bitstream (qfab deploy)")
-        for side in ("input", "output"):
-            spec = manifest[side]
-            elements = info.in_elements if side == "input" else info.out_elements
-            if elements != spec["elements"]:
-                raise LinkError(f"the board's {side} has {elements} elements, the build's {spec['elements']}")
+        for side, spec, elements in (("input", manifest.input, info.in_elements),
+                                     ("output", manifest.output, info.out_elements)):
+            if elements != spec.elements:
+                raise LinkError(f"the board's {side} has {elements} elements, the build's {spec.elements}")
         return info
 
     def infer(self, codes):

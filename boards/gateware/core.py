@@ -1,21 +1,19 @@
-"""The inference core: the host link (`qfab.boards.link.Link`) around a build's accelerator.
+"""The inference core: the host link (`qfab.boards.gateware.link.Link`) around a build's accelerator.
 
 The accelerator enters as an ``Instance`` of the build's own ``qfab_top.v`` (the Verilog that
 ``qfab simulate`` verified), so the board runs exactly what was simulated. `core_verilog` gives
 the core as Verilog (``qfab_core``) for a Verilator run together with ``qfab_top.v``; a board top
-(`qfab.boards.top`) puts the core on the board's pins.
+(`qfab.boards.gateware.top`) puts the core on the board's pins.
 """
-
-import json
-import pathlib
 
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from qfab.base.errors import QfabError
+from qfab.compiler.buildfolder import Build
 
-from . import protocol
+from qfab.boards.host import protocol
 from .link import Link, Status
 
 __all__ = ["InferenceCore", "core_verilog", "divisor_for"]
@@ -38,7 +36,7 @@ class InferenceCore(wiring.Component):
 
     Parameters
     ----------
-    build_dir : path
+    build_dir : path or `qfab.compiler.buildfolder.Build`
         A ``qfab compile`` build folder (``manifest.json``, ``qfab_top.v``).
     divisor : int
         Clock cycles per UART bit; or give ``clock_hz`` and ``baud`` instead (`divisor_for`).
@@ -57,7 +55,7 @@ class InferenceCore(wiring.Component):
     rx : ``In(1, init=1)``, tx : ``Out(1, init=1)``
         The UART pins.
     status : ``Out(Status)``
-        ``busy``, ``error``, ``activity``, for LEDs (`qfab.boards.link.Link`).
+        ``busy``, ``error``, ``activity``, for LEDs (`qfab.boards.gateware.link.Link`).
 
     Inside, a `Link` (attribute ``link``) feeds an ``Instance`` of the build's top module; its
     ``observe`` port is left unconnected.
@@ -76,17 +74,12 @@ class InferenceCore(wiring.Component):
             if clock_hz is None:
                 raise QfabError("baud= needs clock_hz=")
             divisor = divisor_for(clock_hz, baud)
-        self._dir = pathlib.Path(build_dir)
-        try:
-            self._manifest = json.loads((self._dir / "manifest.json").read_text())
-            self._verilog = (self._dir / self._manifest["verilog"]).read_text()
-            i, o = self._manifest["input"], self._manifest["output"]
-            formats = dict(in_elements=i["elements"], in_bits=i["bits"], in_signed=i["signed"],
-                           in_per_beat=i["per_beat"], out_elements=o["elements"], out_bits=o["bits"],
-                           out_signed=o["signed"], out_per_beat=o["per_beat"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise QfabError(f"{build_dir}: not a readable qfab build folder ({e!r}); run qfab compile first") \
-                from None
+        build = build_dir if isinstance(build_dir, Build) else Build.load(build_dir)
+        self._manifest = build.manifest
+        self._verilog = build.verilog
+        i, o = self._manifest.input, self._manifest.output
+        formats = dict(in_elements=i.elements, in_bits=i.bits, in_signed=i.signed, in_per_beat=i.per_beat,
+                       out_elements=o.elements, out_bits=o.bits, out_signed=o.signed, out_per_beat=o.per_beat)
         if error_hold_cycles is None:
             error_hold_cycles = int(clock_hz) // 4 if clock_hz else 1 << 20
         self.link = Link(**formats, divisor=divisor, timeout_cycles=timeout_cycles or 64 * 10 * divisor,
@@ -107,7 +100,7 @@ class InferenceCore(wiring.Component):
         m.submodules.link = link = self.link
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.status.eq(link.status)]
         m.submodules.accelerator = Instance(
-            self._manifest.get("top", "qfab_top"),
+            self._manifest.top,
             i_clk=ClockSignal(), i_rst=ResetSignal(),
             i_i__valid=link.i.valid, o_i__ready=link.i.ready, i_i__payload=link.i.payload,
             o_o__valid=link.o.valid, i_o__ready=link.o.ready, o_o__payload=link.o.payload)

@@ -1,16 +1,19 @@
 """The host link's framed protocol, version 1 (docs/link.md): the host side's encoder, decoder
-and packing. Pure Python; the gateware side is `qfab.boards.link`.
+and packing. Pure Python; the gateware side is `qfab.boards.gateware.link`.
 
 A frame is ``0xA5, type, length (u16 little-endian), payload, check`` where ``check`` makes all
 bytes after the start byte sum to 0 modulo 256. Bytes outside frames are skipped (resync).
 """
 
+import dataclasses
 import json
 import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from qfab.base.ints import code_range
 
 __all__ = ["START", "INFER", "INFO", "RESULT", "INFO_REPLY", "ERROR", "ERROR_CODES", "MAX_PAYLOAD",
            "BAD_CHECKSUM", "BAD_LENGTH", "UNKNOWN_TYPE", "TIMEOUT", "BUSY",
@@ -148,15 +151,9 @@ class FrameDecoder:
             yield self._frames.pop(0)
 
 
-def _code_range(bits, signed):
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer from 1 to 8 (one byte per element), not {bits!r}")
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-
-
 def pack_input(codes, bits, signed):
     """Input codes (one per element, element order) -> INFER payload: one byte each."""
-    lo, hi = _code_range(bits, signed)
+    lo, hi = code_range(bits, signed, max_bits=8)     # one byte per element
     codes = np.asarray(codes, dtype=np.int64).reshape(-1)
     if codes.size and (codes.min() < lo or codes.max() > hi):
         bad = codes[(codes < lo) | (codes > hi)][0]
@@ -170,7 +167,7 @@ def unpack_output(payload, bits, signed):
 
     A byte that is not a ``bits``-bit code (which the board never sends) raises ValueError.
     """
-    lo, hi = _code_range(bits, signed)
+    lo, hi = code_range(bits, signed, max_bits=8)     # one byte per element
     raw = np.frombuffer(bytes(payload), dtype=np.uint8).astype(np.int64)
     if signed:
         raw = np.where(raw >= 128, raw - 256, raw)
@@ -210,13 +207,12 @@ def design_id(manifest, verilog):
     """A 32-bit id of a build: CRC-32 of a canonical JSON of its accelerator Verilog's CRC-32
     (the weights are in the Verilog, not in the manifest), the manifest's input and output
     formats, top module, stages and initiation interval. The board reports it (INFO) so the host
-    knows what it talks to; both sides compute it with this function from the build folder's
-    ``manifest.json`` and the text of its ``qfab_top.v``."""
-    key = {"verilog": zlib.crc32(verilog.encode()), "input": manifest["input"], "output": manifest["output"],
-           "top": manifest.get("top"),
-           "stages": [[s["name"], s["kind"], s.get("pe"), s.get("simd"), s.get("style")]
-                      for s in manifest.get("stages", [])],
-           "ii": manifest.get("initiation_interval")}
+    knows what it talks to; both sides compute it with this function from the build's
+    `qfab.compiler.buildfolder.Manifest` and the text of its ``qfab_top.v``."""
+    key = {"verilog": zlib.crc32(verilog.encode()), "input": dataclasses.asdict(manifest.input),
+           "output": dataclasses.asdict(manifest.output), "top": manifest.top,
+           "stages": [[s.name, s.kind, s.pe, s.simd, s.style] for s in manifest.stages],
+           "ii": manifest.initiation_interval}
     return zlib.crc32(json.dumps(key, sort_keys=True).encode()) & 0xFFFFFFFF
 
 

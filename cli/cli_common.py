@@ -1,0 +1,65 @@
+"""What the two command modules (`qfab.cli`, `qfab.board_cli`) share: the quantization options,
+loading a model from them, and printing a build's summary. The work itself is in `qfab.flow`."""
+
+import pathlib
+import sys
+
+from qfab import flow
+
+__all__ = ["add_quant_options", "graph_from_args", "print_manifest", "bundled"]
+
+
+def bundled(name):
+    """The path of a file bundled with the compiler (``digits_mlp.onnx`` ...)."""
+    from importlib.resources import files
+    return pathlib.Path(str(files("qfab.compiler") / "data" / name))
+
+
+def add_quant_options(p):
+    p.add_argument("--calib", metavar="X.npy", help="calibration inputs (float, the model's layout)")
+    p.add_argument("--wbits", type=int, help="weight bits, 1 to 8 (default 8)")
+    p.add_argument("--abits", type=int, help="activation bits, 1 to 8 (default 8)")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML quantization config (bits per layer ...)")
+    p.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="activation range method")
+    p.add_argument("--mixed-budget", metavar="BUDGET",
+                   help="choose weight bits per layer under a weight-memory budget: '40%%' of 8-bit, '3kB', '2000B'")
+    p.add_argument("--multipoint", type=float, metavar="BUDGET",
+                   help="multipoint weights: extra points as a fraction of each layer's channels (e.g. 0.1)")
+
+
+def quant_args(args):
+    """``(calib, config, mixed_budget)`` for `flow.quantize` from the options of `add_quant_options`."""
+    calib = flow.load_array(args.calib, "calibration data") if getattr(args, "calib", None) else None
+    config = flow.quant_config(w_bits=args.wbits, a_bits=args.abits, calib_method=args.calib_method,
+                               multipoint=getattr(args, "multipoint", None), config_file=args.config)
+    return calib, config, getattr(args, "mixed_budget", None)
+
+
+def print_notes(result):
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def graph_from_args(args):
+    """The IR graph of ``args.model`` quantized with the options of `add_quant_options`."""
+    calib, config, mixed = quant_args(args)
+    result = flow.quantize(args.model, calib, config, mixed_budget=mixed)
+    print_notes(result)
+    return result.graph
+
+
+def print_manifest(manifest):
+    """A build's stages, folding, cycles and estimates, as ``qfab compile`` prints them."""
+    est = manifest.estimates
+    print(f"\n{'stage':<22}{'kind':<9}{'PE':>4}{'SIMD':>6}  {'style':<13}{'cycles':>9}{'LUTs':>8}{'FFs':>7}{'BRAM bits':>11}")
+    for s in manifest.stages:
+        e = est.per_layer.get(s.name)
+        luts, ffs, bram = (e.luts, e.ffs, e.bram_bits) if e is not None else ("", "", "")
+        print(f"{s.name:<22}{s.kind:<9}{s.pe or '':>4}{s.simd or '':>6}  {s.style or '':<13}"
+              f"{s.cycles or '':>9}{luts:>8}{ffs:>7}{bram:>11}")
+    t = est.total
+    ii = manifest.initiation_interval
+    print(f"{'total (with streams)':<54}{ii:>9}{t.luts:>8}{t.ffs:>7}{t.bram_bits:>11}")
+    print(f"initiation interval {ii} cycles per inference (the slowest stage); "
+          f"estimated latency {manifest.latency_estimate} cycles; DSPs {t.dsps}"
+          + (f"; {t.logic_cells} iCE40 logic cells" if t.logic_cells is not None else ""))

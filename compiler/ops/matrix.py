@@ -1,0 +1,135 @@
+"""What Dense and Conv2d share: weights, multipoint accumulation, requantization, the MVAU engine."""
+
+import numpy as np
+
+from qfab.base.errors import QfabError
+
+from .. import estimate, intops
+from ..ir import WeightType
+from .base import Op
+from .common import (BIAS_BITS, MULTIPLIER_BITS, check_int_array, check_requant, fail, requant_of,
+                     requant_ratio, x_max)
+
+__all__ = ["MatrixOp", "BIAS_LIMIT"]
+
+BIAS_LIMIT = (1 << 31) - 1
+
+
+class MatrixOp(Op):
+    """A node ``y = requant(b + sum_p m_p * W_p (x - zx))`` computed by an MVAU."""
+    weighted = True
+    weight_ndim = None          # 3 (Dense) or 5 (Conv2d)
+
+    # ---- IR -----------------------------------------------------------------------------------
+    def verify(self, graph, node, inp, out):
+        w, wt = node.weights, node.w_type
+        if not isinstance(w, np.ndarray) or w.ndim != self.weight_ndim:
+            fail(node, f"weights must be a {self.weight_ndim}-D array")
+        if w.shape[0] < 1:
+            fail(node, "weights need at least one point")
+        if not isinstance(wt.bits, (int, np.integer)) or not 1 <= wt.bits <= 8:
+            fail(node, f"weight bits must be 1 to 8, not {wt.bits}")
+        if wt.bipolar and wt.bits != 1:
+            fail(node, f"bipolar weights have 1 bit, not {wt.bits}")
+        check_int_array(node, "weights", w, None, wt.qmin, wt.qmax)
+        if wt.bipolar and np.any(w == 0):
+            fail(node, "bipolar weights must be -1 or +1, found 0")
+        p, c = w.shape[0], w.shape[1]
+        mlim = 1 << (MULTIPLIER_BITS - 1)
+        check_int_array(node, "point multipliers", node.multipliers, (p, c), -mlim, mlim - 1)
+        check_int_array(node, "bias", node.bias, (c,), -(1 << (BIAS_BITS - 1)), (1 << (BIAS_BITS - 1)) - 1)
+        scales = np.asarray(wt.scales, dtype=np.float64)
+        if scales.shape != (c,) or not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+            fail(node, f"weight scales must be {c} positive finite floats")
+        bound = intops.acc_bound(node.fan_in, wt.max_abs, x_max(inp),
+                                 int(np.abs(node.bias).max(initial=0)), p,
+                                 int(np.abs(node.multipliers).max(initial=0)))
+        check_requant(graph, node, node.requant, c, bound, out)
+
+    @staticmethod
+    def accumulate(node, dots):
+        """``bias + sum_p m[p] * dots[p]`` with ``dots`` of shape ``(P, ..., C)``."""
+        acc = np.broadcast_to(node.bias, dots.shape[1:]).astype(np.int64)
+        for p in range(node.points):
+            acc = acc + node.multipliers[p] * dots[p]
+        return acc
+
+    # ---- quantization -------------------------------------------------------------------------
+    def node_fields(self, fnode):
+        """The node type's own fields beyond the weighted ones (stride, padding, groups)."""
+        return {}
+
+    def from_float(self, fnode, tensors, fixed, m_bits):
+        if fixed is None:
+            raise QfabError(f"node {fnode.name!r} ({fnode.kind}) has no quantized weights")
+        tin, tout = tensors[fnode.inputs[0]], tensors[fnode.output]
+        s_in, s_out = tin.qtype.scale, tout.qtype.scale
+        ratios = [requant_ratio(s_in, s_w, divide_by=s_out) for s_w in fixed.scales]
+        if fixed.multipliers is None:
+            w = fixed.w_int.astype(np.int64)[None]
+            multipliers = np.ones((1, w.shape[1]), np.int64)
+        else:
+            w = fixed.w_int.astype(np.int64)
+            multipliers = np.asarray(fixed.multipliers, np.int64)
+        bipolar = fixed.bits == 1 and bool(np.all(np.abs(w[multipliers != 0]) == 1))
+        wt = WeightType(bits=fixed.bits, signed=fixed.signed or bipolar,
+                        scales=np.asarray(fixed.scales, np.float64), bipolar=bipolar)
+        return self.node_type(name=fnode.name, input=fnode.inputs[0], output=fnode.output, weights=w,
+                              multipliers=multipliers, bias=self._bias(fnode, fixed, s_in), w_type=wt,
+                              requant=requant_of(fnode, ratios, tout.qtype, m_bits), **self.node_fields(fnode))
+
+    @staticmethod
+    def _bias(fnode, fixed, s_in):
+        if fixed.b_int is not None:
+            return fixed.b_int.astype(np.int64)
+        b = np.rint(fnode.bias / (s_in * fixed.scales))
+        if np.any(np.abs(b) > BIAS_LIMIT):
+            raise QfabError(f"node {fnode.name!r}: bias does not fit 32 bits at scale s_in * s_w; "
+                            "the input or weight scale is too small for this bias")
+        return b.astype(np.int64)
+
+    # ---- info ---------------------------------------------------------------------------------
+    def params(self, graph, node):
+        c = node.out_channels
+        bits = int(node.weights.size * node.w_type.bits + c * 32 + c * (graph.m_bits + 6))
+        if node.points > 1:
+            bits += int(node.multipliers.size * 16)
+        text = node.w_type.describe() + (f" x{node.points}pt" if node.points > 1 else "")
+        return int(node.weights.size + node.bias.size), bits, text
+
+    # ---- hardware -----------------------------------------------------------------------------
+    def engine_estimate(self, graph, node, work, fold, m):
+        shifts = [int(v) for v in node.requant.shift]
+        return estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts), m)
+
+    def estimate(self, graph, node, work, fold, m):
+        return self.engine_estimate(graph, node, work, fold, m)
+
+    def mvau(self, lw, node, fold, work, name_suffix=""):
+        """Add the node's MVAU stage to the plan; its input port is ``<stage>.i``."""
+        graph = lw.graph
+        tin, tout = graph.tensors[node.input], graph.tensors[node.output]
+        wt = node.w_type
+        in_logic = lw.weights_in_logic(work, fold)
+        params = dict(
+            pe=fold.pe, simd=fold.simd, weights=node.weight_rows().tolist(), w_bits=wt.bits,
+            w_encoding="bipolar" if wt.bipolar else "signed",
+            a_bits=tin.qtype.bits, a_encoding="signed" if tin.qtype.signed else "unsigned",
+            bias=node.bias.tolist(), m0=node.requant.m0.tolist(), shift=node.requant.shift.tolist(),
+            out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
+            out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
+            point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits,
+            weight_memory={None: "auto", True: "logic", False: "block"}[in_logic], style=fold.style)
+        return lw.stage(node, name_suffix, kind="mvau", engine="MVAU", params=params, in_per_beat=fold.simd,
+                        out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold,
+                        buffered=node.fan_in + 2 * fold.pe)
+
+    # ---- export -------------------------------------------------------------------------------
+    def qdq_float(self, writer, node, x, w, b):
+        """The ONNX float operator of the node, given its dequantized weights and bias."""
+        raise NotImplementedError
+
+    def qdq(self, writer, node, x):
+        w, b = writer.weights(node)
+        y = self.qdq_float(writer, node, x, w, b)
+        return writer.clamp(node.output, node.requant.lo, node.requant.hi, y)
