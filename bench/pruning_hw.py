@@ -17,7 +17,6 @@ Yosys about two minutes; the whole default run about twenty.
 
 import argparse
 import dataclasses
-import functools
 import json
 import pathlib
 import subprocess
@@ -31,6 +30,8 @@ from amaranth.back import rtlil
 
 from qfab.boards.bitstream import parse_yosys_stats
 from qfab.compiler import lowering, reference
+from qfab.compiler.folding import stages_of
+from qfab.compiler.ops import op_for
 from qfab.compiler.folding import Fold
 from qfab.compiler.ir import Dense
 from qfab.compiler.load import load_graph
@@ -111,12 +112,14 @@ def fold_for(n, k, steps):
 
 def mvaus(graph, steps, kind):
     """One MVAU per Dense layer, built by the compiler's lowering with ``kind`` weights."""
-    hw = lowering._hw()
-    hw["MVAU"] = functools.partial(hw["MVAU"], weight_memory=kind)
+    works = {s.name: s for s in stages_of(graph)}
     for node in graph.nodes:
         if isinstance(node, Dense):
             fold = fold_for(node.out_channels, node.fan_in, steps)
-            yield node, fold, lowering._mvau(graph, node, fold, node.weight_rows().tolist(), hw)
+            lw = lowering.Lowering(graph, lowering.WeightPolicy("engine"))
+            stage = op_for(node).mvau(lw, node, fold, works[node.name])
+            stage = dataclasses.replace(stage, params={**stage.params, "weight_memory": kind.value})
+            yield node, fold, lowering.stage_component(stage)
 
 
 def zeros(graph):

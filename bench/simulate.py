@@ -42,8 +42,8 @@ def pysim_speed(graph, ii, codes):
     plan = plan_graph(graph, folds, {s.name: s for s in stages})
     top = build_top(plan)
     i, o = plan.input, plan.output
-    flat = codes.reshape(-1, i["per_beat"])
-    n_out = len(codes) * o["elements"] // o["per_beat"]
+    flat = codes.reshape(-1, i.per_beat)
+    n_out = len(codes) * o.elements // o.per_beat
     got, cycles = [], [0]
 
     async def bench(ctx):
@@ -60,7 +60,7 @@ def pysim_speed(graph, ii, codes):
             if k < len(flat) and i_ready:
                 k += 1
             if o_valid:
-                got.append([int(o_payload[j]) for j in range(o["per_beat"])])
+                got.append([int(o_payload[j]) for j in range(o.per_beat)])
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -68,7 +68,7 @@ def pysim_speed(graph, ii, codes):
     t = time.perf_counter()
     sim.run()
     dt = time.perf_counter() - t
-    outputs = np.array(got).reshape(len(codes), *o["shape"])
+    outputs = np.array(got).reshape(len(codes), *o.shape)
     return cycles[0] / dt, len(codes) / dt, outputs
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from qfab.base import ints, limits
+from qfab.base import extras, ints, limits
+from qfab.base.errors import QfabError
 
 SETTINGS = settings(max_examples=300, deadline=None)
 
@@ -154,6 +155,14 @@ def test_logic_weight_limit_is_one_number():
     assert estimate.model()["logic_weight_limit_bits"] == limits.LOGIC_WEIGHT_LIMIT_BITS
 
 
+def test_require_imports_or_names_the_extra():
+    import json
+    assert extras.require("json", "plot", "a plot") is json
+    with pytest.raises(QfabError, match=r"^a plot needs qfab_no_such_module, which is not installed .*"
+                                        r"pip install \"qfab\[plot\]\""):
+        extras.require("qfab_no_such_module.pyplot", "plot", "a plot")
+
+
 def test_base_imports_without_third_party_packages():
     """qfab.base loads with numpy, amaranth and the rest of qfab blocked."""
     code = (
@@ -163,7 +172,7 @@ def test_base_imports_without_third_party_packages():
         "        if name.split('.')[0] in ('numpy', 'amaranth', 'onnx', 'torch'):\n"
         "            raise ImportError(f'blocked: {name}')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import qfab.base.errors, qfab.base.ints, qfab.base.limits\n"
+        "import qfab.base.errors, qfab.base.extras, qfab.base.ints, qfab.base.limits\n"
         "assert qfab.base.ints.code_range(4, True) == (-8, 7)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
