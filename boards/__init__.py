@@ -1,1 +1,3 @@
-"""Board targets, top-level wrappers, toolchain runs and the host driver."""
+"""Boards: the registry (`registry`), the toolchain runner (`toolchain`, with `synth`, `bitstream`
+and `report` above it), the gateware (`gateware`), the host runtime (`host`) and the link's
+simulation (`link_sim`)."""

@@ -21,8 +21,6 @@ import shutil
 import time
 import zlib
 
-from qfab.base.errors import QfabError
-
 from .gateware.top import BoardTop
 from .registry import get_board
 from .report import CELLS, NextpnrReport, Report, fit_error, overused, parse_report, readable_cell, timing_warning

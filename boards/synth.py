@@ -49,7 +49,7 @@ def _text_of(design, top):
 
 def _children(text, top):
     """Names of the modules directly below ``top`` in Amaranth's hierarchical naming."""
-    names = re.findall(r"^\s*module\s+\\?(\S+?)\s*[(;]?\s*$", text, re.M)
+    names = re.findall(r"^\s*module\s+\\?([^\s(;]+)", text, re.M)
     prefix = top + "."
     return [n for n in names if n.startswith(prefix) and "." not in n[len(prefix):]]
 

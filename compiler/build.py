@@ -14,7 +14,6 @@ from . import intops
 from .ir import Graph, QType, Tensor
 from .ops import op_for
 from .ops.common import clamp_bounds, requant_ratio
-from .ops.matrix import BIAS_LIMIT
 from .verify import verify
 
 __all__ = ["build_graph", "requant_ratio", "type_preserving", "clamp_bounds"]

@@ -19,10 +19,7 @@ import numpy as np
 
 from . import intops
 
-__all__ = [
-    "QType", "WeightType", "Tensor", "Requant", "Dense", "Conv2d", "MaxPool", "AvgPool",
-    "GlobalAvgPool", "Add", "Reshape", "Node", "Graph", "Layout",
-]
+__all__ = ["QType", "WeightType", "Tensor", "Requant", "Graph", "Layout"]   # node types: see __getattr__
 
 
 @dataclass(frozen=True)

@@ -206,8 +206,7 @@ def stage_component(stage):
 def build_top(plan: Plan, counters=False):
     """The `qfab.hw.dataflow.Dataflow` of ``plan`` (with per-stage activity counters if asked):
     every stage's engine, and every fork, converter and FIFO under the plan's name."""
-    from qfab.hw.dataflow import Dataflow
-    from qfab.hw.dataflow import Edge as HwEdge
+    from qfab.hw.dataflow import Dataflow, Edge as HwEdge
     edges = [HwEdge(e.src, e.dst, e.depth, name=e.name, fork=e.fork, converter=e.converter, fifo=e.fifo)
              for e in plan.edges]
     return Dataflow({s.name: stage_component(s) for s in plan.stages}, edges, counters=counters)

@@ -11,8 +11,7 @@ from qfab.base.errors import VerifyError
 
 from .ir import Graph
 from .ops import OPS
-from .ops.common import BIAS_BITS, MULTIPLIER_BITS, conv_output_hw
-from .ops.common import fail as _fail
+from .ops.common import BIAS_BITS, MULTIPLIER_BITS, conv_output_hw, fail as _fail
 
 MAX_DIM = 1 << 20
 MAX_ELEMENTS = 1 << 31

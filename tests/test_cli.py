@@ -1,5 +1,7 @@
 """The qfab command, run in-process: the quick-start path and its error messages."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,30 @@ def test_compile_for_a_board_with_a_plot(data, tmp_path, capsys):
     assert "board icebreaker: the accelerator may use 4130 logic cells, 4580 LUTs" in text
     assert "total (with streams)" in text and "iCE40 logic cells" in text
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20000
+
+
+@pytest.mark.verilator
+def test_compile_then_simulate_saves_the_results_in_the_build(tmp_path, capsys):
+    x_train, _, x_test, _ = digits("flat")
+    np.save(tmp_path / "calib.npy", x_train)
+    np.save(tmp_path / "x.npy", x_test[:30])
+    build = tmp_path / "b"
+    assert main(["compile", _bundled("digits_mlp.onnx"), "--calib", str(tmp_path / "calib.npy"), "--wbits", "4",
+                 "--abits", "4", "--calib-method", "mse", "--target-ii", "64", "-o", str(build)]) == 0
+    assert main(["simulate", str(build), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
+                 "--int"]) == 0
+    text = capsys.readouterr().out
+    assert "bit-exact: all 300 output elements equal the reference" in text and "simulation.json" in text
+    report = json.loads((build / "reports" / "simulation.json").read_text())
+    assert report["verdict"] == "bit-exact" and report["inferences"] == 30 and report["bound"] == 64
+    graph = load(build / "model.qfab")
+    want = reference.run(graph, reference.quantize_inputs(graph, x_test[:30]))[graph.outputs[0]]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), want)
+    # a build folder edited after qfab compile is refused, in one line
+    (build / "qfab_top_sim.v").write_text("module qfab_top(); endmodule\n")
+    assert main(["simulate", str(build), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "qfab_top_sim.v differs" in err and err.startswith("error: ") and "Traceback" not in err
+    assert main(["simulate", str(tmp_path / "nothing"), "--input", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "y.npy")]) == 1
+    assert "not a qfab build folder" in capsys.readouterr().err

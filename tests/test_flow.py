@@ -181,3 +181,6 @@ def test_flow_from_a_script(tmp_path):
     assert set(report["utilization"]) == {st.name for st in c.manifest.stages}
     flow.save_outputs(q.graph, s.outputs, tmp_path / "y.npy", integer=True)
     assert np.array_equal(np.load(tmp_path / "y.npy"), want)
+    # the same build on the board's gateware (UART, link, accelerator), through the host driver
+    r = flow.run(c.build, "icebreaker", x_test[:4], sim=True, check=True, log=lambda m: None)
+    assert r.simulated and r.comparison.bit_exact and np.array_equal(r.outputs, want[:4])

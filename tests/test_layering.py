@@ -142,3 +142,16 @@ def test_docstring_names_only_files_that_exist():
     assert paths, "the docstring names no file"
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"the docstring names files that are not in the repository: {missing}"
+
+
+def test_the_board_host_runtime_needs_no_amaranth():
+    """qfab.boards.host (protocol codec, driver) imports no Amaranth and no gateware, not even
+    through another module: a host that only talks to a board needs neither."""
+    import subprocess
+    bad = [(_rel(p), m) for p, m, _ in _imports("boards/host")
+           if m.split(".")[0] in ("amaranth", "amaranth_boards", "cocotb")
+           or (_folder_of(m) is not None and not _within(m, "qfab.boards.host") and not _within(m, "qfab.base"))]
+    assert not bad, f"boards/host/ imports {bad}"
+    code = "import sys, qfab.boards.host; print(sorted(m for m in sys.modules if m.startswith('amaranth')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

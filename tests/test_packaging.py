@@ -20,7 +20,15 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-pytestmark = pytest.mark.slow
+PACKAGE_DIR = PYPROJECT["tool"]["setuptools"]["package-dir"]
+
+
+def test_every_package_folder_is_listed():
+    """A subpackage folder missing from package-dir or packages would be left out of a real install."""
+    folders = {str(init.parent.relative_to(ROOT)) for top in {f.split("/")[0] for f in PACKAGE_DIR.values()}
+               for init in (ROOT / top).rglob("__init__.py")}
+    assert folders == set(PACKAGE_DIR.values())
+    assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == set(PACKAGE_DIR)
 
 
 def _run(cmd, *, cwd=ROOT, env=None, timeout=600):
@@ -38,7 +46,7 @@ def venv(tmp_path_factory):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    folders = {folder.split("/")[0] for folder in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+    folders = {folder.split("/")[0] for folder in PACKAGE_DIR.values()}
     for folder in sorted(folders):
         shutil.copytree(ROOT / folder, source / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
@@ -52,9 +60,18 @@ def venv(tmp_path_factory):
     return bin_dir / "python", bin_dir / "qfab", env, tmp
 
 
+@pytest.mark.slow
 def test_checkout_root_imports_the_installed_package(venv):
     python, _, env, tmp = venv
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).strip()
+    missing = [f"{package}.{path.stem}" for package, folder in PACKAGE_DIR.items()
+               for path in (ROOT / folder).glob("*.py")
+               if not (pathlib.Path(site, *package.split("."), path.name)).is_file()]
+    assert not missing, f"modules not installed: {missing}"
+    data = [(package, path.relative_to(ROOT / PACKAGE_DIR[package]))
+            for package, patterns in PYPROJECT["tool"]["setuptools"]["package-data"].items()
+            for pattern in patterns for path in (ROOT / PACKAGE_DIR[package]).glob(pattern)]
+    assert data and all(pathlib.Path(site, *package.split("."), rel).is_file() for package, rel in data), data
     code = ("import qfab, qfab.base.ints, qfab.cli, qfab.compiler.intops, qfab.hw.mac, qfab.sim, qfab.boards\n"
             "for m in (qfab, qfab.base.ints, qfab.cli, qfab.compiler.intops, qfab.hw.mac):\n"
             "    print(m.__file__)\n")
@@ -62,6 +79,7 @@ def test_checkout_root_imports_the_installed_package(venv):
     assert files and all(pathlib.Path(f).is_relative_to(site) for f in files), files
 
 
+@pytest.mark.slow
 def test_cli_runs_from_the_checkout_root(venv):
     python, qfab, env, _ = venv
     assert "usage" in _run([python, "-m", "qfab.cli", "demo", "--help"], env=env)
@@ -69,6 +87,7 @@ def test_cli_runs_from_the_checkout_root(venv):
     assert "usage" in _run([qfab, "demo", "--help"], env=env)
 
 
+@pytest.mark.slow
 def test_info_on_the_bundled_model_from_the_checkout_root(venv):
     """The installed package data (the digits, the bundled model) and a quick real command."""
     python, qfab, env, tmp = venv

@@ -11,13 +11,14 @@ from .base import Op
 from .conv2d import Conv2d, Conv2dOp
 from .dense import Dense, DenseOp
 from .pools import AvgPool, AvgPoolOp, GlobalAvgPool, GlobalAvgPoolOp, MaxPool, MaxPoolOp
+from .requantize import Requantize, RequantizeOp
 from .reshape import Reshape, ReshapeOp
 
 __all__ = ["Op", "OPS", "NODE_TYPES", "op_for", "Dense", "Conv2d", "MaxPool", "AvgPool", "GlobalAvgPool",
-           "Add", "Reshape"]
+           "Add", "Reshape", "Requantize"]
 
 OPS = {op.kind: op for op in (DenseOp(), Conv2dOp(), MaxPoolOp(), AvgPoolOp(), GlobalAvgPoolOp(), AddOp(),
-                              ReshapeOp())}
+                              ReshapeOp(), RequantizeOp())}
 NODE_TYPES = {kind: op.node_type for kind, op in OPS.items()}
 
 

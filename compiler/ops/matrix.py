@@ -7,8 +7,7 @@ from qfab.base.errors import QfabError
 from .. import estimate, intops
 from ..ir import WeightType
 from .base import Op
-from .common import (BIAS_BITS, MULTIPLIER_BITS, check_int_array, check_requant, fail, requant_of,
-                     requant_ratio, x_max)
+from .common import BIAS_BITS, MULTIPLIER_BITS, check_int_array, check_requant, fail, requant_of, requant_ratio, x_max
 
 __all__ = ["MatrixOp", "BIAS_LIMIT"]
 

@@ -33,9 +33,10 @@ def _check(report, lut_cell, family):
     assert 0 < used <= available
     assert report.fmax_mhz is not None and report.fmax_mhz > 0
     assert report.bitstream.is_file() and report.bitstream.stat().st_size > 10000
-    assert report.yosys["luts"] > 0 and report.yosys["ffs"] > 0
+    assert report.yosys.luts > 0 and report.yosys.ffs > 0
 
 
+@pytest.mark.slow
 def test_icebreaker_bitstream(tmp_path):
     _mlp(tmp_path, 4, 1024)
     lines = []
@@ -78,6 +79,7 @@ def test_boards_command(capsys):
         assert name in out
 
 
+@pytest.mark.slow
 def test_build_command_runs_the_whole_flow(tmp_path, capsys, monkeypatch):
     """``qfab build``: quantize, fold for the board, lower, bitstream, summary."""
     import json

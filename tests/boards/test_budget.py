@@ -26,7 +26,7 @@ def test_budget_leaves_room_for_the_board_top():
         budget_for("nexys")
 
 
-@pytest.mark.parametrize("board", ["icebreaker", "ulx3s_85f"])
+@pytest.mark.parametrize("board", ["icebreaker", pytest.param("ulx3s_85f", marks=pytest.mark.slow)])
 def test_board_designs_fit_their_budget_in_their_family(tmp_path, board):
     budget = budget_for(board)
     est = compile_graph(_mlp(4), tmp_path, budget=budget, log=lambda *a: None).manifest.estimates

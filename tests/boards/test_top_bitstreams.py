@@ -16,9 +16,9 @@ PLL_CELL = {"ice40": "ICESTORM_PLL", "ecp5": "EHXPLLL"}
 
 
 @pytest.mark.parametrize("board, freq", [
-    ("icebreaker", None), ("icebreaker", 30),
-    ("upduino_v3", None), ("upduino_v3", 30),
-    ("ulx3s_85f", 50),
+    ("icebreaker", None), pytest.param("icebreaker", 30, marks=pytest.mark.slow),
+    pytest.param("upduino_v3", None, marks=pytest.mark.slow), ("upduino_v3", 30),
+    pytest.param("ulx3s_85f", 50, marks=pytest.mark.slow),
     ("orangecrab", None),
 ])
 def test_board_top_bitstream(tmp_path, board, freq):

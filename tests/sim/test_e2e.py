@@ -62,7 +62,7 @@ def test_bit_exact_and_at_the_analytical_rate(builds, kind, bits, style):
 
 @pytest.mark.parametrize("kind,bits,style", CASES)
 def test_bit_exact_under_random_stalls(builds, kind, bits, style):
-    graph, build, _, codes = builds(kind, bits, style)
+    graph, build, codes = builds(kind, bits, style)
     res = simulate(build, codes, stall=0.3, seed=bits, log=lambda *a: None)
     want = reference.run(graph, codes)[graph.outputs[0]]
     assert np.array_equal(res.outputs.reshape(want.shape), want)

@@ -60,6 +60,7 @@ def test_second_run_uses_the_cache(fifo_verilog):
     assert not again.built
 
 
+@pytest.mark.slow
 def test_watchdog_stops_a_stalled_design():
     v = verilog.convert(_Sink(), name="qfab_top")
     words = pack_beats(np.ones((10, 3), int), 5)
@@ -67,6 +68,7 @@ def test_watchdog_stops_a_stalled_design():
         run_stream(v, 15, 15, words, 10, watchdog=200)
 
 
+@pytest.mark.slow
 def test_trace_writes_a_waveform(fifo_verilog, tmp_path):
     words = pack_beats(np.arange(30).reshape(10, 3) % 16, 5)
     trace = tmp_path / "run.vcd"
@@ -76,6 +78,7 @@ def test_trace_writes_a_waveform(fifo_verilog, tmp_path):
     assert "$enddefinitions" in text and "i__payload" in text
 
 
+@pytest.mark.slow
 def test_trace_writes_an_fst_waveform(fifo_verilog, tmp_path):
     from pylibfst import ffi, lib
     words = pack_beats(np.arange(30).reshape(10, 3) % 16, 5)
