@@ -90,6 +90,7 @@ def test_pickled_input_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.verilator
+@pytest.mark.slow
 def test_demo_quantizes_compiles_and_simulates(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out

@@ -160,6 +160,7 @@ def test_a_folder_that_is_not_a_build_is_not_replaced(tmp_path):
 
 
 @pytest.mark.verilator
+@pytest.mark.slow
 def test_flow_from_a_script(tmp_path):
     """Quantize the digits MLP, compile, simulate: every output element equals the reference,
     and the simulation's results are in the build folder."""

@@ -1,6 +1,6 @@
 """Real bitstreams of the digits MLP with the open toolchain, their reports parsed.
 
-The iCEBreaker build (about a minute) runs everywhere, CI included; the ULX3S one is marked slow.
+The builds (about a minute each) are marked slow: CI runs them, the fast loop (-m "not slow") does not.
 """
 
 import pytest

@@ -53,6 +53,7 @@ def test_stream_through_fifo_bit_exact(fifo_verilog, stall):
         assert res.cycles > 1.3 * len(values)          # the stalls really happened
 
 
+@pytest.mark.slow
 def test_second_run_uses_the_cache(fifo_verilog):
     words = pack_beats(np.zeros((10, 3), int), 5)
     run_stream(fifo_verilog, 15, 15, words, 10)

@@ -28,8 +28,9 @@ def _dense_then_requantize(rng):
 
 
 @pytest.mark.parametrize("case, folding", [
-    ("map", {"rq": Fold(1, 1)}), ("map", {"rq": Fold(1, 4)}),
-    ("vector", {"fc": Fold(2, 3), "rq": Fold(1, 1)}), ("vector", {"fc": Fold(8, 12), "rq": Fold(1, 8)}),
+    ("map", {"rq": Fold(1, 1)}), pytest.param("map", {"rq": Fold(1, 4)}, marks=pytest.mark.slow),
+    pytest.param("vector", {"fc": Fold(2, 3), "rq": Fold(1, 1)}, marks=pytest.mark.slow),
+    pytest.param("vector", {"fc": Fold(8, 12), "rq": Fold(1, 8)}, marks=pytest.mark.slow),
 ])
 def test_requantize_simulates_bit_exact(tmp_path, case, folding):
     rng = np.random.default_rng(7)
