@@ -15,13 +15,13 @@ import sys
 import tempfile
 import time
 
+from qfab.base.errors import QfabError
 from qfab.boards.bitstream import build_bitstream
 from qfab.boards.registry import BOARDS, budget_for, get_board
 from qfab.compiler.compile import compile_graph
-from qfab.base.errors import QfabError
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 MODELS = {"mlp": ("digits_mlp.onnx", "flat"), "cnn": ("digits_cnn.onnx", "NCHW")}
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "boards.json"

@@ -30,9 +30,9 @@ import time
 import numpy as np
 from scipy.optimize import nnls
 
+from qfab.base.errors import QfabError
 from qfab.boards import synth, toolchain
 from qfab.compiler import estimate
-from qfab.base.errors import QfabError
 from qfab.compiler.folding import choose_folding, stages_of
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -98,9 +98,9 @@ def _residual_onnx(path):
 def graph_of(model, bits):
     from importlib.resources import files
 
+    from qfab.compiler.datasets import digits
     from qfab.compiler.load import load_graph
     from qfab.compiler.ptq import QuantConfig
-    from qfab.compiler.datasets import digits
     file, layout = MODELS[model]
     x = digits(layout)[0][:400]
     config = QuantConfig(w_bits=bits, a_bits=bits, calib_method="minmax")

@@ -13,13 +13,11 @@
 import argparse
 import pathlib
 
-import numpy as np
-
 from qfab.compiler import reference
+from qfab.compiler.datasets import digits
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.mixed import mixed_quantize, weight_memory_cost
 from qfab.compiler.ptq import QuantConfig, quantize
-from qfab.compiler.datasets import digits
 
 MODELS = (("digits_mlp", "flat"), ("digits_cnn", "NCHW"))
 

@@ -26,13 +26,12 @@ import numpy as np
 
 from qfab.boards import synth
 from qfab.compiler import lowering, reference
-from qfab.compiler.folding import stages_of
-from qfab.compiler.ops import op_for
-from qfab.compiler.folding import Fold
+from qfab.compiler.datasets import digits
+from qfab.compiler.folding import Fold, stages_of
 from qfab.compiler.ir import Dense
 from qfab.compiler.load import load_graph
+from qfab.compiler.ops import op_for
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 from qfab.hw.weights import MemoryKind
 
 RESULTS = pathlib.Path(__file__).parent / "results"

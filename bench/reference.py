@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from qfab.compiler import reference
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

@@ -18,14 +18,13 @@ from amaranth.sim import Simulator
 
 from qfab.compiler import reference
 from qfab.compiler.compile import compile_graph
-from qfab.compiler.folding import choose_folding, stages_of
+from qfab.compiler.datasets import digits
 from qfab.compiler.estimate import cost_luts
+from qfab.compiler.folding import choose_folding, stages_of
 from qfab.compiler.load import load_graph
 from qfab.compiler.lowering import build_top, plan_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 from qfab.sim.accelerator import load_build, simulate
-from qfab.sim.packing import pack_beats, unpack_beats
 
 DESIGNS = (("digits_mlp", "flat", 64), ("digits_cnn", "NCHW", 1152))
 

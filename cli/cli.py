@@ -44,6 +44,7 @@ def cmd_doctor(args):
 def cmd_demo(args):
     """Quantize the bundled digits MLP, compile it, simulate the whole test set in Verilator."""
     import pathlib
+
     from qfab.compiler import reference
     from qfab.compiler.datasets import digits
     from qfab.compiler.fgraph import forward

@@ -27,7 +27,7 @@ def _run_version(cmd):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = [l for l in (out.stdout + out.stderr).strip().splitlines() if not l.startswith("Preparing to run")]
+    lines = [line for line in (out.stdout + out.stderr).strip().splitlines() if not line.startswith("Preparing to run")]
     return lines[0] if lines else exe
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from qfab.base.errors import QfabError
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "StreamFormat", "StageInfo", "FifoInfo", "ResourceCount", "Estimates",
+__all__ = ["FORMAT", "VERSION", "MANIFEST", "StreamFormat", "StageInfo", "FifoInfo", "ForkInfo", "ConverterInfo", "ResourceCount", "Estimates",
            "FieldSlice", "BuildFiles", "Manifest", "Build"]
 
 FORMAT = "qfab-build"
@@ -77,6 +77,27 @@ class FifoInfo:
     depth: int
     tensor: str
     elements_per_beat: int
+
+
+@dataclass(frozen=True)
+class ForkInfo:
+    """A fork copying the stream of ``source`` to ``count`` edges, ``per_beat`` elements of type
+    ``element`` (``"u4"``, ``"i8"``) per beat."""
+    name: str
+    source: str
+    count: int
+    per_beat: int
+    element: str
+
+
+@dataclass(frozen=True)
+class ConverterInfo:
+    """A width converter on edge ``edge`` from ``n_in`` to ``n_out`` elements per beat."""
+    name: str
+    edge: str
+    n_in: int
+    n_out: int
+    element: str
 
 
 @dataclass(frozen=True)
@@ -142,7 +163,9 @@ class Manifest:
         Cycles per inference (the slowest stage).
     latency_estimate : int
         Estimated cycles from the first input beat to the last output beat.
-    stages, fifos : tuple of `StageInfo`, `FifoInfo`
+    stages, fifos, forks, converters : tuple of `StageInfo`, `FifoInfo`, `ForkInfo`, `ConverterInfo`
+        The lowering's plan (`qfab.compiler.plan.Plan`): its stages and the plumbing on its edges,
+        under the names they have in the hardware.
     estimates : `Estimates`
     observe_layout, counters_layout : mapping
         Where each FIFO's fill level sits in the ``observe`` port, and each stage port's
@@ -159,6 +182,8 @@ class Manifest:
     latency_estimate: int = 0
     stages: tuple[StageInfo, ...] = ()
     fifos: tuple[FifoInfo, ...] = ()
+    forks: tuple[ForkInfo, ...] = ()
+    converters: tuple[ConverterInfo, ...] = ()
     estimates: Estimates = Estimates()
     observe_layout: PortLayout = field(default_factory=dict)
     counters_layout: PortLayout = field(default_factory=dict)
@@ -192,6 +217,8 @@ class Manifest:
             input=_stream(doc["input"]), output=_stream(doc["output"]),
             initiation_interval=int(doc["initiation_interval"]), latency_estimate=int(doc["latency_estimate"]),
             stages=tuple(StageInfo(**s) for s in doc["stages"]), fifos=tuple(FifoInfo(**f) for f in doc["fifos"]),
+            forks=tuple(ForkInfo(**f) for f in doc.get("forks", ())),
+            converters=tuple(ConverterInfo(**c) for c in doc.get("converters", ())),
             estimates=Estimates(per_layer={k: resources(v) for k, v in est["per_layer"].items()},
                                 streams={k: resources(v) for k, v in est["streams"].items()},
                                 total=resources(est["total"]), family=est["family"], model=est["model"]),

@@ -6,15 +6,26 @@ The compiler takes a resource budget (numbers), never a board: the CLI turns ``-
 
 import io
 import json
-import math
 import pathlib
 import time
 from dataclasses import dataclass
 
-from . import estimate
-from .buildfolder import (Build, BuildFiles, Estimates, FieldSlice, FifoInfo, Manifest, ResourceCount,
-                          StageInfo, StreamFormat)
 from qfab.base.errors import QfabError
+
+from . import estimate
+from .buildfolder import (
+    Build,
+    BuildFiles,
+    ConverterInfo,
+    Estimates,
+    FieldSlice,
+    FifoInfo,
+    ForkInfo,
+    Manifest,
+    ResourceCount,
+    StageInfo,
+    StreamFormat,
+)
 from .folding import Fold, choose_folding, stages_of
 from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save
@@ -141,6 +152,10 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                      for s in plan.stages),
         fifos=tuple(FifoInfo(name=e.name, src=e.src, dst=e.dst, depth=e.depth, tensor=e.tensor,
                              elements_per_beat=e.per_beat_dst) for e in plan.fifos),
+        forks=tuple(ForkInfo(name=f.name, source=f.source, count=f.count, per_beat=f.per_beat,
+                             element=f.element.describe()) for f in plan.forks),
+        converters=tuple(ConverterInfo(name=e.converter, edge=e.name, n_in=e.per_beat_src, n_out=e.per_beat_dst,
+                                       element=e.element.describe()) for e in plan.converters),
         estimates=Estimates(per_layer={k: ResourceCount(**v.rounded()) for k, v in per.items()},
                             streams={k: ResourceCount(**v.rounded()) for k, v in streams.items()},
                             total=ResourceCount(**total), family=family,

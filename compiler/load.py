@@ -5,8 +5,9 @@ import pathlib
 
 import numpy as np
 
-from .build import build_graph, weights_from_fixed
 from qfab.base.errors import QfabError
+
+from .build import build_graph, weights_from_fixed
 from .frontends.onnx_import import import_onnx
 from .modelfile import load as load_qfab
 from .ptq import QuantConfig, quantize

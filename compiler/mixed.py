@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from qfab.base.errors import QfabError
+
 from .fgraph import forward
-from .ptq import LayerConfig, QuantConfig, quantize
 from .ops import op_for
+from .ptq import LayerConfig, QuantConfig, quantize
 from .reference import run
 
 __all__ = ["Sensitivity", "sensitivities", "weight_memory_cost", "assign", "parse_budget", "mixed_quantize"]
@@ -78,7 +79,7 @@ def assign(sens, budget, method="exact"):
         choice = {layer: len(opts) - 1 for layer, opts in options.items()}
 
         def total():
-            return sum(options[l][i].cost for l, i in choice.items())
+            return sum(options[layer][i].cost for layer, i in choice.items())
         while total() > budget:
             def price(layer):
                 i = choice[layer]

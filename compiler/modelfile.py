@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 
 from qfab.base.errors import ModelFormatError
+
 from .ir import NODE_KINDS, Graph, Layout, QType, Requant, Tensor, WeightType
 from .verify import verify
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from qfab.base.errors import QfabError
+
 from .build import activation_type, build_graph, type_preserving
 from .calibrate import METHODS, activation_range, quantize_weight_rows
-from qfab.base.errors import QfabError
 from .fgraph import FixedWeights, forward
 from .multipoint import im2col, multipoint_rows
 from .ops import op_for

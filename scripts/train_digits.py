@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qfab.compiler.frontends.onnx_write import float_model, save
 from qfab.compiler.datasets import digits
+from qfab.compiler.frontends.onnx_write import float_model, save
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "compiler" / "data"
 

@@ -7,8 +7,8 @@ import pytest
 
 from qfab.cli import main
 from qfab.compiler import reference
-from qfab.compiler.modelfile import load
 from qfab.compiler.datasets import digits
+from qfab.compiler.modelfile import load
 
 
 def _bundled(name):

@@ -9,8 +9,17 @@ import pytest
 from qfab import flow
 from qfab.base.errors import QfabError
 from qfab.compiler import buildfolder
-from qfab.compiler.buildfolder import (Build, BuildFiles, Estimates, FieldSlice, FifoInfo, Manifest, ResourceCount,
-                                       StageInfo, StreamFormat)
+from qfab.compiler.buildfolder import (
+    Build,
+    BuildFiles,
+    Estimates,
+    FieldSlice,
+    FifoInfo,
+    Manifest,
+    ResourceCount,
+    StageInfo,
+    StreamFormat,
+)
 from qfab.compiler.datasets import digits
 
 

@@ -11,9 +11,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from qfab.base.errors import QfabError
+from qfab.boards.host import protocol
 from qfab.compiler.buildfolder import Build
 
-from qfab.boards.host import protocol
 from .link import Link, Status
 
 __all__ = ["InferenceCore", "core_verilog", "divisor_for"]

@@ -13,9 +13,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from qfab.hw.uart import UARTReceiver, UARTTransmitter
-
 from qfab.boards.host import protocol
+from qfab.hw.uart import UARTReceiver, UARTTransmitter
 
 __all__ = ["Link", "Status", "BUSY"]
 

@@ -30,9 +30,9 @@ from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.resources import UARTResource
 
 from qfab.base.errors import QfabError
+from qfab.boards.registry import Board, get_board
 
 from .pll import pll_for, pll_instance
-from qfab.boards.registry import Board, get_board
 
 __all__ = ["BoardTop", "LED_ROLES", "clock_mhz", "clock_plan"]
 

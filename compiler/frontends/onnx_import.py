@@ -9,6 +9,7 @@ operators (`onnx_qops`) add fixed quantization to the same nodes and tensors.
 import numpy as np
 
 from qfab.base.errors import UnsupportedModelError
+
 from ..fgraph import Act, FGraph, FNode
 from ..ir import Layout
 from ..ops import op_for

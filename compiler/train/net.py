@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qfab.base.errors import QfabError
+
 from ..build import activation_type, build_graph, type_preserving
 from ..calibrate import activation_range, quantize_weight_rows
-from qfab.base.errors import QfabError
 from ..fgraph import FixedWeights, forward
 from ..ir import Layout, QType
 from ..ops import op_for

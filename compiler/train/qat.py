@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qfab.base.errors import QfabError
+
 from .. import reference
 from ..entropy import compression_report
-from qfab.base.errors import QfabError
 from ..fgraph import FGraph, forward
 from .net import QatNet
 from .quantizers import MIN_STEP, LearnableCoefficient, msqe, partial_l2, prune_threshold

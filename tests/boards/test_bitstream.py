@@ -5,13 +5,13 @@ The builds (about a minute each) are marked slow: CI runs them, the fast loop (-
 
 import pytest
 
+from qfab.base.errors import QfabError
 from qfab.boards.bitstream import build_bitstream
 from qfab.cli import main
 from qfab.compiler.compile import compile_graph
-from qfab.base.errors import QfabError
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 pytestmark = [pytest.mark.board]
 

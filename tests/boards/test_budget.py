@@ -2,12 +2,12 @@
 
 import pytest
 
+from qfab.base.errors import QfabError
 from qfab.boards.registry import TOP_RESERVE, budget_for, get_board
 from qfab.compiler.compile import compile_graph
-from qfab.base.errors import QfabError
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 
 def _mlp(bits):

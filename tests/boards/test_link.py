@@ -12,10 +12,10 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from qfab.boards.host import protocol
+from qfab.base.errors import QfabError
 from qfab.boards.gateware.core import InferenceCore, core_verilog
 from qfab.boards.gateware.link import BUSY, Link
-from qfab.base.errors import QfabError
+from qfab.boards.host import protocol
 from qfab.compiler.buildfolder import Build, Manifest, StreamFormat
 from qfab.sim.packing import pack_beats, unpack_beats
 

@@ -2,15 +2,14 @@
 the inference core (UART, framed link, the build's accelerator Verilog) running in Verilator; every
 output element must equal the reference, also when frames are damaged on the wire."""
 
-import numpy as np
 import pytest
 
 from qfab.boards.link_sim import simulate_link
 from qfab.compiler import reference
 from qfab.compiler.compile import compile_graph
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 pytestmark = [pytest.mark.verilator]
 

@@ -4,8 +4,8 @@
 import pytest
 from amaranth.hdl import Signal
 
-from qfab.boards.gateware.pll import ECP5_LIMITS, ICE40_LIMITS, ecp5_pll, ice40_pll, pll_for, pll_instance
 from qfab.base.errors import QfabError
+from qfab.boards.gateware.pll import ECP5_LIMITS, ICE40_LIMITS, ecp5_pll, ice40_pll, pll_for, pll_instance
 
 
 @pytest.mark.parametrize("fin, fout, params, achieved", [

@@ -10,8 +10,8 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from qfab.boards import synth
 from qfab.base.errors import QfabError
+from qfab.boards import synth
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from qfab.boards.registry import BOARDS, get_board
-from qfab.boards.gateware.top import BoardTop, clock_mhz
 from qfab.base.errors import QfabError
+from qfab.boards.gateware.top import BoardTop, clock_mhz
+from qfab.boards.registry import BOARDS, get_board
 
 from .echo import EchoCore
 
@@ -21,7 +21,8 @@ class VerilogEcho(EchoCore):
 def _plan(board_name, freq_mhz=None, core=None):
     board = get_board(board_name)
     plan = board.new_platform().build(BoardTop(core or EchoCore(), board, freq_mhz), name="top", do_build=False)
-    text = lambda name: plan.files[name] if isinstance(plan.files[name], str) else plan.files[name].decode()
+    def text(name):
+        return plan.files[name] if isinstance(plan.files[name], str) else plan.files[name].decode()
     pins = text("top.pcf") if board.family == "ice40" else text("top.lpf")
     return plan, text("top.il"), pins
 

@@ -11,8 +11,21 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qfab.compiler import intops
-from qfab.compiler.ir import (Add, AvgPool, Conv2d, Dense, GlobalAvgPool, Graph, MaxPool, QType, Requantize,
-                              Requant, Reshape, Tensor, WeightType)
+from qfab.compiler.ir import (
+    Add,
+    AvgPool,
+    Conv2d,
+    Dense,
+    GlobalAvgPool,
+    Graph,
+    MaxPool,
+    QType,
+    Requant,
+    Requantize,
+    Reshape,
+    Tensor,
+    WeightType,
+)
 from qfab.compiler.verify import BIAS_BITS, MULTIPLIER_BITS, conv_output_hw, verify
 
 __all__ = [

@@ -5,7 +5,7 @@ model, with a calibration reader over real data, in QDQ or QOperator format.
 """
 
 import numpy as np
-from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from qfab.compiler.frontends.onnx_write import float_model, save

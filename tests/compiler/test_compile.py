@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from qfab.base.errors import QfabError
 from qfab.compiler.buildfolder import Build
 from qfab.compiler.compile import Budget, compile_graph, load_folding
-from qfab.base.errors import QfabError
+from qfab.compiler.datasets import digits
 from qfab.compiler.folding import Fold
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):
@@ -79,10 +79,10 @@ def test_build_folder_contents(cnn, tmp_path):
 def test_weights_become_constants_where_their_rom_stays_in_logic(ii, logic):
     """Fully folded, the MLP's weights are deep ROMs: block RAM. At 64 cycles they are shallow and
     wide, a ROM Yosys keeps in logic anyway: built in as constants, so the MAC arrays know them."""
-    from qfab.compiler import estimate
-    from qfab.compiler.folding import choose_folding, stages_of
     from amaranth.hdl import Fragment
 
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding, stages_of
     from qfab.compiler.lowering import build_top, plan_graph, stage_component
     from qfab.hw.weights import MemoryKind
     graph = load_graph(_bundled("digits_mlp.onnx"), digits("flat")[0], QuantConfig(w_bits=4, a_bits=4))
@@ -124,14 +124,16 @@ def test_weight_policy_does_not_read_the_fitted_model(monkeypatch):
 def test_plan_names_the_plumbing_the_hardware_builds(tmp_path, ii):
     """The plan is complete: every fork, width converter and FIFO the Dataflow builds is a part
     the plan names, of the plan's kind, and nothing else is inserted."""
+    from amaranth.hdl import Fragment
+
     from qfab.compiler import estimate
     from qfab.compiler.folding import choose_folding, stages_of
     from qfab.compiler.frontends.onnx_write import float_model, save
     from qfab.compiler.lowering import build_top, plan_graph
     from qfab.hw.plumbing import Fork, StreamFIFO, WidthConverter
-    from amaranth.hdl import Fragment
     rng = np.random.default_rng(1)
-    w = lambda *shape: (rng.standard_normal(shape) * 0.3).astype(np.float32)
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
     layers = [("conv", w(4, 1, 3, 3), w(4), 1, 1, 1), ("relu",),
               ("residual", [("conv", w(4, 4, 3, 3), w(4), 1, 1, 1), ("relu",)]),
               ("flatten",), ("gemm", w(10, 256), w(10))]
@@ -149,3 +151,23 @@ def test_plan_names_the_plumbing_the_hardware_builds(tmp_path, ii):
         | {e.fifo: StreamFIFO for e in plan.fifos}
     assert {name: type(sub) for name, sub in parts.items()} == kinds
     assert set(named) - set(parts) == {s.name for s in plan.stages}
+
+
+def test_manifest_records_the_plan(tmp_path):
+    """The manifest lists the plan's stages and every fork, converter and FIFO under its name."""
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding, stages_of
+    from qfab.compiler.lowering import plan_graph
+    graph = load_graph(_bundled("digits_cnn.onnx"), digits("NCHW")[0][:200], QuantConfig(w_bits=4, a_bits=4))
+    build = compile_graph(graph, tmp_path / "b", target_ii=1152, log=lambda *a: None)
+    stages = stages_of(graph)
+    folds = choose_folding(stages, target_ii=1152, cost=estimate.cost_luts)
+    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    m = Build.load(tmp_path / "b").manifest
+    assert [s.name for s in m.stages] == [s.name for s in plan.stages]
+    assert [f.name for f in m.fifos] == [e.name for e in plan.fifos]
+    assert [(c.name, c.n_in, c.n_out) for c in m.converters] == \
+        [(e.converter, e.per_beat_src, e.per_beat_dst) for e in plan.converters]
+    assert [(f.name, f.count) for f in m.forks] == [(f.name, f.count) for f in plan.forks]
+    assert m.converters, "the CNN at II 1152 has width converters"
+    assert build.manifest == m

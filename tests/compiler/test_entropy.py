@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
+from qfab.compiler.datasets import digits
 from qfab.compiler.entropy import HuffmanCode, compression_report, huffman_lengths
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.ptq import QuantConfig, quantize
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

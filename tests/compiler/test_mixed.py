@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from qfab.cli import main
 from qfab.base.errors import QfabError
+from qfab.cli import main
+from qfab.compiler.datasets import digits
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.mixed import Sensitivity, assign, mixed_quantize, parse_budget, weight_memory_cost
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

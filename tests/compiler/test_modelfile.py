@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from qfab.compiler import modelfile, reference
 from qfab.base.errors import ModelFormatError, VerifyError
+from qfab.compiler import modelfile, reference
 from qfab.compiler.ir import Layout, Requant, WeightType
 
 from .graphs import chain_st, dense_graph, every_kind_graphs, graph_st, random_codes
-
 
 # ---- round trip ------------------------------------------------------------------------------
 

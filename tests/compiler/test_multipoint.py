@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from qfab.compiler import reference
 from qfab.base.errors import QfabError
+from qfab.compiler import reference
+from qfab.compiler.datasets import digits
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.multipoint import greedy_point, multipoint_rows
 from qfab.compiler.ptq import QuantConfig, quantize
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

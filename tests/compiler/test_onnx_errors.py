@@ -116,6 +116,7 @@ def test_batchnorm_folds_exactly(tmp_path):
     fg = import_onnx(path)
     assert [n.kind for n in fg.nodes] == ["Conv2d"] and fg.nodes[0].act.kind == "relu"
     import onnxruntime as ort
+
     from qfab.compiler.fgraph import forward
     x = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]

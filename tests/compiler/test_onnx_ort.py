@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from qfab.compiler import reference
-from qfab.compiler.load import load_graph
 from qfab.compiler.datasets import digits
+from qfab.compiler.load import load_graph
 
 from .ort_models import ort_quantize, residual_cnn
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from qfab.compiler import reference
 from qfab.base.errors import QfabError
+from qfab.compiler import reference
+from qfab.compiler.datasets import digits
 from qfab.compiler.fgraph import forward
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import LayerConfig, QuantConfig, load_config, quantize
-from qfab.compiler.datasets import digits
 
 
 def _bundled(name):

@@ -6,13 +6,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from qfab.compiler import reference
 from qfab.base.errors import QfabError
+from qfab.compiler import reference
+from qfab.compiler.datasets import digits
 from qfab.compiler.frontends.onnx_import import import_onnx
 from qfab.compiler.frontends.onnx_qdq_write import qdq_model, save_qdq
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig, quantize
-from qfab.compiler.datasets import digits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -6,11 +6,19 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the [train] extra: pip install -e '.[train]'")
 
-from qfab.compiler import reference  # noqa: E402
 from qfab.base.errors import QfabError  # noqa: E402
+from qfab.compiler import reference  # noqa: E402
 from qfab.compiler.ptq import QuantConfig, quantize  # noqa: E402
-from qfab.compiler.train import (LearnableCoefficient, LsqQuantizer, QatNet, TrainConfig,  # noqa: E402
-                                 digits_model, msqe, partial_l2, train_qat)
+from qfab.compiler.train import (  # noqa: E402
+    LearnableCoefficient,
+    LsqQuantizer,
+    QatNet,
+    TrainConfig,
+    digits_model,
+    msqe,
+    partial_l2,
+    train_qat,
+)
 
 from .test_qdq_export import assert_qdq_roundtrip  # noqa: E402
 

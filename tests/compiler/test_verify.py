@@ -9,8 +9,16 @@ from qfab.base.errors import VerifyError
 from qfab.compiler.ir import Dense, Graph, QType, Reshape, Tensor, WeightType
 from qfab.compiler.verify import verify
 
-from .graphs import (add_graph, avgpool_graph, conv_graph, dense_graph, every_kind_graphs, gap_graph,
-                     maxpool_graph, reshape_graph)
+from .graphs import (
+    add_graph,
+    avgpool_graph,
+    conv_graph,
+    dense_graph,
+    every_kind_graphs,
+    gap_graph,
+    maxpool_graph,
+    reshape_graph,
+)
 
 
 def _node(graph, **changes):

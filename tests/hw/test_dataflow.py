@@ -15,8 +15,7 @@ from qfab.hw.dataflow import Dataflow, Edge
 from qfab.hw.pool import AvgPool, MaxPool
 from qfab.hw.window import SlidingWindow
 
-from .dataflow_models import (add_model, avgpool_model, beats, codes, maxpool_model, simulate,
-                              unbeat, windows_model)
+from .dataflow_models import add_model, avgpool_model, beats, codes, maxpool_model, simulate, unbeat, windows_model
 from .streams import get_all, put_all
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from qfab.compiler import reference
 from qfab.compiler.compile import compile_graph
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
 from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from qfab.compiler import reference
+from qfab.compiler.buildfolder import Build
 from qfab.compiler.compile import compile_graph
 from qfab.compiler.folding import stages_of
 from qfab.compiler.frontends.onnx_write import float_model, save
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import LayerConfig, QuantConfig
-from qfab.compiler.buildfolder import Build
 from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
@@ -25,7 +25,8 @@ SEEDS = range(int(os.environ.get("QFAB_FUZZ_SEEDS", "4")))
 
 def random_model(rng):
     """A random float network as layer specs, with its input shape."""
-    w = lambda *shape: (rng.standard_normal(shape) * (1.5 / np.sqrt(np.prod(shape[1:])))).astype(np.float32)
+    def w(*shape):
+        return (rng.standard_normal(shape) * (1.5 / np.sqrt(np.prod(shape[1:])))).astype(np.float32)
     kind = rng.choice(["mlp", "cnn", "residual"])
     if kind == "mlp":
         sizes = [int(rng.choice([4, 6, 8, 12, 16]))]

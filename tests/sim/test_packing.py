@@ -3,8 +3,7 @@
 import numpy as np
 from amaranth import signed, unsigned
 from amaranth.lib import data
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from qfab.sim.packing import from_hex_lines, pack_beats, to_hex_lines, unpack_beats
 

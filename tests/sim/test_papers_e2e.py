@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from qfab.compiler import reference
+from qfab.compiler.buildfolder import Build
 from qfab.compiler.compile import compile_graph
+from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 from qfab.compiler.ptq import QuantConfig
-from qfab.compiler.datasets import digits
-from qfab.compiler.buildfolder import Build
 from qfab.sim.accelerator import simulate
 
 pytestmark = [pytest.mark.verilator, pytest.mark.slow]
