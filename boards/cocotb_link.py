@@ -16,6 +16,7 @@ from cocotb.utils import get_sim_time
 from qfab.compiler.buildfolder import Build
 
 from .host import Device, LinkError, Transport
+from .link_sim import FaultyTransport
 
 
 class UartModel:
@@ -68,7 +69,7 @@ class SimTransport(Transport):
         self.frames += 1
         if kind == "flip":
             data = bytearray(data)
-            data[4 + (len(data) - 5) // 2 if len(data) > 5 else -1] ^= 0xFF   # a payload byte, or the check
+            data[5 + (len(data) - 9) // 2 if len(data) > 9 else -1] ^= 0xFF   # a payload byte, or a CRC byte
             await self.uart.send(bytes(data))
         elif kind == "cut":
             await self.uart.send(data, cut_after=len(data) // 2)
@@ -89,16 +90,30 @@ class SimTransport(Transport):
 
 
 def _host(transport, job):
-    """What ``qfab run`` does with a board, against the simulated one."""
+    """What ``qfab run`` does with a board, against the simulated one; with ``keep_going``, a
+    caller that catches an input's error and goes on with the same `Device`."""
     build = Build.load(job["build"])
+    if job.get("result_faults"):
+        transport = FaultyTransport(transport, job["result_faults"], delay=1.5 * job["timeout_s"])
     device = Device(transport, timeout=job["timeout_s"], retries=job["retries"])
+    failed = {}
     try:
         info = device.check(build.manifest, build.verilog)
-        out = device.run(np.load(job["inputs"]))
+        inputs = np.load(job["inputs"])
+        if job.get("keep_going"):
+            out = np.zeros((len(inputs), info.out_elements), np.int64)
+            for k, codes in enumerate(inputs):
+                try:
+                    out[k] = device.infer(codes)
+                except LinkError as e:
+                    failed[k] = f"input {k}: {e}"
+        else:
+            out = device.run(inputs)
     except LinkError as e:
         return {"error": str(e), "stats": dataclasses.asdict(device.stats)}
     np.save(job["outputs"], out)
-    return {"info": dataclasses.asdict(info), "stats": dataclasses.asdict(device.stats)}
+    return {"info": dataclasses.asdict(info), "stats": dataclasses.asdict(device.stats), "failed": failed,
+            "applied": getattr(transport, "applied", [])}
 
 
 @cocotb.test()

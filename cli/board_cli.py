@@ -10,7 +10,16 @@ import subprocess
 
 from qfab import flow
 from qfab.base.errors import QfabError
-from qfab.cli_common import add_quant_options, print_manifest, print_notes, quant_args
+from qfab.cli_common import (
+    add_quant_options,
+    build_files,
+    input_paths,
+    positive_float,
+    positive_int,
+    print_manifest,
+    print_notes,
+    quant_args,
+)
 
 __all__ = ["add_commands"]
 
@@ -74,10 +83,18 @@ def cmd_deploy(args):
 
 def cmd_run(args):
     """Inference on a board (or on its simulated gateware with --sim) through the host link."""
+    from qfab.boards.registry import get_board
+    from qfab.compiler.buildfolder import Build
+    folder = args.build or flow.last_build(get_board(args.board).name).get("build")
+    build = Build.load(folder) if folder else None
+    inputs = (args.input, *(build_files(build) if build else ()))
+    flow.output_file(args.output, inputs=inputs)
     x = flow.load_array(args.input, "input")
-    result = flow.run(args.build, args.board, x, port=args.port, baud=args.baud, timeout=args.timeout, sim=args.sim,
+    if x.size == 0:
+        raise QfabError(f"input {args.input}: empty array; nothing to run")
+    result = flow.run(build, args.board, x, port=args.port, baud=args.baud, timeout=args.timeout, sim=args.sim,
                       sim_divisor=args.sim_divisor, check=args.check, progress=_progress)
-    flow.save_outputs(result.graph, result.outputs, args.output, integer=args.int)
+    flow.save_outputs(result.graph, result.outputs, args.output, integer=args.int, inputs=inputs)
     print(f"{len(result.outputs)} inferences in {result.seconds:.1f} s; {result.stats['retries']} frames resent; "
           f"wrote {args.output}")
     if result.comparison is not None:
@@ -104,6 +121,7 @@ def cmd_build(args):
             print_manifest(result.manifest)
         else:
             print(result.report.format_table(result.build.manifest.estimates.total.as_dict()))
+    flow.output_folder(args.output, "build folder", inputs=input_paths(args))
     calib, config, mixed = quant_args(args)
     done = flow.build(args.model, args.board, args.output, calib=calib, config=config, mixed_budget=mixed,
                       style=args.style, freq_mhz=args.freq, baud=args.baud, on_step=summary)
@@ -123,8 +141,9 @@ def add_commands(sub):
     s = sub.add_parser("bitstream", help="synthesize, place and route a build for a board; report resources")
     s.add_argument("build", help="build folder from qfab compile")
     s.add_argument("--board", required=True, metavar="NAME")
-    s.add_argument("--freq", type=float, metavar="MHZ", help="clock to request from the PLL (default: the board's)")
-    s.add_argument("--baud", type=int, metavar="N", help="host link baud rate (default 1000000)")
+    s.add_argument("--freq", type=positive_float, metavar="MHZ",
+                   help="clock to request from the PLL (default: the board's)")
+    s.add_argument("--baud", type=positive_int, metavar="N", help="host link baud rate (default 1000000)")
     s.set_defaults(func=cmd_bitstream)
 
     d = sub.add_parser("deploy", help="program a board with a build's bitstream")
@@ -137,15 +156,15 @@ def add_commands(sub):
     r.add_argument("build", nargs="?", help="build folder (default: the last one built for the board)")
     r.add_argument("--board", required=True, metavar="NAME")
     r.add_argument("--port", metavar="DEV", help="serial port, e.g. /dev/ttyUSB1")
-    r.add_argument("--baud", type=int, help="default: the bitstream's")
-    r.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer")
+    r.add_argument("--baud", type=positive_int, help="default: the bitstream's")
+    r.add_argument("--timeout", type=positive_float, default=2.0, help="seconds to wait for each answer")
     r.add_argument("--input", required=True, metavar="X.npy", help="float inputs or integer codes")
     r.add_argument("-o", "--output", required=True, metavar="Y.npy")
     r.add_argument("--int", action="store_true", help="write integer output codes")
     r.add_argument("--check", action="store_true", help="compare every output with the reference")
     r.add_argument("--sim", action="store_true",
                    help="no board: run the board's gateware (UART, link, accelerator) in Verilator")
-    r.add_argument("--sim-divisor", type=int, default=8, help=argparse_suppress())
+    r.add_argument("--sim-divisor", type=positive_int, default=8, help=argparse_suppress())
     r.set_defaults(func=cmd_run)
 
     a = sub.add_parser("build", help="the whole flow in one command: quantize, compile, bitstream")
@@ -153,8 +172,8 @@ def add_commands(sub):
     add_quant_options(a)
     a.add_argument("--board", required=True, metavar="NAME")
     a.add_argument("-o", "--output", required=True, metavar="BUILD")
-    a.add_argument("--freq", type=float, metavar="MHZ")
-    a.add_argument("--baud", type=int, metavar="N")
+    a.add_argument("--freq", type=positive_float, metavar="MHZ")
+    a.add_argument("--baud", type=positive_int, metavar="N")
     a.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel")
     a.set_defaults(func=cmd_build)
 

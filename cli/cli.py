@@ -7,33 +7,55 @@ import time
 
 from qfab import flow
 from qfab.base.errors import QfabError
-from qfab.cli_common import add_quant_options, bundled, graph_from_args, print_manifest
+from qfab.cli_common import (
+    add_quant_options,
+    build_files,
+    bundled,
+    check_plot,
+    check_trace,
+    distinct,
+    fraction,
+    graph_from_args,
+    input_paths,
+    non_negative_int,
+    positive_int,
+    print_manifest,
+)
+
+
+def save_model(graph, path):
+    """Write ``graph`` as a .qfab file at exactly ``path`` (replaced whole)."""
+    from qfab.compiler.modelfile import save
+    return flow.write_output(path, lambda f: save(graph, f))
 
 
 def cmd_quantize(args):
     from qfab.compiler.info import format_table
-    from qfab.compiler.modelfile import save
+    out = flow.output_file(args.output, inputs=input_paths(args))
     graph = graph_from_args(args)
-    save(graph, args.output)
+    save_model(graph, out)
     print(format_table(graph))
-    print(f"wrote {args.output}")
+    print(f"wrote {out}")
 
 
 def cmd_reference(args):
     from qfab.compiler import reference
+    inputs = input_paths(args)
+    flow.output_file(args.output, inputs=inputs)
     graph = graph_from_args(args)
     codes = flow.input_codes(graph, flow.load_array(args.input, "input"))
     t = time.perf_counter()
     y = reference.run(graph, codes)[graph.outputs[0]]
     dt = time.perf_counter() - t
-    out = flow.save_outputs(graph, y, args.output, integer=args.int)
+    out = flow.save_outputs(graph, y, args.output, integer=args.int, inputs=inputs)
     print(f"{len(codes)} inputs in {dt * 1e3:.1f} ms; wrote {args.output} {out.shape} "
           f"({'integer codes' if args.int else 'dequantized floats'})")
 
 
 def cmd_info(args):
-    from qfab.compiler.info import format_table
-    print(format_table(graph_from_args(args)))
+    from qfab.compiler.info import float_info, format_table
+    structure = None if getattr(args, "calib", None) else float_info(args.model)   # a float model: its structure
+    print(structure or format_table(graph_from_args(args)))
 
 
 def cmd_doctor(args):
@@ -43,18 +65,19 @@ def cmd_doctor(args):
 
 def cmd_demo(args):
     """Quantize the bundled digits MLP, compile it, simulate the whole test set in Verilator."""
-    import pathlib
-
     from qfab.compiler import reference
     from qfab.compiler.datasets import digits
     from qfab.compiler.fgraph import forward
     from qfab.compiler.frontends.onnx_import import import_onnx
     from qfab.compiler.info import format_table
-    from qfab.compiler.modelfile import save
     from qfab.compiler.ptq import QuantConfig, quantize
     model = bundled("digits_mlp.onnx")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = flow.output_folder(args.out, "--out")
+    if out.is_dir():
+        for name in [f"digits_mlp_w{bits}a{bits}.qfab" for bits in (8, 4, 3, 2)]:
+            flow.output_file(out / name)
+        flow.output_folder(out / "build")
+    out.mkdir(exist_ok=True)
     x_train, y_train, x_test, y_test = digits("flat")
     fg = import_onnx(model)
     float_acc = float((forward(fg, x_test)[fg.outputs[0]].argmax(-1) == y_test).mean())
@@ -64,7 +87,7 @@ def cmd_demo(args):
     for bits in (8, 4, 3, 2):
         graph = quantize(fg, x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
         results[bits] = (float((reference.run_float(graph, x_test).argmax(-1) == y_test).mean()), graph)
-        save(graph, out / f"digits_mlp_w{bits}a{bits}.qfab")
+        save_model(graph, out / f"digits_mlp_w{bits}a{bits}.qfab")
     print("      bits  accuracy  vs float")
     for bits, (acc, _) in results.items():
         print(f"      w{bits}a{bits}  {100 * acc:7.2f}%  {100 * (acc - float_acc):+6.2f}")
@@ -95,7 +118,9 @@ def cmd_train(args):
         from qfab.compiler.train import train_qat
     except ImportError as e:
         raise QfabError(str(e)) from None
-    from qfab.compiler.modelfile import save
+    out = flow.output_file(args.output)
+    qdq = flow.output_file(args.qdq, "--qdq") if args.qdq else None
+    distinct(("-o", args.output), ("--qdq", args.qdq))
     print(f"training the digits {args.model} at w{args.wbits}a{args.abits}, target sparsity {args.sparsity:.0%}, "
           f"{args.epochs} epochs ...")
     graph, report = train_qat(args.model, w_bits=args.wbits, a_bits=args.abits, sparsity=args.sparsity,
@@ -106,15 +131,23 @@ def cmd_train(args):
     print(f"{'layer':<14}{'weights':>9}{'sparsity':>10}{'Huffman bits':>14}{'ratio vs fp32':>15}")
     for name, c in report["compression"].items():
         print(f"{name:<14}{c['weights']:>9}{100 * c['sparsity']:>9.1f}%{c['huffman_bits']:>14}{c['ratio']:>14.2f}x")
-    save(graph, args.output)
-    print(f"wrote {args.output}")
-    if args.qdq:
-        from qfab.compiler.frontends.onnx_qdq_write import save_qdq
-        save_qdq(graph, args.qdq)
-        print(f"wrote {args.qdq} (QDQ ONNX)")
+    save_model(graph, out)
+    print(f"wrote {out}")
+    if qdq:
+        from qfab.compiler.frontends.onnx_qdq_write import qdq_model
+        model = qdq_model(graph, "input", "output")
+        flow.write_output(qdq, lambda f: f.write(model.SerializeToString()))
+        print(f"wrote {qdq} (QDQ ONNX)")
 
 
 def cmd_compile(args):
+    from qfab.compiler.buildfolder import MANIFEST
+    inputs = input_paths(args)
+    out = flow.output_folder(args.output, "build folder", inputs=inputs)
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise QfabError(f"build folder {out}: not empty and not a qfab build folder; refusing to replace it "
+                        f"(choose a new or empty folder)")
+    check_plot(args.plot, inputs)
     graph = graph_from_args(args)
     compiled = flow.compile(graph, args.output, target_ii=args.target_ii, board=args.board, folding=args.folding,
                             style=args.style)
@@ -128,11 +161,18 @@ def cmd_compile(args):
 def cmd_simulate(args):
     from qfab.compiler.buildfolder import Build
     build = Build.load(args.build)
+    inputs = (args.input, *build_files(build))
+    flow.output_file(args.output, inputs=inputs)
+    check_plot(args.plot, inputs)
+    check_trace(args.trace, inputs)
+    distinct(("-o", args.output), ("--plot", args.plot), ("--trace", args.trace))
     x = flow.load_array(args.input, "input")
+    if x.size == 0:
+        raise QfabError(f"input {args.input}: empty array; nothing to simulate")
     print(f"simulating {len(x)} inputs in Verilator (stall probability {args.stall}) ...")
     sim = flow.simulate(build, x, stall=args.stall, seed=args.seed, trace=args.trace)
     res = sim.sim
-    flow.save_outputs(sim.graph, sim.outputs, args.output, integer=args.int)
+    flow.save_outputs(sim.graph, sim.outputs, args.output, integer=args.int, inputs=inputs)
     print(f"build {res.build_seconds:.1f} s{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s: "
           f"{res.cycles} cycles, {res.cycles / max(res.run_seconds, 1e-9) / 1e6:.2f} M cycles/s, "
           f"{len(sim.codes) / max(res.run_seconds, 1e-9):.0f} inferences/s")
@@ -193,7 +233,7 @@ def parser():
     add_quant_options(c)
     c.add_argument("-o", "--output", required=True, metavar="BUILD", help="build folder")
     g = c.add_mutually_exclusive_group()
-    g.add_argument("--target-ii", type=int, metavar="N", help="cycles per inference to reach (fold to balance)")
+    g.add_argument("--target-ii", type=positive_int, metavar="N", help="cycles per inference to reach (fold to balance)")
     g.add_argument("--board", metavar="NAME", help="fold for the fastest design that fits this board")
     c.add_argument("--folding", metavar="FILE", help="JSON: {layer: {pe, simd, style}} overrides")
     c.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel",
@@ -206,9 +246,9 @@ def parser():
     s.add_argument("--input", required=True, metavar="X.npy", help="float inputs or integer codes")
     s.add_argument("-o", "--output", required=True, metavar="Y.npy")
     s.add_argument("--int", action="store_true", help="write integer output codes")
-    s.add_argument("--stall", type=float, default=0.0, metavar="P",
+    s.add_argument("--stall", type=fraction, default=0.0, metavar="P",
                    help="probability of a random input gap and output stall per cycle")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=non_negative_int, default=1)
     s.add_argument("--plot", metavar="FILE.png", help="plot the per-stage utilization")
     s.add_argument("--trace", metavar="FILE.fst", help="write a waveform (.fst or .vcd)")
     s.set_defaults(func=cmd_simulate)
@@ -217,9 +257,9 @@ def parser():
     t.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     t.add_argument("--wbits", type=int, default=4)
     t.add_argument("--abits", type=int, default=4)
-    t.add_argument("--sparsity", type=float, default=0.0, help="target weight sparsity (pruning), e.g. 0.75")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--sparsity", type=fraction, default=0.0, help="target weight sparsity (pruning), e.g. 0.75")
+    t.add_argument("--epochs", type=positive_int, default=30)
+    t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("-o", "--output", required=True, metavar="MODEL.qfab")
     t.add_argument("--qdq", metavar="MODEL.onnx", help="also export QDQ ONNX")
     t.set_defaults(func=cmd_train)
@@ -227,7 +267,7 @@ def parser():
     m = sub.add_parser("demo", help="the main job on the bundled digits model")
     m.add_argument("--out", default="out", help="folder for the results (default ./out)")
     m.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2], help="which model to build (default 4)")
-    m.add_argument("--target-ii", type=int, default=64, help="cycles per inference (default 64)")
+    m.add_argument("--target-ii", type=positive_int, default=64, help="cycles per inference (default 64)")
     m.set_defaults(func=cmd_demo)
 
     from qfab.board_cli import add_commands

@@ -1,12 +1,79 @@
 """What the two command modules (`qfab.cli`, `qfab.board_cli`) share: the quantization options,
 loading a model from them, and printing a build's summary. The work itself is in `qfab.flow`."""
 
+import argparse
 import pathlib
 import sys
 
 from qfab import flow
+from qfab.base.errors import QfabError
 
-__all__ = ["add_quant_options", "graph_from_args", "print_manifest", "bundled"]
+__all__ = ["add_quant_options", "graph_from_args", "print_manifest", "bundled", "positive_int", "positive_float",
+           "non_negative_int", "fraction", "input_paths", "build_files", "distinct", "check_plot", "check_trace"]
+
+
+def _number(kind, test, wanted):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{wanted}, not {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{wanted}, not {text!r}")
+        return value
+    parse.__name__ = wanted      # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "must be a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "must be an integer >= 0")
+positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "must be a positive number")
+fraction = _number(float, lambda v: 0.0 <= v < 1.0, "must be a number in [0, 1)")
+
+
+def input_paths(args):
+    """The files a command reads (model, data, configuration), which no output may replace."""
+    names = ("model", "input", "calib", "config", "folding")
+    return tuple(getattr(args, n) for n in names if isinstance(getattr(args, n, None), str))
+
+
+def build_files(build):
+    """The files of a loaded build folder (its manifest and every file it names), which no output
+    may replace: the build would no longer match its hashes."""
+    from qfab.compiler.buildfolder import MANIFEST
+    return tuple(str(build.folder / name) for name in (MANIFEST, *build.manifest.files.names()))
+
+
+def distinct(*outputs):
+    """Refuse two outputs (``(option, path)`` pairs; None: not given) naming the same file."""
+    import os
+    seen = {}
+    for option, path in outputs:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise QfabError(f"{option} {path}: the same file as {seen[key]}; give each output its own name")
+        seen[key] = f"{option} {path}"
+
+
+def check_plot(path, inputs=()):
+    """Check ``--plot`` before the work: a new file in an existing folder, with a suffix
+    matplotlib can write (it needs the [plot] extra)."""
+    if path is None:
+        return
+    p = flow.output_file(path, "plot", inputs=inputs)
+    from qfab.compiler.plots import plot_formats
+    formats = plot_formats()
+    if p.suffix.lstrip(".").lower() not in formats:
+        raise QfabError(f"plot {path}: matplotlib cannot write {p.suffix or 'a file without a suffix'}; "
+                        f"use one of " + ", ".join("." + f for f in sorted(formats)))
+
+
+def check_trace(path, inputs=()):
+    """Check ``--trace`` before the simulation: a new ``.fst`` or ``.vcd`` file in an existing folder."""
+    if path is not None:
+        flow.output_file(path, "trace", inputs=inputs, suffixes=(".fst", ".vcd"))
 
 
 def bundled(name):

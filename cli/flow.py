@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Log", "QuantizeResult", "CompileResult", "StageUtilization", "SimulationReport", "SimulateResult",
            "BitstreamResult", "RunResult", "BuildResult", "Comparison",
            "quant_config", "quantize", "compile", "simulate", "bitstream", "run", "build",
-           "load_array", "input_codes", "save_outputs", "compare", "last_build"]
+           "load_array", "input_codes", "save_outputs", "output_file", "output_folder", "write_output", "compare",
+           "last_build"]
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
@@ -50,42 +52,173 @@ PathLike = str | os.PathLike
 # -- inputs, outputs and the reference ------------------------------------------------------------
 
 def load_array(path: PathLike, what: str = "input") -> np.ndarray:
-    """A numeric numpy ``.npy`` array (never unpickled); ``what`` names it in errors."""
+    """A numeric numpy ``.npy`` array (never unpickled); ``what`` names it in errors.
+
+    The header is checked first (a numeric dtype, and data that the file really holds), so a
+    header declaring a huge array is refused before any memory is allocated for it."""
+    fmt = np.lib.format
     try:
-        a = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            try:
+                version = fmt.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"unsupported .npy format version {version}")
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+            except (ValueError, EOFError) as e:
+                raise QfabError(f"{what} {path}: not a numpy .npy array readable without pickle ({e})") from None
+            if dtype.hasobject:
+                raise QfabError(f"{what} {path}: holds Python objects (dtype {dtype}); qfab reads numeric "
+                                ".npy arrays without pickle only")
+            if dtype.kind not in "biuf" or dtype.itemsize > 8:
+                raise QfabError(f"{what} {path}: expected a numeric array (integers or floats), got {dtype}")
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            have = os.fstat(f.fileno()).st_size - f.tell()
+            if need > have:
+                raise QfabError(f"{what} {path}: the header declares shape {shape} ({need} bytes of {dtype}), "
+                                f"but the file holds {have} bytes of data (truncated or corrupt)")
+            f.seek(0)
+            a = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise QfabError(f"{what} {path}: no such file") from None
-    except (ValueError, OSError) as e:
+    except IsADirectoryError:
+        raise QfabError(f"{what} {path}: is a folder, not a .npy file") from None
+    except (ValueError, OSError, EOFError) as e:
         raise QfabError(f"{what} {path}: not a numpy .npy array readable without pickle ({e})") from None
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
-        raise QfabError(f"{what} {path}: expected a numeric array, got {getattr(a, 'dtype', type(a))}")
     return a
 
 
 def input_codes(graph: Graph, x: np.ndarray) -> np.ndarray:
     """The accelerator's input codes (channels-last) for a batch ``x`` in the model's layout:
-    floats are quantized as the model's input, integers are taken as codes and checked."""
+    floats are quantized as the model's input (docs/semantics.md, section 1: infinities saturate,
+    NaN is refused), integers are taken as codes and checked. Errors name the item and element."""
     from qfab.compiler import reference
+    from qfab.compiler.ir import Layout
     x = np.asarray(x)
-    if x.dtype.kind == "f":
-        return reference.quantize_inputs(graph, x)
-    if x.dtype.kind not in "biu":
+    if x.dtype.kind not in "biuf":
         raise QfabError(f"inputs must be floats or integer codes, not {x.dtype}")
-    from qfab.compiler.reference import _check_codes
-    return _check_codes(graph, graph.inputs[0], reference.to_ir_layout(graph, x))
+    t = graph.tensors[graph.inputs[0]]
+    item = tuple(t.shape)
+    if graph.input_layout is Layout.NCHW and len(item) == 3:
+        item = (item[2], item[0], item[1])
+    want = f"(N, {', '.join(map(str, item))})"
+    if x.shape == item:
+        raise QfabError(f"input has shape {x.shape}, one item without the batch axis: qfab expects a batch "
+                        f"of shape {want} (for a single item use shape {(1, *item)})")
+    if x.ndim == 0 or x.shape[1:] != item:
+        raise QfabError(f"input has shape {x.shape}; the model expects a batch of shape {want} "
+                        f"(a batch axis first, then {item} per item)")
+    if len(x) == 0:
+        raise QfabError(f"input holds no items (shape {x.shape}); give at least one of shape {item}")
+    if x.dtype.kind == "f":
+        bad = np.isnan(x)
+        if bad.any():
+            b, *rest = (int(i) for i in np.argwhere(bad)[0])
+            raise QfabError(f"input item {b}, element {tuple(rest)} is NaN, which has no code "
+                            f"({int(bad.sum())} NaN elements in all; infinities saturate, NaN does not)")
+        return reference.quantize_inputs(graph, x)
+    q = t.qtype
+    bad = (x < q.qmin) | (x > q.qmax)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise QfabError(f"input item {index[0]}, element {index[1:]} is {x[index]}, outside the codes "
+                        f"[{q.qmin}, {q.qmax}] of the model's input type {q.describe()} "
+                        f"({int(bad.sum())} elements out of range; give floats to have them quantized)")
+    return reference.to_ir_layout(graph, x.astype(np.int64))
 
 
-def save_outputs(graph: Graph, outputs: np.ndarray, path: PathLike, *, integer: bool = False) -> np.ndarray:
-    """Save output codes (channels-last, as the accelerator gives them) to ``path`` in the model's
-    layout: integer codes (int64) with ``integer``, else dequantized floats (float32). Returns
-    what was saved."""
+def save_outputs(graph: Graph, outputs: np.ndarray, path: PathLike, *, integer: bool = False,
+                 inputs: tuple[PathLike | None, ...] = ()) -> np.ndarray:
+    """Save output codes (channels-last, as the accelerator gives them) to exactly ``path`` (no
+    ``.npy`` added; checked with `output_file`, never one of ``inputs``) in the model's layout:
+    integer codes (int64) with ``integer``, else dequantized floats (float32). Returns what was
+    saved."""
     from qfab.compiler import reference
+    output_file(path, inputs=inputs)
     if integer:
         out = reference.output_codes(graph, outputs).astype(np.int64)
     else:
         out = reference.dequantize_outputs(graph, outputs).astype(np.float32)
-    np.save(path, out)
+    write_output(path, lambda f: np.save(f, out, allow_pickle=False))
     return out
+
+
+def output_file(path: PathLike, what: str = "output", *, inputs: tuple[PathLike | None, ...] = (),
+                suffixes: tuple[str, ...] | None = None) -> pathlib.Path:
+    """Check that a new file can be written at exactly ``path`` (``what`` names it in errors) and
+    return it: not a folder, its folder exists, not one of ``inputs`` (the same file under any
+    name), and ending in one of ``suffixes`` (lower case, with the dot) if given."""
+    if path is None or str(path) == "":
+        raise QfabError(f"{what}: give a file name")
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise QfabError(f"{what} {path}: is a folder; give a file name")
+    if not p.absolute().parent.is_dir():
+        raise QfabError(f"{what} {path}: the folder {p.absolute().parent} does not exist")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise QfabError(f"{what} {path}: must end in {' or '.join(suffixes)}")
+    for src in inputs:
+        if src is not None and _same_file(p, src):
+            raise QfabError(f"{what} {path}: is the input {src}; writing it would destroy the input, "
+                            f"choose another name")
+    return p
+
+
+def output_folder(path: PathLike, what: str = "output folder", *, inputs: tuple[PathLike | None, ...] = ()
+                  ) -> pathlib.Path:
+    """Check that ``path`` can become (or be replaced by) a folder of outputs and return it: not
+    a file, its parent folder exists, and none of ``inputs`` lies inside it."""
+    if path is None or str(path) == "":
+        raise QfabError(f"{what}: give a folder name")
+    p = pathlib.Path(path)
+    if p.exists() and not p.is_dir():
+        raise QfabError(f"{what} {path}: exists and is not a folder")
+    if not p.absolute().parent.is_dir():
+        raise QfabError(f"{what} {path}: the folder {p.absolute().parent} does not exist")
+    top = os.path.realpath(p)
+    for src in inputs:
+        if src is not None and os.path.commonpath([top, os.path.realpath(src)]) == top:
+            raise QfabError(f"{what} {path}: holds the input {src}, and the folder is replaced whole; "
+                            f"choose another folder or move the input out")
+    return p
+
+
+def _same_file(a: pathlib.Path, b: PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_output(path: PathLike, write: Callable[[Any], None], what: str = "output") -> pathlib.Path:
+    """Write exactly the file ``path`` (no suffix added) with ``write(binary file object)``:
+    into a temporary file beside it that then replaces it, so an interrupted write leaves the old
+    file (or none), never half a file. Returns the path."""
+    p = pathlib.Path(path)
+    if p.exists() and not p.is_file():          # a device or pipe (/dev/null): write straight to it
+        with open(p, "wb") as f:
+            write(f)
+        return p
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.absolute().parent)
+    except OSError as e:
+        raise QfabError(f"{what} {path}: cannot write there ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        mode = p.stat().st_mode & 0o7777 if p.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,23 @@ def _node(node, tensors, fixed, m_bits):
     return op_for(node.kind).from_float(node, tensors, fixed, m_bits)
 
 
-def build_graph(fg, qtypes, weights, m_bits=24, metadata=None):
+def _rounded(node, rounding):
+    op = op_for(node.kind)
+    if rounding == "half_up" or not hasattr(op, "with_rounding"):
+        return node
+    return op.with_rounding(node, rounding)
+
+
+def build_graph(fg, qtypes, weights, m_bits=24, metadata=None, rounding=None):
     """IR graph from float graph ``fg``, activation types ``qtypes`` (by tensor) and quantized
     ``weights`` (`FixedWeights` by node name).
 
     Tensors of type-preserving nodes (MaxPool, Reshape) take their input's type; a fixed type
-    that disagrees is an error naming the tensor.
+    that disagrees is an error naming the tensor. ``rounding`` (default: ``fg.pool_rounding`` if
+    the front-end set it, else ``"half_up"``) is the rounding rule of the nodes whose operator
+    has a choice (``with_rounding``: the average pools; docs/semantics.md).
     """
+    rounding = rounding or getattr(fg, "pool_rounding", None) or "half_up"
     qtypes = dict(qtypes)
     for node in fg.nodes:
         if type_preserving(node.kind):
@@ -49,7 +59,7 @@ def build_graph(fg, qtypes, weights, m_bits=24, metadata=None):
         raise QfabError(f"tensor {missing[0]!r} has no quantization parameters (give calibration data, "
                         "or a fully quantized QDQ/QOperator model)")
     tensors = {t: Tensor(t, tuple(shape), qtypes[t]) for t, shape in fg.shapes.items()}
-    nodes = tuple(_node(n, tensors, weights.get(n.name), m_bits) for n in fg.nodes)
+    nodes = tuple(_rounded(_node(n, tensors, weights.get(n.name), m_bits), rounding) for n in fg.nodes)
     graph = Graph(tensors=tensors, nodes=nodes, inputs=tuple(fg.inputs), outputs=tuple(fg.outputs),
                   m_bits=m_bits, input_layout=fg.input_layout, metadata=dict(metadata or {}))
     return verify(graph)

@@ -31,7 +31,8 @@ from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save
 from .ops import op_for
 
-__all__ = ["Budget", "compile_graph", "design_estimates", "load_folding"]
+__all__ = ["Budget", "compile_graph", "design_estimates", "load_folding", "check_graph_limits",
+           "check_plan_limits"]
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,91 @@ class Budget:
 
 
 def load_folding(path):
-    """Manual folding from a JSON file: ``{"layer": {"pe": 4, "simd": 8, "style": "bit_serial"}}``."""
+    """Manual folding from a JSON file: ``{"layer": {"pe": 4, "simd": 8, "style": "bit_serial"}}``
+    (optionally under a top-level ``"folding"`` key). ``pe`` and ``simd`` are positive integers
+    (default 1); anything else is a one-line `QfabError` naming the layer and field."""
     try:
         doc = json.loads(pathlib.Path(path).read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise QfabError(f"{path}: cannot read the folding config ({e})") from None
+    if isinstance(doc, dict) and "folding" in doc:
+        doc = doc["folding"]
+    if not isinstance(doc, dict):
+        raise QfabError(f"{path}: the folding config must be a JSON object of layers, "
+                        f'like {{"fc1": {{"pe": 4, "simd": 8}}}}, not {type(doc).__name__}')
     folds = {}
-    for name, spec in doc.get("folding", doc).items():
+    for name, spec in doc.items():
         if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style"}:
-            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style")
+            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style, "
+                            f"not {spec!r:.60}")
+        lanes = {}
+        for key in ("pe", "simd"):
+            value = spec.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise QfabError(f"{path}: {key} of {name!r} must be a positive integer, not {value!r:.40}")
+            lanes[key] = value
         style = spec.get("style", "bit_parallel")
         if style not in ("bit_parallel", "bit_serial"):
-            raise QfabError(f"{path}: style of {name!r} must be bit_parallel or bit_serial, not {style!r}")
-        folds[name] = Fold(int(spec.get("pe", 1)), int(spec.get("simd", 1)), style)
+            raise QfabError(f"{path}: style of {name!r} must be bit_parallel or bit_serial, not {style!r:.40}")
+        folds[name] = Fold(lanes["pe"], lanes["simd"], style)
     return folds
+
+
+# -- limits: a design far beyond any FPGA qfab supports is refused before any hardware is built ---
+# The largest supported device (ECP5-85F) has 83,640 LUTs, 156 DSPs and 3.8 Mbit of block RAM;
+# these limits are over twice that (memories) and six times (logic), so that only models that can
+# never fit reach them. Writing their Verilog would take hours (a 1 Mbit line buffer alone takes
+# Yosys over a minute).
+MAX_STAGES = 1024
+MAX_WEIGHT_BITS = 1 << 23
+MAX_BUFFERED_BITS = 1 << 23
+MAX_LUTS = 1 << 19
+MAX_FFS = 1 << 19
+MAX_DSPS = 1 << 12
+MAX_BRAM_BITS = 1 << 23
+
+
+def _refuse(what, value, limit, where=""):
+    raise QfabError(f"the design is far beyond any FPGA qfab supports: {what} {value:,} > limit {limit:,}"
+                    f"{where}; qfab refuses to build it (use a smaller model)")
+
+
+def check_graph_limits(graph, stages):
+    """Refuse a graph whose hardware would be absurd, before folding and planning: too many
+    stages, or more weight bits than any device holds (the numbers and the limit in the message)."""
+    if len(stages) > MAX_STAGES:
+        _refuse("hardware stages", len(stages), MAX_STAGES)
+    bits = {}
+    for node in graph.nodes:
+        op = op_for(node)
+        if op.weighted:
+            bits[node.name] = int(node.weights.size) * int(node.w_type.bits)
+    total = sum(bits.values())
+    if total > MAX_WEIGHT_BITS:
+        worst = max(bits, key=bits.get)
+        _refuse("weight bits", total, MAX_WEIGHT_BITS, f" (layer {worst!r} alone has {bits[worst]:,})")
+
+
+def check_plan_limits(plan, per_layer, totals):
+    """Refuse a plan whose buffers or estimated resources are far beyond any supported device
+    (`MAX_BUFFERED_BITS`, `MAX_LUTS`, ...), before `build_top` builds any hardware."""
+    buffered = {s.name: s.buffered * _element_bits(s) for s in plan.stages}
+    if sum(buffered.values()) > MAX_BUFFERED_BITS:
+        worst = max(buffered, key=buffered.get)
+        stage = plan.stage(worst)
+        _refuse("buffered bits", sum(buffered.values()), MAX_BUFFERED_BITS,
+                f" (stage {worst!r} buffers {stage.buffered:,} elements of {_element_bits(stage)} bits)")
+    for key, limit in (("luts", MAX_LUTS), ("ffs", MAX_FFS), ("dsps", MAX_DSPS), ("bram_bits", MAX_BRAM_BITS)):
+        value = round(getattr(totals, key))
+        if value > limit:
+            worst = max(per_layer, key=lambda n: getattr(per_layer[n], key)) if per_layer else None
+            where = f" (layer {worst!r}: {round(getattr(per_layer[worst], key)):,})" if worst else ""
+            _refuse(f"estimated {key.replace('_', ' ')}", value, limit, where)
+
+
+def _element_bits(stage):
+    shape = stage.params.get("shape")
+    return getattr(shape, "bits", 8)
 
 
 def _stage_estimates(graph, stages, folds, m):
@@ -123,6 +195,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     if family not in ("ice40", "ecp5"):
         raise QfabError(f"family must be ice40 or ecp5, not {family!r}")
     stages = stages_of(graph)
+    check_graph_limits(graph, stages)
     fits = None
     if budget is not None:
         def fits(folds):
@@ -131,12 +204,13 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                            manual=folding)
     t = time.perf_counter()
     plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
+    per, streams, totals = design_estimates(graph, stages, folds, family, plan=plan)
+    check_plan_limits(plan, per, totals)
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
     verilog = to_verilog(top)
     sim_top = build_top(plan, counters=True)
     sim_verilog = to_verilog(sim_top)
-    per, streams, totals = design_estimates(graph, stages, folds, family, plan=plan)
     total = totals.rounded()
     cells = estimate.logic_cells(totals, family)
     if cells is not None:

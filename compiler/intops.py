@@ -9,9 +9,10 @@ import math
 import numpy as np
 
 from qfab.base import ints
+from qfab.base.errors import QfabError
 
 __all__ = [
-    "qrange", "round_shift", "clamp", "requantize", "dyadic", "acc_bound", "acc_bits",
+    "qrange", "round_shift", "round_shift_even", "ROUNDING", "clamp", "requantize", "dyadic", "acc_bound", "acc_bits",
     "quantize_float", "dequantize", "MAX_SHIFT", "MAX_PRODUCT_BITS", "MAX_CODE_BITS",
 ]
 
@@ -41,19 +42,38 @@ def round_shift(v, n):
     return np.right_shift(v + half, n)
 
 
+def round_shift_even(v, n):
+    """``v / 2**n`` rounded to the nearest integer, ties to even (``v`` when ``n == 0``).
+
+    ``floor((v + 2**(n-1) - 1 + b) / 2**n)`` with ``b = floor(v / 2**n) mod 2``: the rule of
+    onnxruntime's float pools (``std::nearbyint``), used by pools imported from quantized ONNX.
+    """
+    v = np.asarray(v, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    if np.any(n < 0) or np.any(n > MAX_SHIFT):
+        raise ValueError(f"shift must be in 0..{MAX_SHIFT}")
+    odd = np.right_shift(v, n) & 1
+    half = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)) - 1 + odd, 0)
+    return np.right_shift(v + half, n)
+
+
+ROUNDING = {"half_up": round_shift, "half_even": round_shift_even}
+
+
 def clamp(v, lo, hi):
     return np.minimum(np.maximum(v, lo), hi)
 
 
-def requantize(acc, m0, n, zp, lo, hi):
+def requantize(acc, m0, n, zp, lo, hi, rounding="half_up"):
     """``clamp(zp + round_shift(acc * m0, n), lo, hi)``, elementwise (int64).
 
     ``m0`` and ``n`` broadcast against ``acc`` (per output channel: shape ``(C,)`` against a
-    channels-last ``acc``).
+    channels-last ``acc``). ``rounding`` names the shift's rule (`ROUNDING`): ``half_up``
+    (`round_shift`) or ``half_even`` (`round_shift_even`).
     """
     acc = np.asarray(acc, dtype=np.int64)
     prod = acc * np.asarray(m0, dtype=np.int64)
-    return clamp(zp + round_shift(prod, n), lo, hi)
+    return clamp(zp + ROUNDING[rounding](prod, n), lo, hi)
 
 
 def dyadic(r, m_bits=24):
@@ -94,11 +114,23 @@ def quantize_float(x, scale, zero_point, qmin, qmax):
     """Host-side quantization at the graph input, as ONNX ``QuantizeLinear``.
 
     ``round_half_to_even(x / scale) + zero_point``, saturated to ``[qmin, qmax]``. Computed in
-    float32 like onnxruntime so that inputs agree with it code for code.
+    float32 like onnxruntime so that inputs agree with it code for code. Saturation happens
+    before any cast to an integer, so ``+inf``, ``-inf`` and finite values too large for int64
+    give ``qmax`` and ``qmin`` (docs/semantics.md, section 1). NaN has no code: it raises
+    `QfabError` naming the index of the first NaN element.
     """
     x = np.asarray(x, dtype=np.float32)
-    q = np.rint(x / np.float32(scale)).astype(np.int64) + int(zero_point)
-    return clamp(q, qmin, qmax)
+    nan = np.isnan(x)
+    if nan.any():
+        index = tuple(int(i) for i in np.argwhere(nan)[0])
+        raise QfabError(f"NaN at index {index} cannot be quantized (NaN has no code; "
+                        f"{int(nan.sum())} of {x.size} elements are NaN)")
+    with np.errstate(over="ignore"):      # a huge x / scale is inf in float32 and saturates
+        r = np.rint(x / np.float32(scale)).astype(np.float64)
+    zp = int(zero_point)
+    # clip while still a float (exact: code bounds are far inside float64's integers)
+    r = np.clip(r, qmin - zp - 1, qmax - zp + 1)
+    return clamp(r.astype(np.int64) + zp, qmin, qmax)
 
 
 def dequantize(q, scale, zero_point):

@@ -1,10 +1,28 @@
 """A picture of a build before synthesis: how balanced the pipeline is and where the resources go."""
 
+import pathlib
+
 from qfab.base.extras import require
 
 from .buildfolder import Manifest, ResourceCount
 
-__all__ = ["build_plot"]
+__all__ = ["build_plot", "plot_formats", "plot_format"]
+
+
+def plot_formats() -> dict[str, str]:
+    """The file suffixes (without the dot) matplotlib can write, and what each is."""
+    require("matplotlib", "plot", "a plot (--plot)")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    return dict(FigureCanvasAgg.get_supported_filetypes())
+
+
+def plot_format(path) -> str:
+    """The format of the plot file ``path`` from its suffix (matplotlib would otherwise append
+    ``.png`` to a name without one); raises ValueError for one it cannot write."""
+    kind = pathlib.PurePath(path).suffix.lstrip(".").lower()
+    if kind not in plot_formats():
+        raise ValueError(f"plot {path}: unknown suffix; use one of " + ", ".join(sorted(plot_formats())))
+    return kind
 
 
 def build_plot(manifest: Manifest, path) -> None:
@@ -61,5 +79,5 @@ def build_plot(manifest: Manifest, path) -> None:
     ax_r.legend(fontsize=8)
     ax_r.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=plot_format(path))
     plt.close(fig)

@@ -16,7 +16,7 @@ import numpy as np
 from qfab.base.errors import QfabError
 
 from .build import activation_type, build_graph, type_preserving
-from .calibrate import METHODS, activation_range, quantize_weight_rows
+from .calibrate import METHODS, activation_range, bias_scale_floor, check_samples, quantize_weight_rows
 from .fgraph import FixedWeights, forward
 from .multipoint import im2col, multipoint_rows
 from .ops import op_for
@@ -136,6 +136,21 @@ def _multipoint(node, x, w_bits, config):
                         signed=True, b_int=None, multipliers=mult)
 
 
+def _floor_multipoint(node, fixed, floor):
+    """Channels whose multipoint scale is below the bias floor (`bias_scale_floor`) become one
+    point at the floored scale (their weights are tiny: a dead channel)."""
+    low = fixed.scales < floor
+    if not np.any(low):
+        return fixed
+    q, scales = quantize_weight_rows(node.weight[low], fixed.bits, min_scales=floor[low])
+    w_int, mult = fixed.w_int.copy(), np.asarray(fixed.multipliers).copy()
+    w_int[:, low], mult[:, low] = 0, 0
+    w_int[0, low], mult[0, low] = q, 1
+    new_scales = np.asarray(fixed.scales, np.float64).copy()
+    new_scales[low] = scales
+    return fixed.replace(w_int=w_int, multipliers=mult, scales=new_scales)
+
+
 def quantize(fg, calib, config=QuantConfig(), metadata=None):
     """Quantize float graph ``fg`` using calibration batch ``calib`` (channels-last)."""
     unknown = set(config.layers) - {n.name for n in fg.nodes}
@@ -146,6 +161,7 @@ def quantize(fg, calib, config=QuantConfig(), metadata=None):
     if calib.ndim < 2 or calib.shape[1:] != fg.shapes[fg.inputs[0]] or len(calib) == 0:
         raise QfabError(f"calibration data has shape {calib.shape}; expected (N, "
                         f"{', '.join(map(str, fg.shapes[fg.inputs[0]]))}) with N >= 1")
+    check_samples(calib)
     values = forward(fg, calib, keep=tuple(fg.shapes))
     root = _type_classes(fg)
     bits = _tensor_bits(fg, config, root)
@@ -164,8 +180,11 @@ def quantize(fg, calib, config=QuantConfig(), metadata=None):
         w_bits = config.layer(node.name)[0]
         if config.multipoint > 0:
             weights[node.name] = _multipoint(node, values[node.inputs[0]], w_bits, config)
+        floor = bias_scale_floor(node.bias, qtypes[root[node.inputs[0]]].scale)
+        if config.multipoint > 0:
+            weights[node.name] = _floor_multipoint(node, weights[node.name], floor)
             continue
-        w_int, scales = quantize_weight_rows(node.weight, w_bits, config.per_channel)
+        w_int, scales = quantize_weight_rows(node.weight, w_bits, config.per_channel, min_scales=floor)
         weights[node.name] = FixedWeights(w_int=w_int, scales=scales, bits=w_bits, signed=True, b_int=None)
     meta = {"source": "ptq", "w_bits": config.w_bits, "a_bits": config.a_bits,
             "calib_method": config.calib_method, "calib_samples": int(len(calib))}

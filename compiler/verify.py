@@ -18,6 +18,9 @@ MAX_ELEMENTS = 1 << 31
 pool_output_hw = conv_output_hw
 
 
+WIDE_OUTPUT_BITS = 32
+
+
 def _check_tensor(graph, name):
     t = graph.tensors.get(name)
     if t is None:
@@ -29,8 +32,10 @@ def _check_tensor(graph, name):
     if np.prod([int(d) for d in t.shape], dtype=object) > MAX_ELEMENTS:
         raise VerifyError(f"tensor {name!r} has shape {t.shape!r}: more than {MAX_ELEMENTS} elements")
     q = t.qtype
-    if not isinstance(q.bits, (int, np.integer)) or not 1 <= q.bits <= 8:
-        raise VerifyError(f"tensor {name!r}: bits must be 1 to 8, not {q.bits!r}")
+    top = WIDE_OUTPUT_BITS if name in graph.outputs and name not in graph.inputs else 8
+    if not isinstance(q.bits, (int, np.integer)) or not 1 <= q.bits <= top:
+        what = " for a graph output (a wide output no node reads)" if top > 8 else ""
+        raise VerifyError(f"tensor {name!r}: bits must be 1 to {top}{what}, not {q.bits!r}")
     if not (isinstance(q.scale, float) and math.isfinite(q.scale) and q.scale > 0):
         raise VerifyError(f"tensor {name!r}: scale must be a positive finite float, not {q.scale!r}")
     if not q.qmin <= q.zero_point <= q.qmax:
@@ -65,6 +70,9 @@ def verify(graph):
         if node.output in defined:
             _fail(node, f"output {node.output!r} is produced twice")
         tensors = [_check_tensor(graph, n) for n in (*node.inputs, node.output)]
+        for t in tensors[:-1]:
+            if t.qtype.bits > 8:
+                _fail(node, f"input {t.name!r} has {t.qtype.bits} bits; only a graph output may be wider than 8")
         op = OPS.get(type(node).__name__)
         if op is None or not isinstance(node, op.node_type):
             raise VerifyError(f"node {node.name!r}: unknown kind {type(node).__name__}")

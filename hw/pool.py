@@ -163,6 +163,9 @@ class AvgPool(_WindowReduce):
         Output clamp (default: the code range of ``out_shape``).
     simd : int
         Elements per beat, in and out; divides ``channels``.
+    rounding : str
+        The shift's rounding rule: ``"half_up"`` (default) or ``"half_even"`` (ties to even, for
+        pools imported from quantized ONNX models; docs/semantics.md).
 
     Members
     -------
@@ -173,7 +176,7 @@ class AvgPool(_WindowReduce):
     """
     def __init__(self, shape: ShapeLike, *, window: int, channels: int, zero_point: int, multiplier: int, shift: int,
                  out_shape: ShapeLike, out_zero_point: int, lo: int | None = None, hi: int | None = None,
-                 simd: int = 1) -> None:
+                 simd: int = 1, rounding: str = "half_up") -> None:
         shape = check_shape("Element shape", shape)
         out_shape = check_shape("Output element shape", out_shape)
         check_in_range("Zero point", zero_point, shape)
@@ -187,6 +190,9 @@ class AvgPool(_WindowReduce):
         self._multiplier = multiplier
         self._shift = shift
         self._out_zero_point = out_zero_point
+        if rounding not in ("half_up", "half_even"):
+            raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
+        self._rounding = rounding
         super().__init__(shape, out_shape, window=window, channels=channels, simd=simd)
 
     def _acc_shape(self):
@@ -202,7 +208,7 @@ class AvgPool(_WindowReduce):
 
     def _finish(self, acc):
         return requantize(acc, self._multiplier, self._shift, self._out_zero_point,
-                          self._lo, self._hi)
+                          self._lo, self._hi, self._rounding)
 
 
 class GlobalAvgPool(AvgPool):
@@ -214,9 +220,9 @@ class GlobalAvgPool(AvgPool):
     """
     def __init__(self, shape: ShapeLike, *, height: int, width: int, channels: int, zero_point: int, multiplier: int,
                  shift: int, out_shape: ShapeLike, out_zero_point: int, lo: int | None = None,
-                 hi: int | None = None, simd: int = 1) -> None:
+                 hi: int | None = None, simd: int = 1, rounding: str = "half_up") -> None:
         check_positive("Height", height)
         check_positive("Width", width)
         super().__init__(shape, window=height * width, channels=channels, zero_point=zero_point,
                          multiplier=multiplier, shift=shift, out_shape=out_shape,
-                         out_zero_point=out_zero_point, lo=lo, hi=hi, simd=simd)
+                         out_zero_point=out_zero_point, lo=lo, hi=hi, simd=simd, rounding=rounding)

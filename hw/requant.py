@@ -12,7 +12,8 @@ from qfab.base import ints
 __all__ = ["Requant", "requantize"]
 
 
-def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo: int, hi: int) -> Value:
+def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo: int, hi: int,
+               rounding: str = "half_up") -> Value:
     """``clamp(zero_point + round_shift(acc * multiplier, shift), lo, hi)`` with constant parameters,
     combinational: the form of `Requant` for units with one multiplier for all channels (pools,
     residual add).
@@ -20,10 +21,19 @@ def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo:
     ``acc`` is an Amaranth value (signed or not); ``multiplier >= 0``, ``0 <= shift <= 62``,
     ``zero_point``, ``lo`` and ``hi`` are Python integers. The same arithmetic as `Requant` and
     ``qfab.compiler.intops.requantize`` (docs/semantics.md, section 3): add half, then shift right
-    arithmetically; Amaranth widens every intermediate, so nothing overflows.
+    arithmetically; Amaranth widens every intermediate, so nothing overflows. ``rounding`` is
+    ``"half_up"`` or ``"half_even"`` (ties to even: add ``half - 1`` plus bit ``shift`` of the
+    product, then shift; ``qfab.compiler.intops.round_shift_even``).
     """
+    if rounding not in ("half_up", "half_even"):
+        raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
     product = acc if multiplier == 1 else acc * Const(multiplier, range(multiplier + 1))
-    if shift > 0:
+    if shift > 0 and rounding == "half_even":
+        product = Value.cast(product)
+        width, is_signed = len(product), product.shape().signed
+        odd = product[min(shift, width - 1)] if is_signed else (product[shift] if shift < width else 0)
+        product = (product + ((1 << (shift - 1)) - 1) + odd) >> shift
+    elif shift > 0:
         product = (product + (1 << (shift - 1))) >> shift
     y = product + zero_point
     return Mux(y < lo, lo, Mux(y > hi, hi, y))

@@ -1,6 +1,7 @@
 """Pictures of a simulation: where the pipeline's cycles go, stage by stage."""
 
 from qfab.base.extras import require
+from qfab.compiler.plots import plot_format
 
 __all__ = ["utilization_plot", "stage_shares"]
 
@@ -41,5 +42,5 @@ def utilization_plot(res, manifest, path):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=plot_format(path))
     plt.close(fig)

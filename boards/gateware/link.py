@@ -1,8 +1,8 @@
 """The board side of the host link (docs/link.md): UART, frame parser, input buffer, result framer.
 
 An INFER frame's payload goes into an input buffer (block RAM) and is streamed to the accelerator
-only once its check byte is good, so a damaged frame never reaches it. Results are framed as they
-leave the accelerator. Errors (bad check byte, wrong length, unknown type, a frame stopped
+only once its CRC-32 is good, so a damaged frame never reaches it. Results are framed as they
+leave the accelerator, each with the sequence number of its INFER frame and a CRC-32. Errors (bad CRC, wrong length, unknown type, a frame stopped
 half-way, an INFER frame arriving while the previous input is still in the buffer) are answered
 with an ERROR frame; bytes between frames are skipped, so the link resynchronizes on the next
 start byte.
@@ -10,6 +10,8 @@ start byte.
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.crc.catalog import CRC32_ISO_HDLC
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -21,6 +23,9 @@ __all__ = ["Link", "Status", "BUSY"]
 BUSY = protocol.BUSY    # error code 5: an INFER frame arrived before the previous input left the buffer
 
 Status = data.StructLayout({"busy": 1, "error": 1, "activity": 1})
+
+PENDING = 4     # INFER frames accepted whose RESULT is not sent yet, at most (more: BUSY)
+CRC32 = CRC32_ISO_HDLC(data_width=8)    # the frames' CRC, byte by byte (`protocol.crc32` in software)
 
 
 def _positive(name, value, low=1):
@@ -60,11 +65,13 @@ class Link(wiring.Component):
         in the accelerator and its RESULT not sent, or an answer is being sent), ``error`` (high
         for ``error_hold_cycles`` after an error), ``activity`` (toggles with every good frame).
 
-    Timing: the input goes to ``i`` from the cycle after the INFER frame's check byte arrives, one
+    Timing: the input goes to ``i`` two cycles after the INFER frame's last CRC byte arrives, one
     beat per ``in_per_beat + 1`` cycles at most. The RESULT header starts as soon as ``o`` is
     valid; ``o`` is then taken one beat per ``out_per_beat`` byte times (``10 * divisor`` cycles
     each). Answers go out in the order their cause happened, except that an ERROR or INFO reply
-    raised during a RESULT waits for its end; one ERROR can wait (a later one replaces it).
+    raised during a RESULT waits for its end; one ERROR can wait (a later one replaces it). Each
+    answer carries the sequence number of the frame it answers (an ERROR: of the offending frame,
+    0 if it stopped before its sequence number); at most ``PENDING`` results may be owed.
 
     Raises
     ------
@@ -144,59 +151,69 @@ class Link(wiring.Component):
                 m.d.sync += loaded.eq(0)
 
         # -- frame parser ---------------------------------------------------------------------
+        # every byte after the start byte goes through the CRC; after the frame's last CRC byte
+        # the register holds the residue if the frame is whole
+        m.submodules.rx_crc = rx_crc = CRC32.create()
+        # the sequence numbers of accepted INFER frames whose RESULT has not been sent
+        m.submodules.seqs = seqs = SyncFIFOBuffered(width=8, depth=PENDING)
         kind = Signal(8)
+        seq = Signal(8)
         length = Signal(16)
         count = Signal(16)
-        total = Signal(8)               # running sum of the bytes after the start byte
         idle = Signal(range(self._timeout + 1))
-        error_pending, error_code, error_type = Signal(), Signal(8), Signal(8)
-        info_pending = Signal()
+        error_pending, error_code, error_type, error_seq = Signal(), Signal(8), Signal(8), Signal(8)
+        info_pending, info_seq = Signal(), Signal(8)
         activity = Signal()
         byte = urx.o.payload
         got = Signal()
-        m.d.comb += [urx.o.ready.eq(1), got.eq(urx.o.valid)]
+        m.d.comb += [urx.o.ready.eq(1), got.eq(urx.o.valid), rx_crc.data.eq(byte)]
 
         raised = Signal()               # an error is raised this cycle (it wins over the framer's clear)
 
         def error(code):
             m.d.comb += raised.eq(1)
-            m.d.sync += [error_pending.eq(1), error_code.eq(code), error_type.eq(kind)]
+            m.d.sync += [error_pending.eq(1), error_code.eq(code), error_type.eq(kind), error_seq.eq(seq)]
 
         timed_out = Signal()
-        accepted, answered = Signal(), Signal()     # an INFER frame checked good; a RESULT frame sent
-        owed = Signal(8)                            # RESULT frames owed (for status.busy)
-        with m.If(accepted & ~answered):
-            m.d.sync += owed.eq(owed + 1)
-        with m.Elif(answered & ~accepted):
-            m.d.sync += owed.eq(owed - 1)
         with m.FSM() as parser:
             with m.State("IDLE"):
                 with m.If(got & (byte == protocol.START)):
-                    m.d.sync += [total.eq(0), kind.eq(0)]       # a TIMEOUT before the type names type 0
+                    m.d.comb += rx_crc.start.eq(1)
+                    m.d.sync += [kind.eq(0), seq.eq(0)]     # a TIMEOUT before them names type and seq 0
                     m.next = "TYPE"
             with m.State("TYPE"):
                 with m.If(timed_out):
                     m.next = "IDLE"
                 with m.If(got):
-                    m.d.sync += [kind.eq(byte), total.eq(byte)]
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += kind.eq(byte)
+                    m.next = "SEQ"
+            with m.State("SEQ"):
+                with m.If(timed_out):
+                    m.next = "IDLE"
+                with m.If(got):
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += seq.eq(byte)
                     m.next = "LEN0"
             with m.State("LEN0"):
                 with m.If(timed_out):
                     m.next = "IDLE"
                 with m.If(got):
-                    m.d.sync += [length[:8].eq(byte), total.eq(total + byte)]
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += length[:8].eq(byte)
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with m.If(timed_out):
                     m.next = "IDLE"
                 full_length = Cat(length[:8], byte)
                 with m.If(got):
-                    m.d.sync += [length[8:].eq(byte), total.eq(total + byte), count.eq(0)]
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += [length[8:].eq(byte), count.eq(0)]
                     with m.If(kind == protocol.INFER):
                         with m.If(full_length != in_elements):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
-                        with m.Elif(loaded):
+                        with m.Elif(loaded | ~seqs.w_rdy):
                             error(BUSY)
                             m.next = "SKIP"
                         with m.Else():
@@ -206,7 +223,7 @@ class Link(wiring.Component):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
                         with m.Else():
-                            m.next = "CHECK"
+                            m.next = "CRC"
                     with m.Else():
                         error(protocol.UNKNOWN_TYPE)
                         m.next = "SKIP"
@@ -215,32 +232,39 @@ class Link(wiring.Component):
                     m.next = "IDLE"
                 m.d.comb += [wr.addr.eq(count), wr.data.eq(byte), wr.en.eq(got)]
                 with m.If(got):
-                    m.d.sync += [total.eq(total + byte), count.eq(count + 1)]
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += count.eq(count + 1)
                     with m.If(count == length - 1):
-                        m.next = "CHECK"
-            with m.State("CHECK"):
+                        m.d.sync += count.eq(0)
+                        m.next = "CRC"
+            with m.State("CRC"):
                 with m.If(timed_out):
                     m.next = "IDLE"
                 with m.If(got):
-                    with m.If(((total + byte) & 0xFF) == 0):
-                        m.d.sync += activity.eq(~activity)
-                        with m.If(kind == protocol.INFER):
-                            m.d.sync += [loaded.eq(1), addr.eq(0), lane.eq(0)]
-                            m.d.comb += accepted.eq(1)
-                        with m.Else():
-                            m.d.sync += info_pending.eq(1)
+                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == protocol.TRAILER - 1):
+                        m.next = "VERDICT"
+            with m.State("VERDICT"):        # the CRC register has taken the frame's last byte
+                with m.If(rx_crc.match_detected):
+                    m.d.sync += activity.eq(~activity)
+                    with m.If(kind == protocol.INFER):
+                        m.d.sync += [loaded.eq(1), addr.eq(0), lane.eq(0)]
+                        m.d.comb += [seqs.w_en.eq(1), seqs.w_data.eq(seq)]
                     with m.Else():
-                        error(protocol.BAD_CHECKSUM)
-                    m.next = "IDLE"
-            with m.State("SKIP"):           # the rest of a rejected frame: its payload and check byte
+                        m.d.sync += [info_pending.eq(1), info_seq.eq(seq)]
+                with m.Else():
+                    error(protocol.BAD_CRC)
+                m.next = "IDLE"
+            with m.State("SKIP"):           # the rest of a rejected frame: its payload and CRC
                 with m.If(timed_out):
                     m.next = "IDLE"
                 with m.If(got):
                     m.d.sync += count.eq(count + 1)
-                    with m.If(count == length):
+                    with m.If(count == length + (protocol.TRAILER - 1)):
                         m.next = "IDLE"
         # silence inside a frame drops it (a rejected frame's tail is dropped without a word)
-        with m.If(parser.ongoing("IDLE") | got):
+        with m.If(parser.ongoing("IDLE") | parser.ongoing("VERDICT") | got):
             m.d.sync += idle.eq(0)
         with m.Elif(idle == self._timeout):
             m.d.sync += idle.eq(0)
@@ -251,11 +275,14 @@ class Link(wiring.Component):
             m.d.sync += idle.eq(idle + 1)
 
         # -- framer: ERROR and INFO replies, RESULT frames from the accelerator ----------------
+        # every frame: start byte, then type, seq, length (2), body through the CRC, then the CRC
         out_elements, out_bits, out_signed, out_per_beat = self._out
-        info = protocol.encode_frame(protocol.INFO_REPLY, self.info().encode())
-        info_rom = Signal(data.ArrayLayout(8, len(info)), init=list(info))
-        sent = Signal(range(max(len(info), 8) + 1))
-        out_sum = Signal(8)
+        info_body = self.info().encode()
+        info_rom = Signal(data.ArrayLayout(8, len(info_body)), init=list(info_body))
+        m.submodules.tx_crc = tx_crc = CRC32.create()
+        sent = Signal(range(max(len(info_body), protocol.HEADER) + 1))
+        send_kind, send_seq, send_len = Signal(8), Signal(8), Signal(16)
+        send_code, send_type = Signal(8), Signal(8)        # the error being sent (a new one may be pending)
         obeat = Signal(out_per_beat * out_bits)
         olane = Signal(range(out_per_beat))
         obeat_full = Signal()
@@ -263,64 +290,76 @@ class Link(wiring.Component):
         element = obeat.word_select(olane, out_bits)
         element8 = Signal(8)
         m.d.comb += element8.eq(element.as_signed() if out_signed else element)
-        header = [protocol.START, protocol.RESULT, out_elements & 0xFF, out_elements >> 8]
-        header_sum = (protocol.RESULT + (out_elements & 0xFF) + (out_elements >> 8)) & 0xFF
-        send_code, send_type = Signal(8), Signal(8)        # the error being sent (a new one may be pending)
-        err_check = Signal(8)
-        m.d.comb += err_check.eq(-(protocol.ERROR + 2 + send_code + send_type))
-        err_frame = Signal(data.ArrayLayout(8, 7))
-        m.d.comb += err_frame.eq(Cat(Const(protocol.START, 8), Const(protocol.ERROR, 8), Const(2, 8), Const(0, 8),
-                                     send_code, send_type, err_check))
-        header_rom = Signal(data.ArrayLayout(8, 4), init=header)
+        header = Signal(data.ArrayLayout(8, protocol.HEADER))
+        m.d.comb += header.eq(Cat(Const(protocol.START, 8), send_kind, send_seq, send_len))
+        tx_byte = Signal(8)
+        m.d.comb += [utx.i.payload.eq(tx_byte), tx_crc.data.eq(tx_byte)]
+        took = Signal()                 # the transmitter takes a byte this cycle
+        m.d.comb += took.eq(utx.i.valid & utx.i.ready)
 
         with m.FSM() as framer:
             with m.State("IDLE"):
                 m.d.sync += sent.eq(0)
                 with m.If(error_pending):
-                    m.d.sync += [send_code.eq(error_code), send_type.eq(error_type), error_pending.eq(raised)]
-                    m.next = "ERROR"
-                with m.Elif(info_pending):
-                    m.d.sync += info_pending.eq(0)
-                    m.next = "INFO"
-                with m.Elif(self.o.valid):
+                    m.d.sync += [send_code.eq(error_code), send_type.eq(error_type), send_seq.eq(error_seq),
+                                 send_kind.eq(protocol.ERROR), send_len.eq(2), error_pending.eq(raised)]
                     m.next = "HEADER"
-            with m.State("ERROR"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(err_frame[sent])]
-                with m.If(utx.i.ready):
-                    m.d.sync += sent.eq(sent + 1)
-                    with m.If(sent == 6):
-                        m.next = "IDLE"
-            with m.State("INFO"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(info_rom[sent])]
-                with m.If(utx.i.ready):
-                    m.d.sync += sent.eq(sent + 1)
-                    with m.If(sent == len(info) - 1):
-                        m.next = "IDLE"
+                with m.Elif(info_pending):
+                    m.d.sync += [info_pending.eq(0), send_kind.eq(protocol.INFO_REPLY), send_seq.eq(info_seq),
+                                 send_len.eq(len(info_body))]
+                    m.next = "HEADER"
+                with m.Elif(self.o.valid):
+                    m.d.comb += seqs.r_en.eq(1)
+                    m.d.sync += [send_kind.eq(protocol.RESULT), send_seq.eq(seqs.r_data),
+                                 send_len.eq(out_elements), out_count.eq(0)]
+                    m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(header_rom[sent])]
-                with m.If(utx.i.ready):
-                    m.d.sync += [sent.eq(sent + 1), out_sum.eq(header_sum), out_count.eq(0)]
-                    with m.If(sent == 3):
-                        m.next = "PAYLOAD"
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(header[sent]), tx_crc.start.eq(sent == 0),
+                             tx_crc.valid.eq(took & (sent != 0))]
+                with m.If(took):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == protocol.HEADER - 1):
+                        m.d.sync += sent.eq(0)
+                        with m.If(send_kind == protocol.ERROR):
+                            m.next = "ERROR"
+                        with m.Elif(send_kind == protocol.INFO_REPLY):
+                            m.next = "INFO"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+            with m.State("ERROR"):
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(Mux(sent == 0, send_code, send_type)),
+                             tx_crc.valid.eq(took)]
+                with m.If(took):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == 1):
+                        m.d.sync += sent.eq(0)
+                        m.next = "CRC"
+            with m.State("INFO"):
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(info_rom[sent]), tx_crc.valid.eq(took)]
+                with m.If(took):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == len(info_body) - 1):
+                        m.d.sync += sent.eq(0)
+                        m.next = "CRC"
             with m.State("PAYLOAD"):
                 with m.If(~obeat_full):
                     m.d.comb += self.o.ready.eq(1)
                     with m.If(self.o.valid):
                         m.d.sync += [obeat.eq(self.o.payload), obeat_full.eq(1), olane.eq(0)]
                 with m.Else():
-                    m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(element8)]
-                    with m.If(utx.i.ready):
-                        m.d.sync += [out_sum.eq(out_sum + element8), out_count.eq(out_count + 1),
-                                     olane.eq(olane + 1)]
+                    m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(element8), tx_crc.valid.eq(took)]
+                    with m.If(took):
+                        m.d.sync += [out_count.eq(out_count + 1), olane.eq(olane + 1)]
                         with m.If(olane == out_per_beat - 1):
                             m.d.sync += obeat_full.eq(0)
                         with m.If(out_count == out_elements - 1):
-                            m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += [utx.i.valid.eq(1), utx.i.payload.eq(-out_sum)]
-                with m.If(utx.i.ready):
-                    m.d.comb += answered.eq(1)
-                    m.next = "IDLE"
+                            m.next = "CRC"
+            with m.State("CRC"):            # the CRC of the bytes after the start, little-endian
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(tx_crc.crc.word_select(sent[:2], 8))]
+                with m.If(took):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == protocol.TRAILER - 1):
+                        m.next = "IDLE"
 
         # -- status ---------------------------------------------------------------------------
         # the error LED's timer counts up from 2**bits - hold to 2**bits: its top bit says "done",
@@ -333,6 +372,6 @@ class Link(wiring.Component):
         with m.Elif(~hold[bits]):
             m.d.sync += hold.eq(hold + 1)
         m.d.comb += [self.status.error.eq(~hold[bits]), self.status.activity.eq(activity),
-                     self.status.busy.eq(~parser.ongoing("IDLE") | (owed != 0) | error_pending | info_pending |
+                     self.status.busy.eq(~parser.ongoing("IDLE") | (seqs.w_level != 0) | error_pending | info_pending |
                                         ~framer.ongoing("IDLE"))]
         return m

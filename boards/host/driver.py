@@ -5,9 +5,12 @@ The driver speaks the framed protocol of docs/link.md (`qfab.boards.host.protoco
 port (pyserial); `qfab.boards.link_sim` gives the same driver a transport into a Verilator
 simulation of the board's gateware, so the code that talks to the board is the code that is tested.
 
-Every wait has a deadline: a board that does not answer raises `LinkError` naming the port and
-what to check, never hangs. A frame the board reports as corrupted (bad checksum, wrong length,
-timed out) is sent again, up to ``retries`` times.
+Each answer provably belongs to its request: every request carries a fresh sequence number that
+the board echoes, frames that arrived before the request are flushed, a frame whose sequence
+number is not one of this request's is dropped, and every frame is checked by a CRC-32. A bad or
+missing answer (a frame dropped for its CRC, silence until the timeout, an error the board
+reports as transient) makes the driver ask again, up to ``retries`` times; then `LinkError` says
+what happened. Every wait has a deadline: the driver never hangs.
 """
 
 import time
@@ -15,15 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qfab.base.errors import QfabError
-
 from . import protocol
+from .protocol import LinkError
 
 __all__ = ["LinkError", "Transport", "SerialTransport", "Device", "LinkStats"]
-
-
-class LinkError(QfabError):
-    """The board did not answer, answered with an error frame, or sent a malformed frame."""
 
 
 class Transport:
@@ -85,8 +83,11 @@ class LinkStats:
     frames_sent: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
-    retries: int = 0
-    errors: list = field(default_factory=list)      # device error frames seen, as strings
+    retries: int = 0                                # requests sent again
+    errors: list = field(default_factory=list)      # what made each retry (or the final error), as strings
+    stale_frames: int = 0       # whole frames dropped: flushed before a request, or not answering it
+    bad_frames: int = 0         # frames dropped for a bad CRC or length
+    timeouts: int = 0           # waits that ended without an answer
     seconds: float = 0.0
 
 
@@ -100,59 +101,103 @@ class Device:
         Seconds to wait for each answer (the transport's clock: wall time for a serial port,
         simulated time for the simulator).
     retries : int
-        How many times a frame the board reports as corrupted is sent again.
+        How many times a request is sent again after a bad or missing answer.
     """
 
     def __init__(self, transport, *, timeout=2.0, retries=3):
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise LinkError(f"retries must be a whole number of at least 0, not {retries!r}")
+        if not timeout > 0:
+            raise LinkError(f"the link timeout must be positive, not {timeout!r}")
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
         self.stats = LinkStats()
         self._decoder = protocol.FrameDecoder()
         self._info = None
+        self._seq = 0
 
     # -- frames ------------------------------------------------------------------------------
-    def _send(self, kind, payload=b""):
-        frame = protocol.encode_frame(kind, payload)
+    def _read(self, timeout):
+        data = self.transport.read(4096, timeout)
+        if data:
+            self.stats.bytes_received += len(data)
+            self._decoder.feed(data)
+        return data
+
+    def _flush(self):
+        """Drop whatever the board sent before this request (late or repeated answers)."""
+        while self._read(0.0):
+            pass
+        self.stats.stale_frames += self._decoder.clear()
+
+    def _send(self, kind, payload, seq):
+        frame = protocol.encode_frame(kind, payload, seq)
         self.transport.write(frame)
         self.stats.frames_sent += 1
         self.stats.bytes_sent += len(frame)
 
-    def _receive(self, what):
-        """The next whole frame from the board; `LinkError` after ``timeout`` without one."""
+    def _receive(self, seqs, want):
+        """The answer to this request (a frame of type ``want`` or ERROR whose sequence number is
+        in ``seqs``), or ``(None, why)``: a frame was dropped for its CRC or length (likely the
+        answer, damaged), or nothing came within ``timeout``."""
         deadline = self.transport.clock() + self.timeout
+        bad = self._decoder.bad_frames
+        raw = bytearray()
         while True:
-            frame = self._decoder.next_frame()
-            if frame is not None:
-                return frame
+            while (frame := self._decoder.next_frame()) is not None:
+                if frame.seq in seqs and frame.type in (want, protocol.ERROR):
+                    return frame, None
+                self.stats.stale_frames += 1        # a late or repeated answer to an earlier request
+            if self._decoder.bad_frames != bad:
+                self.stats.bad_frames += self._decoder.bad_frames - bad
+                return None, "a damaged frame (bad CRC)"
             remaining = deadline - self.transport.clock()
             if remaining <= 0:
-                self._decoder.drop_partial()        # a frame cut short never completes
-                raise LinkError(f"no answer from the board on {self.transport.name} within {self.timeout:g} s "
-                                f"(waiting for {what}); is the bitstream loaded (qfab deploy), the port right "
-                                f"and the baud rate that of the bitstream?")
-            data = self.transport.read(4096, min(remaining, 0.05))
-            if data:
-                self.stats.bytes_received += len(data)
-                self._decoder.feed(data)
+                if self._decoder.drop_partial():    # a frame cut short never completes
+                    self.stats.bad_frames += 1
+                self.stats.timeouts += 1
+                if protocol.looks_like_v1(raw):
+                    raise LinkError(f"the board on {self.transport.name} speaks link protocol version 1, this "
+                                    f"qfab version {protocol.VERSION}: rebuild the bitstream with this qfab "
+                                    f"(qfab bitstream) and program the board with it (qfab deploy)")
+                return None, f"no answer within {self.timeout:g} s"
+            data = self._read(min(remaining, 0.05))
+            if len(raw) < 1 << 16:
+                raw += data
 
     def _request(self, kind, payload, want):
-        """Send a frame and return the answer's payload; resend on errors the board reports."""
+        """Send a frame and return the answer's payload; ask again after a bad or missing answer,
+        or an error the board reports as transient."""
+        seqs = set()
+        reasons = []
         for attempt in range(self.retries + 1):
-            self._send(kind, payload)
-            frame = self._receive(protocol.type_name(want))
+            if attempt:
+                self.stats.retries += 1
+            self._flush()
+            seq = self._seq
+            self._seq = (self._seq + 1) & 0xFF
+            seqs.add(seq)
+            self._send(kind, payload, seq)
+            frame, why = self._receive(seqs, want)
+            if frame is None:
+                reasons.append(why)
+                self.stats.errors.append(why)
+                continue
             if frame.type == want:
                 return frame.payload
-            if frame.type == protocol.ERROR:
-                err = protocol.describe_error(frame.payload)
-                self.stats.errors.append(err)
-                if attempt < self.retries and protocol.is_transient(frame.payload):
-                    self.stats.retries += 1
-                    continue
+            err = protocol.describe_error(frame.payload)
+            self.stats.errors.append(err)
+            if not protocol.is_transient(frame.payload):
                 raise LinkError(f"the board reported an error: {err}")
-            raise LinkError(f"the board answered a {protocol.type_name(kind)} frame with a "
-                            f"{protocol.type_name(frame.type)} frame")
-        raise LinkError(f"{self.retries + 1} attempts failed: {'; '.join(self.stats.errors[-3:])}")
+            reasons.append(err)
+        what = protocol.type_name(want)
+        if all(r.startswith("no answer") for r in reasons):
+            raise LinkError(f"no answer from the board on {self.transport.name} within {self.timeout:g} s "
+                            f"(waiting for {what}, {len(reasons)} attempts); is the bitstream loaded (qfab "
+                            f"deploy), the port right and the baud rate that of the bitstream?")
+        raise LinkError(f"no good {what} from the board on {self.transport.name} in {len(reasons)} attempts: "
+                        f"{'; '.join(dict.fromkeys(reasons))}")
 
     # -- commands ----------------------------------------------------------------------------
     def info(self):
@@ -185,15 +230,22 @@ class Device:
         out = self._request(protocol.INFER, payload, protocol.RESULT)
         if len(out) != info.out_elements:
             raise LinkError(f"the board sent {len(out)} output bytes, the design has {info.out_elements}")
-        return protocol.unpack_output(out, info.out_bits, info.out_signed)
+        try:
+            return protocol.unpack_output(out, info.out_bits, info.out_signed)
+        except ValueError as e:
+            raise LinkError(f"the board sent a bad RESULT: {e}") from None
 
     def run(self, batch, progress=None):
-        """Inferences for every row of ``batch`` (B, ...) -> (B, output elements) int64 codes."""
+        """Inferences for every row of ``batch`` (B, ...) -> (B, output elements) int64 codes.
+        A `LinkError` names the input (its row index) it happened at."""
         batch = np.asarray(batch)
         t = time.perf_counter()
         out = []
         for k, codes in enumerate(batch):
-            out.append(self.infer(codes))
+            try:
+                out.append(self.infer(codes))
+            except LinkError as e:
+                raise LinkError(f"input {k}: {e}") from None
             if progress is not None:
                 progress(k + 1, len(batch))
         self.stats.seconds += time.perf_counter() - t

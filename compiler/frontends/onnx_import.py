@@ -13,12 +13,13 @@ from qfab.base.errors import UnsupportedModelError
 from ..fgraph import Act, FGraph, FNode
 from ..ir import Layout
 from ..ops import op_for
-from . import onnx_qops
+from . import onnx_qops, qonnx_import
 from .onnx_load import OnnxModel, node_label
 
 __all__ = ["import_onnx", "Importer"]
 
 ALIAS_OPS = {"Identity", "Dropout"}
+FLATTEN_OR_QUANT = ("Flatten", "Reshape", "QuantizeLinear", "DequantizeLinear", "Identity", "Dropout")
 
 
 class Importer:
@@ -30,6 +31,11 @@ class Importer:
         self.perm = {}            # fg tensor -> permutation from a channels-first flatten
         self.fixed = {}           # onnx name -> (int array, scales, zero points, axis, dtype)
         self.alias_of = {}        # onnx name -> onnx name it aliases (for sole-use checks)
+        self.weight_types = {}    # onnx name of a constant -> (bits, signed) a QONNX Quant gave it
+        self.channels_last = {}   # onnx name -> fg tensor: a (C, H, W) map transposed to (H, W, C)
+        self.codes = {}           # onnx name -> QType: integer codes of an activation (Q, Clip of Q)
+        self.qconst = {}          # onnx name -> (int array, scales, zero points, axis, dtype): Q of a constant
+        self.code_range = {}      # onnx name -> (lo, hi): a QCDQ Clip of constant codes (the weight width)
         self.uses = {}
         for node in model.graph.node:
             for name in node.input:
@@ -49,7 +55,7 @@ class Importer:
         self.fg = FGraph(shapes={name: shape}, nodes=[], inputs=(name,), outputs=(), input_layout=layout)
         self.vals[name] = name
         self.node = None
-        self.notes = []
+        self.notes = list(getattr(model, "notes", []))
 
     # ---- helpers -------------------------------------------------------------------------
     def fail(self, message):
@@ -76,6 +82,8 @@ class Importer:
         return (q.astype(np.int64) - zp) * scale
 
     def tensor(self, name):
+        if name in self.channels_last and self.node.op_type not in FLATTEN_OR_QUANT:
+            self.fail(f"input {name!r} is a Transpose to (N, H, W, C), which qfab reads only before a flatten")
         if name not in self.vals:
             if self.is_const(name):
                 self.fail(f"input {name!r} is a constant where qfab expects an activation")
@@ -105,6 +113,8 @@ class Importer:
     def alias(self, src_onnx, dst_onnx):
         self.vals[dst_onnx] = self.tensor(src_onnx)
         self.alias_of[dst_onnx] = src_onnx
+        if src_onnx in self.channels_last:
+            self.channels_last[dst_onnx] = self.channels_last[src_onnx]
 
     def sole_use(self, onnx_name):
         """True if nothing but the current node reads this value (through aliases)."""
@@ -173,12 +183,20 @@ class Importer:
                          bias=np.zeros(cout) if b is None else b.reshape(cout),
                          kernel=kernel, stride=stride, padding=pads, groups=groups, fixed=fixed)
 
+    def fixed_weights(self, w_name, b_name, out_axis):
+        """`onnx_qops.fixed_weights`, with the bit width a QONNX ``Quant`` gave the weight."""
+        fixed = onnx_qops.fixed_weights(self, w_name, b_name, out_axis)
+        if fixed is not None and w_name in self.weight_types:
+            bits, signed = self.weight_types[w_name]
+            fixed = fixed.replace(bits=bits, signed=signed)
+        return fixed
+
     def op_Conv(self):
         n = self.node
         x = self.tensor(n.input[0])
         b_name = n.input[2] if len(n.input) > 2 and n.input[2] else None
         b = self.const(b_name, "bias") if b_name else None
-        fixed = onnx_qops.fixed_weights(self, n.input[1], b_name, out_axis=0)
+        fixed = self.fixed_weights(n.input[1], b_name, out_axis=0)
         return self.conv(x, self.const(n.input[1], "weight"), b, self.attrs(), fixed)
 
     def dense(self, x, w, b, fixed=None):
@@ -191,6 +209,8 @@ class Importer:
             if fixed is not None:
                 fixed = fixed.replace(w_int=fixed.w_int[:, self.perm[x]])
         n_out = w.shape[0]
+        if b is not None and b.size == n_out:
+            b = b.reshape(n_out)
         return self.emit("Dense", [x], (n_out,), weight=w, fixed=fixed,
                          bias=np.zeros(n_out) if b is None else np.broadcast_to(b, (n_out,)).astype(np.float64))
 
@@ -206,7 +226,7 @@ class Importer:
         b = self.const(b_name, "bias C") * a.get("beta", 1.0) if b_name else None
         if b is not None and b.size not in (1, w.shape[0]):
             self.fail(f"bias C of shape {b.shape} is not per output")
-        fixed = onnx_qops.fixed_weights(self, n.input[1], b_name, out_axis=0 if trans else 1)
+        fixed = self.fixed_weights(n.input[1], b_name, out_axis=0 if trans else 1)
         if fixed is not None:
             if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
                 self.fail("quantized Gemm with alpha or beta other than 1 is not supported")
@@ -217,7 +237,7 @@ class Importer:
         n = self.node
         if self.is_const(n.input[0]) or not self.is_const(n.input[1]):
             self.fail("only activation x constant-weight MatMul is supported")
-        fixed = onnx_qops.fixed_weights(self, n.input[1], None, out_axis=1)
+        fixed = self.fixed_weights(n.input[1], None, out_axis=1)
         if fixed is not None:
             fixed = fixed.replace(w_int=fixed.w_int.T)
         return self.dense(self.tensor(n.input[0]), self.const(n.input[1], "weight").T, None, fixed)
@@ -249,6 +269,41 @@ class Importer:
         self.replace_node(prod, prod.replace(bias=prod.bias + c))
         self.alias(n.input[xi], n.output[0])
 
+    def _scale_by_constant(self, divide):
+        n = self.node
+        consts = [self.is_const(i) for i in n.input]
+        if consts != [False, True]:
+            self.fail(f"only an activation {n.op_type} a constant is supported (a scale folded into the layer before)")
+        prod = self.producer_for_fusion(n.input[0], f"{n.op_type} by a constant")
+        if not op_for(prod.kind).weighted or prod.act.kind != "none" or prod.fixed is not None:
+            self.fail(f"{n.op_type} by a constant folds only into a float Conv/Gemm/MatMul with no activation yet")
+        c = self.const(n.input[1], "scale")
+        cout = prod.weight.shape[0]
+        if c.size not in (1, cout):
+            self.fail(f"constant of shape {c.shape} is not one scale or one per channel of {cout} channels")
+        c = np.broadcast_to(c.reshape(-1), (cout,)).astype(np.float64)
+        if divide:
+            if np.any(c == 0):
+                self.fail("division by zero")
+            c = 1.0 / c
+        w = prod.weight * c.reshape((-1,) + (1,) * (prod.weight.ndim - 1))
+        self.replace_node(prod, prod.replace(weight=w, bias=prod.bias * c))
+        self.alias(n.input[0], n.output[0])
+
+    def op_Mul(self):
+        self._scale_by_constant(divide=False)
+
+    def op_Div(self):
+        self._scale_by_constant(divide=True)
+
+    def op_Transpose(self):
+        x = self.tensor(self.node.input[0])
+        perm = tuple(self.attrs().get("perm", ()))
+        if len(self.shape_of(x)) != 3 or perm != (0, 2, 3, 1):
+            self.fail(f"Transpose with perm {list(perm)} is not supported; only (0, 2, 3, 1) before a flatten")
+        self.vals[self.node.output[0]] = x
+        self.channels_last[self.node.output[0]] = x
+
     def op_Relu(self):
         self.fuse_act(Act("relu"))
 
@@ -260,6 +315,8 @@ class Importer:
             lo = float(self.const(n.input[1], "min"))
         if len(n.input) > 2 and n.input[2]:
             hi = float(self.const(n.input[2], "max"))
+        if onnx_qops.is_codes(self, n.input[0]):      # QCDQ: a Clip of integer codes narrows the type
+            return onnx_qops.clip_codes(self, lo, hi)
         self.fuse_act(Act("clip", lo, hi))
 
     def op_BatchNormalization(self):
@@ -304,12 +361,15 @@ class Importer:
             self.fail(f"input has shape {shape}; GlobalAveragePool needs (C, H, W)")
         return self.emit("GlobalAvgPool", [x], (1, 1, shape[2]))
 
-    def flatten_to(self, x, size):
+    def flatten_to(self, x, size, channels_last=False):
+        """A Reshape to a vector; in ONNX (C, H, W) order unless ``channels_last`` (the IR's order)."""
         shape = self.shape_of(x)
         total = int(np.prod(shape))
         if size != total:
             self.fail(f"cannot reshape {total} elements to {size}")
         fnode = self.emit("Reshape", [x], (size,))
+        if channels_last:
+            return fnode
         if len(shape) == 3 and self.fg.input_layout is Layout.NCHW and shape[0] * shape[1] > 1:
             h, w, c = shape
             idx = np.arange(total).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
@@ -318,18 +378,25 @@ class Importer:
             self.perm[fnode.output] = self.perm[x]
         return fnode
 
+    def flatten_input(self):
+        """The input of a flattening node, and whether a Transpose to (H, W, C) came before it."""
+        name = self.node.input[0]
+        if name in self.channels_last:
+            return self.channels_last[name], True
+        return self.tensor(name), False
+
     def op_Flatten(self):
         if self.attrs().get("axis", 1) != 1:
             self.fail("only Flatten with axis=1 is supported")
-        x = self.tensor(self.node.input[0])
-        return self.flatten_to(x, int(np.prod(self.shape_of(x))))
+        x, channels_last = self.flatten_input()
+        return self.flatten_to(x, int(np.prod(self.shape_of(x))), channels_last)
 
     def op_Reshape(self):
-        x = self.tensor(self.node.input[0])
+        x, channels_last = self.flatten_input()
         target = [int(v) for v in self.const(self.node.input[1], "shape").reshape(-1)]
         total = int(np.prod(self.shape_of(x)))
         if len(target) == 2 and target[1] in (-1, total):
-            return self.flatten_to(x, total)
+            return self.flatten_to(x, total, channels_last)
         self.fail(f"Reshape to {target} is not supported; only flattening to (N, features)")
 
     def op_Identity(self):
@@ -350,6 +417,9 @@ class Importer:
     def run(self):
         for i, node in enumerate(self.m.graph.node):
             self.node = node
+            if node.domain in qonnx_import.DOMAINS:
+                qonnx_import.handler(self, node)(self)
+                continue
             if node.domain not in ("", "ai.onnx", "com.microsoft"):
                 self.fail(f"operator domain {node.domain!r} is not supported")
             handler = getattr(self, "op_" + node.op_type, None) or onnx_qops.HANDLERS.get(node.op_type)
@@ -359,6 +429,7 @@ class Importer:
                 handler(self)
             else:
                 handler()
+        self._types_before_reshapes()
         outputs = []
         for out in self.m.graph.output:
             if out.name not in self.vals:
@@ -371,7 +442,18 @@ class Importer:
         if len(outputs) != 1:
             raise UnsupportedModelError(f"qfab supports models with one output, this one has {len(outputs)}")
         self.fg.outputs = tuple(outputs)
+        onnx_qops.type_float_outputs(self)          # a quantized model's unquantized last layer
         return self.fg
+
+
+    def _types_before_reshapes(self):
+        """A Reshape keeps its input's type: an untyped input read only by a typed Reshape (the
+        GlobalAveragePool before the Flatten that a ReduceMean became) takes the Reshape's type."""
+        for node in reversed(self.fg.nodes):
+            src = node.inputs[0] if node.inputs else None
+            if node.kind == "Reshape" and node.output in self.fg.qtypes and src not in self.fg.qtypes \
+                    and len(self.fg.consumers(src)) == 1 and src not in self.fg.inputs:
+                self.fg.qtypes[src] = self.fg.qtypes[node.output]
 
 
 def supported_ops():
@@ -384,4 +466,5 @@ def import_onnx(path):
     imp = Importer(OnnxModel(path))
     fg = imp.run()
     fg.notes = imp.notes
+    fg.pool_rounding = onnx_qops.pool_rounding(imp)
     return fg

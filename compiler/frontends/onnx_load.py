@@ -12,6 +12,8 @@ from onnx import numpy_helper, shape_inference
 
 from qfab.base.errors import UnsupportedModelError
 
+from .canonicalize import canonicalize
+
 __all__ = ["OnnxModel", "node_label"]
 
 MAX_MODEL_BYTES = 1 << 31
@@ -41,6 +43,12 @@ class OnnxModel:
             if init.data_location == onnx.TensorProto.EXTERNAL:
                 raise UnsupportedModelError(f"{self.path}: initializer {init.name!r} uses external data, "
                                             "which qfab does not read; save the model with weights inside")
+        _check_opsets(self.path, model)
+        _check_finite(self.path, model.graph)
+        try:
+            model, self.notes = canonicalize(model)
+        except Exception as e:  # the reference evaluator raises many types on a node it cannot run
+            raise UnsupportedModelError(f"{self.path}: canonicalization failed ({type(e).__name__}: {e})") from None
         try:
             model = shape_inference.infer_shapes(model, strict_mode=False)
         except Exception as e:
@@ -107,3 +115,49 @@ class OnnxModel:
         if name not in self.initializers:
             raise UnsupportedModelError(f"{node_label(node)}: {what} {name!r} must be a constant initializer")
         return np.asarray(self.initializers[name])
+
+
+def _check_opsets(path, model):
+    """Refuse an operator set newer than the installed onnx package knows (its operators'
+    meaning is unknown to the checker, shape inference and qfab alike)."""
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if (o.domain or "ai.onnx") == "ai.onnx" and o.version > newest:
+            raise UnsupportedModelError(f"{path}: the model uses ONNX opset {o.version}, newer than {newest}, "
+                                        f"the newest that onnx {onnx.__version__} knows; export it with opset "
+                                        f"{newest} or older")
+        if (o.domain or "ai.onnx") == "ai.onnx" and o.version < 1:
+            raise UnsupportedModelError(f"{path}: the model declares ONNX opset {o.version}, which does not exist")
+
+
+def _check_finite(path, graph):
+    """Refuse NaN or infinite float constants (initializers and Constant nodes): quantization
+    would turn them into garbage codes. The error names the constant and the nodes using it."""
+    def users(name):
+        found = [node_label(n, i) for i, n in enumerate(graph.node) if name in n.input]
+        return f", used by {', '.join(found)}" if found else ""
+
+    def check(name, tensor, what):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type) if tensor.data_type else None
+        if dtype is None or np.dtype(dtype).kind not in "fc":
+            return
+        try:
+            a = numpy_helper.to_array(tensor)
+        except Exception as e:      # a malformed tensor: the checker names it later, or here
+            raise UnsupportedModelError(f"{path}: {what} {name!r} cannot be read ({type(e).__name__}: {e})") from None
+        bad = ~np.isfinite(a)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise UnsupportedModelError(
+                f"{path}: {what} {name!r}{users(name)} holds {a[index]} at index {index} "
+                f"({int(bad.sum())} of {a.size} values are NaN or infinite); weights and constants must be finite")
+
+    for init in graph.initializer:
+        check(init.name, init, "initializer")
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    check(node.output[0] if node.output else node.name, attr.t, f"{node_label(node, i)}: constant")

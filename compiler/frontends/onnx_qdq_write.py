@@ -7,13 +7,17 @@ The layout onnxruntime's own quantizer writes, so that onnxruntime runs it and
   makes it (also after MaxPool and Flatten, with their input's parameters);
 - weights are integer initializers behind a per-output-channel ``DequantizeLinear`` (axis 0),
   biases int32 behind one with scale ``s_in * s_w``;
-- codes of at most 8 bits are stored as int8 / uint8; an output clamp narrower than the storage
-  range (a 4-bit ReLU output ``[0, 15]`` in uint8) becomes ``Relu`` or ``Clip`` with bounds a
-  quarter step outside the last codes, so that both onnxruntime (clip, then round) and the
-  importer (ceil / floor of bound / scale) land on the same codes.
+- codes of at most 8 bits are stored as int8 / uint8; a narrower type is written QCDQ, as
+  Brevitas does: ``QuantizeLinear -> Clip(qmin, qmax) -> DequantizeLinear`` for activations and
+  ``Clip`` of the integer weight initializer, so the importer reads the width back (u4, i4);
+- an output clamp narrower than the type's range (a ReLU on a signed type, a Clip) becomes
+  ``Relu`` or ``Clip`` with bounds a quarter step outside the last codes, so that both
+  onnxruntime (clip, then round) and the importer (ceil / floor of bound / scale) land on the
+  same codes;
+- the model property ``qfab.pool_rounding`` records the average pools' rounding rule.
 
-The storage type is 8 bits, so a re-imported graph has 8-bit types with the same codes, scales,
-zero points, integer weights and clamps: it computes the same outputs code for code. Feature
+A re-imported graph has the same types (widths included), codes, scales, zero points, integer
+weights and clamps: it computes the same outputs code for code. Feature
 maps are written NCHW when the graph's input layout is NCHW (Conv weights transposed back, the
 weights of a Dense after a Flatten permuted to the channels-first order).
 """
@@ -26,6 +30,7 @@ from qfab.base.errors import QfabError
 
 from ..ir import Layout
 from ..ops import op_for
+from .onnx_qops import ROUNDING_PROP
 
 __all__ = ["qdq_model", "save_qdq"]
 
@@ -62,16 +67,29 @@ class _Writer:
         zp = self.const(f"{tensor}_zero_point", np.array(q.zero_point, dtype))
         return scale, zp
 
+    def narrow(self, name, bits, signed, qmin, qmax, codes):
+        """QCDQ: a ``Clip`` of the integer ``codes`` to ``[qmin, qmax]`` when that is narrower than
+        the 8-bit storage type (how Brevitas writes sub-8-bit types; qfab's importer reads the
+        Clip as the narrower type)."""
+        if bits >= 8:
+            return codes
+        dtype, _ = _storage(bits, signed)
+        lo = self.const(f"{name}_clip_min", np.array(qmin, dtype))
+        hi = self.const(f"{name}_clip_max", np.array(qmax, dtype))
+        return self.op("Clip", [codes, lo, hi], f"{name}_qclip")
+
     def quantize(self, tensor, float_name):
-        """``float_name`` -> Q -> DQ: the float value of IR tensor ``tensor``."""
+        """``float_name`` -> Q (-> Clip) -> DQ: the float value of IR tensor ``tensor``."""
         scale, zp = self.qparams(tensor)
+        qt = self.g.tensors[tensor].qtype
         q = self.op("QuantizeLinear", [float_name, scale, zp], f"{tensor}_q")
+        q = self.narrow(tensor, qt.bits, qt.signed, qt.qmin, qt.qmax, q)
         self.float_of[tensor] = self.op("DequantizeLinear", [q, scale, zp], f"{tensor}_dq")
 
     def clamp(self, tensor, lo, hi, y):
-        """Relu / Clip for an output clamp ``[lo, hi]`` narrower than the storage range."""
+        """Relu / Clip for an output clamp ``[lo, hi]`` narrower than the tensor type's range."""
         q = self.g.tensors[tensor].qtype
-        qmin, qmax = (-128, 127) if q.signed else (0, 255)
+        qmin, qmax = q.qmin, q.qmax
         if lo <= qmin and hi >= qmax:
             return y
         if lo == q.zero_point and hi >= qmax:
@@ -96,6 +114,8 @@ class _Writer:
         scales = np.asarray(wt.scales, np.float32)
         s_in = np.float32(self.g.tensors[node.input].qtype.scale)
         w_q = self.const(f"{node.name}_w_int", w.astype(dtype))
+        if not wt.bipolar:
+            w_q = self.narrow(f"{node.name}_w", wt.bits, wt.signed, wt.qmin, wt.qmax, w_q)
         w_s = self.const(f"{node.name}_w_scale", scales)
         w_zp = self.const(f"{node.name}_w_zero_point", np.zeros(len(scales), dtype))
         w_f = self.op("DequantizeLinear", [w_q, w_s, w_zp], f"{node.name}_w", axis=0)
@@ -138,7 +158,11 @@ class _Writer:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qfab")
         model.ir_version = 8
         bits = {t: g.tensors[t].qtype.describe() for t in g.tensors}
-        helper.set_model_props(model, {"qfab.activation_types": repr(bits),
+        rounding = {n.rounding for n in g.nodes if hasattr(n, "rounding")}
+        if len(rounding) > 1:
+            raise QfabError("the graph mixes pool rounding rules; the QDQ form records one")
+        helper.set_model_props(model, {ROUNDING_PROP: rounding.pop() if rounding else "half_up",
+                                       "qfab.activation_types": repr(bits),
                                        "qfab.weight_types": repr({n.name: n.w_type.describe() for n in g.nodes
                                                                   if hasattr(n, "w_type")})})
         model = onnx.shape_inference.infer_shapes(model)

@@ -5,6 +5,7 @@ MaxPool keeps its input's type (an optional output clamp); AvgPool and GlobalAvg
 MaxPool and AvgPool are a `SlidingWindow` feeding the pool engine; GlobalAvgPool is one engine.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,21 +33,38 @@ class MaxPool(_Node):
 
 @dataclass(frozen=True, eq=False)
 class AvgPool(_Node):
-    """Average over a window of ``K = KH*KW`` elements (padding counts, filled with ``zx``)."""
+    """Average over a window of ``K = KH*KW`` elements (padding counts, filled with ``zx``).
+
+    ``rounding``: the rule of the requantization's shift, ``half_up`` (qfab's own) or
+    ``half_even`` (a pool imported from a quantized ONNX model; docs/semantics.md).
+    """
     input: str
     output: str
     kernel: tuple
     stride: tuple
     requant: Requant
     padding: tuple = (0, 0, 0, 0)
+    rounding: str = "half_up"
 
 
 @dataclass(frozen=True, eq=False)
 class GlobalAvgPool(_Node):
-    """Average over the whole ``H x W`` plane of each channel; output ``(1, 1, C)``."""
+    """Average over the whole ``H x W`` plane of each channel; output ``(1, 1, C)``; ``rounding``
+    as `AvgPool`."""
     input: str
     output: str
     requant: Requant
+    rounding: str = "half_up"
+
+
+def _check_rounding(node):
+    if node.rounding not in intops.ROUNDING:
+        fail(node, f"rounding must be one of {', '.join(intops.ROUNDING)}, not {node.rounding!r}")
+
+
+def _requantize(node, acc, tout):
+    rq = node.requant
+    return intops.requantize(acc, rq.m0, rq.shift, tout.qtype.zero_point, rq.lo, rq.hi, node.rounding)
 
 
 class _WindowPool(Op):
@@ -133,7 +151,7 @@ def _pool_params(lw, node, fold):
     return dict(shape=lw.element(tin.qtype), channels=tin.shape[2], zero_point=tin.qtype.zero_point,
                 multiplier=int(node.requant.m0[0]), shift=int(node.requant.shift[0]),
                 out_shape=lw.element(tout.qtype), out_zero_point=tout.qtype.zero_point,
-                lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd)
+                lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd, rounding=node.rounding)
 
 
 class AvgPoolOp(_WindowPool):
@@ -143,12 +161,17 @@ class AvgPoolOp(_WindowPool):
     def verify(self, graph, node, inp, out):
         self._check_shape(node, inp, out)
         check_requant(graph, node, node.requant, 1, node.kernel[0] * node.kernel[1] * x_max(inp), out)
+        _check_rounding(node)
 
     def reference(self, node, xs, tin, tout):
         zx = tin.qtype.zero_point
         win = windows(xs[0], node.kernel, node.stride, node.padding, zx)
         acc = (win.astype(np.int64) - zx).sum(axis=(3, 4))
-        return node.requant.apply(acc, tout.qtype.zero_point)
+        return _requantize(node, acc, tout)
+
+    def with_rounding(self, node, rounding):
+        """``node`` with the requantization rounding rule ``rounding`` (see `AvgPool`)."""
+        return dataclasses.replace(node, rounding=rounding)
 
     def float_forward(self, fnode, xs):
         return float_windows(xs[0], fnode.kernel, fnode.stride, fnode.padding).mean(axis=(3, 4))
@@ -189,10 +212,13 @@ class GlobalAvgPoolOp(Op):
         if out.shape != (1, 1, c):
             fail(node, f"output {out.name!r} has shape {out.shape}, expected {(1, 1, c)}")
         check_requant(graph, node, node.requant, 1, h * w * x_max(inp), out)
+        _check_rounding(node)
 
     def reference(self, node, xs, tin, tout):
         acc = (xs[0].astype(np.int64) - tin.qtype.zero_point).sum(axis=(1, 2), keepdims=True)
-        return node.requant.apply(acc, tout.qtype.zero_point)
+        return _requantize(node, acc, tout)
+
+    with_rounding = AvgPoolOp.with_rounding
 
     def float_forward(self, fnode, xs):
         return xs[0].mean(axis=(1, 2), keepdims=True)

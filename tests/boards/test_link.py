@@ -41,12 +41,12 @@ class Format:
         args.update(kw)
         return Link(**args)
 
-    def infer(self, xs):
-        return protocol.encode_frame(protocol.INFER, protocol.pack_input(xs, self.in_bits, self.in_signed))
+    def infer(self, xs, seq=0):
+        return protocol.encode_frame(protocol.INFER, protocol.pack_input(xs, self.in_bits, self.in_signed), seq)
 
-    def result(self, xs):
+    def result(self, xs, seq=0):
         return protocol.Frame(protocol.RESULT, protocol.pack_input(self.function(np.asarray(xs)), self.out_bits,
-                                                                   self.out_signed))
+                                                                   self.out_signed), seq)
 
     def inputs(self, count, seed=0):
         lo, hi = (-(1 << (self.in_bits - 1)), 1 << (self.in_bits - 1)) if self.in_signed else (0, 1 << self.in_bits)
@@ -136,14 +136,14 @@ def run(fmt, link, wire, cycles=None, accelerator=True, stall=0.3, watch=None):
     return frames, seen
 
 
-def error(code, kind):
-    return protocol.Frame(protocol.ERROR, bytes([code, kind]))
+def error(code, kind, seq=0):
+    return protocol.Frame(protocol.ERROR, bytes([code, kind]), seq)
 
 
 def test_init():
     link = SMALL.link()
     assert (link.divisor, link.timeout_cycles, link.design_id) == (DIV, 30 * DIV, 0x1234ABCD)
-    assert link.info() == protocol.Info(1, 6, 6, 4, False, 5, True, 0x1234ABCD)
+    assert link.info() == protocol.Info(2, 6, 6, 4, False, 5, True, 0x1234ABCD)
     assert link.i.payload.shape().width == 8 and link.o.payload.shape().width == 15
 
 
@@ -169,56 +169,70 @@ def test_init_wrong():
 @pytest.mark.parametrize("name", FORMATS)
 def test_info(name):
     fmt = FORMATS[name]
-    frames, seen = run(fmt, fmt.link(), [protocol.encode_frame(protocol.INFO)])
+    frames, seen = run(fmt, fmt.link(), [protocol.encode_frame(protocol.INFO, seq=0x5A)])
+    assert [f.seq for f in frames] == [0x5A]
     assert [protocol.Info.parse(f.payload) for f in frames] == [
-        protocol.Info(1, fmt.in_elements, fmt.out_elements, fmt.in_bits, fmt.in_signed, fmt.out_bits,
+        protocol.Info(2, fmt.in_elements, fmt.out_elements, fmt.in_bits, fmt.in_signed, fmt.out_bits,
                       fmt.out_signed, 0x1234ABCD)]
     assert frames[0].type == protocol.INFO_REPLY and seen == []
 
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_back_to_back_inferences(name):
-    """Frames sent without a pause, the accelerator stalling at random: every result exact."""
+    """Frames sent without a pause, the accelerator stalling at random: every result exact, each
+    with its INFER frame's sequence number."""
     fmt = FORMATS[name]
     inputs = fmt.inputs(4, seed=len(name))
-    frames, seen = run(fmt, fmt.link(), [fmt.infer(x) for x in inputs])
+    frames, seen = run(fmt, fmt.link(), [fmt.infer(x, 250 + k) for k, x in enumerate(inputs)])
     assert seen == inputs
-    assert frames == [fmt.result(x) for x in inputs]
+    assert frames == [fmt.result(x, 250 + k) for k, x in enumerate(inputs)]
 
 
 def test_info_during_a_result_waits_for_its_end():
-    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6), protocol.encode_frame(protocol.INFO)],
+    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6, 3), protocol.encode_frame(protocol.INFO, seq=4)],
                        stall=0.0)
-    assert [f.type for f in frames] == [protocol.RESULT, protocol.INFO_REPLY]
-    assert frames[0] == SMALL.result([1] * 6)
+    assert [(f.type, f.seq) for f in frames] == [(protocol.RESULT, 3), (protocol.INFO_REPLY, 4)]
+    assert frames[0] == SMALL.result([1] * 6, 3)
 
 
-def test_bad_checksum_never_reaches_the_accelerator():
-    bad = bytearray(SMALL.infer([1, 2, 3, 4, 5, 6]))
-    bad[6] ^= 0x01
-    frames, seen = run(SMALL, SMALL.link(), [b"\x00\x13", bytes(bad), SMALL.infer([6, 5, 4, 3, 2, 1])])
-    assert frames == [error(protocol.BAD_CHECKSUM, protocol.INFER), SMALL.result([6, 5, 4, 3, 2, 1])]
+@pytest.mark.parametrize("damage", ["flip", "compensate", "swap", "crc"])
+def test_bad_crc_never_reaches_the_accelerator(damage):
+    """One byte flipped, two bytes changed by +1 and -1 (an additive check byte would pass them),
+    two different bytes swapped, a CRC byte flipped: BAD_CRC with the frame's sequence number."""
+    bad = bytearray(SMALL.infer([1, 2, 3, 4, 5, 6], 9))
+    if damage == "flip":
+        bad[6] ^= 0x01
+    elif damage == "compensate":
+        bad[6] += 1
+        bad[8] -= 1
+    elif damage == "swap":
+        bad[5], bad[9] = bad[9], bad[5]
+    else:
+        bad[-2] ^= 0x80
+    frames, seen = run(SMALL, SMALL.link(), [b"\x00\x13", bytes(bad), SMALL.infer([6, 5, 4, 3, 2, 1], 10)])
+    assert frames == [error(protocol.BAD_CRC, protocol.INFER, 9), SMALL.result([6, 5, 4, 3, 2, 1], 10)]
     assert seen == [[6, 5, 4, 3, 2, 1]]
 
 
 def test_wrong_length_and_unknown_type():
-    short = protocol.encode_frame(protocol.INFER, b"\x01\x02\x03")
-    long = protocol.encode_frame(protocol.INFER, bytes(7))
-    odd = protocol.encode_frame(0x33, b"\x07")
-    info_with_payload = protocol.encode_frame(protocol.INFO, b"\x00")
-    frames, seen = run(SMALL, SMALL.link(), [short, long, odd, info_with_payload, SMALL.infer([1] * 6)])
-    assert frames == [error(protocol.BAD_LENGTH, protocol.INFER), error(protocol.BAD_LENGTH, protocol.INFER),
-                      error(protocol.UNKNOWN_TYPE, 0x33), error(protocol.BAD_LENGTH, protocol.INFO),
-                      SMALL.result([1] * 6)]
+    short = protocol.encode_frame(protocol.INFER, b"\x01\x02\x03", 1)
+    long = protocol.encode_frame(protocol.INFER, bytes(7), 2)
+    odd = protocol.encode_frame(0x33, b"\x07", 3)
+    info_with_payload = protocol.encode_frame(protocol.INFO, b"\x00", 4)
+    frames, seen = run(SMALL, SMALL.link(), [short, long, odd, info_with_payload, SMALL.infer([1] * 6, 5)])
+    assert frames == [error(protocol.BAD_LENGTH, protocol.INFER, 1), error(protocol.BAD_LENGTH, protocol.INFER, 2),
+                      error(protocol.UNKNOWN_TYPE, 0x33, 3), error(protocol.BAD_LENGTH, protocol.INFO, 4),
+                      SMALL.result([1] * 6, 5)]
     assert seen == [[1] * 6]
 
 
-@pytest.mark.parametrize("cut", [2, 5, 10])
+@pytest.mark.parametrize("cut", [2, 5, 10, 13])
 def test_timeout_half_way_then_recovers(cut):
-    """A frame stopped after its type, in its payload, or before its check byte; the next frame works."""
-    frame = SMALL.infer([9] * 6)
-    frames, seen = run(SMALL, SMALL.link(), [frame[:cut], ("pause", 60 * DIV), SMALL.infer([2] * 6)])
-    assert frames == [error(protocol.TIMEOUT, protocol.INFER), SMALL.result([2] * 6)]
+    """A frame stopped after its type (the error names seq 0), after its header, in its payload,
+    or in its CRC; the next frame works."""
+    frame = SMALL.infer([9] * 6, 77)
+    frames, seen = run(SMALL, SMALL.link(), [frame[:cut], ("pause", 60 * DIV), SMALL.infer([2] * 6, 78)])
+    assert frames == [error(protocol.TIMEOUT, protocol.INFER, 0 if cut < 3 else 77), SMALL.result([2] * 6, 78)]
     assert seen == [[2] * 6]
 
 
@@ -236,8 +250,21 @@ def test_a_pause_shorter_than_the_timeout_is_no_error():
 
 
 def test_busy_when_the_accelerator_does_not_take_the_input():
-    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6), SMALL.infer([2] * 6)], accelerator=False)
-    assert frames == [error(BUSY, protocol.INFER)]
+    frames, seen = run(SMALL, SMALL.link(), [SMALL.infer([1] * 6), SMALL.infer([2] * 6, 1)], accelerator=False)
+    assert frames == [error(BUSY, protocol.INFER, 1)]
+
+
+def test_busy_when_too_many_results_are_owed():
+    """The accelerator takes inputs but gives nothing: after PENDING accepted inputs the next is BUSY."""
+    from qfab.boards.gateware.link import PENDING
+    link = SMALL.link()
+
+    async def sink(ctx):                        # takes every input beat, never gives a result
+        ctx.set(link.i.ready, 1)
+
+    wire = [x for k in range(PENDING + 1) for x in (SMALL.infer([k] * 6, k), ("pause", 20))]
+    frames, seen = run(SMALL, link, wire, accelerator=False, watch=sink)
+    assert frames == [error(BUSY, protocol.INFER, PENDING)]
 
 
 def test_status():
@@ -281,7 +308,7 @@ def test_core(tmp_path):
     assert core.divisor == 104 and core.link.timeout_cycles == 64 * 10 * 104
     assert core.link.error_hold_cycles == 3_000_000                 # a quarter second
     assert core.design_id == protocol.design_id(manifest, "module qfab_top(); endmodule\n")
-    assert core.link.info() == protocol.Info(1, 6, 6, 4, False, 5, True, core.design_id)
+    assert core.link.info() == protocol.Info(2, 6, 6, 4, False, 5, True, core.design_id)
     assert core.verilog_files() == {"qfab_top.v": "module qfab_top(); endmodule\n"}
     other = InferenceCore(tmp_path, divisor=8, timeout_cycles=500)
     Fragment.get(other, None)

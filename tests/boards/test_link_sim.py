@@ -51,5 +51,5 @@ def test_damaged_frames_are_resent_and_results_stay_exact(build):
     want = reference.run(graph, codes)[graph.outputs[0]].reshape(len(codes), -1)
     assert int((res.outputs != want).sum()) == 0
     assert res.stats["retries"] == 3
-    assert [e.split(" (")[0] for e in res.stats["errors"]] == ["bad checksum", "frame timed out half-way",
-                                                               "bad checksum"]
+    assert [e.split(" (")[0] for e in res.stats["errors"]] == ["bad CRC", "frame timed out half-way", "bad CRC"]
+    assert res.stats["stale_frames"] == 0 and res.stats["bad_frames"] == 0

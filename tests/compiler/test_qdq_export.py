@@ -47,10 +47,11 @@ def assert_same_integers(graph, other):
             np.testing.assert_array_equal(a.requant.m0, b.requant.m0, err_msg=a.name)
             np.testing.assert_array_equal(a.requant.shift, b.requant.shift, err_msg=a.name)
             assert (a.requant.lo, a.requant.hi) == (b.requant.lo, b.requant.hi), a.name
+            assert a.w_type.describe() == b.w_type.describe(), a.name
     pairs = [(graph.inputs[0], other.inputs[0])] + [(a.output, b.output) for a, b in zip(graph.nodes, other.nodes)]
     for mine, theirs in pairs:
         q, r = graph.tensors[mine].qtype, other.tensors[theirs].qtype
-        assert (q.scale, q.zero_point, q.signed) == (r.scale, r.zero_point, r.signed), mine
+        assert (q.scale, q.zero_point, q.signed, q.bits) == (r.scale, r.zero_point, r.signed, r.bits), mine
         assert graph.tensors[mine].shape == other.tensors[theirs].shape, mine
 
 
@@ -89,14 +90,27 @@ def test_signed_activations_roundtrip(tmp_path):
     assert back.tensors[back.outputs[0]].qtype.signed
 
 
-def test_narrow_clamps_are_written_as_clip(tmp_path):
+def test_narrow_types_are_written_as_qcdq(tmp_path):
+    """A 4-bit graph is written QCDQ (Q -> Clip -> DQ, Clip of the weight codes) and reads back
+    with its 4-bit widths; an 8-bit graph has no Clip (uint8 storage clamps to [0, 255] itself)."""
     graph, _ = _ptq("mlp", 4)
-    ops = [n.op_type for n in qdq_model(graph).graph.node]
-    assert ops.count("Clip") == 2                      # the two 4-bit ReLU layers: [0, 15] in uint8
+    model = qdq_model(graph)
+    ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == len(graph.tensors)
+    narrow = [t for t in graph.tensors.values() if t.qtype.bits < 8]
+    weighted = [n for n in graph.nodes if hasattr(n, "w_type")]
+    assert narrow and all(n.w_type.bits == 4 for n in weighted)
+    assert ops.count("Clip") == len(narrow) + len(weighted)
+    path = tmp_path / "mlp4.onnx"
+    save_qdq(graph, path)
+    back = load_graph(path)
+    def widths(g):
+        return [g.tensors[t].qtype.describe() for t in (g.inputs[0], *(n.output for n in g.nodes))]
+    assert widths(back) == widths(graph) and "u4" in widths(graph)
+    assert [n.w_type.describe() for n in back.nodes if hasattr(n, "w_type")] == ["i4"] * len(weighted)
     graph8, _ = _ptq("mlp", 8)
     ops8 = [n.op_type for n in qdq_model(graph8).graph.node]
-    assert "Clip" not in ops8 and "Relu" not in ops8   # uint8 storage clamps to [0, 255] itself
+    assert "Clip" not in ops8 and "Relu" not in ops8
 
 
 def test_multipoint_graph_is_rejected():

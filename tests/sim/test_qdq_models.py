@@ -1,0 +1,67 @@
+"""Quantized models from other tools, compiled and simulated in Verilator bit-exact on every output
+element: pools that round half to even (as imported from QDQ/QOperator models) and a Brevitas
+QCDQ network with 4-bit widths, a half-to-even average pool and a float last layer (its output
+is the wide integer accumulator)."""
+
+import numpy as np
+import pytest
+
+from qfab.compiler import reference
+from qfab.compiler.buildfolder import Build
+from qfab.compiler.compile import compile_graph
+from qfab.compiler.ir import AvgPool, GlobalAvgPool, Tensor
+from qfab.compiler.load import load_graph
+from qfab.sim.accelerator import simulate
+from tests.compiler.brevitas_models import available, export_qcdq, inputs
+from tests.compiler.graphs import graph, qtype, requant
+
+pytestmark = [pytest.mark.verilator, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def _tie_pools():
+    """An AvgPool (2 x 2, M0 / 2**n = 1/4: every sum = 2 mod 4 is an exact tie) then a
+    GlobalAvgPool (over 2 x 2, 1/4 again), both rounding half to even."""
+    x = Tensor("x", (4, 4, 4), qtype(4, True, 0, 0.5))
+    h = Tensor("h", (2, 2, 4), qtype(4, True, 1, 0.5))
+    y = Tensor("y", (1, 1, 4), qtype(4, True, -1, 0.5))
+    pool = AvgPool("pool", "x", "h", (2, 2), (2, 2), requant(1, h, m0=1, shift=2), rounding="half_even")
+    gap = GlobalAvgPool("gap", "h", "y", requant(1, y, m0=1 << 20, shift=22), rounding="half_even")
+    return graph(["x"], [pool, gap], [x, h, y])
+
+
+def _simulate(g, codes, tmp_path):
+    compile_graph(g, tmp_path / "build", log=lambda *a: None)
+    res = simulate(Build.load(tmp_path / "build"), codes, stall=0.2, seed=3, log=lambda *a: None)
+    return res.outputs
+
+
+def _half_up(g):
+    from qfab.compiler.ops import op_for
+    return g.replace(nodes=tuple(op_for(n).with_rounding(n, "half_up") if hasattr(n, "rounding") else n
+                                 for n in g.nodes))
+
+
+def test_half_even_pools_simulate_bit_exact(tmp_path):
+    g = _tie_pools()
+    rng = np.random.default_rng(5)
+    codes = rng.integers(-8, 8, (60, 4, 4, 4))
+    want = reference.run(g, codes)[g.outputs[0]]
+    assert not np.array_equal(reference.run(_half_up(g), codes)[g.outputs[0]], want)   # ties decide
+    got = _simulate(g, codes, tmp_path).reshape(want.shape)
+    assert np.array_equal(got, want), f"{(got != want).sum()} of {want.size} elements differ"
+
+
+@pytest.mark.slow
+def test_brevitas_float_output_network_simulates_bit_exact(tmp_path):
+    if not available():
+        pytest.skip("needs brevitas and onnxoptimizer (the [train] extra)")
+    path = export_qcdq(tmp_path / "b.onnx", scales="fixed", pool="avg", output="float", depthwise=False)
+    g = load_graph(path)
+    out = g.tensors[g.outputs[0]].qtype
+    assert out.bits > 8 and [n.rounding for n in g.nodes if n.kind == "AvgPool"] == ["half_even"]
+    assert {n.w_type.describe() for n in g.nodes if hasattr(n, "w_type")} == {"i4"}
+    codes = reference.quantize_inputs(g, inputs(24))
+    want = reference.run(g, codes)[g.outputs[0]]
+    assert not np.array_equal(reference.run(_half_up(g), codes)[g.outputs[0]], want)
+    got = _simulate(g, codes, tmp_path).reshape(want.shape)
+    assert np.array_equal(got, want), f"{(got != want).sum()} of {want.size} elements differ"
