@@ -82,7 +82,6 @@ def _initializer_inputs(gr):
         keep = [vi for vi in gr.g.input if vi.name not in gr.consts]
         del gr.g.input[:]
         gr.g.input.extend(keep)
-        gr.model.ir_version = max(gr.model.ir_version, 4)
         gr.notes.append(f"{len(listed)} initializers listed as graph inputs are read as constants")
 
 
@@ -268,6 +267,7 @@ def canonicalize(model):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     gr = _Graph(copy)
+    copy.ir_version = max(copy.ir_version, 4)     # from IR version 4 on initializers need not be inputs
     for step in (_initializer_inputs, _constant_nodes, _fold, _auto_pad, _gemm_bias, _pools_and_squeezes,
                  _drop_unused):
         step(gr)

@@ -33,6 +33,7 @@ class Importer:
         self.alias_of = {}        # onnx name -> onnx name it aliases (for sole-use checks)
         self.weight_types = {}    # onnx name of a constant -> (bits, signed) a QONNX Quant gave it
         self.channels_last = {}   # onnx name -> fg tensor: a (C, H, W) map transposed to (H, W, C)
+        self.superseded = set()   # fg tensors whose type a later QuantizeLinear may replace
         self.codes = {}           # onnx name -> QType: integer codes of an activation (Q, Clip of Q)
         self.qconst = {}          # onnx name -> (int array, scales, zero points, axis, dtype): Q of a constant
         self.code_range = {}      # onnx name -> (lo, hi): a QCDQ Clip of constant codes (the weight width)
@@ -141,6 +142,7 @@ class Importer:
     def fuse_act(self, act):
         prod = self.producer_for_fusion(self.node.input[0], self.node.op_type)
         self.replace_node(prod, prod.replace(act=prod.act.then(act)))
+        self.supersede(prod.output)
         self.alias(self.node.input[0], self.node.output[0])
 
     def shape_of(self, t):
@@ -255,10 +257,15 @@ class Importer:
         if all(consts):
             self.fail("Add of two constants should be folded before import")
         xi, ci = (0, 1) if consts[1] else (1, 0)
-        prod = self.producer_for_fusion(n.input[xi], "Add of a constant (bias)")
+        self.add_bias(n.input[xi], self.const(n.input[ci], "bias"))
+        self.alias(n.input[xi], n.output[0])
+
+    def add_bias(self, onnx_name, c):
+        """Fold constant ``c`` into the bias of the layer that computes ``onnx_name``. A type the
+        layer's output had before the add is superseded by the one after it (one rounding, not two)."""
+        prod = self.producer_for_fusion(onnx_name, "Add of a constant (bias)")
         if not op_for(prod.kind).weighted or prod.act.kind != "none":
             self.fail("a constant can only be added to the output of a Conv/Gemm/MatMul (as its bias)")
-        c = self.const(n.input[ci], "bias")
         cout = prod.weight.shape[0]
         if c.size == 1:
             c = np.full(cout, float(c.reshape(())))
@@ -266,7 +273,53 @@ class Importer:
             c = c.reshape(cout)
         else:
             self.fail(f"constant of shape {c.shape} is not a per-channel bias of {cout} channels")
-        self.replace_node(prod, prod.replace(bias=prod.bias + c))
+        fixed = None if prod.fixed is None else prod.fixed.replace(b_int=None)   # requantized at s_in * s_w
+        self.replace_node(prod, prod.replace(bias=prod.bias + c, fixed=fixed))
+        self.supersede(prod.output)
+
+    def supersede(self, t):
+        """Tensor ``t`` had a type before an operator that qfab fuses into its producer: a later
+        QuantizeLinear replaces it (the rounding between the two is not kept)."""
+        if t in self.fg.qtypes:
+            self.superseded.add(t)
+            self.notes.append(f"tensor {t!r}: the quantization before the fused {self.node.op_type} "
+                              f"{self.node.name!r} is dropped (one rounding instead of two)")
+
+    def requantize_or_supersede(self):
+        """A QuantizeLinear of a tensor that already has another type: a superseded type is
+        replaced; otherwise the tensor is requantized (a ``Requantize`` node). True if handled here."""
+        n = self.node
+        if self.is_const(n.input[0]):
+            return False
+        t = self.tensor(n.input[0])
+        old = self.fg.qtypes.get(t)
+        new = onnx_qops._act_qtype(self, n.input[1], n.input[2] if len(n.input) > 2 else "", "QuantizeLinear")
+        if old is None or old == new:
+            return False
+        if t in self.superseded:
+            del self.fg.qtypes[t]
+            self.superseded.discard(t)
+            return False
+        fnode = self.emit("Requantize", [t], self.shape_of(t))
+        self.fg.qtypes[fnode.output] = new
+        if t in self.perm:
+            self.perm[fnode.output] = self.perm[t]
+        return True
+
+    def qlinear_bias_add(self):
+        """QLinearAdd of a layer's output and a constant: a bias, folded into the layer."""
+        n = self.node
+        xi, ci = (0, 3) if self.is_const(n.input[3]) else (3, 0)
+        if self.is_const(n.input[xi]):
+            self.fail("QLinearAdd of two constants should be folded before import")
+        q = np.asarray(self.m.np_const(n, n.input[ci], "constant input"))
+        c = self._dequant_const(q, onnx_qops._scale(self, n.input[ci + 1], "constant"),
+                                onnx_qops._zp(self, n.input[ci + 2], "constant"), 0)
+        self.add_bias(n.input[xi], c)
+        t = self.tensor(n.input[xi])
+        self.fg.qtypes.pop(t, None)
+        self.superseded.discard(t)
+        self.fg.qtypes[t] = onnx_qops._act_qtype(self, n.input[6], n.input[7] if len(n.input) > 7 else "", "output")
         self.alias(n.input[xi], n.output[0])
 
     def _scale_by_constant(self, divide):
@@ -422,6 +475,11 @@ class Importer:
                 continue
             if node.domain not in ("", "ai.onnx", "com.microsoft"):
                 self.fail(f"operator domain {node.domain!r} is not supported")
+            if node.op_type == "QuantizeLinear" and self.requantize_or_supersede():
+                continue
+            if node.op_type == "QLinearAdd" and (self.is_const(node.input[0]) or self.is_const(node.input[3])):
+                self.qlinear_bias_add()
+                continue
             handler = getattr(self, "op_" + node.op_type, None) or onnx_qops.HANDLERS.get(node.op_type)
             if handler is None:
                 self.fail(f"operator {node.op_type!r} is not supported (supported: {', '.join(supported_ops())})")

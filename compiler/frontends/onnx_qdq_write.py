@@ -132,8 +132,17 @@ class _Writer:
         return dict(kernel_shape=list(node.kernel), strides=list(node.stride), pads=[top, left, bottom, right])
 
     def node(self, node):
-        """Write ``node`` through its operator's ``qdq`` (`qfab.compiler.ops`), then quantize its output."""
+        """Write ``node`` through its operator's ``qdq`` (`qfab.compiler.ops`), then quantize its output.
+
+        A wide output (more than 8 bits: a layer's accumulator, docs/semantics.md) is left in
+        float, the form it is imported from (a float last layer)."""
         y = op_for(node).qdq(self, node, self.float_of[node.inputs[0]])
+        q = self.g.tensors[node.output].qtype
+        if q.bits > 8 and node.output in self.g.outputs and hasattr(node, "w_type"):
+            if q.zero_point or (node.requant.lo, node.requant.hi) != (q.qmin, q.qmax):
+                raise QfabError(f"wide output {node.output!r} with a zero point or a clamp has no QDQ form")
+            self.float_of[node.output] = y
+            return
         self.quantize(node.output, y)
 
     def model(self, input_name, output_name):

@@ -353,8 +353,9 @@ def type_float_outputs(imp):
     """A quantized model whose last layer has a float output (Brevitas's QuantLinear default, a
     float Gemm after DQ): the graph output is the layer's integer accumulator, a wide signed type
     with scale ``s_in * s_w`` (``M0 / 2**n = 1``), so that its dequantized value is the float
-    output of onnxruntime within float32 rounding. Per-channel weight scales use the largest
-    channel scale and requantize the others to it (dyadic multipliers ``<= 1``)."""
+    output of onnxruntime within float32 rounding. Per-channel weight scales: the output step is
+    the smallest channel's ``s_in * s_w`` divided by the largest power of two that keeps the codes
+    within 32 bits, and every channel is requantized to it (dyadic multipliers ``>= 1``)."""
     fg = imp.fg
     if not fg.qtypes:
         return
@@ -377,15 +378,17 @@ def type_float_outputs(imp):
         if fx.multipliers is not None:
             continue
         scales = np.asarray(fx.scales, np.float64)
-        s_out = float(np.float32(np.float32(x.scale) * np.float32(scales.max())))
         w = np.asarray(fx.w_int, np.int64).reshape(len(scales), -1)
         x_max = max(abs(x.qmin - x.zero_point), abs(x.qmax - x.zero_point))
-        if fx.b_int is not None:
-            b_max = int(np.abs(fx.b_int).max(initial=0))
-        else:
-            b_max = int(np.abs(np.rint(prod.bias / (x.scale * scales))).max(initial=0))
-        bound = b_max + int(np.abs(w).sum(axis=1).max(initial=0)) * x_max
-        bits = acc_bits(bound)
+        b = fx.b_int if fx.b_int is not None else np.rint(prod.bias / (x.scale * scales))
+        bounds = np.abs(np.asarray(b, np.float64)) + np.abs(w).sum(axis=1) * x_max      # per channel
+        s_w = scales.min()
+        bits = acc_bits(int(np.ceil((bounds * scales / s_w).max(initial=0))))
+        # per-channel scales: refine the output step by 2^-k (k as large as 32 bits allow), so
+        # that rounding each channel to it costs no more than float32 rounding does
+        k = 0 if np.all(scales == s_w) else max(0, WIDE_OUTPUT_BITS - bits)
+        s_out = float(np.float32(np.float32(x.scale) * np.float32(s_w)) * 2.0 ** -k)
+        bits += k
         if bits > WIDE_OUTPUT_BITS:
             raise UnsupportedModelError(f"graph output {t!r}: the accumulator of the float last layer "
                                         f"{prod.name!r} needs {bits} bits, more than {WIDE_OUTPUT_BITS}")

@@ -93,3 +93,38 @@ def available():
 
 def inputs(n=200, seed=1):
     return (np.random.default_rng(seed).standard_normal((n, 1, 8, 8)) * 1.5).astype(np.float32)
+
+
+def export_narrow_mlp(path, seed=0):
+    """A Brevitas 4-bit MLP whose hidden activation is narrow-range ([-7, 7]: a QCDQ Clip that is
+    not a whole type's range), with an int8 output; input ``(N, 16)``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import brevitas.nn as qnn
+        import torch
+        from brevitas.export import export_onnx_qcdq
+        from brevitas.quant import Int8ActPerTensorFloat, Int32Bias
+
+        torch.manual_seed(seed)
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inp = qnn.QuantIdentity(bit_width=4, return_quant_tensor=True)
+                self.fc1 = qnn.QuantLinear(16, 12, weight_bit_width=4, bias_quant=Int32Bias, return_quant_tensor=True)
+                self.mid = qnn.QuantIdentity(bit_width=4, narrow_range=True, return_quant_tensor=True)
+                self.fc2 = qnn.QuantLinear(12, 5, weight_bit_width=4, bias_quant=Int32Bias,
+                                           output_quant=Int8ActPerTensorFloat)
+
+            def forward(self, x):
+                return self.fc2(self.mid(self.fc1(self.inp(x))))
+
+        net = Net()
+        net.train()
+        with torch.no_grad():
+            for _ in range(8):
+                net(torch.randn(32, 16))
+        net.eval()
+        export_onnx_qcdq(net, torch.randn(1, 16), export_path=str(path), input_names=["input"], opset_version=17,
+                         dynamo=False, dynamic_axes={"input": {0: "N"}})
+    return path

@@ -17,7 +17,7 @@ from qfab.compiler.frontends.onnx_qdq_write import save_qdq
 from qfab.compiler.info import float_info, format_table
 from qfab.compiler.load import load_graph
 
-from .brevitas_models import available, export_qcdq, inputs
+from .brevitas_models import available, export_narrow_mlp, export_qcdq, inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -76,6 +76,24 @@ def test_brevitas_qcdq_imports_4_bit_and_equals_onnxruntime(tmp_path, brevitas, 
     assert n == 0
     table = format_table(graph)
     assert " i4 " in table and " u4 " in table
+
+
+@pytest.mark.slow
+def test_brevitas_narrow_range_clip_is_a_clamp(tmp_path, brevitas):
+    """A narrow-range activation (Clip [-7, 7] between Q and DQ) is i4 with the output clamp
+    [-7, 7] on the layer that makes it; equal to onnxruntime on every output code."""
+    path = export_narrow_mlp(tmp_path / "n.onnx")
+    graph = load_graph(path)
+    fc1 = graph.nodes[0]
+    assert graph.tensors[fc1.output].qtype.describe() == "i4"
+    assert (fc1.requant.lo, fc1.requant.hi) == (-7, 7)
+    x = (np.random.default_rng(0).standard_normal((500, 16)) * 2).astype(np.float32)
+    n, size = _codes_equal_ort(path, graph, x)
+    assert n == 0, f"{n} of {size} differ"
+    import dataclasses
+    loose = dataclasses.replace(fc1, requant=dataclasses.replace(fc1.requant, lo=-8))
+    n, _ = _codes_equal_ort(path, graph.replace(nodes=(loose, *graph.nodes[1:])), x)
+    assert n > 0                                          # the clamp at -7 matters
 
 
 @pytest.mark.slow
@@ -196,3 +214,95 @@ def test_info_cli_on_a_float_model(tmp_path, capsys):
     main(["info", str(path)])
     out = capsys.readouterr().out
     assert "float" in out and "Conv2d" in out
+
+
+def test_wide_types_only_for_outputs_no_node_reads():
+    """verify: a graph output may be up to 32 bits wide; a tensor a node reads may not."""
+    from qfab.base.errors import VerifyError
+    from qfab.compiler.ir import Dense, Requantize, Tensor
+    from qfab.compiler.verify import verify
+
+    from .graphs import graph, qtype, requant, weight_type
+
+    rng = np.random.default_rng(0)
+    x = Tensor("x", (6,), qtype(4, False, 0, 0.1))
+    h = Tensor("h", (4,), qtype(20, True, 0, 0.001))
+    dense = Dense("fc", "x", "h", weights=rng.integers(-8, 8, (1, 4, 6)), multipliers=np.ones((1, 4), np.int64),
+                  bias=rng.integers(-50, 50, 4), w_type=weight_type(4, 4), requant=requant(4, h, m0=1 << 23, shift=23))
+    verify(graph(["x"], [dense], [x, h]))                               # a wide output
+    codes = rng.integers(0, 16, (30, 6))
+    acc = reference.run(graph(["x"], [dense], [x, h]), codes)["h"]
+    assert np.array_equal(acc, codes @ dense.weights[0].T + dense.bias)   # the accumulator itself
+    y = Tensor("y", (4,), qtype(8, True, 0, 0.1))
+    rq = Requantize("rq", "h", "y", requant(1, y, m0=1, shift=4))
+    with pytest.raises(VerifyError, match="only a graph output may be wider than 8"):
+        verify(graph(["x"], [dense, rq], [x, h, y], outputs=["h", "y"]))
+
+
+def _strip_output_quantization(src, dst):
+    """The QDQ model ``src`` with its last QuantizeLinear -> DequantizeLinear pair removed: the
+    last Gemm's float output is the model output (a float last layer after DQ)."""
+    model = onnx.load(str(src))
+    g = model.graph
+    out = g.output[0].name
+    dq = next(n for n in g.node if out in n.output)
+    q = next(n for n in g.node if dq.input[0] in n.output)
+    assert (q.op_type, dq.op_type) == ("QuantizeLinear", "DequantizeLinear")
+    for node in g.node:
+        if q.input[0] in node.output:
+            node.output[0] = out
+    g.node.remove(q)
+    g.node.remove(dq)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_float_gemm_after_dq_outputs_the_accumulator(tmp_path, per_channel):
+    """onnxruntime's QDQ digits MLP without its output quantization: qfab's output is the last
+    layer's accumulator (wide type); dequantized it equals onnxruntime's float output within
+    float32 rounding (per-tensor weights; per-channel weights are requantized to the smallest
+    channel scale, exact to 24 bits)."""
+    from qfab.compiler.datasets import digits
+
+    from .ort_models import ort_quantize
+    from .test_onnx_ort import _bundled
+    x_train, _, x_test, _ = digits("flat")
+    q = ort_quantize(_bundled("mlp"), tmp_path / "q.onnx", x_train[:256], "QDQ", "uint8", per_channel)
+    path = _strip_output_quantization(q, tmp_path / "float_out.onnx")
+    graph = load_graph(path)
+    out = graph.tensors[graph.outputs[0]].qtype
+    assert out.signed and 8 < out.bits <= 32
+    y = _ort(path, x_test)
+    codes = reference.run(graph, reference.quantize_inputs(graph, x_test))[graph.outputs[0]]
+    ours = reference.dequantize_outputs(graph, codes).reshape(y.shape)
+    err = np.abs(ours - y).max()
+    print(f"per_channel={per_channel}: max |error| {err:.3g}, output step {out.scale:.3g}, {out.describe()}")
+    assert err <= 1e-5 * np.abs(y).max()
+    # qfab's QDQ writer leaves the wide output in float; it reads back to the same graph
+    written = tmp_path / "written.onnx"
+    save_qdq(graph, written)
+    back = load_graph(written)
+    assert back.tensors[back.outputs[0]].qtype == out
+    np.testing.assert_array_equal(reference.run(back, reference.quantize_inputs(back, x_test))[back.outputs[0]],
+                                  codes)
+    assert np.abs(_ort(written, x_test) - ours).max() <= 1e-5 * np.abs(y).max()
+
+
+def test_pool_rounding_survives_the_model_file(tmp_path):
+    """A half-to-even pool keeps its rule through a .qfab file (and verify rejects unknown rules)."""
+    from qfab.base.errors import VerifyError
+    from qfab.compiler.modelfile import load, save
+    from qfab.compiler.ops import op_for
+    from qfab.compiler.verify import verify
+
+    from .graphs import avgpool_graph, gap_graph
+    for g in (avgpool_graph(), gap_graph()):
+        node = g.nodes[0]
+        even = g.replace(nodes=(op_for(node).with_rounding(node, "half_even"),))
+        save(even, tmp_path / "m.qfab")
+        assert load(tmp_path / "m.qfab").nodes[0].rounding == "half_even"
+        save(g, tmp_path / "m.qfab")
+        assert load(tmp_path / "m.qfab").nodes[0].rounding == "half_up"
+        with pytest.raises(VerifyError, match="rounding must be one of"):
+            verify(g.replace(nodes=(op_for(node).with_rounding(node, "down"),)))

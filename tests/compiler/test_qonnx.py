@@ -22,10 +22,16 @@ pytestmark = pytest.mark.filterwarnings("ignore")    # Brevitas and the exporter
 IMAGES = 40
 
 
-def brevitas_net(bits=4):
+def brevitas_net(bits=4, per_channel=False):
     from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
-    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat, Uint8ActPerTensorFloat
-    w = dict(weight_quant=Int8WeightPerTensorFloat, weight_bit_width=bits, bias=False)
+    from brevitas.quant import (
+        Int8ActPerTensorFloat,
+        Int8WeightPerChannelFloat,
+        Int8WeightPerTensorFloat,
+        Uint8ActPerTensorFloat,
+    )
+    w = dict(weight_quant=Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat,
+             weight_bit_width=bits, bias=False)
     act = dict(act_quant=Uint8ActPerTensorFloat, bit_width=bits)
     return nn.Sequential(
         QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8),
@@ -34,12 +40,12 @@ def brevitas_net(bits=4):
         QuantLinear(16 * 4 * 4, 10, **w), QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8))
 
 
-def brevitas_qonnx(folder, steps=40):
+def brevitas_qonnx(folder, steps=40, per_channel=False):
     """Train the 4-bit net briefly (QAT) on the digits and export it with ``export_qonnx``."""
     from brevitas.export import export_qonnx
     x_train, y_train, x_test, _ = digits("NCHW")
     torch.manual_seed(0)
-    net = brevitas_net()
+    net = brevitas_net(per_channel=per_channel)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     xt, yt = torch.tensor(x_train), torch.tensor(y_train, dtype=torch.long)
     net.train()
@@ -65,20 +71,68 @@ def qonnx_executor(path, x):
 
 
 def matches_qonnx_executor(path, x):
-    """qfab's reference equals qonnx's executor on every output element; returns the graph."""
+    """qfab's output codes equal qonnx's executor's outputs (on the output Quant's grid, float32)
+    on every element; returns the graph."""
     graph = load_graph(path)
-    ours = reference.dequantize_outputs(graph, reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]])
-    theirs = qonnx_executor(path, x)
-    differ = int((np.asarray(ours).reshape(theirs.shape) != theirs).sum())
-    assert differ == 0, f"{differ} of {theirs.size} outputs differ from qonnx's executor"
+    ours = reference.output_codes(graph, reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]])
+    q = graph.tensors[graph.outputs[0]].qtype
+    theirs = qonnx_executor(path, x) / q.scale + q.zero_point
+    np.testing.assert_allclose(theirs, np.rint(theirs), atol=1e-3)   # the executor's output is on the grid
+    differ = int((ours.reshape(theirs.shape) != np.rint(theirs)).sum())
+    assert differ == 0, f"{differ} of {theirs.size} output codes differ from qonnx's executor"
     return graph
 
 
 @pytest.mark.slow
-def test_brevitas_qonnx_imports_with_its_widths_and_matches_the_executor(tmp_path):
-    path, x = brevitas_qonnx(tmp_path)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_brevitas_qonnx_imports_with_its_widths_and_matches_the_executor(tmp_path, per_channel):
+    path, x = brevitas_qonnx(tmp_path, per_channel=per_channel)
     graph = matches_qonnx_executor(path, x)
     widths = [(n.w_type.bits, n.w_type.signed) for n in graph.nodes if getattr(n, "w_type", None) is not None]
     assert widths == [(4, True)] * 3, widths
     acts = {t.name: (t.qtype.bits, t.qtype.signed) for t in graph.tensors.values()}
     assert sorted(set(acts.values())) == [(4, False), (8, True)], acts
+    assert any(n.w_type.per_channel for n in graph.nodes if getattr(n, "w_type", None)) == per_channel
+
+
+def _quant_model(path, op, weight=True, **attrs):
+    """A one-layer QONNX model (for the operators Brevitas does not write here): MatMul of the
+    input by a weight behind ``op`` (``weight``), or ``op`` on the MatMul's output."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.float32(0.5), "s"), numpy_helper.from_array(np.float32(0), "z"),
+             numpy_helper.from_array(np.float32(4), "b")]
+    ins = {"Quant": ["s", "z", "b"], "BipolarQuant": ["s"], "Trunc": ["s", "z", "b", "b"]}[op]
+    dom = "qonnx.custom_op.general"
+    if weight:
+        nodes = [helper.make_node(op, ["w", *ins], ["wq"], domain=dom, **attrs),
+                 helper.make_node("MatMul", ["x", "wq"], ["y"])]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node(op, ["m", *ins], ["y"], domain=dom,
+                                                                                  **attrs)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(dom, 1)])
+    import onnx
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bipolar_weights_are_read_as_the_bipolar_type(tmp_path):
+    from qfab.compiler.frontends.onnx_import import import_onnx
+    fg = import_onnx(_quant_model(tmp_path / "m.onnx", "BipolarQuant"))
+    fixed = fg.nodes[0].fixed
+    assert (fixed.bits, fixed.signed) == (1, True)
+    assert set(np.unique(fixed.w_int)) == {-1, 1}
+
+
+@pytest.mark.parametrize("op,weight,attrs,message", [
+    ("Trunc", False, {}, "Trunc (the floor-rounding shift"),
+    ("Quant", True, {"rounding_mode": "FLOOR"}, "rounding_mode=FLOOR is not supported"),
+    ("Quant", False, {"narrow": 1}, "narrow_range=1 on an activation is not supported"),
+    ("BipolarQuant", False, {}, "BipolarQuant on an activation"),
+])
+def test_unsupported_qonnx_is_refused_by_name(tmp_path, op, weight, attrs, message):
+    with pytest.raises(UnsupportedModelError, match=message.replace("(", r"\(")):
+        load_graph(_quant_model(tmp_path / "m.onnx", op, weight, **attrs))

@@ -100,16 +100,21 @@ def _train_briefly(net, x, y, steps=30, seed=0):
     return net.eval()
 
 
-def export(net, path, x_example):
-    """``torch.onnx.export`` with the TorchScript exporter (its warnings are not ours)."""
+def export(net, path, x_example, dynamo=False):
+    """``torch.onnx.export``: the TorchScript exporter (``dynamo=False``, node names like ``/0/Conv``)
+    or the default torch.export-based one (its warnings and progress lines are not ours)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.tensor(x_example[:1]),), str(path), dynamo=False, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+        if dynamo:
+            torch.onnx.export(net, (torch.tensor(x_example[:1]),), str(path), dynamo=True, input_names=["input"],
+                              output_names=["output"], external_data=False)
+        else:
+            torch.onnx.export(net, (torch.tensor(x_example[:1]),), str(path), dynamo=False, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
     return path
 
 
-def exported(kind, folder, fmt="float"):
+def exported(kind, folder, fmt="float", dynamo=False):
     """Train ``kind`` briefly on the digits, export it, and quantize it (``fmt`` QDQ/QOperator).
 
     The quantized nets leave out the scale by a constant: between two quantized tensors it is a
@@ -117,7 +122,7 @@ def exported(kind, folder, fmt="float"):
     x_train, y_train, x_test, _ = digits("NCHW")
     torch.manual_seed(0)
     net = _train_briefly(NETS[kind](scale=fmt == "float"), x_train, y_train)
-    path = export(net, folder / f"{kind}.onnx", x_train)
+    path = export(net, folder / f"{kind}.onnx", x_train, dynamo)
     if fmt != "float":
         path = ort_quantize(path, folder / f"{kind}_{fmt}.onnx", x_train[:256], fmt=fmt)
     return path, x_train, x_test
@@ -139,13 +144,14 @@ def quantized_matches_onnxruntime(path, x):
     return graph
 
 
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("kind", sorted(NETS))
-def test_float_export_imports_and_matches_onnxruntime(tmp_path, kind):
+def test_float_export_imports_and_matches_onnxruntime(tmp_path, kind, dynamo):
     from qfab.compiler.frontends.onnx_import import import_onnx
-    path, _, x_test = exported(kind, tmp_path)
+    path, _, x_test = exported(kind, tmp_path, dynamo=dynamo)
     fg = import_onnx(path)
-    assert any("/" in n.name for n in fg.nodes), "the exporter's node names were not kept"
-    x = x_test[:64]
+    assert dynamo or any("/" in n.name for n in fg.nodes), "the exporter's node names were not kept"
+    x = x_test[:1] if dynamo else x_test[:64]          # the torch.export graph has a static batch of 1
     ours = fgraph.forward(fg, reference.to_ir_layout(fg, x))[fg.outputs[0]]
     np.testing.assert_allclose(ours, ort_run(path, x), rtol=1e-4, atol=1e-4)
     if kind == "depthwise":

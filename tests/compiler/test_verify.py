@@ -141,7 +141,7 @@ def test_activation_bits(bits):
 @pytest.mark.parametrize("bits", [0, 33])
 def test_wide_output_bits(bits):
     """A graph output no node reads may be up to 32 bits wide (docs/semantics.md, wide output)."""
-    _rejects(_tensor(dense_graph(), "y", bits=bits, zero_point=0), "'y'", f"bits must be 1 to 32 for a graph output")
+    _rejects(_tensor(dense_graph(), "y", bits=bits, zero_point=0), "'y'", "bits must be 1 to 32 for a graph output")
 
 
 def test_activation_scale():

@@ -65,3 +65,22 @@ def test_brevitas_float_output_network_simulates_bit_exact(tmp_path):
     assert not np.array_equal(reference.run(_half_up(g), codes)[g.outputs[0]], want)
     got = _simulate(g, codes, tmp_path).reshape(want.shape)
     assert np.array_equal(got, want), f"{(got != want).sum()} of {want.size} elements differ"
+
+
+@pytest.mark.slow
+def test_32_bit_accumulator_output_simulates_bit_exact(tmp_path):
+    """onnxruntime's QDQ digits MLP (per-channel weights) without its output quantization: the
+    output is a 32-bit wide type (the accumulator requantized to a fine common step)."""
+    from qfab.compiler.datasets import digits
+    from tests.compiler.ort_models import ort_quantize
+    from tests.compiler.test_onnx_ort import _bundled
+    from tests.compiler.test_qdq_widths import _strip_output_quantization
+    x_train, _, x_test, _ = digits("flat")
+    q = ort_quantize(_bundled("mlp"), tmp_path / "q.onnx", x_train[:256], "QDQ", "uint8", True)
+    g = load_graph(_strip_output_quantization(q, tmp_path / "f.onnx"))
+    assert g.tensors[g.outputs[0]].qtype.bits == 32
+    codes = reference.quantize_inputs(g, x_test[:40])
+    want = reference.run(g, codes)[g.outputs[0]]
+    assert np.abs(want).max() > 1 << 24
+    got = _simulate(g, codes, tmp_path).reshape(want.shape)
+    assert np.array_equal(got, want), f"{(got != want).sum()} of {want.size} elements differ"
