@@ -12,7 +12,11 @@ from qfab import flow
 from qfab.base.errors import QfabError
 from qfab.cli_common import (
     add_quant_options,
+    board_help,
+    boards_fitting,
     build_files,
+    fold_command,
+    folds_for,
     input_paths,
     positive_float,
     positive_int,
@@ -35,7 +39,22 @@ def cmd_boards(args):
 
 
 def cmd_bitstream(args):
-    result = flow.bitstream(args.build, args.board, freq_mhz=args.freq, baud=args.baud)
+    from qfab.boards.registry import get_board
+    from qfab.compiler.buildfolder import Build
+    build = Build.load(args.build)
+    board = get_board(args.board).name
+    fits, why = boards_fitting(build.manifest)[board]
+    if not fits and not args.force:
+        folded, _ = folds_for(build.load_model(), board)
+        advice = (f"to fold it for the {board}: {fold_command(build, board)}" if folded else
+                  f"even fully folded it does not fit the {board}: quantize with fewer bits "
+                  f"(--wbits/--abits, e.g. qfab compile MODEL.onnx --calib X.npy --wbits 4 --abits 4 "
+                  f"--board {board} -o BUILD)")
+        raise QfabError(f"build {args.build} does not fit the {board} by its estimate ({why}); {advice} "
+                        f"(--force tries anyway)")
+    if not fits:
+        print(f"warning: by the estimate the build does not fit the {board} ({why}); trying anyway (--force)")
+    result = flow.bitstream(build, board, freq_mhz=args.freq, baud=args.baud)
     print(result.report.format_table(result.build.manifest.estimates.total.as_dict()))
     _print_speed(result)
     return 0
@@ -70,7 +89,6 @@ def cmd_deploy(args):
               + " ".join(map(str, command)))
         if not args.dry_run:
             print(f"({command[0]} comes with your OS packages or https://github.com/trabucayre/openFPGALoader)")
-            return 1
         return 0
     print("programming: " + " ".join(map(str, command)))
     done = subprocess.run([str(c) for c in command])
@@ -85,8 +103,12 @@ def cmd_run(args):
     """Inference on a board (or on its simulated gateware with --sim) through the host link."""
     from qfab.boards.registry import get_board
     from qfab.compiler.buildfolder import Build
-    folder = args.build or flow.last_build(get_board(args.board).name).get("build")
+    board = get_board(args.board).name
+    folder = args.build or flow.last_build(board).get("build")
     build = Build.load(folder) if folder else None
+    if build is not None and not args.build:
+        print(f"no BUILD given: running {build.folder}, the last build qfab bitstream made for the {board} "
+              f"(remembered in {flow.last_build_path(board)})")
     inputs = (args.input, *(build_files(build) if build else ()))
     flow.output_file(args.output, inputs=inputs)
     x = flow.load_array(args.input, "input")
@@ -135,26 +157,29 @@ def cmd_build(args):
 
 
 def add_commands(sub):
+    from qfab.boards.bitstream import DEFAULT_BAUD
     b = sub.add_parser("boards", help="list the supported boards")
     b.set_defaults(func=cmd_boards)
 
     s = sub.add_parser("bitstream", help="synthesize, place and route a build for a board; report resources")
     s.add_argument("build", help="build folder from qfab compile")
-    s.add_argument("--board", required=True, metavar="NAME")
+    s.add_argument("--board", required=True, metavar="NAME", help=board_help("the board"))
     s.add_argument("--freq", type=positive_float, metavar="MHZ",
                    help="clock to request from the PLL (default: the board's)")
-    s.add_argument("--baud", type=positive_int, metavar="N", help="host link baud rate (default 1000000)")
+    s.add_argument("--baud", type=positive_int, metavar="N", help=f"host link baud rate (default {DEFAULT_BAUD})")
+    s.add_argument("--force", action="store_true",
+                   help="build even when the estimate says the design does not fit the board")
     s.set_defaults(func=cmd_bitstream)
 
     d = sub.add_parser("deploy", help="program a board with a build's bitstream")
     d.add_argument("build")
-    d.add_argument("--board", required=True, metavar="NAME")
+    d.add_argument("--board", required=True, metavar="NAME", help=board_help("the board"))
     d.add_argument("--dry-run", action="store_true", help="print the programming command only")
     d.set_defaults(func=cmd_deploy)
 
     r = sub.add_parser("run", help="run inferences on a board over its UART (or on its simulation with --sim)")
     r.add_argument("build", nargs="?", help="build folder (default: the last one built for the board)")
-    r.add_argument("--board", required=True, metavar="NAME")
+    r.add_argument("--board", required=True, metavar="NAME", help=board_help("the board"))
     r.add_argument("--port", metavar="DEV", help="serial port, e.g. /dev/ttyUSB1")
     r.add_argument("--baud", type=positive_int, help="default: the bitstream's")
     r.add_argument("--timeout", type=positive_float, default=2.0, help="seconds to wait for each answer")
@@ -170,7 +195,7 @@ def add_commands(sub):
     a = sub.add_parser("build", help="the whole flow in one command: quantize, compile, bitstream")
     a.add_argument("model", help="MODEL.onnx (float with --calib, or QDQ/QOperator) or MODEL.qfab")
     add_quant_options(a)
-    a.add_argument("--board", required=True, metavar="NAME")
+    a.add_argument("--board", required=True, metavar="NAME", help=board_help("the board to fold and build for"))
     a.add_argument("-o", "--output", required=True, metavar="BUILD")
     a.add_argument("--freq", type=positive_float, metavar="MHZ")
     a.add_argument("--baud", type=positive_int, metavar="N")

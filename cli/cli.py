@@ -5,15 +5,20 @@ import argparse
 import sys
 import time
 
+import numpy as np
+
 from qfab import flow
 from qfab.base.errors import QfabError
 from qfab.cli_common import (
     add_quant_options,
+    board_help,
+    boards_fitting,
     build_files,
     bundled,
     check_plot,
     check_trace,
     distinct,
+    fold_command,
     fraction,
     graph_from_args,
     input_paths,
@@ -53,7 +58,14 @@ def cmd_reference(args):
 
 
 def cmd_info(args):
+    import pathlib
+
     from qfab.compiler.info import float_info, format_table
+    if pathlib.Path(args.model).is_dir():              # a build folder: its model
+        from qfab.compiler.buildfolder import Build
+        build = Build.load(args.model)
+        args.model = str(build.folder / build.manifest.files.model)
+        print(f"build {build.folder}: model {args.model}")
     structure = None if getattr(args, "calib", None) else float_info(args.model)   # a float model: its structure
     print(structure or format_table(graph_from_args(args)))
 
@@ -76,9 +88,13 @@ def cmd_demo(args):
     if out.is_dir():
         for name in [f"digits_mlp_w{bits}a{bits}.qfab" for bits in (8, 4, 3, 2)]:
             flow.output_file(out / name)
+        for name in DEMO_DATA:
+            flow.output_file(out / name)
         flow.output_folder(out / "build")
     out.mkdir(exist_ok=True)
     x_train, y_train, x_test, y_test = digits("flat")
+    flow.write_output(out / DEMO_DATA[0], lambda f: np.save(f, x_test, allow_pickle=False))
+    flow.write_output(out / DEMO_DATA[1], lambda f: np.save(f, y_test, allow_pickle=False))
     fg = import_onnx(model)
     float_acc = float((forward(fg, x_test)[fg.outputs[0]].argmax(-1) == y_test).mean())
     print(f"[1/4] bundled model {model.name}: float accuracy {100 * float_acc:.2f}% on {len(y_test)} test digits")
@@ -108,8 +124,46 @@ def cmd_demo(args):
     print(f"      accuracy of the simulated hardware: {100 * hw_acc:.2f}%; "
           + ("bit-exact: every one of the " + str(check.elements) + " outputs equals the reference"
              if check.bit_exact else f"MISMATCH in {check.mismatches} of {check.elements} outputs"))
-    print(f"results in {out}/ (quantized models, build/ with Verilog, manifest and reports/simulation.json)")
+    print(f"results in {out}/ (quantized models, build/ with Verilog, manifest and reports/simulation.json, "
+          f"the test digits in {DEMO_DATA[0]} (the model's layout: 64 pixels divided by 16) and their labels "
+          f"in {DEMO_DATA[1]})")
+    _print_fits(compiled.build)
+    for line in demo_next_steps(out, args.bits):
+        print(line)
     return 0 if check.bit_exact else 1
+
+
+DEMO_DATA = ("test_inputs.npy", "test_labels.npy")
+
+
+def demo_next_steps(out, bits):
+    """The commands that carry on from ``qfab demo --out OUT``, with the files it left there."""
+    model, x = out / f"digits_mlp_w{bits}a{bits}.qfab", out / DEMO_DATA[0]
+    board = out / "build_icebreaker"
+    return ["next steps, with the files the demo left:",
+            f"  qfab reference {model} --input {x} -o {out / 'y_reference.npy'}",
+            f"  qfab simulate {out / 'build'} --input {x} -o {out / 'y_simulated.npy'}",
+            f"  qfab compile {model} --board icebreaker -o {board}",
+            f"  qfab run {board} --board icebreaker --sim --input {x} -o {out / 'y_board.npy'} --check",
+            f"  qfab bitstream {board} --board icebreaker   (then qfab deploy, qfab run --port)"]
+
+
+def _print_fits(build):
+    """Which boards the build fits by its estimate, and how to fold it for one when it fits none."""
+    fits = boards_fitting(build.manifest)
+    good = [name for name, (ok, _) in fits.items() if ok]
+    if good:
+        print(f"by the estimate, this build fits: {', '.join(good)}"
+              + (f" (not {', '.join(n for n in fits if n not in good)})" if len(good) < len(fits) else ""))
+        return
+    from qfab.cli_common import folds_for
+    graph = build.load_model()
+    foldable = [name for name in fits if folds_for(graph, name)[0]]
+    print(f"by the estimate, this build fits no board (e.g. {next(iter(fits))}: {next(iter(fits.values()))[1]})")
+    if foldable:
+        print(f"to fold it for the {foldable[0]}: {fold_command(build, foldable[0])}")
+    else:
+        print("even fully folded it fits no board: quantize with fewer bits (--wbits/--abits)")
 
 
 def cmd_train(args):
@@ -152,6 +206,7 @@ def cmd_compile(args):
     compiled = flow.compile(graph, args.output, target_ii=args.target_ii, board=args.board, folding=args.folding,
                             style=args.style)
     print_manifest(compiled.manifest)
+    _print_fits(compiled.build)
     if args.plot:
         from qfab.compiler.plots import build_plot
         build_plot(compiled.manifest, args.plot)
@@ -201,8 +256,18 @@ def _print_utilization(report):
           "because the stage was busy, on the output because the next stage was)")
 
 
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("qfab")
+    except PackageNotFoundError:
+        from qfab import __version__
+        return __version__
+
+
 def parser():
     p = argparse.ArgumentParser(prog="qfab", description="Compile quantized neural networks to FPGA accelerators.")
+    p.add_argument("--version", action="version", version=f"qfab {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("quantize", help="quantize a float ONNX model (or import a quantized one) to .qfab")
@@ -234,7 +299,7 @@ def parser():
     c.add_argument("-o", "--output", required=True, metavar="BUILD", help="build folder")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--target-ii", type=positive_int, metavar="N", help="cycles per inference to reach (fold to balance)")
-    g.add_argument("--board", metavar="NAME", help="fold for the fastest design that fits this board")
+    g.add_argument("--board", metavar="NAME", help=board_help("fold for the fastest design that fits this board"))
     c.add_argument("--folding", metavar="FILE", help="JSON: {layer: {pe, simd, style}} overrides")
     c.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel",
                    help="MAC style of the matrix-vector engines (default bit_parallel)")

@@ -9,7 +9,8 @@ from qfab import flow
 from qfab.base.errors import QfabError
 
 __all__ = ["add_quant_options", "graph_from_args", "print_manifest", "bundled", "positive_int", "positive_float",
-           "non_negative_int", "fraction", "input_paths", "build_files", "distinct", "check_plot", "check_trace"]
+           "non_negative_int", "fraction", "input_paths", "build_files", "distinct", "check_plot", "check_trace",
+           "board_help", "boards_fitting", "folds_for", "fold_command"]
 
 
 def _number(kind, test, wanted):
@@ -130,3 +131,42 @@ def print_manifest(manifest):
     print(f"initiation interval {ii} cycles per inference (the slowest stage); "
           f"estimated latency {manifest.latency_estimate} cycles; DSPs {t.dsps}"
           + (f"; {t.logic_cells} iCE40 logic cells" if t.logic_cells is not None else ""))
+
+
+def board_help(text):
+    """``text`` followed by the supported boards' names (for a ``--board`` option's help)."""
+    from qfab.boards.registry import BOARDS
+    return f"{text}: {', '.join(BOARDS)}"
+
+
+def boards_fitting(manifest):
+    """``{board name: (fits, why)}``: the build's estimated total against each board's budget
+    (`qfab.boards.registry.budget_for`: the device less its host link and board top). The
+    estimates are counted for the build's family; on a board of the other family they are an
+    approximation (LUT4s both)."""
+    from qfab.boards.registry import BOARDS, budget_for
+    return {name: budget_for(board).check(manifest.estimates.total) for name, board in BOARDS.items()}
+
+
+def folds_for(graph, board):
+    """Whether ``graph`` fits ``board`` when folded for it (what ``qfab compile --board`` would
+    choose), without lowering it: ``(fits, why)``."""
+    from qfab.boards.registry import budget_for
+    from qfab.compiler import estimate
+    from qfab.compiler.compile import design_estimates
+    from qfab.compiler.folding import choose_folding, stages_of
+    budget = budget_for(board)
+    stages = stages_of(graph)
+    try:
+        choose_folding(stages, budget=lambda folds: budget.check(design_estimates(graph, stages, folds,
+                                                                                  budget.family)[2]),
+                       cost=estimate.cost_luts)
+    except QfabError as e:
+        return False, str(e)
+    return True, ""
+
+
+def fold_command(build, board):
+    """The command that folds the model of ``build`` (a loaded `Build`) for ``board``."""
+    model = build.folder / build.manifest.files.model
+    return f"qfab compile {model} --board {board} -o {build.folder}_{board}"

@@ -43,7 +43,7 @@ __all__ = ["Log", "QuantizeResult", "CompileResult", "StageUtilization", "Simula
            "BitstreamResult", "RunResult", "BuildResult", "Comparison",
            "quant_config", "quantize", "compile", "simulate", "bitstream", "run", "build",
            "load_array", "input_codes", "save_outputs", "output_file", "output_folder", "write_output", "compare",
-           "last_build"]
+           "last_build", "last_build_path"]
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike
@@ -88,10 +88,16 @@ def load_array(path: PathLike, what: str = "input") -> np.ndarray:
     return a
 
 
-def input_codes(graph: Graph, x: np.ndarray) -> np.ndarray:
+CLIP_WARNING = 0.01      # warn when more than this share of float input elements is clipped
+
+
+def input_codes(graph: Graph, x: np.ndarray, *, warn: Log | None = None) -> np.ndarray:
     """The accelerator's input codes (channels-last) for a batch ``x`` in the model's layout:
     floats are quantized as the model's input (docs/semantics.md, section 1: infinities saturate,
-    NaN is refused), integers are taken as codes and checked. Errors name the item and element."""
+    NaN is refused), integers are taken as codes and checked. Errors name the item and element.
+    When more than `CLIP_WARNING` of the float elements lie beyond the input's range (by more
+    than half a step: rounding is not clipping), one line says how many to ``warn`` (default:
+    printed on stderr): data in another scale (raw pixels) is accepted but loses accuracy."""
     from qfab.compiler import reference
     from qfab.compiler.ir import Layout
     x = np.asarray(x)
@@ -116,6 +122,7 @@ def input_codes(graph: Graph, x: np.ndarray) -> np.ndarray:
             b, *rest = (int(i) for i in np.argwhere(bad)[0])
             raise QfabError(f"input item {b}, element {tuple(rest)} is NaN, which has no code "
                             f"({int(bad.sum())} NaN elements in all; infinities saturate, NaN does not)")
+        _warn_clipping(t.qtype, x, warn)
         return reference.quantize_inputs(graph, x)
     q = t.qtype
     bad = (x < q.qmin) | (x > q.qmax)
@@ -125,6 +132,20 @@ def input_codes(graph: Graph, x: np.ndarray) -> np.ndarray:
                         f"[{q.qmin}, {q.qmax}] of the model's input type {q.describe()} "
                         f"({int(bad.sum())} elements out of range; give floats to have them quantized)")
     return reference.to_ir_layout(graph, x.astype(np.int64))
+
+
+def _warn_clipping(q, x, warn):
+    lo, hi = (q.qmin - q.zero_point) * q.scale, (q.qmax - q.zero_point) * q.scale
+    clipped = int(((x < lo - q.scale / 2) | (x > hi + q.scale / 2)).sum())
+    if clipped > CLIP_WARNING * x.size:
+        message = (f"warning: {clipped:,} of {x.size:,} input elements ({clipped / x.size:.1%}) lie outside the "
+                   f"model's input range [{lo:.4g}, {hi:.4g}] ({q.describe()}) and were clipped; "
+                   f"are the inputs scaled as the model's training data?")
+        if warn is None:
+            import sys
+            print(message, file=sys.stderr)
+        else:
+            warn(message)
 
 
 def save_outputs(graph: Graph, outputs: np.ndarray, path: PathLike, *, integer: bool = False,
@@ -418,7 +439,9 @@ def simulate(build: Build | PathLike, inputs: np.ndarray, *, stall: float = 0.0,
 
 # -- boards: bitstream, run ----------------------------------------------------------------------
 
-def _last_build_file(board: str) -> pathlib.Path:
+def last_build_path(board: str) -> pathlib.Path:
+    """The cache file where `bitstream` remembers the last build for ``board`` (``$QFAB_CACHE``
+    or ``~/.cache/qfab``, then ``boards/<board>.json``); `run` without a build uses it."""
     root = os.environ.get("QFAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qfab")
     return pathlib.Path(root) / "boards" / f"{board}.json"
 
@@ -426,12 +449,12 @@ def _last_build_file(board: str) -> pathlib.Path:
 def last_build(board: str) -> dict[str, Any]:
     """What `bitstream` last recorded for ``board`` (``build``, ``bitstream``, ``baud``,
     ``clock_mhz``, ``fmax_mhz``), or ``{}``."""
-    path = _last_build_file(board)
+    path = last_build_path(board)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _remember(board, folder, report):
-    path = _last_build_file(board)
+    path = last_build_path(board)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"build": str(pathlib.Path(folder).resolve()), "bitstream": str(report.bitstream),
                                 "baud": report.baud, "clock_mhz": report.requested_mhz,

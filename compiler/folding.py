@@ -106,5 +106,5 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
     if best is None:
         dsps = " (requantization multiplies of wider accumulators take more DSPs)" if "dsps" in why_last else ""
         raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}; "
-                        f"use fewer bits{dsps} or a larger device")
+                        f"use fewer bits (qfab --wbits/--abits, e.g. --wbits 4 --abits 4){dsps} or a larger device")
     return best

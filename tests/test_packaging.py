@@ -99,3 +99,13 @@ def test_info_on_the_bundled_model_from_the_checkout_root(venv):
     assert pathlib.Path(model).is_relative_to(tmp / "venv"), model
     table = _run([qfab, "info", model, "--calib", calib, "--wbits", "4", "--abits", "4"], env=env)
     assert "Dense" in table or "dense" in table.lower(), table
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_demo_runs_from_the_checkout_root(venv):
+    """The README's main job, `qfab demo`, from the checkout root with the non-editable install."""
+    _, qfab, env, tmp = venv
+    out = _run([qfab, "demo", "--out", tmp / "demo"], env=env, timeout=1800)
+    assert "bit-exact: every one of the 3600 outputs equals the reference" in out, out[-2000:]
+    assert (tmp / "demo" / "build" / "manifest.json").is_file()

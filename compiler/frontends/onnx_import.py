@@ -350,8 +350,16 @@ class Importer:
         self._scale_by_constant(divide=True)
 
     def op_Transpose(self):
-        x = self.tensor(self.node.input[0])
+        n = self.node
         perm = tuple(self.attrs().get("perm", ()))
+        if n.input[0] in self.fixed:            # a quantized weight (QONNX Quant of a constant, transposed)
+            q, scale, zp, axis, dtype = self.fixed[n.input[0]]
+            perm = perm or tuple(reversed(range(q.ndim)))
+            self.fixed[n.output[0]] = (q.transpose(perm), scale, zp, perm.index(axis), dtype)
+            if n.input[0] in self.weight_types:
+                self.weight_types[n.output[0]] = self.weight_types[n.input[0]]
+            return
+        x = self.tensor(n.input[0])
         if len(self.shape_of(x)) != 3 or perm != (0, 2, 3, 1):
             self.fail(f"Transpose with perm {list(perm)} is not supported; only (0, 2, 3, 1) before a flatten")
         self.vals[self.node.output[0]] = x

@@ -40,8 +40,9 @@ def brevitas_net(bits=4, per_channel=False):
         QuantLinear(16 * 4 * 4, 10, **w), QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8))
 
 
-def brevitas_qonnx(folder, steps=40, per_channel=False):
-    """Train the 4-bit net briefly (QAT) on the digits and export it with ``export_qonnx``."""
+def brevitas_qonnx(folder, steps=40, per_channel=False, dynamo=True):
+    """Train the 4-bit net briefly (QAT) on the digits and export it with ``export_qonnx`` (through
+    torch.export, Brevitas's default here, or its TorchScript path with ``dynamo=False``)."""
     from brevitas.export import export_qonnx
     x_train, y_train, x_test, _ = digits("NCHW")
     torch.manual_seed(0)
@@ -58,14 +59,15 @@ def brevitas_qonnx(folder, steps=40, per_channel=False):
     path = folder / "brevitas_qonnx.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_qonnx(net, torch.tensor(x_train[:1]), export_path=str(path))
+        export_qonnx(net, torch.tensor(x_train[:1]), export_path=str(path), dynamo=dynamo)
     return path, x_test[:IMAGES]
 
 
 def qonnx_executor(path, x):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
-    model = ModelWrapper(str(path))
+    from qonnx.transformation.infer_shapes import InferShapes
+    model = ModelWrapper(str(path)).transform(InferShapes())     # the executor needs every shape
     i, o = model.graph.input[0].name, model.graph.output[0].name
     return np.concatenate([execute_onnx(model, {i: x[k:k + 1]})[o] for k in range(len(x))])
 
@@ -84,9 +86,14 @@ def matches_qonnx_executor(path, x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_brevitas_qonnx_imports_with_its_widths_and_matches_the_executor(tmp_path, per_channel):
-    path, x = brevitas_qonnx(tmp_path, per_channel=per_channel)
+@pytest.mark.parametrize("per_channel,dynamo", [(False, True), (True, True), (False, False)],
+                         ids=["per_tensor", "per_channel", "torchscript"])
+def test_brevitas_qonnx_imports_with_its_widths_and_matches_the_executor(tmp_path, per_channel, dynamo):
+    path, x = brevitas_qonnx(tmp_path, per_channel=per_channel, dynamo=dynamo)
+    import onnx
+    model = onnx.load(str(path))
+    assert {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}, \
+        "Brevitas no longer lists initializers as graph inputs: this test lost that case"
     graph = matches_qonnx_executor(path, x)
     widths = [(n.w_type.bits, n.w_type.signed) for n in graph.nodes if getattr(n, "w_type", None) is not None]
     assert widths == [(4, True)] * 3, widths

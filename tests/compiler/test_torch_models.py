@@ -71,7 +71,8 @@ def residual_net(scale=True):
 
 
 def depthwise_net(scale=True):
-    """A depthwise convolution, a Div, ``mean(keepdim=True)`` + squeeze, Linear."""
+    """A depthwise convolution, a Div, ``mean(keepdim=True)`` + squeeze, Linear. (MaxPool: a QDQ
+    AveragePool differs from onnxruntime at float32-decided ties, docs/models.md "Rounding".)"""
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
                          *([Scale(2.0, divide=True)] if scale else []), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 16, 1), nn.ReLU(), Mean(keepdim=True), Squeeze(), nn.Linear(16, 10))

@@ -174,3 +174,42 @@ def test_a_tensor_quantized_twice_is_requantized_exactly(tmp_path):
     ours = reference.dequantize_outputs(graph, reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]])
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(np.rint(np.asarray(ours) / 0.13), np.rint(theirs / np.float32(0.13)))
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_reshape_of_a_quantized_weight_and_same_padding(tmp_path, mode):
+    """The zoo's Reshape of a constant weight behind a DequantizeLinear (the Reshape moves onto the
+    integer codes) and an even kernel with ``auto_pad`` (SAME_UPPER and SAME_LOWER pad differently):
+    qfab's reference equals onnxruntime on every output code."""
+    from onnx import TensorProto, numpy_helper
+    rng = np.random.default_rng(1)
+    f = lambda v, n: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+    inits = [f(1 / 255, "sx"), numpy_helper.from_array(np.uint8(0), "zx"), f(0.02, "sw"),
+             numpy_helper.from_array(np.int8(0), "zw"), f(0.05, "sy"), numpy_helper.from_array(np.uint8(0), "zy"),
+             numpy_helper.from_array(rng.integers(-100, 100, (2, 1, 2, 2)).astype(np.int8), "wc"),
+             numpy_helper.from_array(rng.integers(-100, 100, (2, 4, 4, 3)).astype(np.int8), "wd"),
+             numpy_helper.from_array(np.array([32, 3], np.int64), "shape"), f(0.3, "sz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wc", "sw", "zw"], ["wcd"]),
+             helper.make_node("Conv", ["xd", "wcd"], ["c"], auto_pad=mode, kernel_shape=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "sy", "zy"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "sy", "zy"], ["rd"]),
+             helper.make_node("Flatten", ["rd"], ["fl"], axis=1),
+             helper.make_node("DequantizeLinear", ["wd", "sw", "zw"], ["wdd"]),
+             helper.make_node("Reshape", ["wdd", "shape"], ["w2"]),
+             helper.make_node("MatMul", ["fl", "w2"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "sz", "zy"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "sz", "zy"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    notes = []
+    graph = load_graph(path, notes=notes)
+    assert any(f"auto_pad={mode}" in note for note in notes)
+    x = rng.uniform(0, 1, (200, 1, 4, 4)).astype(np.float32)
+    ours = reference.output_codes(graph, reference.run(graph, reference.quantize_inputs(graph, x))[graph.outputs[0]])
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(ours.reshape(theirs.shape), np.rint(theirs / np.float32(0.3)).astype(np.int64))
