@@ -224,13 +224,17 @@ def cmd_simulate(args):
     x = flow.load_array(args.input, "input")
     if x.size == 0:
         raise QfabError(f"input {args.input}: empty array; nothing to simulate")
-    print(f"simulating {len(x)} inputs in Verilator (stall probability {args.stall}) ...")
+    print(f"simulating {len(x)} inputs in Verilator"
+          + (f" (random input gaps and output stalls, each with probability {args.stall} per cycle, seed {args.seed})"
+             if args.stall else "") + " ...")
     sim = flow.simulate(build, x, stall=args.stall, seed=args.seed, trace=args.trace)
     res = sim.sim
     flow.save_outputs(sim.graph, sim.outputs, args.output, integer=args.int, inputs=inputs)
+    speed = (f"{res.cycles / max(res.run_seconds, 1e-9) / 1e6:.2f} M cycles/s, "
+             f"{len(sim.codes) / max(res.run_seconds, 1e-9):.0f} inferences/s" if res.cycles >= 100_000 else
+             "too short to measure the simulator's speed (start-up dominates)")
     print(f"build {res.build_seconds:.1f} s{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s: "
-          f"{res.cycles} cycles, {res.cycles / max(res.run_seconds, 1e-9) / 1e6:.2f} M cycles/s, "
-          f"{len(sim.codes) / max(res.run_seconds, 1e-9):.0f} inferences/s")
+          f"{res.cycles} cycles, {speed}")
     print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
           f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
     _print_utilization(sim.report)

