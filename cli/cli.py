@@ -235,6 +235,9 @@ def cmd_simulate(args):
              "too short to measure the simulator's speed (start-up dominates)")
     print(f"build {res.build_seconds:.1f} s{' (cached)' if not res.built else ''}, run {res.run_seconds:.1f} s: "
           f"{res.cycles} cycles, {speed}")
+    if args.stall:
+        print(f"injected: input gaps held back a beat in {res.gap_cycles} cycles, output stalls held back a "
+              f"valid beat in {res.hold_cycles} cycles")
     print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
           f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
     _print_utilization(sim.report)

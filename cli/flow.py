@@ -387,6 +387,8 @@ class SimulationReport:
     elements: int
     build_seconds: float
     run_seconds: float
+    gap_cycles: int = 0             # cycles the random input gaps held back a beat (stall > 0)
+    hold_cycles: int = 0            # cycles the random output stalls held back a valid beat
 
 
 @dataclass(frozen=True)
@@ -431,7 +433,8 @@ def simulate(build: Build | PathLike, inputs: np.ndarray, *, stall: float = 0.0,
         inferences=len(codes), cycles=res.cycles, latency=res.latency, interval=res.interval, bound=res.bound,
         ratio=res.ratio, stall=stall, seed=seed, utilization=shares,
         verdict="bit-exact" if comparison.bit_exact else "mismatch", mismatches=comparison.mismatches,
-        elements=comparison.elements, build_seconds=res.build_seconds, run_seconds=res.run_seconds)
+        elements=comparison.elements, build_seconds=res.build_seconds, run_seconds=res.run_seconds,
+        gap_cycles=res.gap_cycles, hold_cycles=res.hold_cycles)
     if save_report:
         b.write_report("simulation", report)
     return SimulateResult(outputs=outputs, sim=res, comparison=comparison, report=report, codes=codes, graph=graph)

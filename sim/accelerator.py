@@ -35,6 +35,8 @@ class SimResult:
     built: bool
     times: list
     stages: dict                 # "stage.port" -> {"fire": cycles, "wait": cycles}
+    gap_cycles: int = 0          # cycles the harness's random input gaps held back a beat
+    hold_cycles: int = 0         # cycles its random output stalls held back a valid beat
 
     @property
     def ratio(self):
@@ -68,7 +70,8 @@ def simulate(build: Build, codes, *, stall: float = 0.0, seed: int = 1, watchdog
     interval = float(np.median(steady)) if len(steady) else float("nan")
     return SimResult(outputs=outputs, cycles=res.cycles, latency=done[0] - res.first_in_cycle, interval=interval,
                      bound=bound, build_seconds=res.build_seconds, run_seconds=res.run_seconds, built=res.built,
-                     times=done, stages=_fields(res.counters, manifest.counters_layout))
+                     times=done, stages=_fields(res.counters, manifest.counters_layout),
+                     gap_cycles=res.gap_cycles, hold_cycles=res.hold_cycles)
 
 
 def _fields(value, layout):

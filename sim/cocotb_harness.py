@@ -34,6 +34,7 @@ async def run_harness(dut):
         "cycles": int(dut.cycle.value), "in_count": int(dut.in_count.value),
         "out_count": int(dut.out_count.value), "first_in_cycle": int(dut.first_in_cycle.value),
         "stalled": bool(int(dut.stalled.value)), "done": bool(int(dut.done.value)),
+        "gap_cycles": int(dut.gap_cycles.value), "hold_cycles": int(dut.hold_cycles.value),
     }
     result["observe"] = _read(dut, "observe")
     result["counters"] = _read(dut, "counters")

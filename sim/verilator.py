@@ -52,6 +52,8 @@ class RunResult:
     built: bool                  # False when the build came from the cache
     observe: int | None = None   # raw value of the design's `observe` port at the end
     counters: int | None = None  # raw value of its `counters` port
+    gap_cycles: int = 0          # cycles a random input gap held back a beat (``stall`` > 0)
+    hold_cycles: int = 0         # cycles a random output stall held back a valid beat
 
 
 def cache_root():
@@ -299,7 +301,8 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
     res = RunResult(outputs=outputs, times=times, cycles=result["cycles"], first_in_cycle=result["first_in_cycle"],
                     in_count=result["in_count"], out_count=result["out_count"], stalled=result["stalled"],
                     build_seconds=t1 - t0, run_seconds=time.perf_counter() - t1, built=built,
-                    observe=result.get("observe"), counters=result.get("counters"))
+                    observe=result.get("observe"), counters=result.get("counters"),
+                    gap_cycles=result.get("gap_cycles", 0), hold_cycles=result.get("hold_cycles", 0))
     if res.stalled:
         raise StalledError(f"pipeline stalled: no beat moved for {watchdog} cycles after {res.in_count} input "
                            f"and {res.out_count} output beats", res)

@@ -151,6 +151,16 @@ def test_compile_then_simulate_saves_the_results_in_the_build(tmp_path, capsys):
     graph = load(build / "model.qfab")
     want = reference.run(graph, reference.quantize_inputs(graph, x_test[:30]))[graph.outputs[0]]
     assert np.array_equal(np.load(tmp_path / "y.npy"), want)
+    assert report["gap_cycles"] == report["hold_cycles"] == 0        # no --stall: nothing injected
+    # with --stall the run says how many gaps and stalls it injected, and stays bit-exact
+    assert main(["simulate", str(build), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y2.npy"),
+                 "--int", "--stall", "0.3", "--seed", "5"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((build / "reports" / "simulation.json").read_text())
+    assert report["gap_cycles"] > 0 and report["hold_cycles"] > 0
+    assert (f"input gaps held back a beat in {report['gap_cycles']} cycles, output stalls held back a valid beat "
+            f"in {report['hold_cycles']} cycles") in text
+    assert np.array_equal(np.load(tmp_path / "y2.npy"), want)
     # a build folder edited after qfab compile is refused, in one line
     (build / "qfab_top_sim.v").write_text("module qfab_top(); endmodule\n")
     assert main(["simulate", str(build), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 1

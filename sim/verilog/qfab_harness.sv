@@ -26,7 +26,9 @@ module qfab_harness #(
     output reg  [31:0] in_count,
     output reg  [31:0] out_count,
     output reg  [31:0] first_in_cycle,
-    output reg  [31:0] idle_cycles
+    output reg  [31:0] idle_cycles,
+    output reg  [31:0] gap_cycles,     // cycles in which a random gap held back an input beat
+    output reg  [31:0] hold_cycles     // cycles in which a random stall held back a valid output beat
 );
 `ifdef QFAB_INTERNAL_CLOCK
     // the clock toggles inside the simulator: no callback into Python per cycle
@@ -84,7 +86,7 @@ module qfab_harness #(
     always @(posedge clk) begin
         if (rst) begin
             done <= 0; stalled <= 0; cycle <= 0; in_count <= 0; out_count <= 0;
-            first_in_cycle <= 0; idle_cycles <= 0; i_valid <= 0;
+            first_in_cycle <= 0; idle_cycles <= 0; i_valid <= 0; gap_cycles <= 0; hold_cycles <= 0;
             rng_in <= SEED; rng_out <= SEED ^ 32'h9E3779B9;
         end else if (!done && !stalled) begin
             cycle <= cycle + 1;
@@ -94,7 +96,9 @@ module qfab_harness #(
             if (!i_valid || in_fire) begin
                 if (in_fire) in_count <= in_count + 1;
                 i_valid <= ((in_fire ? in_count + 1 : in_count) < N_IN) && !gap;
+                if (((in_fire ? in_count + 1 : in_count) < N_IN) && gap) gap_cycles <= gap_cycles + 1;
             end
+            if (hold && o_valid) hold_cycles <= hold_cycles + 1;
             if (in_fire && in_count == 0) first_in_cycle <= cycle;
             if (out_fire) begin
                 out_mem[out_count] <= o_payload;
