@@ -6,6 +6,11 @@ resources used (next to the lowering's estimates), Fmax, and inferences per seco
 When a design folded from the estimates does not fit, the script doubles the initiation interval
 and tries again, and says so (a measure of how optimistic the estimates were). Results are kept in
 bench/results/boards.json. A full run takes 15-30 minutes (16 place-and-route runs).
+
+With ``--sweep DIR`` the builds run as the points of a `qfab.sweep` (on Ray, all at once: on a
+cluster with ``--address``, see docs/sweep.md; done points are cached in DIR):
+
+    python bench/boards.py --sweep bench/results/boards_sweep [--address HEAD:6379]
 """
 
 import argparse
@@ -88,6 +93,38 @@ def print_table(rows):
               + (f" (refolded {r['refolds']}x)" if r["refolds"] else ""))
 
 
+def sweep_rows(boards, models, bits, folder, address=None):
+    """Every build as a point of a `qfab.sweep` (bitstreams, refolded up to 3 times), in this
+    script's row format."""
+    import numpy as np
+
+    from qfab import sweep
+    jobs = []
+    for model in models:
+        file, layout = MODELS[model]
+        path = pathlib.Path(_bundled(file))
+        inputs = sweep.Inputs(path.name, path.read_bytes(), np.asarray(digits(layout)[0]))
+        jobs += [sweep.Job(inputs, point, sweep.Options(bitstream=True, calib_method="mse", refolds=3))
+                 for point in sweep.grid(boards, bits)]
+    names = {MODELS[m][0]: m for m in models}
+    rows = []
+    for r in sweep.run_points(jobs, folder, address=address, log=lambda m: print(m, flush=True)):
+        model = names[r["model"]]
+        if r["status"] != "ok":
+            rows.append({"model": model, "bits": r["bits"], "board": r["board"], "failed": r["error"].split(";")[0]})
+            continue
+        report = json.loads((pathlib.Path(folder) / "points" / r["key"] / "result.json").read_text())["bitstream"]
+        rows.append({"model": model, "bits": r["bits"], "board": r["board"], "ii": r["ii"],
+                     "refolds": r.get("refolds") or 0, "utilization": report["utilization"],
+                     "yosys": report["yosys"] or {},
+                     "estimate": {k: r[k] for k in ("luts", "ffs", "dsps", "bram_bits", "logic_cells")
+                                  if r.get(k) is not None},
+                     "fmax_mhz": r["fmax_mhz"], "clock_mhz": r["clock_mhz"],
+                     "inferences_per_s_at_fmax": r["inferences_per_s_fmax"],
+                     "tool_seconds": report["seconds"].get("tools")})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--boards", default=",".join(BOARDS))
@@ -95,12 +132,25 @@ def main(argv=None):
     p.add_argument("--bits", default="8,4")
     p.add_argument("--table", action="store_true", help="print the saved results only")
     p.add_argument("--out", default=str(RESULTS), help=f"results file (default {RESULTS.relative_to(RESULTS.parents[2])})")
+    p.add_argument("--sweep", metavar="DIR", help="run the builds as a qfab sweep in DIR (Ray, cached points)")
+    p.add_argument("--address", metavar="RAY_ADDRESS", help="with --sweep: the Ray cluster to run on")
     args = p.parse_args(argv)
     results = pathlib.Path(args.out)
     saved = json.loads(results.read_text()) if results.exists() else []
     if args.table:
         print_table(saved)
         return 0
+    if args.sweep:
+        rows = sweep_rows(args.boards.split(","), args.models.split(","),
+                          [int(b) for b in args.bits.split(",")], args.sweep, args.address)
+        done = {(r["model"], r["bits"], r["board"]) for r in rows}
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps([r for r in saved if (r["model"], r["bits"], r["board"]) not in done] + rows,
+                                      indent=1))
+        print_table(rows)
+        return 0
+    if args.address:
+        p.error("--address goes with --sweep")
     rows = []
     with tempfile.TemporaryDirectory(prefix="qfab_bench_boards_") as tmp:
         for board_name in args.boards.split(","):

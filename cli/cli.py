@@ -116,6 +116,10 @@ def cmd_demo(args):
     compiled = flow.compile(graph, out / "build", target_ii=args.target_ii, log=indent)
     print_manifest(compiled.manifest)
     print(f"[4/4] simulating all {len(x_test)} test digits in Verilator (first build takes about a minute)")
+    from qfab.report import record_accuracy
+    record_accuracy(compiled.build, [{"w_bits": b, "a_bits": b, "accuracy": acc, "samples": len(y_test),
+                                      "this_build": b == args.bits} for b, (acc, _) in results.items()],
+                    dataset=f"scikit-learn digits, {len(y_test)} test images", float_accuracy=float_acc)
     sim = flow.simulate(compiled.build, x_test, log=indent)
     res, check = sim.sim, sim.comparison
     hw_acc = float((sim.outputs.reshape(len(y_test), -1).argmax(-1) == y_test).mean())
@@ -209,7 +213,7 @@ def cmd_compile(args):
     _print_fits(compiled.build)
     if args.plot:
         from qfab.compiler.plots import build_plot
-        build_plot(compiled.manifest, args.plot)
+        build_plot(compiled.manifest, args.plot, budget=compiled.budget)
         print(f"pipeline and resources plot: {args.plot}")
 
 
@@ -261,6 +265,16 @@ def _print_utilization(report):
         print(f"{name:<22}{100 * u.compute:>8.1f}%{100 * u.input_blocked:>11.1f}%{100 * u.output_blocked:>12.1f}%")
     print("(compute: the stage's analytical cycles over all cycles; blocked: a beat waited, on the input "
           "because the stage was busy, on the output because the next stage was)")
+
+
+def cmd_report(args):
+    """Write BUILD/report.html again from what the build folder holds."""
+    from qfab.report import build_report
+    path = build_report(args.build)
+    print(path)
+    if args.open:
+        import webbrowser
+        webbrowser.open(path.absolute().as_uri())
 
 
 def _version():
@@ -342,15 +356,24 @@ def parser():
     m.add_argument("--target-ii", type=positive_int, default=64, help="cycles per inference (default 64)")
     m.set_defaults(func=cmd_demo)
 
+    rp = sub.add_parser("report", help="write BUILD/report.html: model, folding, resources, timing, simulation")
+    rp.add_argument("build", help="build folder from qfab compile")
+    rp.add_argument("--open", action="store_true", help="open the page in the web browser")
+    rp.set_defaults(func=cmd_report)
+
     from qfab.board_cli import add_commands
     add_commands(sub)
+    from qfab.sweep import add_command as add_sweep
+    add_sweep(sub)
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    from qfab.report import command_line
     try:
-        return args.func(args) or 0
+        with command_line(["qfab", *(sys.argv[1:] if argv is None else argv)]):
+            return args.func(args) or 0
     except QfabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

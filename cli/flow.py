@@ -31,6 +31,7 @@ import numpy as np
 
 from qfab.base.errors import QfabError
 from qfab.compiler.buildfolder import Build, Manifest
+from qfab.report import step_done as _report_step
 
 if TYPE_CHECKING:
     from qfab.boards.report import Report
@@ -303,15 +304,14 @@ def quantize(model: PathLike, calib: np.ndarray | None = None, config: QuantConf
 
 def _mixed(model, calib, config, budget, log):
     from qfab.compiler.frontends.onnx_import import import_onnx
-    from qfab.compiler.load import is_quantized_onnx
+    from qfab.compiler.load import calib_for, is_quantized_onnx
     from qfab.compiler.mixed import mixed_quantize
-    from qfab.compiler.reference import to_ir_layout
     if not str(model).endswith(".onnx") or calib is None:
         raise QfabError("--mixed-budget needs a float ONNX model and --calib data")
     fg = import_onnx(model)
     if is_quantized_onnx(fg):
         raise QfabError(f"{model} is already quantized; --mixed-budget applies to float models")
-    graph, bits, _ = mixed_quantize(fg, to_ir_layout(fg, np.asarray(calib)), budget, config)
+    graph, bits, _ = mixed_quantize(fg, calib_for(fg, calib), budget, config)
     log("mixed precision, weight bits per layer: " + ", ".join(f"{k}={v}" for k, v in bits.items()))
     return QuantizeResult(graph=graph, weight_bits=dict(bits))
 
@@ -352,6 +352,7 @@ def compile(graph: Graph, out_dir: PathLike, *, target_ii: int | None = None, bo
     if folding is not None and not isinstance(folding, Mapping):
         folding = load_folding(folding)
     b = compile_graph(graph, out_dir, target_ii=target_ii, budget=budget, folding=folding, style=style, log=log)
+    _report_step(b, "compile", log=log, board=board, target_ii=target_ii, style=style)
     return CompileResult(build=b, budget=budget)
 
 
@@ -437,6 +438,7 @@ def simulate(build: Build | PathLike, inputs: np.ndarray, *, stall: float = 0.0,
         gap_cycles=res.gap_cycles, hold_cycles=res.hold_cycles)
     if save_report:
         b.write_report("simulation", report)
+        _report_step(b, "simulate", log=log, inferences=len(codes), stall=stall, seed=seed)
     return SimulateResult(outputs=outputs, sim=res, comparison=comparison, report=report, codes=codes, graph=graph)
 
 
@@ -487,6 +489,7 @@ def bitstream(build: Build | PathLike, board: str, *, freq_mhz: float | None = N
     report = build_bitstream(b.folder, name, freq_mhz=freq_mhz, baud=baud, log=log)
     b.write_report(f"bitstream_{name}", report.as_dict())
     _remember(name, b.folder, report)
+    _report_step(b, "bitstream", log=log, board=name, freq_mhz=freq_mhz, baud=baud)
     return BitstreamResult(build=b, report=report)
 
 

@@ -1,7 +1,7 @@
 """The build folder: what ``qfab compile`` writes and every later step reads.
 
-A build folder holds the accelerator's Verilog (``qfab_top.v``, and ``qfab_top_sim.v`` with
-activity counters for the simulator), the quantized model (``model.qfab``) and ``manifest.json``,
+A build folder holds the accelerator's Verilog (``qfab_top.v``: one netlist for synthesis and
+simulation; the simulator counts its ``activity`` port), the quantized model (``model.qfab``) and ``manifest.json``,
 which describes the design (`Manifest`: stream packing, stages, FIFOs, estimates, port layouts)
 and records the SHA-256 of every file it names. Steps after the compiler leave their results in
 ``reports/<name>.json`` (`Build.write_report`), as FINN's build folders keep one report per step.
@@ -32,7 +32,7 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST", "StreamFormat", "StageInfo", "FifoIn
            "FieldSlice", "BuildFiles", "Manifest", "Build"]
 
 FORMAT = "qfab-build"
-VERSION = 2             # 1: no file hashes, FIFOs with "from"/"to"
+VERSION = 3             # 1: no file hashes, FIFOs with "from"/"to"; 2: a second Verilog file for simulation
 MANIFEST = "manifest.json"
 REPORTS = "reports"
 
@@ -145,7 +145,6 @@ class BuildFiles:
     """The names, inside the folder, of the files the manifest describes."""
     model: str = "model.qfab"
     verilog: str = "qfab_top.v"
-    sim_verilog: str = "qfab_top_sim.v"
 
     def names(self) -> tuple[str, ...]:
         return tuple(dataclasses.astuple(self))
@@ -169,7 +168,10 @@ class Manifest:
     estimates : `Estimates`
     observe_layout, counters_layout : mapping
         Where each FIFO's fill level sits in the ``observe`` port, and each stage port's
-        ``fire``/``wait`` counters in the simulation top's ``counters`` port.
+        ``fire``/``wait`` counts in the simulation harness's ``counters`` vector (32 bits per bit
+        of the top's ``activity`` port).
+    activity_bits : int
+        Width of the top's ``activity`` port (two bits per stage stream port).
     m_bits : int
         The requantization multipliers' width.
     top : str
@@ -187,6 +189,7 @@ class Manifest:
     estimates: Estimates = Estimates()
     observe_layout: PortLayout = field(default_factory=dict)
     counters_layout: PortLayout = field(default_factory=dict)
+    activity_bits: int = 0
     m_bits: int = 0
     top: str = "qfab_top"
     files: BuildFiles = BuildFiles()
@@ -223,7 +226,7 @@ class Manifest:
                                 streams={k: resources(v) for k, v in est["streams"].items()},
                                 total=resources(est["total"]), family=est["family"], model=est["model"]),
             observe_layout=layout(doc["observe_layout"]), counters_layout=layout(doc["counters_layout"]),
-            m_bits=int(doc["m_bits"]), top=doc["top"], files=BuildFiles(**doc["files"]))
+            activity_bits=int(doc["activity_bits"]), m_bits=int(doc["m_bits"]), top=doc["top"], files=BuildFiles(**doc["files"]))
 
 
 def _stream(d):
@@ -336,11 +339,6 @@ class Build:
     def verilog(self) -> str:
         """The accelerator's Verilog (``qfab_top.v``), as synthesized for a board."""
         return self.path(self._manifest.files.verilog).read_text()
-
-    @property
-    def sim_verilog(self) -> str:
-        """The simulation Verilog (with activity counters)."""
-        return self.path(self._manifest.files.sim_verilog).read_text()
 
     @property
     def model_path(self) -> pathlib.Path:

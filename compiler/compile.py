@@ -208,9 +208,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     check_plan_limits(plan, per, totals)
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
-    verilog = to_verilog(top)
-    sim_top = build_top(plan, counters=True)
-    sim_verilog = to_verilog(sim_top)
+    verilog = to_verilog(top, log=log)
     total = totals.rounded()
     cells = estimate.logic_cells(totals, family)
     if cells is not None:
@@ -222,7 +220,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
         initiation_interval=ii, latency_estimate=latency,
         stages=tuple(StageInfo(name=s.name, node=s.node, kind=s.kind, pe=s.fold.pe if s.fold else None,
                                simd=s.fold.simd if s.fold else None,
-                               style=s.fold.style if s.fold and s.kind == "mvau" else None, cycles=s.cycles)
+                               style=s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None, cycles=s.cycles)
                      for s in plan.stages),
         fifos=tuple(FifoInfo(name=e.name, src=e.src, dst=e.dst, depth=e.depth, tensor=e.tensor,
                              elements_per_beat=e.per_beat_dst) for e in plan.fifos),
@@ -235,11 +233,11 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                             total=ResourceCount(**total), family=family,
                             model=estimate.model(family).get("source", "")),
         observe_layout=_field_offsets(top, "observe", "level"),
-        counters_layout=_field_offsets(sim_top, "counters", "fire", "wait"),
+        counters_layout=_counter_offsets(top), activity_bits=_port_width(top, "activity"),
         m_bits=graph.m_bits, top="qfab_top", files=BuildFiles())
     model = io.BytesIO()
     save(graph, model)
-    build = Build.save(out, manifest, {manifest.files.verilog: verilog, manifest.files.sim_verilog: sim_verilog,
+    build = Build.save(out, manifest, {manifest.files.verilog: verilog,
                                        manifest.files.model: model.getvalue()})
     log(f"wrote {out}/qfab_top.v ({len(verilog.splitlines())} lines), manifest.json, model.qfab "
         f"in {time.perf_counter() - t:.1f} s")
@@ -250,6 +248,18 @@ def _stream_format(spec):
     """The plan's `StreamPacking` of the accelerator's input or output stream, as the manifest's."""
     return StreamFormat(tensor=spec.tensor, shape=tuple(spec.shape), elements=spec.elements,
                         per_beat=spec.per_beat, bits=spec.bits, signed=spec.signed)
+
+
+def _port_width(top, port):
+    member = top.signature.members.get(port)
+    return 0 if member is None else member.shape.size
+
+
+def _counter_offsets(top):
+    """Where the simulation harness keeps each ``activity`` bit's 32-bit count: bit ``k`` of the
+    port is counted in bits ``32k .. 32k + 31`` of the harness's ``counters`` vector."""
+    return {name: {sub: FieldSlice(32 * part.offset, 32) for sub, part in subs.items()}
+            for name, subs in _field_offsets(top, "activity", "fire", "wait").items()}
 
 
 def _field_offsets(top, port, *subfields):

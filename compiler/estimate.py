@@ -24,8 +24,10 @@ from qfab.base.limits import LOGIC_WEIGHT_LIMIT_BITS
 __all__ = ["logic_cells", "Resources", "Terms", "model", "stage_resources", "window_resources", "fifo_resources",
            "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
            "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS",
-           "structure"]
+           "structure", "REQUANT_MODES", "RequantChoice", "requant_options", "choose_requant", "beat_cycles",
+           "choose_const_requant"]
 
+REQUANT_MODES = ("multiply", "shift_add", "thresholds", "search")   # qfab.hw.requant.RequantMode values
 KINDS = ("mvau_parallel", "mvau_serial", "window", "maxpool", "avgpool", "add", "fifo", "convert", "fork")
 
 # Structure of the families' block RAMs and multipliers (Yosys' techlibs/ice40/brams.txt,
@@ -37,10 +39,15 @@ _FAMILIES = {
               # nextpnr-ice40 packs a flip-flop into its driving LUT's logic cell only sometimes:
               # logic cells = LUT4s + this share of the FFs (digits MLP and CNN board builds: 4525
               # and 3893 cells for 3164 + 1717 and 2405 + 1969 LUT4s + FFs, within 2 %)
-              "ff_cell_share": 0.75},
+              "ff_cell_share": 0.75,
+              # what the requantization choice counts a DSP and a block RAM as, in logic cells: an
+              # UP5K's 5280 cells over its 8 DSPs and 30 blocks (DSPs are its scarcest resource)
+              "dsp_cells": 660, "block_cells": 176},
     "ecp5": {"block_shapes": [[512, 36], [1024, 18], [2048, 9], [4096, 4], [8192, 2], [16384, 1]],
              "block_bits": 18432, "block_cost": 128, "dsp_width": 18,
-             "lutram": [16, 4, 4]},    # TRELLIS_DPR16X4: 16 x 4 bits at cost 4, RAMs only (no ROMs)
+             "lutram": [16, 4, 4],    # TRELLIS_DPR16X4: 16 x 4 bits at cost 4, RAMs only (no ROMs)
+             # ECP5 parts have DSPs to spare (156 on the 85F): a multiplier costs less than logic
+             "dsp_cells": 8, "block_cells": 400},
 }
 _DEFAULT = {
     "version": 2,
@@ -50,6 +57,7 @@ _DEFAULT = {
     "ram_logic_cost": 1.0,
     "block_margin": 8,                # block RAM costs this much more than its blocks (emulation)
     "requant_rom_block": 16,          # Requant forces its constant ROMs into block RAM from this depth
+    "requant_rom_min_bits": 1024,     # and more than this many bits (qfab.hw.requant.rom)
     "logic_weight_limit_bits": LOGIC_WEIGHT_LIMIT_BITS,  # MVAU AUTO: weights as constants in logic up to this many bits
     "typical_shift_levels": 2,        # varying shift bits per PE lane when the shifts are unknown
     "scale": {"luts": 1.0, "ffs": 1.0},
@@ -69,6 +77,16 @@ _DEFAULT = {
         "convert": {"luts": {"one": 10, "buffer_bits": 1.0}, "ffs": {"one": 4, "buffer_bits": 1.0}},
         "fork": {"luts": {"one": 4}, "ffs": {"one": 2}},
     },
+}
+
+
+# LUT and FF coefficients of the requantization options' own terms (not fitted yet: a fitted
+# model's coefficients of the same names take precedence). An adder bit is one LUT4 with the carry
+# chain; a comparison with a threshold one LUT4 per bit; a ROM bit in logic 1/16 of a LUT.
+_REQUANT_COEF = {
+    "luts": {"mult_add_bits": 1.0, "mult_reg_bits": 0.25, "threshold_compare_bits": 1.0,
+             "threshold_rom_bits": 1 / 16, "search_bits": 1.5},
+    "ffs": {"requant_pipe_bits": 1.0, "mult_reg_bits": 1.0, "threshold_reg_bits": 1.0, "search_bits": 1.0},
 }
 
 
@@ -193,16 +211,32 @@ def _mac_acc_bits(stage):
     return bound.bit_length() + 1
 
 
-def stage_terms(stage, fold, m=None, m_bits=24, shifts=None):
+def _pool_acc_bits(stage):
+    window = stage.k if stage.kind == "avgpool" else stage.vectors
+    return stage.a_bits + _log2(window) + 1
+
+
+def _const_requant_terms(choice, lanes, acc):
+    """Terms of a pool's or an add's requantization by constants beyond the fitted ones: none
+    for ``multiply`` (its DSPs are fitted), else its adders or comparators and ``no_dsp``."""
+    if choice is None or choice.mode == "multiply":
+        return {}
+    if choice.mode == "shift_add":
+        return {"no_dsp": 1, "mult_add_bits": lanes * choice.adders * (acc + choice.m0_bits)}
+    return {"no_dsp": 1, "threshold_compare_bits": lanes * choice.levels * (acc + 1)}
+
+
+def stage_terms(stage, fold, m=None, m_bits=24, shifts=None, requant=None):
     """`Terms` of one `qfab.compiler.folding.Stage` at ``fold`` (windows: `window_terms`).
 
     ``shifts``: an MVAU's per-channel requantization shifts, if known (else the stage's
     ``shifts`` attribute if it has one, else a typical spread): they decide the width of its
-    variable shifter, which can be a large share of a small unit.
+    variable shifter, which can be a large share of a small unit. ``requant``: an MVAU's
+    `RequantChoice` (default: ``multiply``, on DSPs).
     """
     m = m or model()
     if stage.kind == "mvau":
-        return _mvau_terms(stage, fold, m, m_bits, shifts)
+        return _mvau_terms(stage, fold, m, m_bits, shifts, requant)
     simd, bits = fold.simd, stage.a_bits
     if stage.kind == "maxpool":
         counters = _log2(stage.k) + _log2(stage.n // simd)
@@ -210,29 +244,43 @@ def stage_terms(stage, fold, m=None, m_bits=24, shifts=None):
                                  "count_bits": counters})
     if stage.kind in ("avgpool", "gap"):
         window = stage.k if stage.kind == "avgpool" else stage.vectors
-        acc = bits + _log2(window) + 1
+        acc = _pool_acc_bits(stage)
         counters = _log2(window) + _log2(stage.n // simd)
         return Terms("avgpool", {"one": 1, "lanes": simd, "lane_bits": simd * acc, "ring_bits": stage.n * acc,
-                                 "count_bits": counters})
+                                 "count_bits": counters, **_const_requant_terms(requant, simd, acc)})
     if stage.kind == "add":
-        return Terms("add", {"one": 1, "lanes": simd, "lane_bits": simd * bits})
+        return Terms("add", {"one": 1, "lanes": simd, "lane_bits": simd * bits,
+                             **_const_requant_terms(requant, simd, bits + 1)})
     raise ValueError(f"no estimate for stage kind {stage.kind!r}")
 
 
 def _shift_levels(shifts, pe, nf, block):
     """Stages of the requantization's variable right shift, summed over the PE lanes: none for a
-    lane whose channels share one shift (a constant), else the shift bits that differ between
-    its channels (all six when its shift ROM is a block RAM, whose contents synthesis cannot see)."""
+    lane whose channels share one shift (a constant), else the bits of its shifts above the lane's
+    smallest (wiring) that differ between its channels (all of ``bits(max - min)`` when its shift
+    ROM is a block RAM, whose contents synthesis cannot see)."""
     total = 0
     for lane in range(pe):
         mine = {int(shifts[f * pe + lane]) for f in range(nf)}
         if len(mine) > 1:
-            first = next(iter(mine))
+            least = min(mine)
             varying = 0
             for v in mine:
-                varying |= v ^ first
-            total += 6 if block else bin(varying).count("1")
+                varying |= v - least
+            total += varying.bit_length() if block else bin(varying).count("1")
     return total
+
+
+def _shift_rom_width(shifts, pe, nf):
+    """Widest shift ROM of the lanes: ``bits(max - min)`` of a lane's shifts (`qfab.hw.requant`)."""
+    widths = [max({int(shifts[f * pe + lane]) for f in range(nf)}) - min({int(shifts[f * pe + lane]) for f in range(nf)})
+              for lane in range(pe)]
+    return max(1, max(widths).bit_length())
+
+
+def _rom_forced(depth, width, m):
+    """Whether `qfab.hw.requant.rom` asks block RAM for a ``depth x width`` ROM."""
+    return depth >= m["requant_rom_block"] and depth * width > m["requant_rom_min_bits"]
 
 
 def weights_in_logic(stage, fold, m=None):
@@ -248,7 +296,7 @@ def weights_in_logic(stage, fold, m=None):
     return depth * word <= m["logic_weight_limit_bits"] or _memory(depth, word, m, rom=True) == 0
 
 
-def _mvau_terms(stage, fold, m, m_bits, shifts):
+def _mvau_terms(stage, fold, m, m_bits, shifts, requant=None):
     pe, simd, w, a = fold.pe, fold.simd, stage.w_bits, stage.a_bits
     serial = fold.style == "bit_serial"
     lanes = pe * simd
@@ -261,18 +309,28 @@ def _mvau_terms(stage, fold, m, m_bits, shifts):
     buffer_blocks = _memory(2 * sf, simd * a, m, rom=False)
     # Requant: per PE lane, ROMs of one entry per fold: M0 (m_bits), offset (the sum's width:
     # acc x M0, and the rounding half and zero point at the channel's shift) and shift (6 bits)
-    force = nf >= m["requant_rom_block"]
     if shifts is None:
         shifts = getattr(stage, "shifts", None)
     if shifts is None:
         sum_bits = acc + m_bits + 2
-        levels = 0 if nf <= 1 else pe * (6 if force else m["typical_shift_levels"])
+        shift_width = 6
+        levels = 0 if nf <= 1 else pe * (6 if _rom_forced(nf, 6, m) else m["typical_shift_levels"])
+        shifted_bits = sum_bits
     else:
         sum_bits = max(acc + m_bits, max(shifts)) + 2
-        levels = _shift_levels(shifts, pe, nf, force)
-    widths = (m_bits, sum_bits, 6)
-    rq_blocks = sum(_memory(nf, width, m, rom=True, force_block=force) for width in widths) if nf > 1 else 0
-    rq_logic = 0 if nf <= 1 or rq_blocks else nf * sum(widths)
+        shift_width = _shift_rom_width(shifts, pe, nf)
+        levels = _shift_levels(shifts, pe, nf, _rom_forced(nf, shift_width, m))
+        shifted_bits = max(2, sum_bits - min(shifts))
+    requant = requant or RequantChoice("multiply")
+    m0_width = m_bits if requant.mode != "shift_add" else -(-requant.m0_bits // requant.digit_bits) * requant.digit_bits
+    widths = (m0_width, sum_bits, shift_width)
+    rq_blocks = sum(_memory(nf, width, m, rom=True, force_block=_rom_forced(nf, width, m))
+                    for width in widths) if nf > 1 else 0
+    rq_logic = 0 if nf <= 1 else nf * sum(w for w in widths if not _memory(nf, w, m, rom=True,
+                                                                           force_block=_rom_forced(nf, w, m)))
+    own, own_blocks = _requant_terms(requant, acc, nf, m)
+    if requant.mode in ("thresholds", "search"):       # no multiplier, offset, shifter nor their ROMs
+        sum_bits = levels = rq_logic = rq_blocks = 0
     values = {
         "one": 1,
         "lanes": lanes,
@@ -280,16 +338,143 @@ def _mvau_terms(stage, fold, m, m_bits, shifts):
         "const_lane_bits": lanes * w * (1 if serial else a) if constant else 0,
         "acc_bits": pe * acc,
         "requant_bits": pe * sum_bits,
-        "shifter_bits": levels * sum_bits,
+        "shifter_bits": levels * shifted_bits,
         "rom_bits": depth * word if depth > 1 and not weight_blocks else 0,
         "word_bits": word if depth > 1 else 0,
         "act_bits": simd * a,
         "ffram_bits": 0 if buffer_blocks or _in_lutram(2 * sf, simd * a, m) else 2 * sf * simd * a,
         "requant_rom_bits": pe * rq_logic,
+        "requant_pipe_bits": pe * sum_bits,
+        **{k: pe * v for k, v in own.items()},
     }
-    dsps = pe * _dsp_pieces(acc, m_bits + 1, m)
+    dsps = pe * _dsp_pieces(acc, m_bits + 1, m) if requant.mode == "multiply" else 0
     return Terms("mvau_serial" if serial else "mvau_parallel", values, dsps,
-                 weight_blocks + buffer_blocks + pe * rq_blocks)
+                 weight_blocks + buffer_blocks + pe * (rq_blocks + own_blocks))
+
+
+@dataclass(frozen=True)
+class RequantChoice:
+    """How an MVAU requantizes (`REQUANT_MODES`, the values of `qfab.hw.requant.RequantMode`) and
+    what the choice depends on: ``levels = hi - lo`` (the thresholds per channel), ``m0_bits``
+    (bits of the largest ``M0``) and ``digit_bits`` (bits of ``M0`` per cycle, ``shift_add``)."""
+    mode: str
+    levels: int = 255
+    m0_bits: int = 24
+    digit_bits: int = 1
+    adders: int = 0             # constant multiplies by shift and add (pools, add): adders per lane
+
+    @property
+    def count_bits(self):
+        return max(1, self.levels.bit_length())
+
+    @property
+    def interval(self):
+        """Cycles per output beat (as `qfab.hw.requant.Requant.interval` and
+        `qfab.hw.threshold.ThresholdRequant.interval`)."""
+        if self.mode == "shift_add":
+            return max(1, -(-self.m0_bits // self.digit_bits)) + 1
+        return self.count_bits if self.mode == "search" else 1
+
+
+def _requant_terms(choice, acc, nf, m):
+    """Per PE lane: the terms of a requantization option beyond the shared tail, and its blocks."""
+    if choice.mode == "shift_add":
+        steps = max(1, -(-choice.m0_bits // choice.digit_bits))
+        width = acc + choice.m0_bits
+        return {"mult_add_bits": width * choice.digit_bits,
+                "mult_reg_bits": width + acc + steps * choice.digit_bits + _log2(steps)}, 0
+    tw = acc + 1
+    if choice.mode == "thresholds":
+        rom_bits = nf * choice.levels * tw if nf > 1 else 0
+        blocks = _memory(nf, choice.levels * tw, m, rom=True) if nf > 1 else 0
+        return {"threshold_compare_bits": choice.levels * tw, "threshold_reg_bits": acc + choice.levels,
+                "threshold_rom_bits": 0 if blocks else rom_bits}, blocks
+    if choice.mode == "search":
+        depth = nf << choice.count_bits
+        blocks = _memory(depth, tw, m, rom=True)
+        return {"search_bits": tw + 3 * choice.count_bits + _log2(nf),
+                "threshold_rom_bits": 0 if blocks else depth * tw}, blocks
+    return {}, 0
+
+
+def beat_cycles(stage, fold):
+    """Cycles an MVAU stage at ``fold`` has for each output beat: ``P * K / simd`` (times
+    ``a_bits`` bit-serially)."""
+    serial = stage.a_bits if fold.style == "bit_serial" else 1
+    return stage.points * (stage.k // fold.simd) * serial
+
+
+def requant_options(stage, fold, *, levels, m0_bits, m_bits=24, m=None):
+    """Every requantization option an MVAU stage at ``fold`` can use without slowing down, with
+    its `Resources` (`RequantChoice` -> `Resources`): ``multiply``; ``thresholds``; ``search``
+    when each output beat has ``count_bits`` cycles; ``shift_add`` with the fewest bits of
+    ``M0`` per cycle (at most 4) that keep the rate."""
+    m = m or model()
+    cycles = beat_cycles(stage, fold)
+    choices = [RequantChoice("multiply", levels, m0_bits), RequantChoice("thresholds", levels, m0_bits)]
+    search = RequantChoice("search", levels, m0_bits)
+    if search.interval <= cycles:
+        choices.append(search)
+    if cycles >= 2:
+        digit = -(-max(1, m0_bits) // (cycles - 1))
+        if digit <= 4:
+            choices.append(RequantChoice("shift_add", levels, m0_bits, digit))
+    return {c: resources(_mvau_terms(stage, fold, m, m_bits, None, c), m) for c in choices}
+
+
+def choose_requant(stage, fold, family="ice40", *, levels, m0_bits, m_bits=24):
+    """The cheapest `requant_options` of an MVAU stage, in logic cells plus its DSPs and block
+    RAMs at the family's exchange rate (``dsp_cells``, ``block_cells`` of `structure`: on the
+    iCE40 a DSP counts as 660 cells, on the ECP5 as 8). Reads only `structure`, never the fitted
+    model, so the lowering and the estimates agree and refitting cannot change the hardware."""
+    m = structure(family)
+    best = None
+    for choice, res in requant_options(stage, fold, levels=levels, m0_bits=m0_bits, m_bits=m_bits,
+                                       m=_unfitted(family)).items():
+        cost = res.luts + 0.75 * res.ffs + res.dsps * m["dsp_cells"] + res.bram_blocks * m["block_cells"]
+        if best is None or cost < best[0]:
+            best = (cost, choice)
+    return best[1]
+
+
+def choose_const_requant(stage, fold, family="ice40", *, levels, multipliers, thresholds=True):
+    """How a pool (``thresholds=True``) or an add (two multipliers, ``thresholds=False``) with
+    constant ``multipliers`` requantizes: ``multiply`` (``*``: DSPs), ``shift_add`` (an adder tree
+    per multiplier over its canonical signed digits) or ``thresholds`` (``levels`` constant
+    comparisons), priced as `choose_requant` prices (a DSP at the family's ``dsp_cells``; the
+    multiplies counted in DSP-sized pieces, as Yosys maps them)."""
+    m = structure(family)
+    acc = _pool_acc_bits(stage) if stage.kind in ("avgpool", "gap") else stage.a_bits + 1
+    m0_bits = max(1, max(int(v) for v in multipliers).bit_length())
+    nonzero = [int(v) for v in multipliers if int(v) > 1]
+    adders = sum(len(_csd(v)) - 1 for v in nonzero)
+    dsps = fold.simd * sum(_dsp_pieces(acc, v.bit_length() + 1, m) for v in nonzero)
+    options = [(RequantChoice("multiply", levels, m0_bits), dsps * m["dsp_cells"]),
+               (RequantChoice("shift_add", levels, m0_bits, adders=adders), fold.simd * adders * (acc + m0_bits))]
+    if thresholds:
+        options.append((RequantChoice("thresholds", levels, m0_bits), fold.simd * levels * (acc + 1)))
+    return min(options, key=lambda o: o[1])[0]
+
+
+def _csd(constant):
+    """Nonzero canonical signed digits of ``constant`` (as `qfab.hw.requant.csd_digits`)."""
+    digits = []
+    while constant:
+        if constant & 1:
+            sign = 2 - (constant & 3)
+            digits.append(sign)
+            constant -= sign
+        constant >>= 1
+    return digits
+
+
+@functools.lru_cache(maxsize=4)
+def _unfitted(family):
+    """The default coefficients with ``family``'s structure: what `choose_requant` prices with."""
+    m = dict(structure(family))
+    m["coefficients"] = _DEFAULT["coefficients"]
+    m["scale"] = {"luts": 1.0, "ffs": 1.0}
+    return m
 
 
 def window_terms(height, width, channels, kernel, stride, bits, simd, m=None):
@@ -329,6 +514,10 @@ def resources(terms, m=None):
     """`Resources` of `Terms`: the kind's fitted coefficients times the terms."""
     m = m or model()
     coef = m["coefficients"][terms.kind]
+    if terms.kind.startswith("mvau") or terms.kind in ("avgpool", "add"):
+        coef = {**coef, "luts": {**_REQUANT_COEF["luts"], **coef["luts"]}, "ffs": {**_REQUANT_COEF["ffs"], **coef["ffs"]}}
+    if terms.values.get("no_dsp"):                  # requantized without multipliers
+        coef = {**coef, "dsps": {}}
     luts = sum(c * terms.values.get(k, 0) for k, c in coef["luts"].items())
     ffs = sum(c * terms.values.get(k, 0) for k, c in coef["ffs"].items())
     # pools and adds multiply by constants: how many DSPs Yosys spends on them is fitted
@@ -337,10 +526,11 @@ def resources(terms, m=None):
                      terms.bram_blocks * m["block_bits"], terms.bram_blocks)
 
 
-def stage_resources(stage, fold, m=None, m_bits=24):
-    """Estimated `Resources` of one `qfab.compiler.folding.Stage` at ``fold``."""
+def stage_resources(stage, fold, m=None, m_bits=24, requant=None):
+    """Estimated `Resources` of one `qfab.compiler.folding.Stage` at ``fold`` (``requant``: a
+    pool's or an add's `RequantChoice`, default ``multiply``)."""
     m = m or model()
-    return resources(stage_terms(stage, fold, m, m_bits), m)
+    return resources(stage_terms(stage, fold, m, m_bits, requant=requant), m)
 
 
 def window_resources(height, width, channels, kernel, stride, bits, simd, m=None):
@@ -382,3 +572,19 @@ def total(items):
 def cost_luts(stage, fold):
     """The folding's cost function: estimated LUTs of a stage at a fold."""
     return stage_resources(stage, fold).luts
+
+
+def vvau_terms(stage, fold, m=None, m_bits=24, shifts=None):
+    """`Terms` of a VVAU (a depthwise convolution, `qfab.hw.vvau.VVAU`) for its `Stage` (counted
+    as an MVAU's: ``n`` channels, ``k`` window positions) at ``fold``: an MVAU's MAC lanes, weight
+    ROM and requantization, with the VVAU's window store in place of the MVAU's vector buffer
+    (``simd`` memories of ``2 * (n / pe) * (k / simd)`` words of ``pe`` codes: two whole windows)."""
+    m = m or model()
+    terms = _mvau_terms(stage, fold, m, m_bits, shifts)
+    pe, simd, a = fold.pe, fold.simd, stage.a_bits
+    depth, width = 2 * (stage.n // pe) * (stage.k // simd), pe * a
+    blocks = simd * _memory(depth, width, m, rom=False)
+    in_logic = not blocks and not _in_lutram(depth, width, m)
+    values = dict(terms.values, act_bits=simd * pe * a, ffram_bits=simd * depth * width if in_logic else 0)
+    mvau_buffer = _memory(2 * (stage.k // simd), simd * a, m, rom=False)
+    return Terms(terms.kind, values, terms.dsps, terms.bram_blocks - mvau_buffer + blocks)

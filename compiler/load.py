@@ -12,7 +12,7 @@ from .frontends.onnx_import import import_onnx
 from .modelfile import load as load_qfab
 from .ptq import QuantConfig, quantize
 
-__all__ = ["load_graph", "is_quantized_onnx"]
+__all__ = ["load_graph", "is_quantized_onnx", "calib_for"]
 
 
 def is_quantized_onnx(fg):
@@ -37,6 +37,12 @@ def load_graph(path, calib=None, config=None, *, notes=None):
         return build_graph(fg, fg.qtypes, weights_from_fixed(fg), metadata={**meta, "source": "onnx-quantized"})
     if calib is None:
         raise QfabError(f"{path} is a float model: give calibration data (--calib X.npy) to quantize it")
+    return quantize(fg, calib_for(fg, calib), config or QuantConfig(), metadata=meta)
+
+
+def calib_for(fg, calib):
+    """Calibration data ``calib`` (float, the model's own layout) in the IR's layout, or a
+    `QfabError` naming both shapes when it is not a float batch of the model's input shape."""
     from .reference import to_ir_layout
     calib = np.asarray(calib)
     shape = fg.shapes[fg.inputs[0]]
@@ -44,5 +50,4 @@ def load_graph(path, calib=None, config=None, *, notes=None):
     if calib.ndim < 2 or calib.shape[1:] != model_shape or calib.dtype.kind != "f":
         raise QfabError(f"calibration data has shape {calib.shape} ({calib.dtype}); the model takes float "
                         f"inputs of shape (N, {', '.join(map(str, model_shape))})")
-    x = to_ir_layout(fg, calib)
-    return quantize(fg, x, config or QuantConfig(), metadata=meta)
+    return to_ir_layout(fg, calib)

@@ -175,9 +175,10 @@ def _engines():
     from qfab.hw.add import Add
     from qfab.hw.mvau import MVAU
     from qfab.hw.pool import AvgPool, GlobalAvgPool, MaxPool
+    from qfab.hw.vvau import VVAU
     from qfab.hw.window import SlidingWindow
     return {"MVAU": MVAU, "SlidingWindow": SlidingWindow, "MaxPool": MaxPool, "AvgPool": AvgPool,
-            "GlobalAvgPool": GlobalAvgPool, "Add": Add}
+            "GlobalAvgPool": GlobalAvgPool, "Add": Add, "VVAU": VVAU}
 
 
 def _hw_value(key, value):
@@ -186,10 +187,12 @@ def _hw_value(key, value):
     from amaranth.hdl import signed, unsigned
 
     from qfab.hw.mac import Encoding, MacStyle
+    from qfab.hw.requant import RequantMode
     from qfab.hw.weights import MemoryKind
     if isinstance(value, ElementType):
         return signed(value.bits) if value.signed else unsigned(value.bits)
-    enum = {"w_encoding": Encoding, "a_encoding": Encoding, "style": MacStyle, "weight_memory": MemoryKind}.get(key)
+    enum = {"w_encoding": Encoding, "a_encoding": Encoding, "style": MacStyle, "weight_memory": MemoryKind,
+            "requant": RequantMode}.get(key)
     if enum is not None:
         return enum[value.upper()]
     return value
@@ -203,15 +206,43 @@ def stage_component(stage):
     return engine(**{k: _hw_value(k, v) for k, v in stage.params.items()})
 
 
-def build_top(plan: Plan, counters=False):
-    """The `qfab.hw.dataflow.Dataflow` of ``plan`` (with per-stage activity counters if asked):
-    every stage's engine, and every fork, converter and FIFO under the plan's name."""
+def build_top(plan: Plan):
+    """The `qfab.hw.dataflow.Dataflow` of ``plan``: every stage's engine, and every fork, converter
+    and FIFO under the plan's name. One top serves synthesis and simulation: its ``activity`` port
+    (a fire and a wait bit per stage port) is counted by the simulation harness and left
+    unconnected on a board."""
     from qfab.hw.dataflow import Dataflow, Edge as HwEdge
     edges = [HwEdge(e.src, e.dst, e.depth, name=e.name, fork=e.fork, converter=e.converter, fifo=e.fifo)
              for e in plan.edges]
-    return Dataflow({s.name: stage_component(s) for s in plan.stages}, edges, counters=counters)
+    return Dataflow({s.name: stage_component(s) for s in plan.stages}, edges)
 
 
-def to_verilog(top, name="qfab_top"):
-    from amaranth.back import verilog
-    return verilog.convert(top, name=name, emit_src=False)
+def to_verilog(top, name="qfab_top", *, log=None, times=None):
+    """Verilog of the component ``top`` (module ``name``), as ``amaranth.back.verilog.convert``
+    writes it, in three steps that ``log`` (a callable) hears about as they start and end:
+    elaborate (the components' ``elaborate``), netlist (Amaranth's netlist and RTLIL) and Verilog
+    (Yosys's ``write_verilog``). ``times``, a dict, receives the seconds of each step."""
+    import time
+
+    from amaranth.back import rtlil, verilog
+    from amaranth.hdl import Fragment, Value
+    from amaranth.hdl._ir import PortDirection  # as verilog.convert builds its ports (Amaranth 0.5)
+    from amaranth.lib.wiring import In
+
+    times = {} if times is None else times
+    say = log or (lambda *a: None)
+    ports = {}
+    for path, member, value in top.signature.flatten(top):
+        ports["__".join(map(str, path))] = (Value.cast(value),
+                                            PortDirection.Input if member.flow == In else PortDirection.Output)
+    steps = (("elaborate", "elaborating the components", lambda _: Fragment.get(top, None)),
+             ("netlist", "building the netlist", lambda f: rtlil.convert_fragment(f, ports, name, emit_src=False)[0]),
+             ("verilog", "writing Verilog (Yosys)", lambda text: verilog._convert_rtlil_text(text)))
+    value = None
+    for key, what, step in steps:
+        say(f"  {what} ...")
+        start = time.perf_counter()
+        value = step(value)
+        times[key] = time.perf_counter() - start
+        say(f"  {what}: {times[key]:.1f} s")
+    return value

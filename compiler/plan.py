@@ -188,7 +188,7 @@ class Plan:
             "version": self.version,
             "stages": [{"name": s.name, "node": s.node, "kind": s.kind, "engine": s.engine,
                         "pe": s.fold.pe if s.fold else None, "simd": s.fold.simd if s.fold else None,
-                        "style": s.fold.style if s.fold and s.kind == "mvau" else None,
+                        "style": s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None,
                         "cycles": s.cycles, "in_per_beat": s.in_per_beat, "out_per_beat": s.out_per_beat}
                        for s in self.stages],
             "edges": [{"name": e.name, "from": e.src, "to": e.dst, "tensor": e.tensor,

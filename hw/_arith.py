@@ -163,19 +163,26 @@ def tile_addends(w_lanes: Sequence[Value], w_bits: int, w_encoding: Encoding, a_
     return addends, constant
 
 
-def _bits_add(x, y):
-    """Ripple-carry addition written as gates (for narrow sums that ABC should pack into LUTs)."""
+def _bits_add(m, x, y, name):
+    """Ripple-carry addition written as gates (for narrow sums that ABC should pack into LUTs).
+
+    Each carry is a signal of its own: written as one expression, every carry would repeat the
+    expressions of all carries below it, and Amaranth, which copies an expression per use when
+    it prepares a design, would build (and Yosys read) a tree exponential in the width.
+    """
     width = max(len(x), len(y))
     x = list(x) + [Const(0, 1)] * (width - len(x))
     y = list(y) + [Const(0, 1)] * (width - len(y))
     out, carry = [], None
-    for xb, yb in zip(x, y):
+    for n, (xb, yb) in enumerate(zip(x, y)):
         if carry is None:
             out.append(xb ^ yb)
-            carry = xb & yb
+            nxt = xb & yb
         else:
             out.append(xb ^ yb ^ carry)
-            carry = (xb & yb) | (xb & carry) | (yb & carry)
+            nxt = (xb & yb) | (xb & carry) | (yb & carry)
+        carry = Signal(name=f"{name}_c{n}")
+        m.d.comb += carry.eq(nxt)
     out.append(carry)
     return out
 
@@ -206,6 +213,16 @@ def pack_rows(addends: Sequence[BitSum]) -> list[BitSum]:
     return packed
 
 
+def _named(m, addend, name):
+    """``addend`` with its value in a signal of its own (a tile's look-up is read by several gates
+    of the tree; as a signal it reaches Amaranth, and the Verilog, once)."""
+    if isinstance(addend.value, Signal):
+        return addend
+    sig = Signal(addend.width, name=name)
+    m.d.comb += sig.eq(addend.value)
+    return BitSum(sig, addend.top, addend.shift)
+
+
 def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name: str = "sum") -> BitSum:
     """Sum of `BitSum` addends as one `BitSum` (shift 0).
 
@@ -215,8 +232,9 @@ def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name:
     """
     if not addends:
         return BitSum(Const(0, 1), 0)
-    addends = pack_rows(addends)
     counter = itertools.count()
+    addends = [_named(m, a, f"{name}_t{next(counter)}") for a in addends]
+    addends = pack_rows(addends)
     heap = [(a.top << a.shift, next(counter), a) for a in addends]
     heapq.heapify(heap)
     while len(heap) > 1:
@@ -229,7 +247,7 @@ def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name:
         if width <= logic_bits:
             xv = [Const(0, 1)] * xs + [x.value[n] for n in range(x.width)]
             yv = [Const(0, 1)] * ys + [y.value[n] for n in range(y.width)]
-            value = Cat(*_bits_add(xv, yv))[:width]
+            value = Cat(*_bits_add(m, xv, yv, f"{name}_{next(counter)}"))[:width]
         else:
             value = ((x.value << xs) + (y.value << ys))[:width]
         # `keep` stops Yosys' alumacc from merging the tree back into one $macc cell (which it

@@ -1,11 +1,11 @@
 """Residual addition of two streams (docs/semantics.md, section 4, "Add")."""
 
-from amaranth.hdl import Const, Module, ShapeLike, Signal
+from amaranth.hdl import Module, ShapeLike, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_clamp, check_in_range, check_int, check_nonnegative, check_positive, check_shape
-from .requant import requantize
+from .requant import RequantMode, const_multiply, requantize
 
 __all__ = ["Add"]
 
@@ -36,6 +36,10 @@ class Add(wiring.Component):
         Output clamp (default: the code range of ``out_shape``).
     simd : int
         Elements per beat on all three streams.
+    requant : RequantMode
+        How ``Ma`` and ``Mb`` multiply: ``MULTIPLY`` (default, ``*``: DSP blocks where synthesis
+        has them) or ``SHIFT_ADD`` (adder trees over their canonical signed digits, no
+        multiplier); bit-exact either way, same latency.
 
     Members
     -------
@@ -45,7 +49,8 @@ class Add(wiring.Component):
     """
     def __init__(self, a_shape: ShapeLike, b_shape: ShapeLike, out_shape: ShapeLike, *, a_zero_point: int,
                  b_zero_point: int, a_multiplier: int, b_multiplier: int, shift: int, out_zero_point: int,
-                 lo: int | None = None, hi: int | None = None, simd: int = 1) -> None:
+                 lo: int | None = None, hi: int | None = None, simd: int = 1,
+                 requant: RequantMode = RequantMode.MULTIPLY) -> None:
         a_shape = check_shape("Element shape of a", a_shape)
         b_shape = check_shape("Element shape of b", b_shape)
         out_shape = check_shape("Output element shape", out_shape)
@@ -64,6 +69,9 @@ class Add(wiring.Component):
         self._shift = shift
         self._out_zero_point = out_zero_point
         self._simd = simd
+        self._requant = RequantMode(requant)
+        if self._requant not in (RequantMode.MULTIPLY, RequantMode.SHIFT_ADD):
+            raise ValueError(f"Add multiplies by MULTIPLY or SHIFT_ADD, not {self._requant}")
         super().__init__({
             "a": In(stream.Signature(data.ArrayLayout(a_shape, simd))),
             "b": In(stream.Signature(data.ArrayLayout(b_shape, simd))),
@@ -88,8 +96,8 @@ class Add(wiring.Component):
         with m.If(take):
             m.d.sync += out_valid.eq(1)
             for e in range(self._simd):
-                acc = ((self.a.payload[e] - za) * Const(ma, range(ma + 1)) +
-                       (self.b.payload[e] - zb) * Const(mb, range(mb + 1)))
+                acc = (const_multiply(self.a.payload[e] - za, ma, self._requant) +
+                       const_multiply(self.b.payload[e] - zb, mb, self._requant))
                 m.d.sync += self.o.payload[e].eq(requantize(acc, 1, self._shift,
                                                             self._out_zero_point,
                                                             self._lo, self._hi))

@@ -88,10 +88,6 @@ class Dataflow(wiring.Component):
         ``"."``, start with ``"_"`` (inserted parts are ``_fifoN``, ``_convertN``, ``_forkN``) nor
         be ``"i"`` or ``"o"``. Each becomes a submodule of that name.
     edges : list of Edge
-    counters : bool
-        Add, for simulation, a 32-bit counter per stage stream port of the cycles in which a beat
-        moved (``fire``) and in which a beat waited (``wait``: valid but not ready), readable on
-        the ``counters`` port. A bottleneck stage's inputs wait; the stages after it starve.
 
     Members
     -------
@@ -99,6 +95,11 @@ class Dataflow(wiring.Component):
         The graph input; ``layout`` is that of the first port it feeds.
     o : ``Out(stream.Signature(layout))``
         The graph output; ``layout`` is that of the port feeding it.
+    activity : ``Out(data.StructLayout({"stage.port": {"fire": 1, "wait": 1}}))``
+        Per stage stream port, whether a beat moves in this cycle (``fire``: valid and ready) and
+        whether one waits (``wait``: valid, not ready); `activity_ports` lists the entries. Plain
+        wires: a simulation harness counts them (a bottleneck stage's inputs wait; the stages
+        after it starve), a board top leaves them unconnected and synthesis removes them.
     observe : ``Out(data.StructLayout({fifo: {"level": ..., "full": 1, "empty": 1}}))``
         Fill state of each edge FIFO by `Edge` name (absent when no edge has a FIFO); `fifos`
         lists the names and depths, `describe` reads a sampled value. When the graph stalls, a
@@ -110,7 +111,7 @@ class Dataflow(wiring.Component):
     TypeError, ValueError
         On a malformed graph, with a message naming the stage, port or edge.
     """
-    def __init__(self, stages, edges, *, counters=False):
+    def __init__(self, stages, edges):
         if not isinstance(stages, dict) or not stages:
             raise TypeError(f"Stages must be a non-empty dict of name to component, "
                             f"not {stages!r}")
@@ -163,12 +164,10 @@ class Dataflow(wiring.Component):
                  for name, _, _, depth in self._edges if depth > 0}
         if fifos:
             members["observe"] = Out(data.StructLayout(fifos))
-        self._counted = []
-        if counters:
-            self._counted = [f"{n}.{p}" for n in self._stages for p in
-                             list(self._inputs[n]) + list(self._outputs[n])]
-            pair = data.StructLayout({"fire": unsigned(32), "wait": unsigned(32)})
-            members["counters"] = Out(data.StructLayout({name: pair for name in self._counted}))
+        self._counted = [f"{n}.{p}" for n in self._stages for p in
+                         list(self._inputs[n]) + list(self._outputs[n])]
+        pair = data.StructLayout({"fire": 1, "wait": 1})
+        members["activity"] = Out(data.StructLayout({name: pair for name in self._counted}))
         super().__init__(members)
 
     def _resolve(self, text, default_port, ports, what):
@@ -265,6 +264,11 @@ class Dataflow(wiring.Component):
         return dict(self._stages)
 
     @property
+    def activity_ports(self):
+        """The ``"stage.port"`` entries of `activity`, in port order."""
+        return list(self._counted)
+
+    @property
     def fifos(self):
         """``{edge name: depth}`` of the edges that have a FIFO, in edge order."""
         return {name: depth for name, _, _, depth in self._edges if depth > 0}
@@ -332,8 +336,6 @@ class Dataflow(wiring.Component):
         for name in self._counted:
             stage, _, port_name = name.partition(".")
             st = getattr(self._stages[stage], port_name)
-            with m.If(st.valid & st.ready):
-                m.d.sync += self.counters[name].fire.eq(self.counters[name].fire + 1)
-            with m.If(st.valid & ~st.ready):
-                m.d.sync += self.counters[name].wait.eq(self.counters[name].wait + 1)
+            m.d.comb += [self.activity[name].fire.eq(st.valid & st.ready),
+                         self.activity[name].wait.eq(st.valid & ~st.ready)]
         return m

@@ -217,19 +217,33 @@ class MacArray(wiring.Component):
             self._elaborate_serial(m, en, beat_last)
         return m
 
+    def _lane(self, field, index):
+        """Lane ``index`` of payload field ``field`` as a slice of the payload signal itself.
+
+        Indexing a `data.View` builds a new chain of slices each time (``payload.w[p][s]`` is a
+        slice of a slice of the whole payload), and Amaranth's netlist builder walks every link:
+        a lane read per PE would cost the payload's full width each time, quadratic in the
+        array's size (docs/lowering.md, "Compile time"). One flat slice per lane costs its width.
+        """
+        field_ = self._i_layout[field]
+        shape = field_.shape.elem_shape if field == "a" else field_.shape.elem_shape.elem_shape
+        start = field_.offset + index * shape.width
+        value = Value.cast(self.i.payload)[start:start + shape.width]
+        return value.as_signed() if shape.signed else value
+
     def _activations(self):
-        return [Value.cast(self.i.payload.a[s]) for s in range(self._simd)]
+        return [self._lane("a", s) for s in range(self._simd)]
 
     def _weight_lanes(self, pe):
         """PE ``pe``'s weight per lane: the code from ``i``; with ``weights=``, the weight
         *value* (an ``int``) of a lane that has the same code in every word, or `FewValues` for
         a lane with at most four."""
         if self._weights is None:
-            return [Value.cast(self.i.payload.w[pe][s]) for s in range(self._simd)]
+            return [self._lane("w", pe * self._simd + s) for s in range(self._simd)]
         lanes = []
         for s in range(self._simd):
             codes = [word[pe][s] for word in self._weights]
-            code = Value.cast(self.i.payload.w[pe][s])
+            code = self._lane("w", pe * self._simd + s)
             if len(set(codes)) == 1:
                 lanes.append(2 * codes[0] - 1 if self._w_encoding is Encoding.BIPOLAR
                              else codes[0])
@@ -339,7 +353,7 @@ class MacArray(wiring.Component):
             m.d.sync += step.eq(Mux(plane_last, 0, step + 1))
         planes = [Signal(name=f"plane_{s}") for s in range(simd)]
         for s in range(simd):
-            code = Value.cast(self.i.payload.a[s]).as_unsigned()
+            code = self._lane("a", s).as_unsigned()
             m.d.comb += planes[s].eq(code.bit_select(plane, 1))
 
         s1_valid, s1_plane_last, s1_last = Signal(), Signal(), Signal()

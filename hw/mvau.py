@@ -13,7 +13,8 @@ from qfab.base import ints
 
 from ._arith import Encoding, code_range, code_shape, const_select
 from .mac import MacArray, MacStyle
-from .requant import Requant
+from .requant import Requant, RequantMode
+from .threshold import ThresholdRequant
 from .weights import MemoryKind, WeightMemory
 
 __all__ = ["MVAU"]
@@ -112,6 +113,17 @@ class MVAU(wiring.Component):
         Width of ``M0`` (default 24).
     style : MacStyle
     use_dsp : bool
+    requant : RequantMode
+        How the outputs are requantized (docs/hardware.md, "Requantization options"): ``MULTIPLY``
+        (the default: ``acc * M0`` on a multiplier, DSP blocks where synthesis has them),
+        ``SHIFT_ADD`` (the multiply by shift and add in logic, ``requant_digit_bits`` bits of
+        ``M0`` per cycle), ``THRESHOLDS`` (``hi - lo`` per-channel thresholds compared at once) or
+        ``SEARCH`` (the thresholds in block RAM, binary search in ``out_bits`` cycles). All are
+        bit-exact; the multi-cycle ones take one beat per `requant_interval` cycles, so they keep
+        the unit's rate when every output beat has that many cycles (``P * K / simd``, times
+        ``a_bits`` bit-serially).
+    requant_digit_bits : int
+        Bits of ``M0`` per cycle with ``SHIFT_ADD`` (default 1).
     weight_memory : MemoryKind
         With ``LOGIC`` (``AUTO`` picks it for up to 1024 weight bits) the weights are constants
         (`MacArray` ``weights=``): a lane (PE row, SIMD column) whose weight is zero at every
@@ -136,9 +148,11 @@ class MVAU(wiring.Component):
     of ``K / simd`` beats) at one beat per cycle whenever a bank is free; every fold and point
     reads the complete vector from its bank, so a producer may spread a vector's beats over its
     whole interval without slowing this stage.
-    Latency: computing starts once a vector's last beat is in; an output beat leaves 6 cycles
-    after the issue of its last MAC beat (8 with point multipliers other than a single 1;
-    bit-serial adds ``a_bits``).
+    Latency: computing starts once a vector's last beat is in; an output beat leaves `latency`
+    cycles after the issue of its last MAC beat: 2 plus the requantization's latency (with
+    ``MULTIPLY`` 5, so 7; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
+    ``THRESHOLDS`` 3; ``SEARCH`` the bits of ``hi - lo``, plus 1), 2 more with point multipliers other than
+    a single 1; bit-serial adds ``a_bits``.
     """
 
     def __init__(self, pe: int, simd: int, *, weights: Sequence[Sequence[Sequence[int]]], w_bits: int, w_encoding: Encoding,
@@ -146,7 +160,8 @@ class MVAU(wiring.Component):
                  out_zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool, in_zero_point: int = 0,
                  point_multipliers: Sequence[Sequence[int]] | None = None, m_bits: int = 24,
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
-                 weight_memory: MemoryKind = MemoryKind.AUTO) -> None:
+                 weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
+                 requant_digit_bits: int = 1) -> None:
         for name, value in (("pe", pe), ("simd", simd)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -196,9 +211,13 @@ class MVAU(wiring.Component):
         folded_bias = [bias[c] - in_zero_point * sum(mult[p][c] * sum(weights[p][c])
                                                      for p in range(points))
                        for c in range(n_out)]
-        self._requant = Requant(pe, n_out, acc_bits=dot_bits, bias=folded_bias, m0=m0,
-                                shift=shift, zero_point=out_zero_point, lo=lo, hi=hi,
-                                out_bits=out_bits, out_signed=out_signed, m_bits=m_bits)
+        requant = RequantMode(requant)
+        rq_params = dict(acc_bits=dot_bits, bias=folded_bias, m0=m0, shift=shift, zero_point=out_zero_point,
+                         lo=lo, hi=hi, out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, mode=requant)
+        if requant in (RequantMode.THRESHOLDS, RequantMode.SEARCH):
+            self._requant = ThresholdRequant(pe, n_out, **rq_params)
+        else:
+            self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, **rq_params)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
             "o": Out(stream.Signature(data.ArrayLayout(
@@ -219,6 +238,18 @@ class MVAU(wiring.Component):
         """``P * (N / pe) * (K / simd)``, times ``a_bits`` bit-serially."""
         serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 1
         return self._points * (self._n // self._pe) * (self._k // self._simd) * serial
+
+    @property
+    def requant_interval(self):
+        """Cycles the requantization takes per output beat at full rate (1 for ``MULTIPLY`` and
+        ``THRESHOLDS``)."""
+        return self._requant.interval
+
+    @property
+    def latency(self):
+        """Cycles from the issue of an output beat's last MAC beat to the beat on ``o``."""
+        serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 0
+        return 2 + (2 if self._combine else 0) + self._requant.latency + serial
 
     def elaborate(self, platform):
         m = Module()

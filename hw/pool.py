@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 from qfab.base import ints
 
 from ._params import check_clamp, check_in_range, check_int, check_nonnegative, check_positive, check_shape, code_range
-from .requant import requantize
+from .requant import RequantMode, requantize
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool"]
 
@@ -166,6 +166,10 @@ class AvgPool(_WindowReduce):
     rounding : str
         The shift's rounding rule: ``"half_up"`` (default) or ``"half_even"`` (ties to even, for
         pools imported from quantized ONNX models; docs/semantics.md).
+    requant : RequantMode
+        ``MULTIPLY`` (default: ``* M0``, DSP blocks where synthesis has them), ``SHIFT_ADD`` (an
+        adder tree over the canonical signed digits of ``M0``, no multiplier) or ``THRESHOLDS``
+        (the ``hi - lo`` constant thresholds compared at once); all bit-exact, same latency.
 
     Members
     -------
@@ -176,7 +180,7 @@ class AvgPool(_WindowReduce):
     """
     def __init__(self, shape: ShapeLike, *, window: int, channels: int, zero_point: int, multiplier: int, shift: int,
                  out_shape: ShapeLike, out_zero_point: int, lo: int | None = None, hi: int | None = None,
-                 simd: int = 1, rounding: str = "half_up") -> None:
+                 simd: int = 1, rounding: str = "half_up", requant: RequantMode = RequantMode.MULTIPLY) -> None:
         shape = check_shape("Element shape", shape)
         out_shape = check_shape("Output element shape", out_shape)
         check_in_range("Zero point", zero_point, shape)
@@ -193,6 +197,9 @@ class AvgPool(_WindowReduce):
         if rounding not in ("half_up", "half_even"):
             raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         self._rounding = rounding
+        self._requant = RequantMode(requant)
+        if self._requant is RequantMode.SEARCH:
+            raise ValueError("an average pool requantizes by MULTIPLY, SHIFT_ADD or THRESHOLDS, not SEARCH")
         super().__init__(shape, out_shape, window=window, channels=channels, simd=simd)
 
     def _acc_shape(self):
@@ -208,7 +215,7 @@ class AvgPool(_WindowReduce):
 
     def _finish(self, acc):
         return requantize(acc, self._multiplier, self._shift, self._out_zero_point,
-                          self._lo, self._hi, self._rounding)
+                          self._lo, self._hi, self._rounding, self._requant)
 
 
 class GlobalAvgPool(AvgPool):
@@ -220,9 +227,11 @@ class GlobalAvgPool(AvgPool):
     """
     def __init__(self, shape: ShapeLike, *, height: int, width: int, channels: int, zero_point: int, multiplier: int,
                  shift: int, out_shape: ShapeLike, out_zero_point: int, lo: int | None = None,
-                 hi: int | None = None, simd: int = 1, rounding: str = "half_up") -> None:
+                 hi: int | None = None, simd: int = 1, rounding: str = "half_up",
+                 requant: RequantMode = RequantMode.MULTIPLY) -> None:
         check_positive("Height", height)
         check_positive("Width", width)
         super().__init__(shape, window=height * width, channels=channels, zero_point=zero_point,
                          multiplier=multiplier, shift=shift, out_shape=out_shape,
-                         out_zero_point=out_zero_point, lo=lo, hi=hi, simd=simd, rounding=rounding)
+                         out_zero_point=out_zero_point, lo=lo, hi=hi, simd=simd, rounding=rounding,
+                         requant=requant)

@@ -1,19 +1,60 @@
-"""Requantization: per-channel bias, ``M0`` multiply, rounding shift, zero point, clamp."""
+"""Requantization: per-channel bias, ``M0`` multiply, rounding shift, zero point, clamp.
 
+`Requant` multiplies on a multiplier (DSP blocks where synthesis has them) or by shift and add in
+logic over several cycles; `qfab.hw.threshold.ThresholdRequant` compares with thresholds instead.
+`RequantMode` names the four ways (docs/hardware.md, "Requantization options").
+"""
+
+import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, ValueLike, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
 
-__all__ = ["Requant", "requantize"]
+__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps"]
+
+
+def csd_digits(constant: int) -> list[tuple[int, int]]:
+    """The canonical signed digits of ``constant >= 0``: ``(position, +1 or -1)`` pairs whose
+    ``sum(sign << position)`` is ``constant``, no two adjacent (the fewest nonzero digits)."""
+    digits, position = [], 0
+    while constant:
+        if constant & 1:
+            sign = 2 - (constant & 3)            # 01 -> +1, 11 -> -1 (then carry)
+            digits.append((position, sign))
+            constant -= sign
+        constant >>= 1
+        position += 1
+    return digits
+
+
+def const_multiply(value: ValueLike, constant: int, mode: "RequantMode | str | None" = None) -> Value:
+    """``value * constant`` for a constant ``constant >= 0``: the ``*`` operator (a multiplier,
+    DSP blocks where synthesis has them) with ``MULTIPLY`` (the default), or with ``SHIFT_ADD`` a
+    tree of adders over the shifted copies of ``value`` named by the canonical signed digits of
+    ``constant`` (`csd_digits`), so no multiplier."""
+    mode = RequantMode.MULTIPLY if mode is None else RequantMode(mode)
+    value = Value.cast(value)
+    if constant == 1:
+        return value
+    if mode is RequantMode.MULTIPLY:
+        return value * Const(constant, range(constant + 1))
+    if mode is not RequantMode.SHIFT_ADD:
+        raise ValueError(f"a constant multiply is MULTIPLY or SHIFT_ADD, not {mode}")
+    terms = [(value << p) if sign > 0 else -(value << p) for p, sign in csd_digits(constant)]
+    if not terms:
+        return Const(0, 1)
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo: int, hi: int,
-               rounding: str = "half_up") -> Value:
+               rounding: str = "half_up", mode: "RequantMode | str | None" = None) -> Value:
     """``clamp(zero_point + round_shift(acc * multiplier, shift), lo, hi)`` with constant parameters,
     combinational: the form of `Requant` for units with one multiplier for all channels (pools,
     residual add).
@@ -23,11 +64,23 @@ def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo:
     ``qfab.compiler.intops.requantize`` (docs/semantics.md, section 3): add half, then shift right
     arithmetically; Amaranth widens every intermediate, so nothing overflows. ``rounding`` is
     ``"half_up"`` or ``"half_even"`` (ties to even: add ``half - 1`` plus bit ``shift`` of the
-    product, then shift; ``qfab.compiler.intops.round_shift_even``).
+    product, then shift; ``qfab.compiler.intops.round_shift_even``). ``mode`` (`RequantMode`):
+    ``MULTIPLY`` (the default) or ``SHIFT_ADD`` multiply as `const_multiply` does;
+    ``THRESHOLDS`` compares ``acc`` with the ``hi - lo`` constant thresholds of
+    ``qfab.hw.threshold.thresholds`` over the range of ``acc``'s shape.
     """
     if rounding not in ("half_up", "half_even"):
         raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
-    product = acc if multiplier == 1 else acc * Const(multiplier, range(multiplier + 1))
+    mode = RequantMode.MULTIPLY if mode is None else RequantMode(mode)
+    if mode is RequantMode.THRESHOLDS:
+        from .threshold import threshold_count, thresholds
+        acc = Value.cast(acc)
+        shape = acc.shape()
+        acc_lo, acc_hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed else \
+            (0, (1 << shape.width) - 1)
+        table = thresholds(multiplier, shift, zero_point, lo, hi, acc_lo, acc_hi, rounding=rounding)
+        return lo + threshold_count(acc, table, acc_lo, acc_hi)
+    product = const_multiply(acc, multiplier, mode)
     if shift > 0 and rounding == "half_even":
         product = Value.cast(product)
         width, is_signed = len(product), product.shape().signed
@@ -39,6 +92,21 @@ def requantize(acc: ValueLike, multiplier: int, shift: int, zero_point: int, lo:
     return Mux(y < lo, lo, Mux(y > hi, hi, y))
 
 
+class RequantMode(enum.Enum):
+    """How a requantization unit computes ``requantize(acc)`` (all bit-exact, docs/semantics.md).
+
+    ``MULTIPLY``: ``acc * M0`` on a multiplier (DSP blocks), one beat per cycle.
+    ``SHIFT_ADD``: ``acc * M0`` by shift and add in logic, a few bits of ``M0`` per cycle.
+    ``THRESHOLDS``: the output is the number of per-channel thresholds ``acc`` reaches, all
+    compared at once (FINN's MultiThreshold); one beat per cycle.
+    ``SEARCH``: the same thresholds in block RAM, found by binary search in ``out_bits`` cycles.
+    """
+    MULTIPLY = "multiply"
+    SHIFT_ADD = "shift_add"
+    THRESHOLDS = "thresholds"
+    SEARCH = "search"
+
+
 def _ints(name, values, count):
     try:
         values = [int(v) for v in values]
@@ -47,6 +115,57 @@ def _ints(name, values, count):
     if len(values) != count:
         raise ValueError(f"{name} must have {count} elements, not {len(values)}")
     return values
+
+
+def check_requant_params(lanes, channels, acc_bits, bias, m0, shift, zero_point, lo, hi, out_bits, out_signed,
+                         m_bits):
+    """The checked, normalized parameters of a requantization unit (shared with
+    `qfab.hw.threshold.ThresholdRequant`): ``(bias, m0, shift, zero_point, lo, hi, out_shape)``."""
+    for name, value in (("lanes", lanes), ("channels", channels), ("acc_bits", acc_bits),
+                        ("out_bits", out_bits), ("m_bits", m_bits)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    if channels % lanes:
+        raise ValueError(f"lanes ({lanes}) must divide channels ({channels})")
+    bias = _ints("bias", bias, channels)
+    m0 = _ints("m0", m0, channels)
+    shift = _ints("shift", shift, channels)
+    for v in m0:
+        if not 0 <= v < (1 << m_bits):
+            raise ValueError(f"m0 must be in 0 .. 2**{m_bits} - 1, not {v}")
+    for v in shift:
+        if not 0 <= v <= 62:
+            raise ValueError(f"shift must be in 0 .. 62, not {v}")
+    out_shape = signed(out_bits) if out_signed else unsigned(out_bits)
+    q_lo, q_hi = ints.code_range(out_bits, out_signed)
+    zero_point, lo, hi = int(zero_point), int(lo), int(hi)
+    if not q_lo <= lo <= hi <= q_hi:
+        raise ValueError(f"clamp [{lo}, {hi}] must lie within the output range "
+                         f"[{q_lo}, {q_hi}]")
+    return bias, m0, shift, zero_point, lo, hi, out_shape
+
+
+def shift_add_steps(m0_bits: int, digit_bits: int) -> int:
+    """Cycles of the shift-and-add multiply: ``ceil(m0_bits / digit_bits)`` (at least 1)."""
+    return max(1, -(-m0_bits // digit_bits))
+
+
+BLOCK_ROM_DEPTH = 16        # from this depth a ROM of more than BLOCK_ROM_MIN_BITS bits is asked for block RAM
+BLOCK_ROM_MIN_BITS = 1024
+
+
+def rom(m, values, index, en, shape, name):
+    """``values[index]`` one cycle later (read when ``en``): a constant if all are equal; a ROM
+    with a registered read otherwise (asked for block RAM from 16 entries and more than 1024 bits:
+    smaller ones cost fewer LUTs than a block)."""
+    if len(set(values)) == 1:
+        return Const(values[0], shape)
+    block = len(values) >= BLOCK_ROM_DEPTH and len(values) * Shape.cast(shape).width > BLOCK_ROM_MIN_BITS
+    m.submodules[name] = mem = Memory(shape=shape, depth=len(values), init=values,
+                                      attrs={"rom_style": "block"} if block else None)
+    port = mem.read_port()
+    m.d.comb += [port.addr.eq(index), port.en.eq(en)]
+    return port.data
 
 
 class Requant(wiring.Component):
@@ -73,44 +192,44 @@ class Requant(wiring.Component):
     out_signed : bool
     m_bits : int
         Width of ``m0`` (default 24).
+    mode : RequantMode
+        ``MULTIPLY`` (the default) or ``SHIFT_ADD``; the threshold modes are
+        `qfab.hw.threshold.ThresholdRequant`.
+    digit_bits : int
+        ``SHIFT_ADD`` only: bits of ``M0`` added per cycle (default 1).
 
     Members
     -------
     i : ``In(stream.Signature(ArrayLayout(signed(acc_bits), lanes)))``
     o : ``Out(stream.Signature(ArrayLayout(signed(out_bits) or unsigned(out_bits), lanes)))``
 
-    Latency 4 cycles, throughput one beat per cycle; backpressure on ``o`` stalls the pipeline.
-    The per-channel constants are ROMs with a registered read (block RAM where synthesis can).
+    Latency and throughput (`latency`, `interval`): ``MULTIPLY`` is a pipeline of 5 registered
+    stages (input and ``M0`` registers in front of the multiplier, product register, offset sum,
+    shift, clamp), latency 5 cycles, one beat per cycle. The shift is the lane's smallest shift
+    (wiring) and a variable shift by the rest (a shifter as wide as the shifts differ).
+    ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (MSB first, no
+    multiplier) for ``steps = ceil(bits(max M0) / digit_bits)`` cycles, hands the product on in
+    one more, then the same 4 stages: latency ``steps + 5``, one beat per ``steps + 1`` cycles.
+    Backpressure on ``o`` stalls the pipeline. The per-channel constants are ROMs with a
+    registered read (block RAM where synthesis can).
     """
 
     def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
-                 m_bits: int = 24) -> None:
-        for name, value in (("lanes", lanes), ("channels", channels), ("acc_bits", acc_bits),
-                            ("out_bits", out_bits), ("m_bits", m_bits)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise TypeError(f"{name} must be a positive integer, not {value!r}")
-        if channels % lanes:
-            raise ValueError(f"lanes ({lanes}) must divide channels ({channels})")
-        bias = _ints("bias", bias, channels)
-        m0 = _ints("m0", m0, channels)
-        shift = _ints("shift", shift, channels)
-        for v in m0:
-            if not 0 <= v < (1 << m_bits):
-                raise ValueError(f"m0 must be in 0 .. 2**{m_bits} - 1, not {v}")
-        for v in shift:
-            if not 0 <= v <= 62:
-                raise ValueError(f"shift must be in 0 .. 62, not {v}")
-        out_shape = signed(out_bits) if out_signed else unsigned(out_bits)
-        q_lo, q_hi = ints.code_range(out_bits, out_signed)
-        zero_point, lo, hi = int(zero_point), int(lo), int(hi)
-        if not q_lo <= lo <= hi <= q_hi:
-            raise ValueError(f"clamp [{lo}, {hi}] must lie within the output range "
-                             f"[{q_lo}, {q_hi}]")
+                 m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1) -> None:
+        bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
+            lanes, channels, acc_bits, bias, m0, shift, zero_point, lo, hi, out_bits, out_signed, m_bits)
+        mode = RequantMode(mode)
+        if mode not in (RequantMode.MULTIPLY, RequantMode.SHIFT_ADD):
+            raise ValueError(f"Requant computes MULTIPLY or SHIFT_ADD, not {mode}; the threshold modes are "
+                             f"qfab.hw.threshold.ThresholdRequant")
+        if not isinstance(digit_bits, int) or isinstance(digit_bits, bool) or digit_bits < 1:
+            raise TypeError(f"digit_bits must be a positive integer, not {digit_bits!r}")
         self._lanes, self._channels, self._acc_bits = lanes, channels, acc_bits
         self._bias, self._m0, self._shift = bias, m0, shift
         self._zero_point, self._lo, self._hi = zero_point, lo, hi
         self._out_shape, self._m_bits = out_shape, m_bits
+        self._mode, self._digit_bits = mode, digit_bits
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -118,27 +237,74 @@ class Requant(wiring.Component):
 
     lanes = property(lambda self: self._lanes)
     channels = property(lambda self: self._channels)
+    mode = property(lambda self: self._mode)
+
+    @property
+    def steps(self):
+        """Cycles of the multiply: 1 on a multiplier, ``ceil(bits(max M0) / digit_bits)`` by shift and add."""
+        if self._mode is RequantMode.MULTIPLY:
+            return 1
+        return shift_add_steps(max(self._m0).bit_length(), self._digit_bits)
+
+    @property
+    def latency(self):
+        """Cycles from taking a beat to offering its result, without stalls."""
+        return 5 if self._mode is RequantMode.MULTIPLY else self.steps + 5
+
+    @property
+    def interval(self):
+        """Cycles between beats at full rate."""
+        return 1 if self._mode is RequantMode.MULTIPLY else self.steps + 1
 
     def elaborate(self, platform):
         m = Module()
         lanes, folds = self._lanes, self._channels // self._lanes
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        en = Signal()          # the pipeline behind the multiply advances
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
 
-        # stage k holds the beat's fold index in fold[k]; the per-channel constants are ROMs read
-        # one stage ahead (a registered read, so synthesis can put them in block RAM)
-        fold = [Signal(range(folds), name=f"fold{n}") for n in range(3)]
-        valid = [Signal(name=f"valid{n}") for n in range(3)]
-        with m.If(en):
-            m.d.sync += [valid[0].eq(self.i.valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
-                         self.o.valid.eq(valid[2]), fold[1].eq(fold[0]), fold[2].eq(fold[1])]
-        counter = Signal(range(folds))
-        with m.If(self.i.valid & en):
+        counter = Signal(range(folds))          # fold of the next beat taken
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        with m.If(take):
             m.d.sync += counter.eq(Mux(counter == folds - 1, 0, counter + 1))
+
+        # stage P holds the product (and its fold), then S (offset sum), H (shifted), o (clamped)
+        p_valid, s_valid, h_valid = Signal(), Signal(), Signal()
+        p_fold = Signal(range(folds))
         with m.If(en):
-            m.d.sync += fold[0].eq(counter)
+            m.d.sync += [s_valid.eq(p_valid), h_valid.eq(s_valid), self.o.valid.eq(h_valid)]
 
         acc_max = 1 << (self._acc_bits - 1)
+        m0_width = max(1, max(self._m0).bit_length())
+        steps = self.steps
+        # a ROM read with the fold of the beat entering a stage is ready with the stage after it
+        if self._mode is RequantMode.MULTIPLY:
+            # input register I (accumulator, M0 read from its ROM), then the product register
+            m.d.comb += self.i.ready.eq(en)
+            i_valid, i_fold = Signal(), Signal(range(folds))
+            with m.If(en):
+                m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter), p_valid.eq(i_valid), p_fold.eq(i_fold)]
+            p_load, p_next_fold = en, i_fold
+        else:
+            # the shift-and-add multiplier: busy for `steps` cycles, then holds its product until
+            # the pipeline takes it (and takes the next beat in the same cycle)
+            busy, done = Signal(), Signal()
+            step = Signal(range(steps))
+            handoff = Signal()
+            m.d.comb += [handoff.eq(done & en), self.i.ready.eq(~busy | handoff)]
+            mul_fold = Signal(range(folds))
+            with m.If(en):
+                m.d.sync += [p_valid.eq(handoff), p_fold.eq(mul_fold)]
+            with m.If(handoff):
+                m.d.sync += [busy.eq(0), done.eq(0)]
+            with m.If(busy & ~done):
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == steps - 1):
+                    m.d.sync += [done.eq(1), step.eq(0)]
+            with m.If(take):
+                m.d.sync += [busy.eq(1), mul_fold.eq(counter)]
+            p_load, p_next_fold = handoff, mul_fold
+
         for lane in range(lanes):
             chans = [f * lanes + lane for f in range(folds)]
             m0 = [self._m0[c] for c in chans]
@@ -147,35 +313,55 @@ class Requant(wiring.Component):
             offset = [self._bias[c] * self._m0[c] + (self._zero_point << self._shift[c])
                       + ((1 << (self._shift[c] - 1)) if self._shift[c] else 0) for c in chans]
             prod_bound = acc_max * max(m0)
-            prod_shape = signed(max(2, (prod_bound).bit_length() + 2))
+            prod_shape = signed(max(2, prod_bound.bit_length() + 2))
             sum_bound = prod_bound + max(abs(v) for v in offset)
             sum_shape = signed(max(2, sum_bound.bit_length() + 2))
-
-            m0_sig = self._rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
-            off_sig = self._rom(m, offset, fold[0], en, sum_shape, f"offset_{lane}")
-            shift_sig = self._rom(m, shift, fold[1], en, unsigned(6), f"shift_{lane}")
-            acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
             prod = Signal(prod_shape, name=f"prod_{lane}")
+
+            if self._mode is RequantMode.MULTIPLY:
+                m0_sig = rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
+                acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
+                with m.If(en):
+                    m.d.sync += [acc.eq(self.i.payload[lane]), prod.eq(acc * m0_sig)]
+            else:
+                self._shift_add(m, lane, m0, counter, take, busy, done, step, steps, m0_width, prod, handoff, en)
+
+            off_sig = rom(m, offset, p_next_fold, p_load, sum_shape, f"offset_{lane}")
+            # the lane's smallest shift is wiring; only the rest is a variable shifter
+            least = min(shift)
+            varying = [v - least for v in shift]
+            shift_sig = rom(m, varying, p_fold, en, unsigned(max(1, max(varying).bit_length())), f"shift_{lane}")
             total = Signal(sum_shape, name=f"sum_{lane}")
             shifted = Signal(sum_shape, name=f"shifted_{lane}")
-            m.d.comb += shifted.eq(total >> shift_sig)
             with m.If(en):
                 m.d.sync += [
-                    acc.eq(self.i.payload[lane]),
-                    prod.eq(acc * m0_sig),
                     total.eq(prod + off_sig),
+                    shifted.eq((total >> least) >> shift_sig),
                     self.o.payload[lane].eq(Mux(shifted < self._lo, self._lo,
                                                 Mux(shifted > self._hi, self._hi, shifted))),
                 ]
         return m
 
-    @staticmethod
-    def _rom(m, values, index, en, shape, name):
-        """``values[index]`` one cycle later (read when ``en``): a constant if all are equal."""
-        if len(set(values)) == 1:
-            return Const(values[0], shape)
-        m.submodules[name] = rom = Memory(shape=shape, depth=len(values), init=values,
-                                          attrs={"rom_style": "block"} if len(values) >= 16 else None)
-        port = rom.read_port()
-        m.d.comb += [port.addr.eq(index), port.en.eq(en)]
-        return port.data
+    def _shift_add(self, m, lane, m0, counter, take, busy, done, step, steps, m0_width, prod, handoff, en):
+        """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the
+        top, with no multiplier: each digit bit adds a shifted copy of ``acc`` (or nothing)."""
+        k = self._digit_bits
+        width = steps * k                                  # m0 padded to whole digits
+        acc = Signal(signed(self._acc_bits), name=f"mul_acc_{lane}")
+        digits = Signal(width, name=f"mul_m0_{lane}")      # the digits not yet added, top first
+        partial = Signal(prod.shape(), name=f"mul_prod_{lane}")
+        with m.If(take):
+            m.d.sync += acc.eq(self.i.payload[lane])
+        m0_rom = rom(m, m0, counter, take, unsigned(width), f"m0_{lane}")
+        # M0 arrives from its ROM in the first step; later steps shift the register
+        current = Signal(width, name=f"mul_digits_{lane}")
+        m.d.comb += current.eq(Mux(step == 0, m0_rom, digits))
+        digit = current[width - k:]
+        terms = [Mux(digit[j], acc << j, 0) for j in range(k)]
+        added = terms[0]
+        for t in terms[1:]:
+            added = added + t
+        with m.If(busy & ~done):
+            m.d.sync += [digits.eq(current << k), partial.eq(Mux(step == 0, 0, partial << k) + added)]
+        with m.If(handoff):
+            m.d.sync += prod.eq(partial)

@@ -3,7 +3,7 @@
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -47,6 +47,18 @@ def _encode(value, encoding):
         if value not in (-1, 1):
             raise ValueError(f"a bipolar weight is -1 or +1, not {value}")
         return (value + 1) // 2
+    return value
+
+
+def _pack(word, bits):
+    """A word of codes (``word[p][s]``) as the integer its `weight_layout` holds: code ``(p, s)``
+    in bits ``(p * simd + s) * bits`` up. (``layout.const`` does the same, but slowly: for the
+    thousands of words of a large layer it took most of the elaboration.)"""
+    mask, value, pos = (1 << bits) - 1, 0, 0
+    for row in word:
+        for code in row:
+            value |= (code & mask) << pos
+            pos += bits
     return value
 
 
@@ -109,22 +121,24 @@ class WeightMemory(wiring.Component):
         m = Module()
         depth = len(self._codes)
         if self._kind is MemoryKind.LOGIC:
+            size = self._layout.size
+            words = [_pack(word, self._layout.elem_shape.elem_shape.width) for word in self._codes]
             if depth == 1:
-                m.d.comb += self.data.eq(self._layout.const(self._codes[0]))
+                m.d.comb += self.data.eq(Const(words[0], size))
             else:
                 # the enable inside each case keeps Yosys' proc_rom from turning the switch into
                 # a $mem ROM: as a mux tree, ABC shrinks zero-heavy words further (a 64-word,
                 # 256-bit ROM with 75% zero weights: 725 LUTs, against 913 as a $mem)
                 with m.Switch(self.addr):
-                    for n, word in enumerate(self._codes):
+                    for n, word in enumerate(words):
                         with m.Case(n):
                             with m.If(self.en):
-                                m.d.sync += self.data.eq(self._layout.const(word))
+                                m.d.sync += self.data.eq(Const(word, size))
             return m
 
         if self._kind is MemoryKind.BLOCK:
-            m.submodules.mem = mem = memory.Memory(shape=self._layout, depth=depth,
-                                                   init=self._codes)
+            words = [_pack(word, self._layout.elem_shape.elem_shape.width) for word in self._codes]
+            m.submodules.mem = mem = memory.Memory(shape=unsigned(self._layout.size), depth=depth, init=words)
             rd = mem.read_port()
             m.d.comb += [rd.addr.eq(self.addr), rd.en.eq(self.en), self.data.eq(rd.data)]
             return m

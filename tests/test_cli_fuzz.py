@@ -73,6 +73,7 @@ COMMANDS = {     # positional kinds, {flag: kind of value (None: a switch)}, req
                         "--sim-divisor": "int"}, ["--board", "--input", "-o"]),
     "build": (["model"], {**QUANT, "--board": "board", "-o": "out", "--freq": "float", "--baud": "int",
                           "--style": "value"}, ["--board", "-o"]),
+    "report": (["build"], {}, []),      # --open left out: it would start a web browser
 }
 ALL_FLAGS = sorted({f for _, flags, _ in COMMANDS.values() for f in flags} | {"--help", "--nosuch"})
 
@@ -207,6 +208,9 @@ def _named_outputs(argv):
     outs = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a in OUT_FLAGS]
     if argv[0] == "demo" and "--out" not in argv:
         outs.append("out")
+    if argv[0] in ("report", "simulate", "bitstream") and len(argv) > 1 and not argv[1].startswith("-"):
+        # steps on a build folder keep their results in it: its report page and reports/*.json
+        outs += [os.path.join(argv[1], "report.html"), os.path.join(argv[1], "reports")]
     return [os.path.normpath(o) for o in outs if o]
 
 

@@ -37,13 +37,14 @@ def _manifest(**over):
                                       streams={"fifos": ResourceCount(luts=2)},
                                       total=ResourceCount(luts=12, ffs=5, logic_cells=14), family="ice40", model="m"),
                   observe_layout={"e0": {"level": FieldSlice(0, 3)}},
-                  counters_layout={"dense.i": {"fire": FieldSlice(0, 32), "wait": FieldSlice(32, 32)}}, m_bits=24)
+                  counters_layout={"dense.i": {"fire": FieldSlice(0, 32), "wait": FieldSlice(32, 32)}}, activity_bits=2,
+                  m_bits=24)
     fields.update(over)
     return Manifest(**fields)
 
 
 def _files(verilog="module qfab_top(); endmodule\n"):
-    return {"qfab_top.v": verilog, "qfab_top_sim.v": verilog + "// sim\n", "model.qfab": b"\x00model"}
+    return {"qfab_top.v": verilog, "model.qfab": b"\x00model"}
 
 
 @pytest.fixture
@@ -55,11 +56,11 @@ def test_round_trip(saved, tmp_path):
     again = Build.load(tmp_path / "b")
     assert again.manifest == saved.manifest == _manifest()
     assert again.manifest.stage("dense").cycles == 8 and again.manifest.output.beats == 2
-    assert again.verilog == "module qfab_top(); endmodule\n" and again.sim_verilog.endswith("// sim\n")
+    assert again.verilog == "module qfab_top(); endmodule\n"
     assert again.model_path.read_bytes() == b"\x00model"
     doc = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert (doc["format"], doc["version"]) == ("qfab-build", buildfolder.VERSION)
-    assert set(doc["sha256"]) == {"qfab_top.v", "qfab_top_sim.v", "model.qfab"}
+    assert set(doc["sha256"]) == {"qfab_top.v", "model.qfab"}
     assert again.manifest.estimates.total.as_dict() == {"luts": 12, "ffs": 5, "dsps": 0, "bram_bits": 0,
                                                         "bram_blocks": 0, "logic_cells": 14}
 
@@ -132,7 +133,7 @@ def test_paths_outside_the_folder_are_refused(saved, tmp_path, name):
         Build.load(saved.folder)
     with pytest.raises(QfabError, match="outside the build folder"):
         Build.save(tmp_path / "c", _manifest(files=BuildFiles(verilog=name)),
-                   {name: "", "qfab_top_sim.v": "", "model.qfab": b""})
+                   {name: "", "model.qfab": b""})
 
 
 def test_save_replaces_a_build_whole(saved, tmp_path):

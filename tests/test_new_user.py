@@ -89,17 +89,19 @@ def test_bitstream_refuses_a_build_that_cannot_fit_and_names_the_fold_command(bu
     assert f"qfab compile {build64}/model.qfab --board icebreaker -o {build64}_icebreaker" in err
 
 
-def test_fully_folded_too_large_names_wbits_abits(digits_files, tmp_path, capsys):
-    # 8-bit MLP: does not fit the iCEBreaker even fully folded; the advice names the flags
+def test_w8a8_fits_the_icebreaker_folded_for_it_and_bitstream_names_the_refold(digits_files, tmp_path, capsys):
+    # 8-bit MLP: fits the iCEBreaker fully folded, its requantization in logic (the UP5K has 8 DSPs)
     assert main(["compile", MLP, "--calib", str(digits_files / "calib.npy"), "--board", "icebreaker",
-                 "-o", str(tmp_path / "b")]) == 1
-    assert "--wbits/--abits" in capsys.readouterr().err
+                 "-o", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "DSPs 0;" in out and "this build fits: icebreaker" in out
+    # folded for 64 cycles it does not; bitstream refuses it and says how to fold it for the board
     assert main(["compile", MLP, "--calib", str(digits_files / "calib.npy"), "--target-ii", "64",
                  "-o", str(tmp_path / "b8")]) == 0
     assert "fits: ulx3s_85f, orangecrab" in capsys.readouterr().out
     assert main(["bitstream", str(tmp_path / "b8"), "--board", "icebreaker"]) == 1
     err = capsys.readouterr().err
-    assert "even fully folded" in err and "--wbits/--abits" in err
+    assert "does not fit the icebreaker" in err and "to fold it for the icebreaker: qfab compile" in err
 
 
 def test_deploy_without_a_programmer_prints_the_command_and_exits_0(tmp_path, monkeypatch, capsys):

@@ -98,7 +98,7 @@ def test_info_on_the_bundled_model_from_the_checkout_root(venv):
                   "print(files('qfab.compiler') / 'data' / 'digits_mlp.onnx')"], env=env).strip()
     assert pathlib.Path(model).is_relative_to(tmp / "venv"), model
     table = _run([qfab, "info", model, "--calib", calib, "--wbits", "4", "--abits", "4"], env=env)
-    assert "Dense" in table or "dense" in table.lower(), table
+    assert "Dense" in table and "gemm_3" in table and "i4" in table, table    # --wbits 4 was read
 
 
 @pytest.mark.slow

@@ -181,7 +181,8 @@ class Importer:
         ho, wo = self._out_hw(shape[:2], kernel, stride, pads)
         if fixed is not None:
             fixed = fixed.replace(w_int=fixed.w_int.transpose(0, 2, 3, 1))
-        return self.emit("Conv2d", [x], (ho, wo, cout), weight=w.transpose(0, 2, 3, 1),
+        kind = "DepthwiseConv2d" if 1 < groups == shape[2] == cout else "Conv2d"
+        return self.emit(kind, [x], (ho, wo, cout), weight=w.transpose(0, 2, 3, 1),
                          bias=np.zeros(cout) if b is None else b.reshape(cout),
                          kernel=kernel, stride=stride, padding=pads, groups=groups, fixed=fixed)
 

@@ -10,15 +10,16 @@ from .add import Add, AddOp
 from .base import Op
 from .conv2d import Conv2d, Conv2dOp
 from .dense import Dense, DenseOp
+from .depthwise import DepthwiseConv2d, DepthwiseConv2dOp
 from .pools import AvgPool, AvgPoolOp, GlobalAvgPool, GlobalAvgPoolOp, MaxPool, MaxPoolOp
 from .requantize import Requantize, RequantizeOp
 from .reshape import Reshape, ReshapeOp
 
 __all__ = ["Op", "OPS", "NODE_TYPES", "op_for", "Dense", "Conv2d", "MaxPool", "AvgPool", "GlobalAvgPool",
-           "Add", "Reshape", "Requantize"]
+           "Add", "Reshape", "Requantize", "DepthwiseConv2d"]
 
 OPS = {op.kind: op for op in (DenseOp(), Conv2dOp(), MaxPoolOp(), AvgPoolOp(), GlobalAvgPoolOp(), AddOp(),
-                              ReshapeOp(), RequantizeOp())}
+                              ReshapeOp(), RequantizeOp(), DepthwiseConv2dOp())}
 NODE_TYPES = {kind: op.node_type for kind, op in OPS.items()}
 
 

@@ -70,8 +70,16 @@ class AddOp(Op):
         return Stage(node.name, "add", graph.tensors[node.output].size, 1, 1,
                      a_bits=graph.tensors[node.a].qtype.bits)
 
+    @staticmethod
+    def requant_choice(node, work, fold, family):
+        """``multiply`` or ``shift_add`` for the two constant multipliers
+        (`estimate.choose_const_requant`), for the estimate and the lowering alike."""
+        return estimate.choose_const_requant(work, fold, family, levels=int(node.hi) - int(node.lo),
+                                             multipliers=[int(node.m_a), int(node.m_b)], thresholds=False)
+
     def estimate(self, graph, node, work, fold, m):
-        return estimate.stage_resources(work, fold, m, graph.m_bits)
+        choice = self.requant_choice(node, work, fold, m.get("target_family", "ice40"))
+        return estimate.stage_resources(work, fold, m, graph.m_bits, requant=choice)
 
     def lower(self, lw, node, fold, work):
         g = lw.graph
@@ -80,6 +88,8 @@ class AddOp(Op):
                       a_zero_point=ta.qtype.zero_point, b_zero_point=tb.qtype.zero_point,
                       a_multiplier=node.m_a, b_multiplier=node.m_b, shift=node.shift,
                       out_zero_point=tout.qtype.zero_point, lo=node.lo, hi=node.hi, simd=fold.simd)
+        if work is not None and self.requant_choice(node, work, fold, lw.policy.family).mode != "multiply":
+            params["requant"] = "shift_add"
         s = lw.stage(node, "", kind="add", engine="Add", params=params, in_per_beat=fold.simd,
                      out_per_beat=fold.simd, cycles=work.cycles(fold), fold=fold, inputs=("a", "b"))
         lw.connect(node.a, f"{s.name}.a", fold.simd)

@@ -97,9 +97,19 @@ class MatrixOp(Op):
         return int(node.weights.size + node.bias.size), bits, text
 
     # ---- hardware -----------------------------------------------------------------------------
+    @staticmethod
+    def requant_choice(graph, node, work, fold, family):
+        """How the node's MVAU requantizes at ``fold`` on ``family`` (`estimate.choose_requant`):
+        the same choice for the estimate and the lowering."""
+        rq = node.requant
+        return estimate.choose_requant(work, fold, family, levels=int(rq.hi) - int(rq.lo),
+                                       m0_bits=max(1, int(rq.m0.max(initial=0)).bit_length()), m_bits=graph.m_bits)
+
     def engine_estimate(self, graph, node, work, fold, m):
         shifts = [int(v) for v in node.requant.shift]
-        return estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts), m)
+        choice = self.requant_choice(graph, node, work, fold, m.get("target_family", "ice40"))
+        return estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts,
+                                                       requant=choice), m)
 
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
@@ -119,6 +129,11 @@ class MatrixOp(Op):
             out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
             point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits,
             weight_memory={None: "auto", True: "logic", False: "block"}[in_logic], style=fold.style)
+        choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
+        if choice.mode != "multiply":          # the engine's default
+            params["requant"] = choice.mode
+            if choice.mode == "shift_add":
+                params["requant_digit_bits"] = choice.digit_bits
         return lw.stage(node, name_suffix, kind="mvau", engine="MVAU", params=params, in_per_beat=fold.simd,
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold,
                         buffered=node.fan_in + 2 * fold.pe)

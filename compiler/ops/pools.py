@@ -144,14 +144,32 @@ class MaxPoolOp(_WindowPool):
         return F.max_pool2d(net.pad(xs[0], fnode.padding, float("-inf")), tuple(fnode.kernel), tuple(fnode.stride))
 
 
-def _pool_params(lw, node, fold):
+def requant_choice(node, work, fold, family):
+    """How an average pool's engine requantizes (`estimate.choose_const_requant`): the same
+    choice for its estimate and its lowering."""
+    rq = node.requant
+    return estimate.choose_const_requant(work, fold, family, levels=int(rq.hi) - int(rq.lo),
+                                         multipliers=[int(rq.m0[0])])
+
+
+def _pool_params(lw, node, fold, work):
     """Requantization parameters of an average pool's engine."""
     graph = lw.graph
     tin, tout = graph.tensors[node.input], graph.tensors[node.output]
-    return dict(shape=lw.element(tin.qtype), channels=tin.shape[2], zero_point=tin.qtype.zero_point,
-                multiplier=int(node.requant.m0[0]), shift=int(node.requant.shift[0]),
-                out_shape=lw.element(tout.qtype), out_zero_point=tout.qtype.zero_point,
-                lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd, rounding=node.rounding)
+    params = dict(shape=lw.element(tin.qtype), channels=tin.shape[2], zero_point=tin.qtype.zero_point,
+                  multiplier=int(node.requant.m0[0]), shift=int(node.requant.shift[0]),
+                  out_shape=lw.element(tout.qtype), out_zero_point=tout.qtype.zero_point,
+                  lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd, rounding=node.rounding)
+    if work is not None:
+        choice = requant_choice(node, work, fold, lw.policy.family)
+        if choice.mode != "multiply":      # the engine's default
+            params["requant"] = choice.mode
+    return params
+
+
+def _pool_estimate(graph, node, work, fold, m):
+    choice = requant_choice(node, work, fold, m.get("target_family", "ice40"))
+    return estimate.stage_resources(work, fold, m, graph.m_bits, requant=choice)
 
 
 class AvgPoolOp(_WindowPool):
@@ -168,6 +186,9 @@ class AvgPoolOp(_WindowPool):
         win = windows(xs[0], node.kernel, node.stride, node.padding, zx)
         acc = (win.astype(np.int64) - zx).sum(axis=(3, 4))
         return _requantize(node, acc, tout)
+
+    def estimate(self, graph, node, work, fold, m):
+        return _pool_estimate(graph, node, work, fold, m) + window_estimate(graph, node, fold, m)
 
     def with_rounding(self, node, rounding):
         """``node`` with the requantization rounding rule ``rounding`` (see `AvgPool`)."""
@@ -189,7 +210,7 @@ class AvgPoolOp(_WindowPool):
 
     def lower(self, lw, node, fold, work):
         tin = lw.graph.tensors[node.input]
-        params = dict(_pool_params(lw, node, fold), window=node.kernel[0] * node.kernel[1])
+        params = dict(_pool_params(lw, node, fold, work), window=node.kernel[0] * node.kernel[1])
         return self.lower_pool(lw, node, fold, work, tin.qtype.zero_point, "AvgPool", params)
 
     def qdq(self, writer, node, x):
@@ -239,11 +260,11 @@ class GlobalAvgPoolOp(Op):
         return Stage(node.name, "gap", c, 1, h * w, a_bits=tin.qtype.bits)
 
     def estimate(self, graph, node, work, fold, m):
-        return estimate.stage_resources(work, fold, m, graph.m_bits)
+        return _pool_estimate(graph, node, work, fold, m)
 
     def lower(self, lw, node, fold, work):
         h, w, _ = lw.graph.tensors[node.input].shape
-        params = dict(_pool_params(lw, node, fold), height=h, width=w)
+        params = dict(_pool_params(lw, node, fold, work), height=h, width=w)
         s = lw.stage(node, "", kind="gap", engine="GlobalAvgPool", params=params, in_per_beat=fold.simd,
                      out_per_beat=fold.simd, cycles=work.cycles(fold), fold=fold)
         lw.connect(node.input, f"{s.name}.i", fold.simd)

@@ -58,8 +58,16 @@ class RequantizeOp(Op):
         c = _channels(tin.shape)
         return Stage(node.name, "avgpool", c, 1, tin.size // c, a_bits=tin.qtype.bits)
 
+    @staticmethod
+    def requant_choice(node, work, fold, family):
+        """How the engine requantizes (`estimate.choose_const_requant`), for its estimate and lowering."""
+        rq = node.requant
+        return estimate.choose_const_requant(work, fold, family, levels=int(rq.hi) - int(rq.lo),
+                                             multipliers=[int(rq.m0[0])])
+
     def estimate(self, graph, node, work, fold, m):
-        return estimate.stage_resources(work, fold, m, graph.m_bits)
+        choice = self.requant_choice(node, work, fold, m.get("target_family", "ice40"))
+        return estimate.stage_resources(work, fold, m, graph.m_bits, requant=choice)
 
     def lower(self, lw, node, fold, work):
         tin, tout = lw.graph.tensors[node.input], lw.graph.tensors[node.output]
@@ -67,6 +75,10 @@ class RequantizeOp(Op):
                       zero_point=tin.qtype.zero_point, multiplier=int(node.requant.m0[0]),
                       shift=int(node.requant.shift[0]), out_shape=lw.element(tout.qtype),
                       out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd)
+        if work is not None:
+            choice = self.requant_choice(node, work, fold, lw.policy.family)
+            if choice.mode != "multiply":
+                params["requant"] = choice.mode
         s = lw.stage(node, "", kind="avgpool", engine="AvgPool", params=params, in_per_beat=fold.simd,
                      out_per_beat=fold.simd, cycles=work.cycles(fold), fold=fold)
         lw.connect(node.input, f"{s.name}.i", fold.simd)

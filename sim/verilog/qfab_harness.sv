@@ -11,7 +11,8 @@ module qfab_harness #(
     parameter integer IN_W = 8,
     parameter integer OUT_W = 8,
     parameter integer MAX_IN = 1,
-    parameter integer MAX_OUT = 1
+    parameter integer MAX_OUT = 1,
+    parameter integer ACT_W = 1     // width of the design's `activity` port (with QFAB_ACTIVITY)
 ) (
 `ifdef QFAB_INTERNAL_CLOCK
     output reg  clk,
@@ -28,7 +29,8 @@ module qfab_harness #(
     output reg  [31:0] first_in_cycle,
     output reg  [31:0] idle_cycles,
     output reg  [31:0] gap_cycles,     // cycles in which a random gap held back an input beat
-    output reg  [31:0] hold_cycles     // cycles in which a random stall held back a valid output beat
+    output reg  [31:0] hold_cycles,    // cycles in which a random stall held back a valid output beat
+    output reg  [32*ACT_W-1:0] counters // per bit of the design's `activity` port: cycles it was 1
 );
 `ifdef QFAB_INTERNAL_CLOCK
     // the clock toggles inside the simulator: no callback into Python per cycle
@@ -74,11 +76,28 @@ module qfab_harness #(
     wire             o_ready = !hold && !done;
     wire [IN_W-1:0]  i_payload = in_mem[in_count];
 
+`ifdef QFAB_ACTIVITY
+    wire [ACT_W-1:0] activity;
+`else
+    wire [ACT_W-1:0] activity = 0;
+`endif
+
     qfab_top dut (
         .clk(clk), .rst(rst),
         .i__payload(i_payload), .i__valid(i_valid), .i__ready(i_ready),
         .o__payload(o_payload), .o__valid(o_valid), .o__ready(o_ready)
+`ifdef QFAB_ACTIVITY
+        , .activity(activity)
+`endif
     );
+
+    // the design's activity bits (a beat moved / waited at a stage port) counted per cycle
+    integer k;
+    always @(posedge clk) begin
+        if (rst) counters <= 0;
+        else for (k = 0; k < ACT_W; k = k + 1)
+            if (activity[k]) counters[32*k +: 32] <= counters[32*k +: 32] + 1;
+    end
 
     wire in_fire  = i_valid && i_ready;
     wire out_fire = o_valid && o_ready;

@@ -1,5 +1,7 @@
 """Board budgets: the device less the board top, counted in the board's family."""
 
+import dataclasses
+
 import pytest
 
 from qfab.base.errors import QfabError
@@ -42,6 +44,17 @@ def test_board_designs_fit_their_budget_in_their_family(tmp_path, board):
     assert est.total.bram_bits == est.total.bram_blocks * block
 
 
-def test_w8a8_on_an_up5k_names_the_dsps(tmp_path):
-    with pytest.raises(QfabError, match=r"even fully folded: estimated dsps \d+ > 8 available; use fewer bits"):
-        compile_graph(_mlp(8), tmp_path, budget=budget_for("icebreaker"), log=lambda *a: None)
+def test_w8a8_on_an_up5k_fits_without_dsps(tmp_path):
+    """Requantization in logic (shift-add, thresholds) when the UP5K's 8 DSPs would not do."""
+    budget = budget_for("icebreaker")
+    est = compile_graph(_mlp(8), tmp_path, budget=budget, log=lambda *a: None).manifest.estimates
+    assert est.total.dsps == 0 and est.total.logic_cells <= budget.logic_cells
+
+
+def test_too_large_even_fully_folded_names_the_resource_and_the_bits(tmp_path):
+    tiny = dataclasses.replace(budget_for("icebreaker"), logic_cells=600)
+    with pytest.raises(QfabError, match=r"even fully folded: estimated logic cells \d+ > 600 available; "
+                                        r"use fewer bits \(qfab --wbits/--abits"):
+        compile_graph(_mlp(8), tmp_path, budget=tiny, log=lambda *a: None)
+
+

@@ -297,7 +297,7 @@ def _build_folder(path, top="qfab_top"):
     manifest = Manifest(input=StreamFormat("x", (6,), 6, 2, 4, False), output=StreamFormat("y", (6,), 6, 3, 5, True),
                         initiation_interval=8, top=top)
     verilog = f"module {top}(); endmodule\n"
-    Build.save(path, manifest, {"qfab_top.v": verilog, "qfab_top_sim.v": verilog, "model.qfab": b""})
+    Build.save(path, manifest, {"qfab_top.v": verilog, "model.qfab": b""})
     return manifest
 
 

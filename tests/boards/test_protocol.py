@@ -291,3 +291,150 @@ def test_a_frame_of_protocol_version_1_is_recognized():
     assert protocol.looks_like_v1(b"\x00" + v1_error)
     assert not protocol.looks_like_v1(v1_error[:-1])
     assert not protocol.looks_like_v1(protocol.encode_frame(protocol.ERROR, bytes([2, 2])))
+
+
+# ---- corners the mutation run of the codec found untested (docs/testing.md) -----------------
+
+def test_payloads_longer_than_a_byte_and_at_the_limit_decode():
+    """Lengths use both bytes; ``max_payload`` itself is allowed (default 4096), one more is not."""
+    frames = [protocol.encode_frame(protocol.RESULT, _payload(n, n), n & 0xFF) for n in (256, 300, 4096)]
+    dec = protocol.FrameDecoder()
+    dec.feed(b"".join(frames))
+    assert [(len(f.payload), f.seq) for f in dec.frames()] == [(256, 0), (300, 44), (4096, 0)]
+    dec.feed(protocol.encode_frame(protocol.RESULT, bytes(4097)))
+    assert list(dec.frames()) == [] and dec.bad_lengths == 1
+    empty_only = protocol.FrameDecoder(max_payload=0)
+    empty_only.feed(protocol.encode_frame(protocol.INFO) + protocol.encode_frame(protocol.RESULT, b"\x01"))
+    assert list(empty_only.frames()) == [protocol.Frame(protocol.INFO, b"")] and empty_only.bad_lengths == 1
+
+
+def test_a_stray_start_byte_right_before_a_frame_loses_nothing():
+    """A5 then a frame: the stray's claimed frame runs past the buffer while a whole frame follows
+    at the next byte (dropped as a bad length), or its claimed frame is complete and fails the
+    CRC (dropped as a bad CRC); the real frames decode, the next byte is never skipped."""
+    def frame(seq, payload=b""):
+        return protocol.encode_frame(protocol.RESULT, payload, seq)
+    dec = protocol.FrameDecoder()
+    dec.feed(b"\xA5" + frame(3))                      # the stray claims 3 bytes: runs past the end
+    assert [f.seq for f in dec.frames()] == [3] and (dec.bad_lengths, dec.bad_crcs, dec.skipped) == (1, 0, 0)
+    dec = protocol.FrameDecoder()
+    dec.feed(b"\xA5" + frame(3) + frame(4))           # now its 3 bytes are there: a bad CRC
+    assert [f.seq for f in dec.frames()] == [3, 4] and (dec.bad_lengths, dec.bad_crcs, dec.skipped) == (0, 1, 0)
+    dec = protocol.FrameDecoder()
+    dec.feed(b"\xA5" + frame(200) + frame(201)[:3])   # the first whole frame after it counts, not the last
+    assert [f.seq for f in dec.frames()] == [200] and dec.bad_lengths == 1
+    dec = protocol.FrameDecoder(max_payload=MAX)
+    dec.feed(b"\xA5" + frame(200, _payload(300, 1)))  # the frame after it is longer than a byte says
+    assert [len(f.payload) for f in dec.frames()] == [300]
+    # a damaged frame after the stray is no reason to give the stray up: wait for its bytes
+    damaged = bytearray(frame(200))
+    damaged[-1] ^= 1
+    dec = protocol.FrameDecoder()
+    dec.feed(b"\xA5" + bytes(damaged))
+    assert list(dec.frames()) == [] and (dec.bad_lengths, dec.bad_crcs) == (0, 0)
+
+
+MAX = protocol.MAX_PAYLOAD
+
+
+def test_bad_frames_are_counted_each():
+    dec = protocol.FrameDecoder(max_payload=100)
+    dec.feed(bytes([0xA5, 0x81, 0, 0xFF, 0xFF]))      # a header alone is enough to refuse the length
+    assert dec.bad_lengths == 1 and dec.drop_partial() == 0
+    dec.feed(bytes([0xA5, 0x81, 0, 0xFF, 0xFF]) * 2)
+    assert dec.bad_lengths == 3
+    bad = bytearray(protocol.encode_frame(protocol.RESULT, b"ab"))
+    bad[5] ^= 0x40
+    dec.feed(bytes(bad) * 3)
+    assert dec.bad_crcs == 3 and dec.bad_frames == 6
+    for wrong in (-1, MAX + 1, 1.5, None):
+        with pytest.raises(ValueError, match=rf"^max_payload must be an integer from 0 to 65535, not {wrong!r}$"):
+            protocol.FrameDecoder(max_payload=wrong)
+
+
+def _v1(kind, payload):
+    body = bytes([kind, len(payload) & 0xFF, len(payload) >> 8]) + bytes(payload)
+    return b"\xA5" + body + bytes([-sum(body) & 0xFF])
+
+
+@pytest.mark.parametrize("data, is_v1", [
+    (_v1(protocol.ERROR, b"\x02\x02"), True),                    # at the very start
+    (_v1(protocol.RESULT, b""), True),                           # the shortest: 5 bytes
+    (_v1(protocol.INFO_REPLY, bytes(range(40)) * 8), True),      # a length above 255
+    (_v1(protocol.ERROR, b"\x02\x02") + b"\xA5", True),          # a later start byte changes nothing
+    (b"\xA5\x01\x00" + _v1(protocol.RESULT, b"\x07"), True),     # after a start byte that leads nowhere
+    (_v1(protocol.INFER, b"\x02\x02"), False),                   # a host-to-board type
+    (b"\x00\xA5\x82", False),                                    # cut after its type
+    (b"\xA5\xEE\x02\x00\x10", False),                            # cut in its payload (the bytes sum to 0)
+])
+def test_version_1_frames_are_recognized_wherever_they_are(data, is_v1):
+    assert protocol.looks_like_v1(data) is is_v1
+
+
+def test_pack_and_unpack_name_the_first_bad_code_exactly():
+    assert protocol.pack_input(np.array([-8, 7, -1], np.int8), 4, True) == bytes([0xF8, 0x07, 0xFF])
+    assert protocol.pack_input(np.array([[3, 15]], np.uint8), 4, False) == bytes([3, 15])
+    with pytest.raises(ValueError, match=r"^input code 16 outside the unsigned 4-bit range \[0, 15\]$"):
+        protocol.pack_input([0, 15, 16], 4, False)
+    with pytest.raises(ValueError, match=r"^input code -9 outside the signed 4-bit range \[-8, 7\]$"):
+        protocol.pack_input([-8, 7, -9, 8], 4, True)
+    with pytest.raises(ValueError, match=r"^output byte 0x10 is not a unsigned 4-bit code$"):
+        protocol.unpack_output(bytes([0, 15, 16, 17]), 4, False)
+    with pytest.raises(ValueError, match=r"^output byte 0xf7 is not a signed 4-bit code$"):
+        protocol.unpack_output(bytes([0xF8, 0x07, 0xF7]), 4, True)
+    out = protocol.unpack_output(bytes([0x80, 0x7F]), 8, True)
+    assert out.tolist() == [-128, 127] and out.dtype == np.int64
+    for bits in (0, 9):
+        with pytest.raises(ValueError, match=rf"^bits must be an integer from 1 to 8, not {bits}$"):
+            protocol.unpack_output(b"", bits, False)
+
+
+def test_info_fields_at_their_limits_and_every_bad_one_named():
+    for fields in ((1, 1, 1, False, 1, False), (65535, 65535, 8, True, 8, True), (3, 2, 8, True, 1, False)):
+        info = protocol.Info(2, fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], 7)
+        assert protocol.Info.parse(info.encode()) == info
+    info = protocol.Info(2, 64, 10, 4, False, 8, True, 1)
+    for bad, says in ((dict(in_elements=0), "input elements 0"), (dict(in_bits=9), "input bits 9"),
+                      (dict(out_bits=0), "output bits 0"), (dict(out_signed=2), "output signedness 2"),
+                      (dict(in_bits=0, out_bits=9), "input bits 0, output bits 9")):
+        with pytest.raises(protocol.LinkError, match=rf"^malformed INFO reply from the board: {says} \(a bitstream"):
+            protocol.Info.parse(dataclasses.replace(info, **bad).encode())
+
+
+def test_design_id_covers_every_part_of_the_build():
+    from qfab.compiler.buildfolder import StageInfo
+    base = Manifest(input=StreamFormat("x", (64,), 64, 1, 8, False), output=StreamFormat("y", (10,), 10, 1, 8, False),
+                    initiation_interval=64, stages=(StageInfo("fc", "fc", "mvau", pe=2, simd=4, style="bit_parallel",
+                                                              cycles=64),))
+    ids = {protocol.design_id(base, "module a; endmodule")}
+    changes = [dict(input=StreamFormat("x", (64,), 64, 1, 8, True)), dict(output=StreamFormat("y", (10,), 10, 2, 8, False)),
+               dict(top="other"), dict(initiation_interval=65)]
+    changes += [dict(stages=(dataclasses.replace(base.stages[0], **c),))
+                for c in (dict(name="fc2"), dict(kind="pool"), dict(pe=1), dict(simd=8), dict(style="bit_serial"))]
+    for change in changes:
+        ids.add(protocol.design_id(dataclasses.replace(base, **change), "module a; endmodule"))
+    ids.add(protocol.design_id(base, "module b; endmodule"))
+    assert len(ids) == len(changes) + 2
+
+
+def test_clear_forgets_whole_and_partial_frames_and_says_how_many_whole():
+    dec = protocol.FrameDecoder()
+    good = protocol.encode_frame(protocol.RESULT, b"ok")
+    dec.feed(good + good + good[:6])
+    assert dec.clear() == 2 and list(dec.frames()) == [] and dec.bad_frames == 0
+    dec.feed(good[6:] + good)                     # the rest of the cut frame is garbage now
+    assert list(dec.frames()) == [protocol.Frame(protocol.RESULT, b"ok")] and dec.skipped == len(good) - 6
+    assert dec.clear() == 0
+
+
+def test_resync_after_a_refused_length_starts_at_the_next_byte():
+    """A stray start byte whose claimed length is over the limit is dropped alone: a frame starting
+    at the very next byte decodes; each stray is counted."""
+    frame = protocol.encode_frame(protocol.RESULT, b"", 3)           # as the stray's length: 3 > 2
+    dec = protocol.FrameDecoder(max_payload=2)
+    dec.feed(b"\xA5" + frame + b"\xA5" + frame)
+    assert [f.seq for f in dec.frames()] == [3, 3] and (dec.bad_lengths, dec.bad_crcs) == (2, 0)
+    dec = protocol.FrameDecoder()
+    for _ in range(2):                                                # its claim runs past the end
+        dec.feed(b"\xA5" + frame)
+    assert [f.seq for f in dec.frames()] == [3, 3] and (dec.bad_lengths, dec.bad_crcs) == (2, 0)

@@ -1,11 +1,14 @@
 """Huffman coding of quantized weights: real codes that decode back, optimal lengths, and the
 compression report of an IR graph."""
 
+import heapq
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
+from qfab.compiler import entropy
 from qfab.compiler.datasets import digits
 from qfab.compiler.entropy import HuffmanCode, compression_report, huffman_lengths
 from qfab.compiler.frontends.onnx_import import import_onnx
@@ -15,6 +18,21 @@ from qfab.compiler.ptq import QuantConfig, quantize
 def _bundled(name):
     from importlib.resources import files
     return str(files("qfab.compiler") / "data" / name)
+
+
+def _optimal_code_bits(counts):
+    """Total bits of an optimal prefix code for symbols seen ``counts`` times: the sum of the
+    weights Huffman's procedure merges (a lone symbol still takes one bit each)."""
+    heap = list(counts)
+    if len(heap) == 1:
+        return heap[0]
+    heapq.heapify(heap)
+    total = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        total += merged
+        heapq.heappush(heap, merged)
+    return total
 
 
 def _roundtrip(values):
@@ -90,11 +108,16 @@ def test_compression_report_of_a_quantized_graph(bits):
     assert [layer.name for layer in layers] == [n.name for n in weighted]
     for layer, node in zip(layers, weighted):
         w = node.weights.reshape(-1)
-        code = _roundtrip(w)
+        _roundtrip(w)
         assert layer.count == w.size and layer.zeros == int((w == 0).sum())
-        assert layer.huffman_bits == code.payload_bits(w) + code.table_bits(bits)
+        # payload: the optimal prefix code's length, by Huffman's merging (not the module's code);
+        # table: a count, then (symbol, length) per symbol
+        counts = Counter(w.tolist())
+        table = entropy.COUNT_FIELD_BITS + len(counts) * (bits + entropy.LENGTH_FIELD_BITS)
+        assert layer.huffman_bits == _optimal_code_bits(counts.values()) + table
         assert layer.ratio == pytest.approx(32 * w.size / layer.huffman_bits)
         assert layer.fixed_ratio == pytest.approx(32 / bits)
+        assert layer.entropy == pytest.approx(-sum(c / w.size * math.log2(c / w.size) for c in counts.values()))
         assert layer.entropy <= bits
     assert total.count == sum(layer.count for layer in layers)
     assert total.huffman_bits == sum(layer.huffman_bits for layer in layers)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
+from qfab.base.errors import QfabError
 from qfab.compiler import intops
 
 SETTINGS = settings(max_examples=300, deadline=None)
@@ -113,6 +114,7 @@ positive_reals = st.floats(min_value=2.0**-80, max_value=2.0**33, allow_nan=Fals
 @example(r=2.0**24 - 0.75, m_bits=24)
 @example(r=0.5 - 2.0**-40, m_bits=8)
 @example(r=2.0**-70, m_bits=24)
+@example(r=127.9, m_bits=8)                 # r * 2 rounds up to 2^8: the shift must come down to 0
 def test_dyadic_is_the_largest_shift_and_rounds(r, m_bits):
     limit = 2**m_bits
     exact = Fraction(r)
@@ -149,8 +151,13 @@ def test_dyadic_limit(m_bits):
 
 
 def test_dyadic_zero():
-    assert intops.dyadic(0.0)[0] == 0
-    assert intops.dyadic(-0.0)[0] == 0
+    assert intops.dyadic(0.0) == (0, 0)
+    assert intops.dyadic(-0.0) == (0, 0)
+
+
+def test_dyadic_default_is_24_bits():
+    assert intops.dyadic(1.0) == (2**23, 23)           # the largest M0 below 2^24 is 2^23 * 1.0
+    assert intops.dyadic(0.75) == (3 * 2**22, 24)
 
 
 @pytest.mark.parametrize("r", [-1.0, -1e-300, float("nan"), float("inf"), float("-inf")])
@@ -228,3 +235,95 @@ def test_quantize_float_rounds_half_to_even_and_saturates():
     q = intops.quantize_float(x, 0.5, 3, 0, 255)
     assert q.tolist() == [3, 5, 3, 255, 0, 4]
     assert intops.dequantize(q, 0.5, 3).tolist() == [0.0, 1.0, 0.0, 126.0, -1.5, 0.5]
+
+
+# ---- round_shift_even, and requantize with it ------------------------------------------------
+
+def exact_round_shift_even(v, n):
+    """v / 2^n rounded to the nearest integer, ties to the even one, on rationals."""
+    q = Fraction(v, 2**n)
+    low = math.floor(q)
+    if q - low != Fraction(1, 2):
+        return math.floor(q + Fraction(1, 2))
+    return low if low % 2 == 0 else low + 1
+
+
+@SETTINGS
+@given(v=big_ints, n=shifts)
+@example(v=1, n=1)          # 0.5 -> 0
+@example(v=3, n=1)          # 1.5 -> 2
+@example(v=-1, n=1)         # -0.5 -> 0
+@example(v=-3, n=1)         # -1.5 -> -2
+@example(v=5, n=2)          # 1.25 -> 1
+@example(v=7, n=2)          # 1.75 -> 2
+@example(v=-(2**55), n=0)
+@example(v=2**55 - 1, n=62)
+def test_round_shift_even_is_exact(v, n):
+    assert int(intops.round_shift_even(v, n)) == exact_round_shift_even(v, n)
+
+
+@SETTINGS
+@given(v=st.integers(-(2**40), 2**40), n=st.integers(1, 20))
+def test_round_shift_even_rounds_ties_to_even(v, n):
+    tie = v * 2**n + 2 ** (n - 1)                      # v + 1/2 exactly
+    assert int(intops.round_shift_even(tie, n)) == (v if v % 2 == 0 else v + 1)
+
+
+def test_round_shift_even_broadcasts_and_rejects_bad_shift():
+    vs = np.array([-6, -5, -3, -1, 1, 3, 5, 6, 7], dtype=np.int64)
+    ns = np.array([2, 1, 1, 1, 1, 1, 1, 2, 0], dtype=np.int64)
+    got = intops.round_shift_even(vs, ns)
+    assert got.dtype == np.int64
+    assert got.tolist() == [exact_round_shift_even(int(v), int(n)) for v, n in zip(vs, ns)]
+    for n in (-1, 63):
+        with pytest.raises(ValueError, match="shift must be in 0..62"):
+            intops.round_shift_even(5, n)
+
+
+def test_requantize_rounding_names_the_rule():
+    acc = np.array([1, 3, 5, -1, -3, -5, 7], dtype=np.int64)          # halves after the shift by 1
+    up = intops.requantize(acc, 1, 1, 0, -100, 100)
+    even = intops.requantize(acc, 1, 1, 0, -100, 100, rounding="half_even")
+    assert up.tolist() == [1, 2, 3, 0, -1, -2, 4]
+    assert even.tolist() == [0, 2, 2, 0, -2, -2, 4]
+    assert intops.ROUNDING == {"half_up": intops.round_shift, "half_even": intops.round_shift_even}
+
+
+# ---- quantize_float at the edges -------------------------------------------------------------
+
+@pytest.mark.parametrize("zp, qmin, qmax", [(0, 0, 255), (128, 0, 255), (-3, -8, 7), (7, -8, 7), (-8, -8, 7)])
+def test_quantize_float_saturates_exactly_at_the_range(zp, qmin, qmax):
+    """Codes one step inside, at, and one step beyond each end; infinities and huge values saturate."""
+    scale = 0.25
+    codes = np.arange(qmin - 3, qmax + 4)
+    x = ((codes - zp) * scale).astype(np.float32)
+    assert intops.quantize_float(x, scale, zp, qmin, qmax).tolist() == np.clip(codes, qmin, qmax).tolist()
+    edge = np.array([np.inf, -np.inf, 3e38, -3e38, 1e19, -1e19], dtype=np.float32)
+    assert intops.quantize_float(edge, scale, zp, qmin, qmax).tolist() == [qmax, qmin] * 3
+
+
+def test_quantize_float_names_the_first_nan():
+    x = np.zeros((2, 3), dtype=np.float32)
+    x[1, 2] = x[0, 1] = np.nan
+    with pytest.raises(QfabError, match=r"^NaN at index \(0, 1\) cannot be quantized .*2 of 6 elements are NaN"):
+        intops.quantize_float(x, 0.5, 0, 0, 255)
+
+
+def test_quantize_float_divides_in_float32_like_onnxruntime():
+    """x = 0.25 + 1e-12 is 0.25 in float32: 0.25 / 0.5 = 0.5 is a tie, rounded to even (0); in
+    float64 the quotient is just above 0.5 (1)."""
+    q = intops.quantize_float([0.25 + 1e-12, 0.75 + 1e-12], 0.5, 0, 0, 255)
+    assert q.tolist() == [0, 2] and q.dtype == np.int64
+    assert intops.quantize_float(np.float64(0.25 + 1e-12), 0.5, 3, 0, 255).tolist() == 3
+
+
+def test_dequantize_narrow_codes_do_not_wrap():
+    """int8 and uint8 codes minus a zero point leave their type's range (-128 - 127, 0 - 128)."""
+    assert intops.dequantize(np.array([-128, 127], np.int8), 1.0, 127).tolist() == [-255.0, 0.0]
+    assert intops.dequantize(np.array([0, 255], np.uint8), 0.5, 128).tolist() == [-64.0, 63.5]
+
+
+def test_dequantize():
+    q = np.array([0, 3, 255, -8])
+    assert intops.dequantize(q, 0.5, 3).tolist() == [-1.5, 0.0, 126.0, -5.5]
+    assert intops.dequantize(q, 0.5, 3).dtype == np.float64

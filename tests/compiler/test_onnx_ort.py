@@ -6,14 +6,13 @@ each test prints how many differ (run with -s to see) and asserts the bound.
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from qfab.compiler import reference
 from qfab.compiler.datasets import digits
 from qfab.compiler.load import load_graph
 
-from .ort_models import ort_quantize, residual_cnn
+from .ort_models import ort_quantize, ort_session, residual_cnn
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,7 +30,7 @@ def _data(kind):
 
 def _ort_codes(path, x, graph):
     """onnxruntime's output as integer codes of qfab's output type (the graph ends in DQ)."""
-    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    y = ort_session(path).run(None, {"input": x})[0]
     q = graph.tensors[graph.outputs[0]].qtype
     return np.rint(y / q.scale + q.zero_point).astype(np.int64)
 
@@ -113,7 +112,7 @@ def test_qdq_average_pool_rounds_half_even_and_differs_only_by_float_noise(tmp_p
     q_outputs = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     for name in q_outputs:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, None))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(model.SerializeToString())
     theirs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x_test})))
     order = [n.output for n in graph.nodes]
     checked = 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from qfab.base.errors import QfabError
 from qfab.compiler import reference
 from qfab.compiler.ir import Conv2d, Dense, GlobalAvgPool, Graph, QType, Requant, Tensor, WeightType
 from qfab.compiler.verify import verify
@@ -135,3 +136,88 @@ def test_global_avgpool_exact_on_large_plane():
     got = reference.run(graph, x)["y"]
     acc = (x - 127).sum(axis=(1, 2), keepdims=True)
     np.testing.assert_array_equal(got, _int_requant(acc, 2**24 - 1, 40, 0, -128, 127))
+
+
+# ---- the batch runner around the kernels: chunks, inputs, layouts, (de)quantization ----------
+
+def test_batches_longer_than_a_chunk_are_exact_in_every_item():
+    """Items at both sides of every chunk boundary (CHUNK) come out in order and exact."""
+    from .graphs import dense_graph
+    graph = dense_graph(k=12, n=5)
+    batch = 2 * reference.CHUNK + 3
+    codes = random_codes(graph, batch, seed=5)
+    got = reference.run(graph, codes["x"])
+    want = slow_reference.run(graph, codes)
+    assert got["y"].shape == (batch, 5) and np.array_equal(got["y"], want["y"])
+    assert len({tuple(row) for row in got["y"].tolist()}) > batch // 2        # the items differ
+    assert list(got) == ["y"] and set(reference.run(graph, codes, keep_all=True)) == {"x", "y"}
+
+
+def test_two_input_graph_takes_a_dict_by_name():
+    from .graphs import add_graph
+    graph = add_graph()
+    codes = random_codes(graph, 5, seed=2)
+    assert np.array_equal(reference.run(graph, codes)["y"], slow_reference.run(graph, codes)["y"])
+    with pytest.raises(QfabError, match=r"^the model has 2 inputs: pass a dict by name$"):
+        reference.run(graph, codes["a"])
+
+
+def test_bad_codes_are_named():
+    from .graphs import dense_graph
+    graph = dense_graph(k=12, n=5)
+    q = graph.tensors["x"].qtype
+    with pytest.raises(QfabError, match=r"^input 'x' must hold integer codes, not float64$"):
+        reference.run(graph, np.zeros((2, 12)))
+    with pytest.raises(QfabError, match=r"^input 'x' has shape \(11,\) per item, the model expects \(12,\)$"):
+        reference.run(graph, np.zeros((2, 11), np.int64))
+    for bad in (q.qmin - 1, q.qmax + 1):
+        x = np.full((2, 12), q.qmin, np.int64)
+        x[1, 3] = bad
+        with pytest.raises(QfabError, match=rf"^input 'x' has codes outside \[{q.qmin}, {q.qmax}\] of "):
+            reference.run(graph, x)
+    for edge in (q.qmin, q.qmax):                      # the ends of the range are codes
+        assert reference.run(graph, np.full((1, 12), edge, np.int64))["y"].shape == (1, 5)
+    assert reference.run(graph, np.zeros((0, 12), np.int64))["y"].shape == (0, 5)
+    assert reference.run(graph, np.zeros((2, 12), np.int16))["y"].dtype == np.int64
+
+
+def test_float_inputs_are_quantized_as_the_input_type_in_the_model_layout():
+    """NCHW images go to channels-last; codes are round(x / scale) + zero point, saturated; the
+    outputs come back to NCHW and to floats as (code - zero point) * scale."""
+    from qfab.compiler.ir import Layout
+
+    from .graphs import conv_graph
+    graph = conv_graph(h=5, w=6, cin=4, cout=3).replace(input_layout=Layout.NCHW)
+    q = graph.tensors["x"].qtype
+    rng = np.random.default_rng(4)
+    codes_hwc = rng.integers(q.qmin, q.qmax + 1, size=(3, 5, 6, 4))
+    x_nchw = ((codes_hwc - q.zero_point) * q.scale).transpose(0, 3, 1, 2).astype(np.float32)
+    codes = reference.quantize_inputs(graph, x_nchw)
+    assert codes.dtype == np.int64 and np.array_equal(codes, codes_hwc)
+    assert np.array_equal(reference.output_codes(graph, codes), codes_hwc.transpose(0, 3, 1, 2))
+    with pytest.raises(QfabError, match=r"input has shape \(6, 5, 4\) per item \(after layout conversion\), "
+                                        r"the model expects \(5, 6, 4\) channels-last"):
+        reference.quantize_inputs(graph, x_nchw.transpose(0, 1, 3, 2))      # H and W swapped
+    y = reference.run(graph, codes)[graph.outputs[0]]
+    out = graph.tensors[graph.outputs[0]].qtype
+    floats = reference.dequantize_outputs(graph, y)
+    assert floats.shape == (3, 3, y.shape[1], y.shape[2])          # NCHW again
+    np.testing.assert_array_equal(floats, ((y - out.zero_point) * out.scale).transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(reference.run_float(graph, x_nchw), floats)
+    # a flat model keeps its layout; a name picks the output
+    from .graphs import dense_graph
+    flat = dense_graph(k=12, n=5)
+    yq = reference.run(flat, random_codes(flat, 4)["x"])["y"]
+    qy = flat.tensors["y"].qtype
+    np.testing.assert_array_equal(reference.dequantize_outputs(flat, yq, "y"), (yq - qy.zero_point) * qy.scale)
+    assert np.array_equal(reference.output_codes(flat, yq), yq)
+    xq, qx = random_codes(flat, 4)["x"], flat.tensors["x"].qtype
+    assert (qx.scale, qx.zero_point) != (qy.scale, qy.zero_point)
+    np.testing.assert_array_equal(reference.dequantize_outputs(flat, xq, "x"), (xq - qx.zero_point) * qx.scale)
+    # a channels-last model takes and gives images as they are
+    hwc = conv_graph(h=5, w=6, cin=4, cout=3)
+    assert hwc.input_layout is not Layout.NCHW
+    codes = reference.quantize_inputs(hwc, x_nchw.transpose(0, 2, 3, 1))
+    assert np.array_equal(codes, codes_hwc)
+    y = reference.run(hwc, codes)[hwc.outputs[0]]
+    assert np.array_equal(reference.output_codes(hwc, y), y)

@@ -162,3 +162,102 @@ def test_sim_dsp_packing(bits, enc):
     expected = [[int(np.dot(w, a))] for w, a in rows]
     assert run_mac(dut, payloads, len(rows)) == expected
     assert run_mac(dut, payloads, len(rows), gap_prob=0.3, stall_prob=0.3) == expected
+
+
+# ---- the bit-level helpers of hw/_arith.py on their own (mutation run, docs/testing.md) -------
+
+def _comb_values(inputs, outputs, vectors):
+    """Drive each vector onto ``inputs`` and read ``outputs`` (combinational logic only)."""
+    from amaranth.hdl import Module
+    from amaranth.sim import Simulator
+    m = outputs[0] if isinstance(outputs[0], Module) else None
+    got = []
+
+    async def bench(ctx):
+        for vector in vectors:
+            for sig, v in zip(inputs, vector):
+                ctx.set(sig, v)
+            got.append([ctx.get(o) for o in outputs[1:]])
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("w_bits,w_enc,a_bits,a_enc", [
+    (1, Encoding.BIPOLAR, 1, Encoding.BIPOLAR), (1, Encoding.UNSIGNED, 1, Encoding.SIGNED),
+    (1, Encoding.SIGNED, 1, Encoding.BIPOLAR), (2, Encoding.SIGNED, 3, Encoding.UNSIGNED),
+    (3, Encoding.UNSIGNED, 1, Encoding.SIGNED), (1, Encoding.BIPOLAR, 4, Encoding.SIGNED),
+    (4, Encoding.SIGNED, 4, Encoding.SIGNED), (3, Encoding.SIGNED, 1, Encoding.BIPOLAR),
+])
+@pytest.mark.parametrize("logic_bits", [0, 4, 64])
+def test_tiles_and_sum_tree_give_every_dot_product(w_bits, w_enc, a_bits, a_enc, logic_bits):
+    """Three lanes, every combination of codes: the tiles plus their constant, summed by the tree
+    (carry chains only, the default mix, gates only), equal the dot product."""
+    import itertools
+
+    from amaranth.hdl import Module, Signal
+
+    from qfab.hw import _arith
+    lanes = 3
+    w = [Signal(_arith.code_shape(w_bits, w_enc), name=f"w{k}") for k in range(lanes)]
+    a = [Signal(_arith.code_shape(a_bits, a_enc), name=f"a{k}") for k in range(lanes)]
+    m = Module()
+    addends, constant = _arith.tile_addends(w, w_bits, w_enc, a, a_bits, a_enc)
+    total = _arith.sum_tree(m, addends, logic_bits=logic_bits)
+    out = Signal(range(-1, total.top + 1))
+    m.d.comb += out.eq(total.value)
+    assert total.shift == 0
+
+    def codes(bits, enc):
+        lo, hi = _arith.code_range(bits, enc)
+        return [0, 1] if enc is Encoding.BIPOLAR else list(range(lo, hi + 1))
+
+    def value(code, enc):
+        return 2 * code - 1 if enc is Encoding.BIPOLAR else code
+    rng = np.random.default_rng(w_bits * 10 + a_bits)
+    w_codes, a_codes = codes(w_bits, w_enc), codes(a_bits, a_enc)
+    pairs = list(itertools.product(w_codes, a_codes))
+    vectors = [[int(rng.choice(w_codes)) for _ in range(lanes)] + [int(rng.choice(a_codes)) for _ in range(lanes)]
+               for _ in range(150)]
+    vectors += [[p[0]] * lanes + [p[1]] * lanes for p in pairs]          # every product, in all lanes
+    got = _comb_values(w + a, [m, out], vectors)
+    want = [sum(value(v[k], w_enc) * value(v[lanes + k], a_enc) for k in range(lanes)) for v in vectors]
+    assert [g[0] + constant for g in got] == want
+    assert len(set(want)) > 3
+
+
+@pytest.mark.parametrize("logic_bits", [0, 4, 64])
+def test_sum_tree_of_shifted_addends(logic_bits):
+    """Addends with shifts and tops that overlap, touch and leave gaps (rows packed), exhaustively."""
+    import itertools
+
+    from amaranth.hdl import Module, Signal
+
+    from qfab.hw import _arith
+    spec = [(3, 0), (1, 3), (2, 1), (3, 5), (1, 0), (2, 8)]        # (width, shift)
+    sigs = [Signal(width, name=f"s{k}") for k, (width, _) in enumerate(spec)]
+    addends = [_arith.BitSum(s, (1 << width) - 1, shift) for s, (width, shift) in zip(sigs, spec)]
+    m = Module()
+    total = _arith.sum_tree(m, addends, logic_bits=logic_bits)
+    out = Signal(16)
+    m.d.comb += out.eq(total.value)
+    assert total.top == sum(a.top << a.shift for a in addends)
+    values = [list(v) for v in itertools.product(*[range(1 << w) for w, _ in spec])][::7]
+    got = _comb_values(sigs, [m, out], values)
+    assert [g[0] for g in got] == [sum(v << s for v, (_, s) in zip(vec, spec)) for vec in values]
+    assert _arith.sum_tree(m, []).top == 0
+
+
+def test_const_select():
+    from amaranth.hdl import Const, Module, Signal, signed
+
+    from qfab.hw import _arith
+    m = Module()
+    index = Signal(range(4))
+    assert isinstance(_arith.const_select(m, [5, 5, 5], index, signed(4), "same"), Const)
+    sel = _arith.const_select(m, [3, -8, 7, 0], index, signed(4), "sel")
+    assert [g[0] for g in _comb_values([index], [m, sel], [[0], [1], [2], [3]])] == [3, -8, 7, 0]
+    assert _arith.code_shape(1, Encoding.BIPOLAR) == unsigned(1)
+    assert _arith.code_range(3, Encoding.SIGNED) == (-4, 3) and _arith.code_range(3, Encoding.UNSIGNED) == (0, 7)

@@ -1,14 +1,22 @@
 # amaranth: UnusedElaboratable=no
-"""Requant against ``intops.requantize``, channel by channel, under backpressure."""
+"""Requant (multiply on a multiplier, or shift and add over several cycles) against
+``intops.requantize``, channel by channel, under backpressure; latency and interval as documented.
+The combinational `requantize` of the pools and the residual add in every mode, for every
+accumulator of a small width; AvgPool and Add without multipliers."""
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
 from hypothesis import given, settings, strategies as st
 
 from qfab.compiler import intops
-from qfab.hw.requant import Requant
+from qfab.hw.add import Add
+from qfab.hw.pool import AvgPool
+from qfab.hw.requant import Requant, RequantMode, const_multiply, csd_digits, requantize
 
-from .streams import stream_through
+from .dataflow_models import add_model, avgpool_model, beats, codes, simulate, unbeat
+from .streams import get_all, put_all, stream_through
 
 
 def run_stream(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0):
@@ -33,6 +41,22 @@ def test_init_wrong_lanes():
         Requant(0, 2, **_kwargs())
     with pytest.raises(ValueError, match=r"^lanes \(2\) must divide channels \(3\)$"):
         Requant(2, 3, **_kwargs(bias=[0] * 3, m0=[1] * 3, shift=[0] * 3))
+
+
+def test_init_modes():
+    dut = Requant(1, 2, mode=RequantMode.SHIFT_ADD, digit_bits=2, **_kwargs(m0=[5, 33], shift=[1, 3]))
+    assert (dut.mode, dut.steps, dut.latency, dut.interval) == (RequantMode.SHIFT_ADD, 3, 8, 4)
+    dut = Requant(1, 2, **_kwargs())
+    assert (dut.mode, dut.steps, dut.latency, dut.interval) == (RequantMode.MULTIPLY, 1, 5, 1)
+    assert Requant(1, 2, mode="shift_add", **_kwargs()).mode is RequantMode.SHIFT_ADD
+
+
+def test_init_wrong_mode():
+    with pytest.raises(ValueError, match=r"^Requant computes MULTIPLY or SHIFT_ADD, not RequantMode.SEARCH; "
+                                         r"the threshold modes are qfab.hw.threshold.ThresholdRequant$"):
+        Requant(2, 2, mode=RequantMode.SEARCH, **_kwargs())
+    with pytest.raises(TypeError, match=r"^digit_bits must be a positive integer, not 0$"):
+        Requant(2, 2, mode=RequantMode.SHIFT_ADD, digit_bits=0, **_kwargs())
 
 
 def test_init_wrong_params():
@@ -63,7 +87,9 @@ def requant_params(draw):
     def ints(a, b):
         return st.lists(st.integers(a, b), min_size=channels, max_size=channels)
 
-    return dict(lanes=lanes, channels=channels, acc_bits=acc_bits, m_bits=m_bits,
+    mode = draw(st.sampled_from([RequantMode.MULTIPLY, RequantMode.SHIFT_ADD]))
+    return dict(lanes=lanes, channels=channels, acc_bits=acc_bits, m_bits=m_bits, mode=mode,
+                digit_bits=draw(st.integers(1, 5)),
                 bias=draw(ints(-(1 << acc_bits), 1 << acc_bits)),
                 m0=draw(ints(0, (1 << m_bits) - 1)), shift=draw(ints(0, 40)),
                 zero_point=draw(st.integers(q_lo, q_hi)), lo=lo, hi=hi, out_bits=out_bits,
@@ -102,3 +128,153 @@ def test_sim_rounding():
 @given(requant_params())
 def test_sim(params):
     check_requant(**params)
+
+
+def first_and_spacing(dut, payloads):
+    """Cycles from taking the first beat to its result, and between results, at full rate."""
+    from amaranth.sim import Simulator
+    times = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        cycle, sent, got = 0, 0, []
+        while len(got) < len(payloads):
+            if sent < len(payloads):
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, payloads[sent])
+            else:
+                ctx.set(dut.i.valid, 0)
+            _, _, taken, out = await ctx.tick().sample(dut.i.ready, dut.o.valid)
+            if taken and sent < len(payloads):
+                times.setdefault("first", cycle)
+                sent += 1
+            if out:
+                got.append(cycle)
+            cycle += 1
+        times["outs"] = got
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    outs = times["outs"]
+    return outs[0] - times["first"], {b - a for a, b in zip(outs, outs[1:])}
+
+
+@pytest.mark.parametrize("mode,digit_bits", [(RequantMode.MULTIPLY, 1), (RequantMode.SHIFT_ADD, 1),
+                                             (RequantMode.SHIFT_ADD, 3)])
+def test_sim_latency_and_interval(mode, digit_bits):
+    """The documented latency and interval, measured with no gaps and no stalls."""
+    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits,
+                  **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
+    latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
+    assert (latency, spacing) == (dut.latency, {dut.interval})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**40))
+def test_csd_digits(constant):
+    digits = csd_digits(constant)
+    assert sum(sign << p for p, sign in digits) == constant
+    positions = [p for p, _ in digits]
+    assert all(b - a >= 2 for a, b in zip(positions, positions[1:]))     # no two adjacent: the fewest
+
+
+def evaluate(make, acc_shape):
+    """``make(acc)`` for every value of a signal of ``acc_shape``, in the simulator."""
+    m = Module()
+    acc = Signal(acc_shape)
+    out = Signal(signed(64))
+    m.d.comb += out.eq(make(acc))
+    width = acc_shape.width
+    values = range(-(1 << (width - 1)), 1 << (width - 1)) if acc_shape.signed else range(1 << width)
+    got = []
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(acc, v)
+            got.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return list(values), got
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([RequantMode.MULTIPLY, RequantMode.SHIFT_ADD, RequantMode.THRESHOLDS]),
+       st.integers(1, 9), st.booleans(), st.integers(0, (1 << 24) - 1), st.integers(0, 40), st.integers(1, 8),
+       st.booleans(), st.sampled_from(["half_up", "half_even"]), st.data())
+def test_requantize_modes(mode, acc_bits, acc_signed, m0, shift, out_bits, out_signed, rounding, data):
+    """Every accumulator of the width: the combinational form equals ``intops.requantize``."""
+    if data.draw(st.booleans()):              # shifts that spread the outputs over the range
+        shift = max(0, min(62, m0.bit_length() + acc_bits - out_bits + data.draw(st.integers(-2, 2))))
+    q_lo, q_hi = intops.qrange(out_bits, out_signed)
+    lo = data.draw(st.integers(q_lo, q_hi))
+    hi = data.draw(st.integers(lo, q_hi))
+    zp = data.draw(st.integers(q_lo, q_hi))
+    shape = signed(acc_bits) if acc_signed else unsigned(acc_bits)
+    accs, got = evaluate(lambda acc: requantize(acc, m0, shift, zp, lo, hi, rounding, mode), shape)
+    assert got == intops.requantize(accs, m0, shift, zp, lo, hi, rounding).tolist()
+
+
+@pytest.mark.parametrize("constant", [0, 1, 2, 3, 7, 11, 0b1011011, (1 << 24) - 1, 12345678])
+def test_const_multiply_shift_add(constant):
+    accs, got = evaluate(lambda acc: const_multiply(acc, constant, RequantMode.SHIFT_ADD), signed(6))
+    assert got == [a * constant for a in accs]
+
+
+def test_const_multiply_wrong_mode():
+    with pytest.raises(ValueError, match=r"^a constant multiply is MULTIPLY or SHIFT_ADD, not RequantMode.SEARCH$"):
+        const_multiply(Signal(4), 3, RequantMode.SEARCH)
+
+
+@pytest.mark.parametrize("mode", [RequantMode.MULTIPLY, RequantMode.SHIFT_ADD, RequantMode.THRESHOLDS])
+def test_sim_avgpool_modes(mode):
+    rng = np.random.default_rng(5)
+    p = dict(zero_point=3, multiplier=11184811, shift=27, out_shape=unsigned(4), out_zero_point=2, lo=2, hi=15)
+    dut = AvgPool(unsigned(4), window=3, channels=4, simd=2, requant=mode, **p)
+    x = codes(rng, (6, 3 * 4), 4, False)
+    got = []
+
+    async def producer(ctx):
+        await put_all(ctx, dut.i, beats(x.reshape(-1), 2), gap_prob=0.3, seed=1)
+
+    async def consumer(ctx):
+        got.extend(await get_all(ctx, dut.o, 6 * 4 // 2, stall_prob=0.3, seed=2))
+
+    simulate(dut, producer, consumer)
+    want = avgpool_model(x, 4, 3, p["multiplier"], p["shift"], 2, 2, 15)
+    assert unbeat(got).tolist() == want.reshape(-1).tolist()
+
+
+def test_init_wrong_pool_and_add_modes():
+    with pytest.raises(ValueError, match=r"^an average pool requantizes by MULTIPLY, SHIFT_ADD or THRESHOLDS, "
+                                         r"not SEARCH$"):
+        AvgPool(unsigned(4), window=3, channels=4, zero_point=0, multiplier=3, shift=2, out_shape=unsigned(4),
+                out_zero_point=0, requant="search")
+    with pytest.raises(ValueError, match=r"^Add multiplies by MULTIPLY or SHIFT_ADD, not RequantMode.THRESHOLDS$"):
+        Add(signed(4), signed(4), signed(4), a_zero_point=0, b_zero_point=0, a_multiplier=3, b_multiplier=5,
+            shift=2, out_zero_point=0, requant=RequantMode.THRESHOLDS)
+
+
+def test_sim_add_shift_add():
+    rng = np.random.default_rng(7)
+    p = dict(a_zero_point=-3, b_zero_point=5, a_multiplier=13981013, b_multiplier=9786709, shift=24,
+             out_zero_point=-1, lo=-8, hi=7)
+    dut = Add(signed(5), unsigned(4), signed(4), simd=2, requant=RequantMode.SHIFT_ADD, **p)
+    a, b = codes(rng, (24,), 5, True), codes(rng, (24,), 4, False)
+    got = []
+
+    async def put_a(ctx):
+        await put_all(ctx, dut.a, beats(a, 2), gap_prob=0.3, seed=1)
+
+    async def put_b(ctx):
+        await put_all(ctx, dut.b, beats(b, 2), gap_prob=0.3, seed=2)
+
+    async def consumer(ctx):
+        got.extend(await get_all(ctx, dut.o, 12, stall_prob=0.3, seed=3))
+
+    simulate(dut, put_a, put_b, consumer)
+    want = add_model(a, b, -3, 5, p["a_multiplier"], p["b_multiplier"], 24, -1, -8, 7)
+    assert unbeat(got).tolist() == want.tolist()
