@@ -256,8 +256,38 @@ def test_const_select():
     from qfab.hw import _arith
     m = Module()
     index = Signal(range(4))
-    assert isinstance(_arith.const_select(m, [5, 5, 5], index, signed(4), "same"), Const)
+    same = _arith.const_select(m, [-3, -3, -3], index, signed(4), "same")
+    one = _arith.const_select(m, [5], index, signed(4), "one")
+    assert [(c.shape(), c.value) for c in (same, one)] == [(signed(4), -3), (signed(4), 5)]
+    assert isinstance(same, Const) and isinstance(one, Const)
     sel = _arith.const_select(m, [3, -8, 7, 0], index, signed(4), "sel")
     assert [g[0] for g in _comb_values([index], [m, sel], [[0], [1], [2], [3]])] == [3, -8, 7, 0]
     assert _arith.code_shape(1, Encoding.BIPOLAR) == unsigned(1)
     assert _arith.code_range(3, Encoding.SIGNED) == (-4, 3) and _arith.code_range(3, Encoding.UNSIGNED) == (0, 7)
+
+
+def test_bits_add_of_unequal_widths():
+    """The gate-level adder pads the shorter operand with zeros, whichever it is (every pair)."""
+    from amaranth.hdl import Cat, Module, Signal
+
+    from qfab.hw import _arith
+    for wx, wy in ((2, 4), (4, 2), (3, 3)):
+        m = Module()
+        x, y = Signal(wx), Signal(wy)
+        total = Signal(6)
+        m.d.comb += total.eq(Cat(*_arith._bits_add(m, list(x), list(y), "add")))
+        vectors = [[a, b] for a in range(1 << wx) for b in range(1 << wy)]
+        assert [g[0] for g in _comb_values([x, y], [m, total], vectors)] == [a + b for a, b in vectors]
+
+
+def test_tile_takes_out_the_common_power_of_two_and_the_minimum():
+    """A tile stores ``(f - min f) / 2**k`` for the largest such k: the narrowest look-up table."""
+    from amaranth.hdl import Signal
+
+    from qfab.hw import _arith
+    a, b = Signal(), Signal()
+    tile, low = _arith._tile([a, b], lambda bits: 12 * bits[0] - 4 * bits[1] + 7)     # 7, 19, 3, 15
+    assert (tile.top, tile.shift, low) == (4, 2, 3)
+    tile, low = _arith._tile([a], lambda bits: 5 * bits[0])
+    assert (tile.top, tile.shift, low) == (5, 0, 0)
+    assert _arith._tile([a, b], lambda bits: 9) == (None, 9)
