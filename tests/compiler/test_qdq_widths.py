@@ -63,7 +63,7 @@ def test_brevitas_qcdq_imports_4_bit_and_equals_onnxruntime(tmp_path, brevitas, 
     assert graph.tensors[graph.inputs[0]].qtype.describe() == "i4"
     weighted = [n for n in graph.nodes if hasattr(n, "w_type")]
     assert len(weighted) == 3 and all(n.w_type.describe() == "i4" for n in weighted), widths
-    convs = [n for n in graph.nodes if n.kind == "Conv2d"]
+    convs = [n for n in graph.nodes if n.kind in ("Conv2d", "DepthwiseConv2d")]
     assert all(graph.tensors[n.output].qtype.describe() == "u4" for n in convs), widths
     assert any(n.groups == 8 for n in convs)
     pools = [n for n in graph.nodes if n.kind in ("AvgPool", "MaxPool")]
