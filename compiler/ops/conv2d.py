@@ -112,8 +112,8 @@ class Conv2dOp(MatrixOp):
 
     def stage(self, graph, node):
         if node.groups != 1:
-            raise QfabError(f"node {node.name!r}: grouped/depthwise convolution (groups={node.groups}) "
-                            "has no hardware engine yet")
+            raise QfabError(f"node {node.name!r}: grouped convolution (groups={node.groups}) has no hardware "
+                            "engine (a depthwise one, groups = channels, is built as DepthwiseConv2d)")
         tin, tout = graph.tensors[node.input], graph.tensors[node.output]
         ho, wo, _ = tout.shape
         return Stage(node.name, "mvau", node.out_channels, node.fan_in, ho * wo, node.points, tin.shape[2],

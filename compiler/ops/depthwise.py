@@ -85,20 +85,8 @@ class DepthwiseConv2dOp(Conv2dOp):
 
     def vvau(self, lw, node, fold, work):
         """Add the node's VVAU stage to the plan; its input port is ``<stage>.i``."""
-        graph = lw.graph
-        tin, tout = graph.tensors[node.input], graph.tensors[node.output]
-        wt = node.w_type
         c, k = node.out_channels, node.fan_in
-        in_logic = lw.weights_in_logic(work, fold)
-        params = dict(
-            pe=fold.pe, simd=fold.simd, weights=node.weights[0].reshape(c, k).tolist(), w_bits=wt.bits,
-            w_encoding="bipolar" if wt.bipolar else "signed",
-            a_bits=tin.qtype.bits, a_encoding="signed" if tin.qtype.signed else "unsigned",
-            bias=node.bias.tolist(), m0=node.requant.m0.tolist(), shift=node.requant.shift.tolist(),
-            out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
-            out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
-            m_bits=graph.m_bits, weight_memory={None: "auto", True: "logic", False: "block"}[in_logic],
-            style=fold.style)
+        params = self.engine_params(lw, node, fold, work, node.weights[0].reshape(c, k).tolist())
         return lw.stage(node, "", kind="vvau", engine="VVAU", params=params, in_per_beat=fold.pe,
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold, buffered=k * c + 2 * fold.pe)
 

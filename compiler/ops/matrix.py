@@ -114,21 +114,28 @@ class MatrixOp(Op):
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
 
-    def mvau(self, lw, node, fold, work, name_suffix=""):
-        """Add the node's MVAU stage to the plan; its input port is ``<stage>.i``."""
+    def engine_params(self, lw, node, fold, work, weights):
+        """The constructor parameters the MVAU and the VVAU share: folding, weights (``weights``, in
+        the engine's layout) and where they live, types, bias and requantization."""
         graph = lw.graph
         tin, tout = graph.tensors[node.input], graph.tensors[node.output]
         wt = node.w_type
         in_logic = lw.weights_in_logic(work, fold)
-        params = dict(
-            pe=fold.pe, simd=fold.simd, weights=node.weight_rows().tolist(), w_bits=wt.bits,
+        return dict(
+            pe=fold.pe, simd=fold.simd, weights=weights, w_bits=wt.bits,
             w_encoding="bipolar" if wt.bipolar else "signed",
             a_bits=tin.qtype.bits, a_encoding="signed" if tin.qtype.signed else "unsigned",
             bias=node.bias.tolist(), m0=node.requant.m0.tolist(), shift=node.requant.shift.tolist(),
             out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
             out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
-            point_multipliers=node.multipliers.tolist(), m_bits=graph.m_bits,
-            weight_memory={None: "auto", True: "logic", False: "block"}[in_logic], style=fold.style)
+            m_bits=graph.m_bits, weight_memory={None: "auto", True: "logic", False: "block"}[in_logic],
+            style=fold.style)
+
+    def mvau(self, lw, node, fold, work, name_suffix=""):
+        """Add the node's MVAU stage to the plan; its input port is ``<stage>.i``."""
+        graph = lw.graph
+        params = self.engine_params(lw, node, fold, work, node.weight_rows().tolist())
+        params["point_multipliers"] = node.multipliers.tolist()
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode

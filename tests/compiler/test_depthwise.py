@@ -177,7 +177,7 @@ def test_onnxruntime_quantized_depthwise_matches_onnxruntime(separable, data, fm
 def test_grouped_convolution_imports_as_conv2d_and_has_no_engine(tmp_path, data):
     graph = load_graph(exported(grouped_net(), tmp_path, data), data[0][:256], QuantConfig())
     grouped = next(n for n in graph.nodes if n.kind == "Conv2d" and n.groups == 2)
-    with pytest.raises(QfabError, match=f"node {grouped.name!r}: grouped/depthwise convolution \\(groups=2\\)"):
+    with pytest.raises(QfabError, match=f"node {grouped.name!r}: grouped convolution \\(groups=2\\)"):
         compile_graph(graph, tmp_path / "build", log=lambda *a: None)
 
 
@@ -267,7 +267,7 @@ def test_simd_and_multipoint_are_refused_with_the_node_name(separable_graph, tmp
 def test_the_grouped_conv2d_node_still_has_no_engine():
     g = conv_graph(cin=4, cout=4, groups=4, name="c1")
     assert isinstance(g.nodes[0], Conv2d) and not isinstance(g.nodes[0], DepthwiseConv2d)
-    with pytest.raises(QfabError, match="node 'c1': grouped/depthwise convolution"):
+    with pytest.raises(QfabError, match="node 'c1': grouped convolution"):
         stages_of(g)
 
 
