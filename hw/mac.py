@@ -22,6 +22,7 @@ from qfab.base import ints
 
 from ._arith import Encoding, code_range, code_shape, sum_tree, tile_addends
 from ._const_tiles import FewValues, const_addends, few_addends, few_values
+from .weights import weight_layout
 
 __all__ = ["MacStyle", "Encoding", "MacArray"]
 
@@ -181,7 +182,7 @@ class MacArray(wiring.Component):
         self._w_max, self._a_max = max(-w_lo, w_hi), max(-a_lo, a_hi)
         self._acc_bits = ints.acc_bits(beats * simd * self._w_max * self._a_max)
         self._i_layout = data.StructLayout({
-            "w": data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe),
+            "w": weight_layout(pe, simd, w_bits, w_encoding),
             "a": data.ArrayLayout(code_shape(a_bits, a_encoding), simd),
         })
         self._o_layout = data.ArrayLayout(signed(self._acc_bits), pe)

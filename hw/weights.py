@@ -3,7 +3,7 @@
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Const, Format, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,9 +36,26 @@ class MemoryKind(enum.Enum):
     SPRAM = "spram"
 
 
+class WordLayout(data.ArrayLayout):
+    """An `ArrayLayout` that formats as one number: a weight word of thousands of codes.
+
+    Amaranth names every element of a signal with an aggregate layout in the netlist (one wire and
+    one assignment per ``word[p][s]``, in every module the word crosses: a third of the Verilog
+    of a 6,824-lane array) and shows each element in waveforms. A weight word is read as a whole,
+    so this layout's `format` (the `ShapeCastable` hook for both) is the word as a hexadecimal
+    number. Indexing (``word[p][s]``) and equality with a plain `ArrayLayout` are unchanged.
+    """
+
+    def format(self, value, format_spec):
+        if format_spec != "":
+            raise ValueError(f"format specifier {format_spec!r} is not supported for a weight word")
+        return Format("{:x}", Value.cast(value))
+
+
 def weight_layout(pe: int, simd: int, w_bits: int, w_encoding: Encoding) -> data.ArrayLayout:
-    """``ArrayLayout(ArrayLayout(code, simd), pe)``: ``word[p][s]`` is PE ``p``, lane ``s``."""
-    return data.ArrayLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe)
+    """``ArrayLayout(ArrayLayout(code, simd), pe)``: ``word[p][s]`` is PE ``p``, lane ``s``
+    (a `WordLayout`: one wire in the netlist, not one per code)."""
+    return WordLayout(data.ArrayLayout(code_shape(w_bits, w_encoding), simd), pe)
 
 
 def _encode(value, encoding):

@@ -80,3 +80,23 @@ def test_init_wrong():
         WeightMemory([[[0]]], pe=1, simd=1, w_bits=1, w_encoding=Encoding.BIPOLAR)
     with pytest.raises(ValueError, match=r"^words must not be empty$"):
         WeightMemory([], pe=1, simd=1, w_bits=1, w_encoding=Encoding.BIPOLAR)
+
+
+def test_weight_word_is_one_wire_in_the_verilog_and_indexes_per_code():
+    """A weight word of PE x SIMD codes reaches the netlist as one port, not one wire per code
+    (issue 17: those were a third of a large design's Verilog), and still indexes as word[p][s]."""
+    from amaranth.back import verilog
+    from amaranth.hdl import signed
+    from amaranth.lib import data
+
+    from qfab.hw.weights import weight_layout
+
+    codes = [[[(3 * d + 5 * p + s) % 16 - 8 for s in range(3)] for p in range(2)] for d in range(4)]
+    mem = WeightMemory(codes, w_bits=4, w_encoding=Encoding.SIGNED, kind=MemoryKind.LOGIC, pe=2, simd=3)
+    text = verilog.convert(mem, name="wm")
+    assert "data[0][0]" not in text and "data[1][2]" not in text
+    assert "output [23:0] data" in text
+    layout = weight_layout(2, 3, 4, Encoding.SIGNED)
+    assert layout == data.ArrayLayout(data.ArrayLayout(signed(4), 3), 2)
+    word = layout.const([[1, -2, 3], [-4, 5, -6]])
+    assert [[word[p][s] for s in range(3)] for p in range(2)] == [[1, -2, 3], [-4, 5, -6]]
