@@ -232,15 +232,35 @@ def _named(m, addend, name):
     return BitSum(sig, addend.top, addend.shift)
 
 
-def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name: str = "sum") -> BitSum:
+def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name: str = "sum",
+             pipeline: Value | None = None) -> BitSum:
     """Sum of `BitSum` addends as one `BitSum` (shift 0).
 
     Addends that do not overlap are first concatenated into rows (free); then the two rows
     with the smallest largest values are added, repeatedly. Sums of at most ``logic_bits`` bits
     are built from gates, wider ones with ``+`` (carry chains).
+
+    ``pipeline``: an enable; the tree is then cut by one register level (loaded when the enable is
+    high) in its middle: the addends are summed in ``2**(levels // 2)`` groups of neighbours
+    (``levels``: the depth of a balanced tree over them), each group's sum is registered, and the
+    group sums are summed. Every addend crosses exactly one register (the result is one cycle
+    later than without ``pipeline``); the longest path is about half the tree's. On the iCE40 the
+    registers share logic cells with the adders that feed them.
     """
     if not addends:
         return BitSum(Const(0, 1), 0)
+    if pipeline is not None:
+        n = len(addends)
+        groups = 1 << (max(1, (n - 1).bit_length()) // 2)
+        size = -(-n // groups)
+        parts = []
+        for k in range(0, n, size):
+            part = sum_tree(m, addends[k:k + size], logic_bits=logic_bits, name=f"{name}_g{k // size}")
+            reg = Signal(part.width, name=f"{name}_r{k // size}")
+            with m.If(pipeline):
+                m.d.sync += reg.eq(part.value)
+            parts.append(BitSum(reg, part.top))
+        return sum_tree(m, parts, logic_bits=logic_bits, name=f"{name}_s")
     counter = itertools.count()
     addends = [_named(m, a, f"{name}_t{next(counter)}") for a in addends]
     addends = pack_rows(addends)

@@ -150,9 +150,11 @@ class MacArray(wiring.Component):
         Activation bits used for the next beat (the low ``precision`` bits of each code; for a
         signed encoding bit ``precision - 1`` is the sign).
 
-    Latency and throughput: a bit-parallel array takes one transfer per cycle and presents a dot
-    product 2 cycles after its last transfer; a bit-serial one takes ``precision`` cycles per
-    transfer (``i.ready`` on the last plane) and presents it 3 cycles after its last plane.
+    Latency and throughput (`latency`): a bit-parallel array takes one transfer per cycle and
+    presents a dot product 3 cycles after its last transfer; a bit-serial one takes ``precision``
+    cycles per transfer (``i.ready`` on the last plane) and presents it 4 cycles after its last
+    plane. One of those cycles is a register level in the middle of each adder tree (and after
+    the multipliers with ``use_dsp``), so that the tree is not the design's longest path.
     Backpressure on ``o`` stalls the whole pipeline (``i.ready`` falls while ``o`` is full).
     """
 
@@ -199,6 +201,8 @@ class MacArray(wiring.Component):
     acc_bits = property(lambda self: self._acc_bits)
     weights = property(lambda self: self._weights, doc="The constant weight codes, or ``None``.")
     i_layout = property(lambda self: self._i_layout)
+    latency = property(lambda self: 3 if self._style is MacStyle.BIT_PARALLEL else 4,
+                       doc="Cycles from the last transfer (bit-serially: plane) to the dot product on ``o``.")
     o_layout = property(lambda self: self._o_layout)
 
     def elaborate(self, platform):
@@ -307,9 +311,11 @@ class MacArray(wiring.Component):
 
     def _elaborate_parallel(self, m, en, beat_last):
         m.d.comb += self.i.ready.eq(en)
+        s0_valid, s0_last = Signal(), Signal()      # the adder trees' middle register
         s1_valid, s1_last = Signal(), Signal()
         with m.If(en):
-            m.d.sync += [s1_valid.eq(self.i.valid), s1_last.eq(beat_last)]
+            m.d.sync += [s0_valid.eq(self.i.valid), s0_last.eq(beat_last),
+                         s1_valid.eq(s0_valid), s1_last.eq(s0_last)]
             m.d.sync += self.o.valid.eq(s1_valid & s1_last)
         for pe in range(self._pe):
             w, a = self._weight_lanes(pe), self._activations()
@@ -317,16 +323,19 @@ class MacArray(wiring.Component):
                 # run-time (and ROM) weights on multipliers; constant ones as LUT tiles
                 w = [x.code if isinstance(x, FewValues) else x for x in w]
                 run = [(x, y) for x, y in zip(w, a) if not isinstance(x, int)]
-                dot = self._dsp_dot([x for x, _ in run], [y for _, y in run])
+                products = self._dsp_dot([x for x, _ in run], [y for _, y in run])
+                dot = Signal(signed(self._acc_bits), name=f"s0_dot_{pe}")   # the multipliers' outputs
+                with m.If(en):
+                    m.d.sync += dot.eq(products)
                 fixed, constant = self._addends([x for x in w if isinstance(x, int)],
                                                 [y for x, y in zip(w, a) if isinstance(x, int)],
                                                 self._a_bits, self._a_encoding)
                 if fixed:
-                    dot = dot + sum_tree(m, fixed, name=f"pe{pe}_const").value
+                    dot = dot + sum_tree(m, fixed, name=f"pe{pe}_const", pipeline=en).value
                 s1_sum = Signal(signed(self._acc_bits), name=f"s1_sum_{pe}")
             else:
                 addends, constant = self._addends(w, a, self._a_bits, self._a_encoding)
-                tree = sum_tree(m, addends, name=f"pe{pe}")
+                tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en)
                 dot = tree.value
                 s1_sum = Signal(unsigned(min(tree.width, self._acc_bits)), name=f"s1_sum_{pe}")
             acc_init = (constant * self._beats) % (1 << self._acc_bits)
@@ -357,13 +366,17 @@ class MacArray(wiring.Component):
             code = self._lane("a", s).as_unsigned()
             m.d.comb += planes[s].eq(code.bit_select(plane, 1))
 
+        s0_valid, s0_plane_last, s0_last = Signal(), Signal(), Signal()   # the trees' middle register
         s1_valid, s1_plane_last, s1_last = Signal(), Signal(), Signal()
         s2_valid, s2_last = Signal(), Signal()
         with m.If(en):
             m.d.sync += [
-                s1_valid.eq(self.i.valid),
-                s1_plane_last.eq(plane_last),
-                s1_last.eq(plane_last & beat_last),
+                s0_valid.eq(self.i.valid),
+                s0_plane_last.eq(plane_last),
+                s0_last.eq(plane_last & beat_last),
+                s1_valid.eq(s0_valid),
+                s1_plane_last.eq(s0_plane_last),
+                s1_last.eq(s0_last),
                 s2_valid.eq(s1_valid & s1_plane_last),
                 s2_last.eq(s1_last),
                 self.o.valid.eq(s2_valid & s2_last),
@@ -371,13 +384,13 @@ class MacArray(wiring.Component):
         ps_bound = simd * self._w_max
         neg = Signal()                      # the sign plane (MSB of a signed code) subtracts
         m.d.comb += neg.eq(signed_a & (step == 0))
-        s1_neg = Signal()
+        s0_neg, s1_neg = Signal(), Signal()
         with m.If(en):
-            m.d.sync += s1_neg.eq(neg)
+            m.d.sync += [s0_neg.eq(neg), s1_neg.eq(s0_neg)]
         for pe in range(self._pe):
             addends, constant = self._addends(self._weight_lanes(pe), planes, 1,
                                               Encoding.UNSIGNED)
-            tree = sum_tree(m, addends, name=f"pe{pe}")     # plane sum - constant
+            tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en)     # plane sum - constant
             width = tree.width
             # Horner over the planes, MSB first: partial = 2 * partial + tree (or, on the sign
             # plane, + ~tree + 1 = 2**width - tree). Starting each transfer from `start`, the
@@ -401,7 +414,7 @@ class MacArray(wiring.Component):
             _clear_or_load(m, partial, en & s1_valid, s1_plane_last, partial_next)
             _clear_or_load(m, acc, en & s2_valid, s2_last, acc_next)
             with m.If(en):
-                m.d.sync += s1_ps.eq(tree.value ^ neg.replicate(width))
+                m.d.sync += s1_ps.eq(tree.value ^ s0_neg.replicate(width))
                 with m.If(s1_valid & s1_plane_last):
                     m.d.sync += s2_partial.eq(partial_next)
                 with m.If(s2_valid & s2_last):

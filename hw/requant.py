@@ -353,15 +353,21 @@ class Requant(wiring.Component):
         with m.If(take):
             m.d.sync += acc.eq(self.i.payload[lane])
         m0_rom = rom(m, m0, counter, take, unsigned(width), f"m0_{lane}")
-        # M0 arrives from its ROM in the first step; later steps shift the register
+        # M0 arrives from its ROM in the first step; later steps shift the register. `first` is a
+        # register (not ``step == 0``): the digit select and the product's clear are then one
+        # LUT level in front of the product's carry chain (the comparison was on the slowest path
+        # of an iCE40 design)
+        first = Signal(name=f"mul_first_{lane}")
+        with m.If(take):
+            m.d.sync += first.eq(1)
         current = Signal(width, name=f"mul_digits_{lane}")
-        m.d.comb += current.eq(Mux(step == 0, m0_rom, digits))
+        m.d.comb += current.eq(Mux(first, m0_rom, digits))
         digit = current[width - k:]
         terms = [Mux(digit[j], acc << j, 0) for j in range(k)]
         added = terms[0]
         for t in terms[1:]:
             added = added + t
         with m.If(busy & ~done):
-            m.d.sync += [digits.eq(current << k), partial.eq(Mux(step == 0, 0, partial << k) + added)]
+            m.d.sync += [digits.eq(current << k), partial.eq(Mux(first, 0, partial << k) + added), first.eq(0)]
         with m.If(handoff):
             m.d.sync += prod.eq(partial)

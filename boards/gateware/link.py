@@ -33,6 +33,26 @@ def _positive(name, value, low=1):
         raise TypeError(f"{name} must be an integer of at least {low}, not {value!r}")
 
 
+
+_COUNTER_BITS = 6       # the longest free-running counter in the link: one short carry chain
+
+
+def _tick_every(m, bits, name):
+    """A one-cycle pulse every ``2**bits`` cycles (constant 1 for ``bits == 0``), from a cascade
+    of counters of at most `_COUNTER_BITS` bits, each advanced by the registered wrap of the one
+    before: no carry chain or comparison wider than `_COUNTER_BITS` bits."""
+    tick = Const(1, 1)
+    stage = 0
+    while bits > 0:
+        n = min(_COUNTER_BITS, bits)
+        count = Signal(n, name=f"{name}_count{stage}")
+        wrap = Signal(name=f"{name}{stage}")
+        m.d.sync += wrap.eq(tick & (count == (1 << n) - 1))
+        with m.If(tick):
+            m.d.sync += count.eq(count + 1)
+        tick, bits, stage = wrap, bits - n, stage + 1
+    return tick
+
 class Link(wiring.Component):
     """Host link over a UART: INFER frames in -> accelerator input stream; its output -> RESULT frames.
 
@@ -63,7 +83,8 @@ class Link(wiring.Component):
     status : ``Out(Status)``
         ``busy`` (from a start byte to the end of the answer: while a frame arrives, an input is
         in the accelerator and its RESULT not sent, or an answer is being sent), ``error`` (high
-        for ``error_hold_cycles`` after an error), ``activity`` (toggles with every good frame).
+        for ``error_hold_cycles`` after an error; a hold of over 64 cycles is counted in ticks
+        of ``2**k`` cycles and may last up to two ticks longer), ``activity`` (toggles with every good frame).
 
     Timing: the input goes to ``i`` two cycles after the INFER frame's last CRC byte arrives, one
     beat per ``in_per_beat + 1`` cycles at most. The RESULT header starts as soon as ``o`` is
@@ -362,14 +383,21 @@ class Link(wiring.Component):
                         m.next = "IDLE"
 
         # -- status ---------------------------------------------------------------------------
-        # the error LED's timer counts up from 2**bits - hold to 2**bits: its top bit says "done",
+        # the error LED's timer counts up from 2**bits - ticks to 2**bits: its top bit says "done",
         # so the loop is one carry chain enabled by one bit (a 22-bit "!= 0" was the slowest path
-        # of a whole board design on the UP5K)
-        bits = max(1, (self._hold - 1).bit_length())
+        # of a whole board design on the UP5K). A long hold counts ticks of 2**shift cycles from a
+        # cascade of 6-bit counters with registered carries (`_tick_every`): on the UP5K even a
+        # 12-bit counter's carry chain, split by the placer, was the slowest path of a design.
+        full_bits = max(1, (self._hold - 1).bit_length())
+        shift = max(0, full_bits - _COUNTER_BITS)
+        tick = _tick_every(m, shift, "hold_tick")
+        # the hold rounded up to whole ticks, and one more: the first tick may come at once
+        ticks = -(-self._hold // (1 << shift)) + (1 if shift else 0)
+        bits = max(1, (ticks - 1).bit_length())
         hold = Signal(bits + 1, init=1 << bits)
         with m.If(error_pending):
-            m.d.sync += hold.eq((1 << bits) - self._hold)
-        with m.Elif(~hold[bits]):
+            m.d.sync += hold.eq((1 << bits) - ticks)
+        with m.Elif(~hold[bits] & tick):
             m.d.sync += hold.eq(hold + 1)
         m.d.comb += [self.status.error.eq(~hold[bits]), self.status.activity.eq(activity),
                      self.status.busy.eq(~parser.ongoing("IDLE") | (seqs.w_level != 0) | error_pending | info_pending |

@@ -333,3 +333,24 @@ def test_core_wrong(tmp_path):
         InferenceCore(tmp_path, baud=115200)
     with pytest.raises(QfabError, match="115200 baud needs a clock of at least 0.4608 MHz"):
         InferenceCore(tmp_path, clock_hz=300e3, baud=115200)
+
+
+@pytest.mark.parametrize("hold", [64, 65, 5000, 20_000])
+def test_long_error_hold_counts_in_ticks_and_lasts_at_least_the_hold(hold):
+    """A hold over 64 cycles counts prescaler ticks (two short carry chains instead of one
+    long one): the error light stays on at least ``hold`` cycles and at most two ticks more."""
+    link = SMALL.link(error_hold_cycles=hold)
+    tick = 1 << max(0, (hold - 1).bit_length() - 6)
+    trace = []
+
+    async def watch(ctx):
+        async for _, _, status in ctx.tick().sample(link.status):
+            trace.append(status.error)
+
+    bad = bytearray(SMALL.infer([1] * 6))
+    bad[-1] ^= 0xFF
+    frames, _ = run(SMALL, link, [("pause", 20), bytes(bad), ("pause", hold + 4 * tick)], watch=watch)
+    assert [f.type for f in frames] == [protocol.ERROR]
+    err = np.array(trace, dtype=int)
+    assert np.count_nonzero(np.diff(err) == 1) == 1 and err[-1] == 0
+    assert hold <= np.count_nonzero(err) <= hold + 2 * tick
