@@ -241,17 +241,19 @@ def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name:
     are built from gates, wider ones with ``+`` (carry chains).
 
     ``pipeline``: an enable; the tree is then cut by one register level (loaded when the enable is
-    high) in its middle: the addends are summed in ``2**(levels // 2)`` groups of neighbours
-    (``levels``: the depth of a balanced tree over them), each group's sum is registered, and the
-    group sums are summed. Every addend crosses exactly one register (the result is one cycle
-    later than without ``pipeline``); the longest path is about half the tree's. On the iCE40 the
+    high) a third of the way in: the addends are summed in ``2**(levels - levels // 3)`` groups of
+    neighbours (``levels``: the depth of a balanced tree over them), each group's sum is
+    registered, and the group sums are summed. Every addend crosses exactly one register (the
+    result is one cycle later than without ``pipeline``). The first part is the shorter because
+    the path into it starts further back (a block RAM read, the tiles' look-ups); on the iCE40 the
     registers share logic cells with the adders that feed them.
     """
     if not addends:
         return BitSum(Const(0, 1), 0)
     if pipeline is not None:
         n = len(addends)
-        groups = 1 << (max(1, (n - 1).bit_length()) // 2)
+        levels = max(1, (n - 1).bit_length())
+        groups = 1 << (levels - levels // 3)        # the register a third of the way in
         size = -(-n // groups)
         parts = []
         for k in range(0, n, size):

@@ -153,7 +153,7 @@ class MacArray(wiring.Component):
     Latency and throughput (`latency`): a bit-parallel array takes one transfer per cycle and
     presents a dot product 3 cycles after its last transfer; a bit-serial one takes ``precision``
     cycles per transfer (``i.ready`` on the last plane) and presents it 4 cycles after its last
-    plane. One of those cycles is a register level in the middle of each adder tree (and after
+    plane. One of those cycles is a register level inside each adder tree (and after
     the multipliers with ``use_dsp``), so that the tree is not the design's longest path.
     Backpressure on ``o`` stalls the whole pipeline (``i.ready`` falls while ``o`` is full).
     """
@@ -311,7 +311,7 @@ class MacArray(wiring.Component):
 
     def _elaborate_parallel(self, m, en, beat_last):
         m.d.comb += self.i.ready.eq(en)
-        s0_valid, s0_last = Signal(), Signal()      # the adder trees' middle register
+        s0_valid, s0_last = Signal(), Signal()      # the adder trees' inner register
         s1_valid, s1_last = Signal(), Signal()
         with m.If(en):
             m.d.sync += [s0_valid.eq(self.i.valid), s0_last.eq(beat_last),
@@ -366,7 +366,7 @@ class MacArray(wiring.Component):
             code = self._lane("a", s).as_unsigned()
             m.d.comb += planes[s].eq(code.bit_select(plane, 1))
 
-        s0_valid, s0_plane_last, s0_last = Signal(), Signal(), Signal()   # the trees' middle register
+        s0_valid, s0_plane_last, s0_last = Signal(), Signal(), Signal()   # the trees' inner register
         s1_valid, s1_plane_last, s1_last = Signal(), Signal(), Signal()
         s2_valid, s2_last = Signal(), Signal()
         with m.If(en):

@@ -149,8 +149,8 @@ class MVAU(wiring.Component):
     reads the complete vector from its bank, so a producer may spread a vector's beats over its
     whole interval without slowing this stage.
     Latency: computing starts once a vector's last beat is in; an output beat leaves `latency`
-    cycles after the issue of its last MAC beat: 3 (the `MacArray`'s pipeline) plus the
-    requantization's latency (with ``MULTIPLY`` 5, so 8; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
+    cycles after the issue of its last MAC beat: 4 (a fetch register and the `MacArray`'s 3) plus
+    the requantization's latency (with ``MULTIPLY`` 5, so 9; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
     ``THRESHOLDS`` 3; ``SEARCH`` the bits of ``hi - lo``, plus 1), 2 more with point multipliers other than
     a single 1; bit-serial adds ``a_bits``.
     """
@@ -249,7 +249,10 @@ class MVAU(wiring.Component):
     def latency(self):
         """Cycles from the issue of an output beat's last MAC beat to the beat on ``o``."""
         serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 0
-        return 3 + (2 if self._combine else 0) + self._requant.latency + serial
+        # the fetch register, then the MacArray's 3 cycles after its last transfer (bit-serially 4
+        # after the last of ``a_bits`` planes, the first of which issues with the beat)
+        mac = self._mac.latency - (1 if serial else 0)
+        return 1 + mac + (2 if self._combine else 0) + self._requant.latency + serial
 
     def elaborate(self, platform):
         m = Module()

@@ -90,7 +90,7 @@ class VVAU(wiring.Component):
     fold) over the full bank. Throughput: one window per ``max(K * C / pe, (C / pe) * (K / simd)
     * b)`` cycles, back to back (``b = a_bits`` bit-serially, else 1): the first term is the
     input, so ``simd > 1`` pays off bit-serially or behind a wider producer. Latency: computing
-    starts once a window's last beat is in; an output beat leaves 3 cycles plus the `Requant`'s
+    starts once a window's last beat is in; an output beat leaves 4 cycles plus the `Requant`'s
     latency after the issue of its last MAC beat, as in the `MVAU` (bit-serial adds ``a_bits``).
     """
 
