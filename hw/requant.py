@@ -275,7 +275,6 @@ class Requant(wiring.Component):
             m.d.sync += [s_valid.eq(p_valid), h_valid.eq(s_valid), self.o.valid.eq(h_valid)]
 
         acc_max = 1 << (self._acc_bits - 1)
-        m0_width = max(1, max(self._m0).bit_length())
         steps = self.steps
         # a ROM read with the fold of the beat entering a stage is ready with the stage after it
         if self._mode is RequantMode.MULTIPLY:
@@ -324,7 +323,7 @@ class Requant(wiring.Component):
                 with m.If(en):
                     m.d.sync += [acc.eq(self.i.payload[lane]), prod.eq(acc * m0_sig)]
             else:
-                self._shift_add(m, lane, m0, counter, take, busy, done, step, steps, m0_width, prod, handoff, en)
+                self._shift_add(m, lane, m0, counter, take, busy, done, steps, prod, handoff)
 
             off_sig = rom(m, offset, p_next_fold, p_load, sum_shape, f"offset_{lane}")
             # the lane's smallest shift is wiring; only the rest is a variable shifter
@@ -342,7 +341,7 @@ class Requant(wiring.Component):
                 ]
         return m
 
-    def _shift_add(self, m, lane, m0, counter, take, busy, done, step, steps, m0_width, prod, handoff, en):
+    def _shift_add(self, m, lane, m0, counter, take, busy, done, steps, prod, handoff):
         """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the
         top, with no multiplier: each digit bit adds a shifted copy of ``acc`` (or nothing)."""
         k = self._digit_bits

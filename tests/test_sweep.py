@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from qfab import sweep, sweep_output
 from qfab.base.errors import QfabError
@@ -72,8 +73,12 @@ def test_sweep_on_ray_with_cache_and_failures(data, tmp_path, local_ray):
         else:
             assert r["status"] == "ok", r["error"]
             assert r["ii"] == 1024 and r["fits"] is True and r["budget_share"] <= 1
-            assert r["inferences_per_s"] == pytest.approx(r["clock_mhz"] * 1e6 / 1024)
-            assert (out / "points" / r["key"] / "build" / "manifest.json").is_file()
+            # the iCEBreaker's 12 MHz oscillator as amaranth-boards declares it, over the II the build
+            # folder records: not the row's own clock_mhz and ii
+            manifest = json.loads((out / "points" / r["key"] / "build" / "manifest.json").read_text())
+            assert manifest["initiation_interval"] == 1024
+            assert r["clock_mhz"] * 1e6 == ICEBreakerPlatform().default_clk_frequency == 12e6
+            assert r["inferences_per_s"] == pytest.approx(12e6 / manifest["initiation_interval"])
     assert rows[2]["accuracy"] == _reference_accuracy(data, 4)
     # the tables and the page
     with open(out / "sweep.csv") as f:

@@ -1,10 +1,13 @@
 # amaranth: UnusedElaboratable=no
 """Requantization corners the mutation run of hw/requant.py found untested (docs/testing.md): the
-combinational `requantize` of the pools and the residual add against ``intops.requantize``, both
-rounding rules, every accumulator value of small widths; `Requant` with a zero multiplier, shifts
-that differ across folds, the extreme shift and unsigned outputs; the argument checks."""
+combinational `requantize` of the pools and the residual add against ``intops.requantize`` in
+every mode, both rounding rules, every accumulator value of small widths (half-even's parity bit
+beyond the product; threshold ranges whose ends only the extreme accumulators reach); which modes
+build a multiplier; `Requant` with a zero multiplier, shifts that differ across folds, the extreme
+shift and unsigned outputs, long input gaps and output stalls; the argument checks."""
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,17 +15,17 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
 from qfab.compiler import intops
-from qfab.hw.requant import Requant, RequantMode, requantize, shift_add_steps
+from qfab.hw.requant import Requant, RequantMode, const_multiply, requantize, shift_add_steps
 
 from .streams import stream_through
 
 
-def _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding="half_up"):
+def _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding="half_up", mode=None):
     """Every value of ``acc_shape`` through `requantize`: the outputs, and what intops says."""
     m = Module()
     acc = Signal(acc_shape)
     y = Signal(signed(24))
-    m.d.comb += y.eq(requantize(acc, multiplier, shift, zero_point, lo, hi, rounding))
+    m.d.comb += y.eq(requantize(acc, multiplier, shift, zero_point, lo, hi, rounding, mode))
     values = list(range(acc_shape.signed and -(1 << (acc_shape.width - 1)) or 0,
                         (1 << (acc_shape.width - (1 if acc_shape.signed else 0)))))
     got = []
@@ -39,9 +42,11 @@ def _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding="half_up"):
     return got, want.tolist()
 
 
-@pytest.mark.parametrize("rounding", ["half_up", "half_even"])
-@pytest.mark.parametrize("acc_shape, multiplier, shift, zero_point, lo, hi", [
+COMB_CASES = [                                 # acc_shape, multiplier, shift, zero_point, lo, hi
     (signed(7), 1, 0, 0, -128, 127),           # no multiply, no shift: only zero point and clamp
+    (unsigned(4), 1, 0, 0, 0, 15),             # the identity: the top level only at the largest value
+    (signed(5), 1, 0, 0, -16, 15),             # the identity, signed: each end of the range its own level
+    (signed(6), 1, 1, 0, -16, 15),             # halves; the lowest level only at the smallest values
     (signed(7), 1, 1, 0, -128, 127),           # halves: ties on both signs
     (signed(7), 3, 2, 5, -20, 20),             # quarters, a zero point, both clamps bite
     (signed(8), 5461, 16, -3, -8, 7),          # a pool's divide by 12, 4-bit output
@@ -49,11 +54,84 @@ def _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding="half_up"):
     (unsigned(6), 7, 3, -10, -16, 15),         # unsigned accumulator
     (unsigned(4), 3, 6, 0, 0, 255),            # a shift wider than the unsigned product
     (signed(5), 2, 5, 1, -4, 4),               # the shift reaches the product's sign bit
+]
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even"])
+@pytest.mark.parametrize("acc_shape, multiplier, shift, zero_point, lo, hi, mode", [
+    (*case, mode) for mode in (None, RequantMode.SHIFT_ADD, RequantMode.THRESHOLDS) for case in COMB_CASES
+    if mode is not RequantMode.THRESHOLDS or case[5] - case[4] <= 64     # a comparator per level: few levels
 ])
-def test_combinational_requantize_matches_intops(acc_shape, multiplier, shift, zero_point, lo, hi, rounding):
-    got, want = _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding)
+def test_combinational_requantize_matches_intops(acc_shape, multiplier, shift, zero_point, lo, hi, rounding, mode):
+    """Every mode (``None``: the default, a multiplier); the threshold modes over the accumulator
+    range that the shape holds, whose ends these cases reach."""
+    got, want = _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding, mode)
     assert got == want
     assert len(set(want)) >= 2 or multiplier == 0          # the case can tell a wrong rule apart
+
+
+@pytest.mark.parametrize("mode", [RequantMode.MULTIPLY, RequantMode.SHIFT_ADD, RequantMode.THRESHOLDS])
+@pytest.mark.parametrize("acc_shape", [signed(5), unsigned(4)])
+def test_half_even_when_the_shift_reaches_the_product_width(acc_shape, mode):
+    """``M0 = 1``: the product is the accumulator itself, and shifts of its width minus one, its
+    width and one more take the rounding's parity bit from beyond the product (the sign)."""
+    width = acc_shape.width
+    lo_acc = -(1 << (width - 1)) if acc_shape.signed else 0
+    ties = 0
+    for shift in (width - 1, width, width + 1):
+        got, want = _comb(acc_shape, 1, shift, 0, -16, 15, "half_even", mode)
+        assert got == want, shift
+        ties += sum(Fraction(v, 1 << shift).denominator == 2 for v in range(lo_acc, lo_acc + len(want)))
+    assert ties >= 3                     # exact halves, where the parity bit decides
+
+
+def _cells(make, acc_shape=signed(6)):
+    """The RTLIL of ``make(acc)`` (Amaranth's own back end): what synthesis will be asked to build."""
+    from amaranth.back import rtlil
+    m = Module()
+    acc = Signal(acc_shape)
+    y = Signal(signed(40))
+    m.d.comb += y.eq(make(acc))
+    return rtlil.convert(m, ports=[acc, y])
+
+
+@pytest.mark.parametrize("mode, multiplies", [(None, True), (RequantMode.MULTIPLY, True), ("multiply", True),
+                                              (RequantMode.SHIFT_ADD, False), ("thresholds", False)])
+def test_each_mode_builds_what_it_says(mode, multiplies):
+    """MULTIPLY (the default) asks for a multiplier (a DSP block where there is one); SHIFT_ADD and
+    THRESHOLDS must not (docs/hardware.md: requantization without DSPs)."""
+    text = _cells(lambda acc: requantize(acc, 5461, 14, 0, -8, 7, "half_up", mode))
+    assert ("$mul" in text) == multiplies
+    if mode is not None and RequantMode(mode) is not RequantMode.THRESHOLDS:
+        text = _cells(lambda acc: const_multiply(acc, 5461, mode))
+        assert ("$mul" in text) == multiplies
+
+
+def test_const_multiply_defaults_to_a_multiplier():
+    """``const_multiply(value, c)`` with no mode: the ``*`` of a multiplier, every value of 6 bits."""
+    accs, got = _evaluate(lambda acc: const_multiply(acc, 45), signed(6))
+    assert got == [a * 45 for a in accs]
+    assert "$mul" in _cells(lambda acc: const_multiply(acc, 45))
+
+
+def _evaluate(make, acc_shape):
+    """``make(acc)`` for every value of ``acc_shape``."""
+    m = Module()
+    acc = Signal(acc_shape)
+    out = Signal(signed(40))
+    m.d.comb += out.eq(make(acc))
+    values = list(range(-(1 << (acc_shape.width - 1)), 1 << (acc_shape.width - 1)))
+    got = []
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(acc, v)
+            got.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return values, got
 
 
 def test_combinational_requantize_rejects_unknown_rounding():
@@ -118,6 +196,9 @@ def test_steps_latency_and_interval_follow_m0_and_digits():
     assert (dut.steps, dut.latency, dut.interval) == (5, 10, 6)              # 300 has 9 bits
     assert Requant(1, 2, m0=[0, 0], mode="shift_add", **kwargs).steps == 1    # M0 = 0: one step
     assert (dut.lanes, dut.channels, dut.mode) == (1, 2, RequantMode.SHIFT_ADD)
+    # one bit of M0 a cycle unless told otherwise (the documented default)
+    dut = Requant(1, 2, m0=[300, 5], mode=RequantMode.SHIFT_ADD, **kwargs)
+    assert (dut.steps, dut.latency, dut.interval) == (9, 14, 10)
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -129,6 +210,9 @@ def test_steps_latency_and_interval_follow_m0_and_digits():
     (dict(m0=[256, 1]), ValueError, r"^m0 must be in 0 .. 2\*\*8 - 1, not 256$"),
     (dict(shift=[0, -1]), ValueError, r"^shift must be in 0 .. 62, not -1$"),
     (dict(m0=None), TypeError, r"^m0 must be a sequence of integers, not None$"),
+    (dict(shift=None), TypeError, r"^shift must be a sequence of integers, not None$"),
+    (dict(shift=[1, 2, 3]), ValueError, r"^shift must have 2 elements, not 3$"),
+    (dict(bias=[1]), ValueError, r"^bias must have 2 elements, not 1$"),
     (dict(lo=5, hi=4), ValueError, r"^clamp \[5, 4\] must lie within the output range \[-8, 7\]$"),
     (dict(lo=-9), ValueError, r"^clamp \[-9, 7\] must lie within the output range \[-8, 7\]$"),
     (dict(digit_bits=True, mode=RequantMode.SHIFT_ADD), TypeError, r"^digit_bits must be a positive integer"),
@@ -196,3 +280,46 @@ def test_equal_constants_need_no_rom():
     m = Module()
     same = rom(m, [-3, -3, -3], Signal(range(3)), Signal(), signed(6), "same")
     assert isinstance(same, Const) and same.shape() == signed(6) and same.value == -3
+
+
+@pytest.mark.parametrize("digit_bits", [3, 8])
+def test_shift_and_add_sends_one_result_per_beat_across_long_input_gaps(digit_bits):
+    """Input gaps longer than the multiply: each beat gives exactly one result, the right one, and
+    nothing more comes out after the last (an idle multiplier must not start again by itself)."""
+    bias, m0, shift = [3, -5], [200, 77], [9, 8]
+    dut = Requant(1, 2, acc_bits=10, bias=bias, m0=m0, shift=shift, zero_point=1, lo=-128, hi=127,
+                  out_bits=8, out_signed=True, m_bits=8, mode=RequantMode.SHIFT_ADD, digit_bits=digit_bits)
+    assert dut.steps <= 3
+    rng = np.random.default_rng(digit_bits)
+    acc = rng.integers(-512, 512, 16).tolist()
+    want = [row[0] for row in _expected([[a] for a in acc], 1, 2, bias, m0, shift, 1, -128, 127)]
+    assert len(set(want)) > 8
+    gaps = rng.integers(0, 12, len(acc)).tolist()          # idle cycles before each beat
+    got, extra = [], []
+
+    async def producer(ctx):
+        for a, gap in zip(acc, gaps):
+            for _ in range(gap):
+                await ctx.tick()
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, [a])
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(got) < len(acc):
+            _, _, payload, valid = await ctx.tick().sample(dut.o.payload, dut.o.valid)
+            if valid:
+                got.append(payload[0])
+        for _ in range(4 * (dut.latency + dut.interval)):
+            _, _, payload, valid = await ctx.tick().sample(dut.o.payload, dut.o.valid)
+            if valid:
+                extra.append(payload[0])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert (got, extra) == (want, [])

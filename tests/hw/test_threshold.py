@@ -93,7 +93,14 @@ def _kwargs(**overrides):
 def test_init():
     dut = ThresholdRequant(1, 2, **_kwargs())
     assert (dut.lanes, dut.channels, dut.mode, dut.latency, dut.interval) == (1, 2, RequantMode.THRESHOLDS, 3, 1)
-    assert dut.table[1] == thresholds(3, 4, 0, -8, 7, -512, 511)
+    # each channel's table counts right for every accumulator of 10 bits (intops, not `thresholds`)
+    accs = np.arange(-512, 512)
+    for c, (m0, shift) in enumerate([(1, 2), (3, 4)]):
+        table = np.array(dut.table[c])
+        assert len(table) == 15
+        want = intops.requantize(accs, m0, shift, 0, -8, 7)
+        assert (-8 + (accs[:, None] >= table[None, :]).sum(axis=1)).tolist() == want.tolist()
+        assert set(want.tolist()) == set(range(-8, 8))          # every level reached: each threshold matters
     dut = ThresholdRequant(2, 2, mode="search", **_kwargs())
     assert (dut.mode, dut.latency, dut.interval) == (RequantMode.SEARCH, 5, 4)
     assert len(dut.i.payload.as_value()) == 20 and len(dut.o.payload.as_value()) == 8
