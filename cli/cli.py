@@ -242,8 +242,8 @@ def cmd_simulate(args):
     if args.stall:
         print(f"injected: input gaps held back a beat in {res.gap_cycles} cycles, output stalls held back a "
               f"valid beat in {res.hold_cycles} cycles")
-    print(f"latency of the first result {res.latency} cycles; steady-state interval {res.interval:g} cycles "
-          f"per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
+    print(f"latency of the first result {res.latency} cycles (estimate {build.manifest.latency_estimate}); "
+          f"steady-state interval {res.interval:g} cycles per inference; analytical bound {res.bound} (ratio {res.ratio:.3f})")
     _print_utilization(sim.report)
     if args.plot:
         from qfab.sim.plots import utilization_plot

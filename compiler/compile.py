@@ -27,6 +27,7 @@ from .buildfolder import (
     StreamFormat,
 )
 from .folding import Fold, choose_folding, stages_of
+from .latency import first_result_latency
 from .lowering import build_top, plan_graph, to_verilog
 from .modelfile import save
 from .ops import op_for
@@ -214,7 +215,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     if cells is not None:
         total["logic_cells"] = round(cells)
     ii = max(s.cycles(folds[s.name]) for s in stages)
-    latency = sum(s.cycles(folds[s.name]) // max(1, s.vectors) for s in stages) + 8 * len(plan.stages)
+    latency = first_result_latency(graph, plan)
     manifest = Manifest(
         input=_stream_format(plan.input), output=_stream_format(plan.output),
         initiation_interval=ii, latency_estimate=latency,

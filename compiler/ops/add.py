@@ -96,6 +96,10 @@ class AddOp(Op):
         lw.connect(node.b, f"{s.name}.b", fold.simd)
         return f"{s.name}.o", fold.simd
 
+    def latency(self, graph, node, stage):
+        """1 cycle from the later of the two input beats to the sum (hw/add.py)."""
+        return 1
+
     def qdq(self, writer, node, x):
         y = writer.op("Add", [x, writer.float_of[node.b]], f"{node.output}_float")
         return writer.clamp(node.output, node.lo, node.hi, y)

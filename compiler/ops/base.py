@@ -86,6 +86,18 @@ class Op:
         (`qfab.compiler.lowering.Lowering`); return its output's ``(endpoint, per_beat)``."""
         self._unsupported(node, "hardware engine")
 
+    def latency(self, graph, node, stage):
+        """Pipeline latency of ``stage`` (a `qfab.compiler.plan.PlanStage` this operator's `lower`
+        added) in cycles, as its engine documents it: from the input beat (or, for a MAC engine,
+        the issue of the last MAC beat) that completes an output beat to that beat on the
+        engine's output. `qfab.compiler.latency` adds the engines' schedules."""
+        self._unsupported(node, "latency model")
+
+    def output_interval(self, graph, node, stage):
+        """Fewest cycles between two output beats of ``stage`` (1 unless its requantization takes
+        several cycles per beat)."""
+        return 1
+
     # ---- export and training ------------------------------------------------------------------
     def qdq(self, writer, node, x):
         """Write the node into a QDQ ONNX model (`qfab.compiler.frontends.onnx_qdq_write`):

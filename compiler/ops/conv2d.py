@@ -16,7 +16,7 @@ from ..plan import Stage
 from .common import check_window, exact_int, fail, windows
 from .matrix import MatrixOp
 
-__all__ = ["Conv2d", "Conv2dOp", "line_buffer", "window_stage", "float_windows"]
+__all__ = ["Conv2d", "Conv2dOp", "line_buffer", "window_stage", "window_latency", "float_windows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +47,15 @@ def window_stage(lw, node, fold, pad_value):
                    in_per_beat=fold.simd, out_per_beat=fold.simd, buffered=line_buffer(tin, node.kernel, node.stride))
     lw.connect(node.input, f"{win.name}.i", fold.simd)
     return win
+
+
+WINDOW_LATENCY = 2     # hw/window.py: a window's first beat leaves 2 cycles after the input beat completing its rows
+
+
+def window_latency(stage):
+    """The `SlidingWindow`'s latency: its first beat of a window leaves 2 cycles after the input
+    beat that completes the rows the window needs (None for a stage that is not a window)."""
+    return WINDOW_LATENCY if stage.engine == "SlidingWindow" else None
 
 
 def window_estimate(graph, node, fold, m):
@@ -131,6 +140,14 @@ class Conv2dOp(MatrixOp):
         lw.edge(f"{win.name}.o", f"{s.name}.i", fold.simd, fold.simd, lw.element(tin.qtype),
                 tensor=node.input + "#windows")
         return f"{s.name}.o", fold.pe
+
+    def latency(self, graph, node, stage):
+        """The sliding window's (`window_latency`) or the MVAU's (`MatrixOp.latency`)."""
+        window = window_latency(stage)
+        return window if window is not None else super().latency(graph, node, stage)
+
+    def output_interval(self, graph, node, stage):
+        return 1 if stage.engine == "SlidingWindow" else super().output_interval(graph, node, stage)
 
     def qdq_float(self, writer, node, x, w, b):
         return writer.op("Conv", [x, w, b], f"{node.output}_float", group=node.groups, **writer.window(node))

@@ -26,7 +26,8 @@ from qfab.base.errors import QfabError
 from .. import estimate
 from ..plan import Stage
 from .common import fail, windows
-from .conv2d import Conv2d, Conv2dOp, window_stage
+from .conv2d import Conv2d, Conv2dOp, window_latency, window_stage
+from .matrix import mac_engine_latency, requant_timing
 
 __all__ = ["DepthwiseConv2d", "DepthwiseConv2dOp"]
 
@@ -89,5 +90,15 @@ class DepthwiseConv2dOp(Conv2dOp):
         params = self.engine_params(lw, node, fold, work, node.weights[0].reshape(c, k).tolist())
         return lw.stage(node, "", kind="vvau", engine="VVAU", params=params, in_per_beat=fold.pe,
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold, buffered=k * c + 2 * fold.pe)
+
+    # ---- latency (qfab.compiler.latency) --------------------------------------------------------
+    def latency(self, graph, node, stage):
+        """The sliding window's, or the VVAU's: as the MVAU's (`mac_engine_latency`), with its
+        `Requant` multiplying (5 cycles) and no point sum (the VVAU has no ``latency`` property)."""
+        window = window_latency(stage)
+        return window if window is not None else mac_engine_latency(stage.params, requant_timing({})[0])
+
+    def output_interval(self, graph, node, stage):
+        return 1
 
     # ---- export and training: Conv2d's (qdq: an ONNX Conv with group = C; torch_forward) --------

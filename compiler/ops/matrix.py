@@ -9,7 +9,7 @@ from ..ir import WeightType
 from .base import Op
 from .common import BIAS_BITS, MULTIPLIER_BITS, check_int_array, check_requant, fail, requant_of, requant_ratio, x_max
 
-__all__ = ["MatrixOp", "BIAS_LIMIT"]
+__all__ = ["MatrixOp", "BIAS_LIMIT", "requant_timing", "mac_engine_latency"]
 
 BIAS_LIMIT = (1 << 31) - 1
 
@@ -145,6 +145,18 @@ class MatrixOp(Op):
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold,
                         buffered=node.fan_in + 2 * fold.pe)
 
+    # ---- latency (qfab.compiler.latency) --------------------------------------------------------
+    def latency(self, graph, node, stage):
+        """The MVAU's, from the issue of an output beat's last MAC beat to the beat on ``o``
+        (`mac_engine_latency`: 4, the requantization's (`requant_timing`), 2 more with point
+        multipliers other than a single 1, ``a_bits`` more bit-serially)."""
+        return mac_engine_latency(stage.params, requant_timing(stage.params)[0],
+                                  combine=_combines(stage.params.get("point_multipliers")))
+
+    def output_interval(self, graph, node, stage):
+        """The MVAU's `requant_interval`: cycles per output beat its requantization needs."""
+        return requant_timing(stage.params)[1]
+
     # ---- export -------------------------------------------------------------------------------
     def qdq_float(self, writer, node, x, w, b):
         """The ONNX float operator of the node, given its dequantized weights and bias."""
@@ -154,3 +166,47 @@ class MatrixOp(Op):
         w, b = writer.weights(node)
         y = self.qdq_float(writer, node, x, w, b)
         return writer.clamp(node.output, node.requant.lo, node.requant.hi, y)
+
+
+# ---- latency of the MAC engines (MVAU, VVAU), from their documented pipelines ---------------------
+REQUANT_MULTIPLY_LATENCY = 5        # hw/requant.py Requant: input and M0 registers, product, sum, shift, clamp
+THRESHOLD_LATENCY = 3               # hw/threshold.py ThresholdRequant (THRESHOLDS): input, compare, count
+
+
+def requant_timing(params):
+    """``(latency, interval)`` of an engine's requantization from its plan parameters, as
+    `qfab.hw.requant.Requant` and `qfab.hw.threshold.ThresholdRequant` document them: ``multiply``
+    5 and 1; ``shift_add`` ``steps + 5`` and ``steps + 1`` with ``steps = ceil(bits(max M0) /
+    digit bits)``; ``thresholds`` 3 and 1; ``search`` ``bits(hi - lo) + 1`` and ``bits(hi - lo)``."""
+    mode = params.get("requant", "multiply")
+    if mode == "multiply":
+        return REQUANT_MULTIPLY_LATENCY, 1
+    if mode == "shift_add":
+        m0_bits = max(int(v) for v in params["m0"]).bit_length()
+        steps = max(1, -(-m0_bits // int(params.get("requant_digit_bits", 1))))
+        return steps + REQUANT_MULTIPLY_LATENCY, steps + 1
+    if mode == "thresholds":
+        return THRESHOLD_LATENCY, 1
+    if mode == "search":
+        count_bits = max(1, (int(params["hi"]) - int(params["lo"])).bit_length())
+        return count_bits + 1, count_bits
+    raise QfabError(f"unknown requantization mode {mode!r}")
+
+
+def _combines(multipliers):
+    """Whether an MVAU sums weighted points (anything but one point of multiplier 1)."""
+    return multipliers is not None and not (len(multipliers) == 1 and all(int(v) == 1 for v in multipliers[0]))
+
+
+MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
+
+
+def mac_engine_latency(params, requant_latency, combine=False):
+    """Cycles from the issue of an output beat's last MAC beat to the beat on the output of an
+    MVAU or VVAU (`qfab.hw.mvau.MVAU.latency`, the VVAU's docstring): 4 (the fetch register, then
+    the `MacArray`'s 3, one of them a register level inside its adder trees), 2 more for the point
+    sum, the requantization's, and ``a_bits`` more in the bit-serial style (one cycle per bit
+    plane). The compiler does not import the hardware: tests/compiler/test_latency.py checks these
+    numbers against the engines in the Amaranth simulator."""
+    serial = int(params["a_bits"]) if params.get("style", "bit_parallel") == "bit_serial" else 0
+    return MAC_LATENCY + (2 if combine else 0) + requant_latency + serial

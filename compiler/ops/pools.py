@@ -15,7 +15,7 @@ from ..ir import Requant, _Node
 from ..plan import Stage
 from .base import Op
 from .common import check_clamp, check_requant, check_window, fail, requant_of, requant_ratio, windows, x_max
-from .conv2d import float_windows, window_estimate, window_stage
+from .conv2d import float_windows, window_estimate, window_latency, window_stage
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool", "MaxPoolOp", "AvgPoolOp", "GlobalAvgPoolOp"]
 
@@ -57,6 +57,9 @@ class GlobalAvgPool(_Node):
     rounding: str = "half_up"
 
 
+POOL_LATENCY = 1        # hw/pool.py: a window's result leaves the cycle after its last beat
+
+
 def _check_rounding(node):
     if node.rounding not in intops.ROUNDING:
         fail(node, f"rounding must be one of {', '.join(intops.ROUNDING)}, not {node.rounding!r}")
@@ -86,6 +89,12 @@ class _WindowPool(Op):
 
     def macs(self, graph, node):
         return 0
+
+    def latency(self, graph, node, stage):
+        """The sliding window's (`window_latency`), or the pool engine's: 1 cycle from the last
+        beat of a window's fold to its result (hw/pool.py)."""
+        window = window_latency(stage)
+        return window if window is not None else POOL_LATENCY
 
     def lower_pool(self, lw, node, fold, work, pad_value, engine, params):
         tin = lw.graph.tensors[node.input]
@@ -261,6 +270,10 @@ class GlobalAvgPoolOp(Op):
 
     def estimate(self, graph, node, work, fold, m):
         return _pool_estimate(graph, node, work, fold, m)
+
+    def latency(self, graph, node, stage):
+        """1 cycle from the map's last beat of a fold to its result (hw/pool.py `GlobalAvgPool`)."""
+        return POOL_LATENCY
 
     def lower(self, lw, node, fold, work):
         h, w, _ = lw.graph.tensors[node.input].shape

@@ -16,6 +16,7 @@ from ..ir import Requant, _Node
 from ..plan import Stage
 from .base import Op
 from .common import check_requant, fail, requant_of, requant_ratio, x_max
+from .pools import POOL_LATENCY
 
 __all__ = ["Requantize", "RequantizeOp"]
 
@@ -83,6 +84,10 @@ class RequantizeOp(Op):
                      out_per_beat=fold.simd, cycles=work.cycles(fold), fold=fold)
         lw.connect(node.input, f"{s.name}.i", fold.simd)
         return f"{s.name}.o", fold.simd
+
+    def latency(self, graph, node, stage):
+        """The average-pool engine's over one element: 1 cycle (hw/pool.py)."""
+        return POOL_LATENCY
 
     def qdq(self, writer, node, x):
         y = writer.op("Identity", [x], f"{node.output}_float")
