@@ -368,18 +368,35 @@ class RequantChoice:
         return max(1, self.levels.bit_length())
 
     @property
+    def steps(self):
+        """Cycles of the shift-and-add multiply (``shift_add``): ``ceil(m0_bits / digit_bits)``."""
+        return max(1, -(-self.m0_bits // self.digit_bits))
+
+    @property
     def interval(self):
         """Cycles per output beat (as `qfab.hw.requant.Requant.interval` and
         `qfab.hw.threshold.ThresholdRequant.interval`)."""
         if self.mode == "shift_add":
-            return max(1, -(-self.m0_bits // self.digit_bits)) + 1
+            return self.steps + 1
         return self.count_bits if self.mode == "search" else 1
+
+    @property
+    def latency(self):
+        """Cycles from an accumulator in to its output (as `qfab.hw.requant.Requant.latency` and
+        `qfab.hw.threshold.ThresholdRequant.latency`): ``multiply`` 5 (input and M0, product, sum,
+        shift, clamp), ``shift_add`` ``steps + 5``, ``thresholds`` 3 (input, compare, count),
+        ``search`` ``count_bits + 1``."""
+        if self.mode == "multiply":
+            return 5
+        if self.mode == "shift_add":
+            return self.steps + 5
+        return 3 if self.mode == "thresholds" else self.count_bits + 1
 
 
 def _requant_terms(choice, acc, nf, m):
     """Per PE lane: the terms of a requantization option beyond the shared tail, and its blocks."""
     if choice.mode == "shift_add":
-        steps = max(1, -(-choice.m0_bits // choice.digit_bits))
+        steps = choice.steps
         width = acc + choice.m0_bits
         return {"mult_add_bits": width * choice.digit_bits,
                 "mult_reg_bits": width + acc + steps * choice.digit_bits + _log2(steps)}, 0

@@ -169,28 +169,18 @@ class MatrixOp(Op):
 
 
 # ---- latency of the MAC engines (MVAU, VVAU), from their documented pipelines ---------------------
-REQUANT_MULTIPLY_LATENCY = 5        # hw/requant.py Requant: input and M0 registers, product, sum, shift, clamp
-THRESHOLD_LATENCY = 3               # hw/threshold.py ThresholdRequant (THRESHOLDS): input, compare, count
-
-
 def requant_timing(params):
-    """``(latency, interval)`` of an engine's requantization from its plan parameters, as
-    `qfab.hw.requant.Requant` and `qfab.hw.threshold.ThresholdRequant` document them: ``multiply``
-    5 and 1; ``shift_add`` ``steps + 5`` and ``steps + 1`` with ``steps = ceil(bits(max M0) /
-    digit bits)``; ``thresholds`` 3 and 1; ``search`` ``bits(hi - lo) + 1`` and ``bits(hi - lo)``."""
+    """``(latency, interval)`` of an engine's requantization from its plan parameters
+    (`estimate.RequantChoice.latency` and ``.interval``, as `qfab.hw.requant.Requant` and
+    `qfab.hw.threshold.ThresholdRequant` document them)."""
     mode = params.get("requant", "multiply")
-    if mode == "multiply":
-        return REQUANT_MULTIPLY_LATENCY, 1
-    if mode == "shift_add":
-        m0_bits = max(int(v) for v in params["m0"]).bit_length()
-        steps = max(1, -(-m0_bits // int(params.get("requant_digit_bits", 1))))
-        return steps + REQUANT_MULTIPLY_LATENCY, steps + 1
-    if mode == "thresholds":
-        return THRESHOLD_LATENCY, 1
-    if mode == "search":
-        count_bits = max(1, (int(params["hi"]) - int(params["lo"])).bit_length())
-        return count_bits + 1, count_bits
-    raise QfabError(f"unknown requantization mode {mode!r}")
+    if mode not in estimate.REQUANT_MODES:
+        raise QfabError(f"unknown requantization mode {mode!r}")
+    choice = estimate.RequantChoice(
+        mode, levels=int(params["hi"]) - int(params["lo"]) if mode == "search" else 255,
+        m0_bits=max(int(v) for v in params["m0"]).bit_length() if mode == "shift_add" else 24,
+        digit_bits=int(params.get("requant_digit_bits", 1)))
+    return choice.latency, choice.interval
 
 
 def _combines(multipliers):

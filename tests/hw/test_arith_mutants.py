@@ -174,12 +174,21 @@ def test_tiles_are_luts_of_at_most_four_bits(w_bits, w_enc, a_bits, a_enc, tiles
     per_tile = [[(g >> (16 * k)) & 0xFFFF for g in got] for k in range(tiles)]
     values = dict(zip(vectors, range(len(vectors))))
     n_bits = w_bits + a_bits
-    for column in per_tile:
-        depends = {bit for bit in range(n_bits) for (wr, ar), i in values.items()
-                   if column[i] != column[values[_flip(wr, ar, bit, w_bits)]]}
-        assert 1 <= len(depends) <= 4
+    found = sorted(sorted({bit for bit in range(n_bits) for (wr, ar), i in values.items()
+                           if column[i] != column[values[_flip(wr, ar, bit, w_bits)]]})
+                   for column in per_tile)
+    assert found == _blocks(w_bits, a_bits)
     products = [wv * av for _, wv in w_codes for _, av in a_codes]
     assert [constant + sum(col[i] for col in per_tile) for i in range(len(vectors))] == products
+
+
+def _blocks(w_bits, a_bits):
+    """The lane bits (w's first, then a's) each tile should read, from the documented tiling:
+    2x2 blocks of the bit grid, 1x3 / 3x1 strips when one side has a single bit."""
+    ti, tj = (1 if w_bits == 1 else 2), (1 if a_bits == 1 else 2)
+    ti, tj = (3 if (ti, tj) == (2, 1) else ti), (3 if (ti, tj) == (1, 2) else tj)
+    return sorted(sorted([*range(i, min(i + ti, w_bits)), *range(w_bits + j, w_bits + min(j + tj, a_bits))])
+                  for i in range(0, w_bits, ti) for j in range(0, a_bits, tj))
 
 
 def _signed(raw, bits, encoding):

@@ -18,26 +18,13 @@ from qfab.compiler import intops
 from qfab.hw.requant import Requant, RequantMode, const_multiply, requantize, shift_add_steps
 
 from .streams import stream_through
+from .test_requant import evaluate
 
 
 def _comb(acc_shape, multiplier, shift, zero_point, lo, hi, rounding="half_up", mode=None):
     """Every value of ``acc_shape`` through `requantize`: the outputs, and what intops says."""
-    m = Module()
-    acc = Signal(acc_shape)
-    y = Signal(signed(24))
-    m.d.comb += y.eq(requantize(acc, multiplier, shift, zero_point, lo, hi, rounding, mode))
-    values = list(range(acc_shape.signed and -(1 << (acc_shape.width - 1)) or 0,
-                        (1 << (acc_shape.width - (1 if acc_shape.signed else 0)))))
-    got = []
-
-    async def bench(ctx):
-        for v in values:
-            ctx.set(acc, v)
-            got.append(ctx.get(y))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
+    values, got = evaluate(lambda acc: requantize(acc, multiplier, shift, zero_point, lo, hi, rounding, mode),
+                           acc_shape)
     want = intops.requantize(np.array(values), multiplier, shift, zero_point, lo, hi, rounding=rounding)
     return got, want.tolist()
 
@@ -109,29 +96,9 @@ def test_each_mode_builds_what_it_says(mode, multiplies):
 
 def test_const_multiply_defaults_to_a_multiplier():
     """``const_multiply(value, c)`` with no mode: the ``*`` of a multiplier, every value of 6 bits."""
-    accs, got = _evaluate(lambda acc: const_multiply(acc, 45), signed(6))
+    accs, got = evaluate(lambda acc: const_multiply(acc, 45), signed(6))
     assert got == [a * 45 for a in accs]
     assert "$mul" in _cells(lambda acc: const_multiply(acc, 45))
-
-
-def _evaluate(make, acc_shape):
-    """``make(acc)`` for every value of ``acc_shape``."""
-    m = Module()
-    acc = Signal(acc_shape)
-    out = Signal(signed(40))
-    m.d.comb += out.eq(make(acc))
-    values = list(range(-(1 << (acc_shape.width - 1)), 1 << (acc_shape.width - 1)))
-    got = []
-
-    async def bench(ctx):
-        for v in values:
-            ctx.set(acc, v)
-            got.append(ctx.get(out))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
-    return values, got
 
 
 def test_combinational_requantize_rejects_unknown_rounding():
