@@ -97,8 +97,10 @@ class Requant:
     lo: int
     hi: int
 
-    def apply(self, acc, zero_point):
-        return intops.requantize(acc, self.m0, self.shift, zero_point, self.lo, self.hi)
+    def apply(self, acc, zero_point, rounding="half_up"):
+        """The requantization of ``acc``; ``rounding`` is the node's rule for exact ties
+        (``half_up`` or ``half_even``, `intops.ROUNDING`)."""
+        return intops.requantize(acc, self.m0, self.shift, zero_point, self.lo, self.hi, rounding)
 
 
 class Layout(enum.Enum):
@@ -122,7 +124,9 @@ class _Node:
 
 @dataclass(frozen=True, eq=False)
 class _MatNode(_Node):
-    """A node with weights: ``weights[p, c, ...]`` points, ``multipliers[p, c]``, ``bias[c]``."""
+    """A node with weights: ``weights[p, c, ...]`` points, ``multipliers[p, c]``, ``bias[c]``;
+    ``rounding`` is the requantization's rule for exact ties: ``half_up`` (qfab's own) or
+    ``half_even`` (a model imported from onnxruntime's formats; docs/semantics.md)."""
     input: str
     output: str
     weights: np.ndarray
@@ -130,6 +134,7 @@ class _MatNode(_Node):
     bias: np.ndarray
     w_type: WeightType
     requant: Requant
+    rounding: str = "half_up"
 
     @property
     def points(self):

@@ -124,6 +124,9 @@ class MVAU(wiring.Component):
         ``a_bits`` bit-serially).
     requant_digit_bits : int
         Bits of ``M0`` per cycle with ``SHIFT_ADD`` (default 1).
+    rounding : str
+        The requantization's rule for exact ties: ``"half_up"`` (default) or ``"half_even"``
+        (docs/semantics.md); any mode, same latency.
     weight_memory : MemoryKind
         With ``LOGIC`` (``AUTO`` picks it for up to 1024 weight bits) the weights are constants
         (`MacArray` ``weights=``): a lane (PE row, SIMD column) whose weight is zero at every
@@ -161,7 +164,7 @@ class MVAU(wiring.Component):
                  point_multipliers: Sequence[Sequence[int]] | None = None, m_bits: int = 24,
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
-                 requant_digit_bits: int = 1) -> None:
+                 requant_digit_bits: int = 1, rounding: str = "half_up") -> None:
         for name, value in (("pe", pe), ("simd", simd)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -213,7 +216,8 @@ class MVAU(wiring.Component):
                        for c in range(n_out)]
         requant = RequantMode(requant)
         rq_params = dict(acc_bits=dot_bits, bias=folded_bias, m0=m0, shift=shift, zero_point=out_zero_point,
-                         lo=lo, hi=hi, out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, mode=requant)
+                         lo=lo, hi=hi, out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, mode=requant,
+                         rounding=rounding)
         if requant in (RequantMode.THRESHOLDS, RequantMode.SEARCH):
             self._requant = ThresholdRequant(pe, n_out, **rq_params)
         else:

@@ -8,7 +8,7 @@ logic over several cycles; `qfab.hw.threshold.ThresholdRequant` compares with th
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -197,6 +197,12 @@ class Requant(wiring.Component):
         `qfab.hw.threshold.ThresholdRequant`.
     digit_bits : int
         ``SHIFT_ADD`` only: bits of ``M0`` added per cycle (default 1).
+    rounding : str
+        The shift's rule for exact ties: ``"half_up"`` (default, ``round_shift``) or
+        ``"half_even"`` (``round_shift_even``: a model imported from onnxruntime's formats;
+        docs/semantics.md). Half to even finds the tie in the shift stage (the ``n`` bits shifted
+        out are zero after adding half) and takes one off an odd result in the clamp stage: same
+        latency.
 
     Members
     -------
@@ -216,7 +222,10 @@ class Requant(wiring.Component):
 
     def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
-                 m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1) -> None:
+                 m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1,
+                 rounding: str = "half_up") -> None:
+        if rounding not in ("half_up", "half_even"):
+            raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
             lanes, channels, acc_bits, bias, m0, shift, zero_point, lo, hi, out_bits, out_signed, m_bits)
         mode = RequantMode(mode)
@@ -230,6 +239,7 @@ class Requant(wiring.Component):
         self._zero_point, self._lo, self._hi = zero_point, lo, hi
         self._out_shape, self._m_bits = out_shape, m_bits
         self._mode, self._digit_bits = mode, digit_bits
+        self._rounding = rounding
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -238,6 +248,7 @@ class Requant(wiring.Component):
     lanes = property(lambda self: self._lanes)
     channels = property(lambda self: self._channels)
     mode = property(lambda self: self._mode)
+    rounding = property(lambda self: self._rounding)
 
     @property
     def steps(self):
@@ -332,12 +343,22 @@ class Requant(wiring.Component):
             shift_sig = rom(m, varying, p_fold, en, unsigned(max(1, max(varying).bit_length())), f"shift_{lane}")
             total = Signal(sum_shape, name=f"sum_{lane}")
             shifted = Signal(sum_shape, name=f"shifted_{lane}")
+            result = shifted
+            if self._rounding == "half_even" and max(shift) > 0:
+                # ``total`` is ``v + half + (zp << n)``: an exact tie leaves its low n bits zero;
+                # the half-up result ``shifted - zp`` is then one too many if it is odd
+                tie = Signal(name=f"tie_{lane}")
+                low = [~total[j] | (j >= least + shift_sig) for j in range(min(max(shift), len(total)))]
+                with m.If(en):
+                    m.d.sync += tie.eq(Cat(*low).all() & (shift_sig + least != 0))
+                result = Signal(sum_shape, name=f"even_{lane}")
+                m.d.comb += result.eq(shifted - (tie & (shifted[0] ^ (self._zero_point & 1))))
             with m.If(en):
                 m.d.sync += [
                     total.eq(prod + off_sig),
                     shifted.eq((total >> least) >> shift_sig),
-                    self.o.payload[lane].eq(Mux(shifted < self._lo, self._lo,
-                                                Mux(shifted > self._hi, self._hi, shifted))),
+                    self.o.payload[lane].eq(Mux(result < self._lo, self._lo,
+                                                Mux(result > self._hi, self._hi, result))),
                 ]
         return m
 

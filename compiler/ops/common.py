@@ -3,6 +3,7 @@ docs/semantics.md that more than one node kind needs. A leaf of the compiler: it
 IR, `intops` and the errors, so every operator module (and the modules that dispatch to them) can
 import it."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from .. import intops
 from ..ir import Requant
 
 __all__ = ["BIAS_BITS", "MULTIPLIER_BITS", "conv_output_hw", "fail", "check_int_array", "check_clamp",
-           "check_requant", "x_max", "check_window", "pad", "windows", "exact_int", "requant_ratio",
+           "check_requant", "check_rounding", "with_rounding", "x_max", "check_window", "pad", "windows", "exact_int", "requant_ratio",
            "clamp_bounds", "dyadic", "requant_of"]
 
 BIAS_BITS = 32
@@ -61,6 +62,17 @@ def check_requant(graph, node, rq, channels, acc_bound, out):
     if bits > intops.MAX_PRODUCT_BITS:
         fail(node, f"accumulator times multiplier needs {bits} bits, more than "
                    f"{intops.MAX_PRODUCT_BITS}; use fewer bits or a smaller m_bits")
+
+
+def check_rounding(node):
+    """A node's ``rounding`` is one of `intops.ROUNDING` (``half_up``, ``half_even``)."""
+    if node.rounding not in intops.ROUNDING:
+        fail(node, f"rounding must be one of {', '.join(intops.ROUNDING)}, not {node.rounding!r}")
+
+
+def with_rounding(node, rounding):
+    """``node`` with the rounding rule ``rounding`` (the `Op.with_rounding` of the ops that have one)."""
+    return dataclasses.replace(node, rounding=rounding)
 
 
 def x_max(t):

@@ -100,7 +100,7 @@ class Conv2dOp(MatrixOp):
             w = node.weights.astype(np.float64).reshape(p, g, cout // g, kh, kw, cg)
             dots = exact_int(np.einsum("nyxgc,pgoyxc->pngo", cols, w, optimize=True))
         dots = dots.reshape(p, b, ho, wo, cout)
-        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point)
+        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point, node.rounding)
 
     def float_forward(self, fnode, xs):
         x = xs[0]

@@ -33,7 +33,7 @@ class DenseOp(MatrixOp):
         xs = (xs[0] - tin.qtype.zero_point).astype(np.float64)
         rows = node.weight_rows().astype(np.float64)                   # (P, N, K)
         dots = np.stack([exact_int(xs @ rows[p].T) for p in range(node.points)])
-        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point)
+        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point, node.rounding)
 
     def float_forward(self, fnode, xs):
         return xs[0] @ fnode.weight.T + fnode.bias

@@ -52,7 +52,7 @@ class DepthwiseConv2dOp(Conv2dOp):
         zx = tin.qtype.zero_point
         win = windows(xs[0], node.kernel, node.stride, node.padding, zx).astype(np.int64) - zx  # (B,HO,WO,KH,KW,C)
         dots = np.einsum("byxijc,pcij->pbyxc", win, node.weights[..., 0].astype(np.int64), optimize=True)
-        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point)
+        return node.requant.apply(self.accumulate(node, dots), tout.qtype.zero_point, node.rounding)
 
     # ---- float graph and quantization: Conv2d's (float_forward, from_float, node_fields) -------
     # ---- info: Conv2d's (macs: points * output size * KH * KW; params) --------------------------

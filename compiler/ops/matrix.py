@@ -7,7 +7,18 @@ from qfab.base.errors import QfabError
 from .. import estimate, intops
 from ..ir import WeightType
 from .base import Op
-from .common import BIAS_BITS, MULTIPLIER_BITS, check_int_array, check_requant, fail, requant_of, requant_ratio, x_max
+from .common import (
+    BIAS_BITS,
+    MULTIPLIER_BITS,
+    check_int_array,
+    check_requant,
+    check_rounding,
+    fail,
+    requant_of,
+    requant_ratio,
+    with_rounding,
+    x_max,
+)
 
 __all__ = ["MatrixOp", "BIAS_LIMIT", "requant_timing", "mac_engine_latency"]
 
@@ -44,6 +55,12 @@ class MatrixOp(Op):
                                  int(np.abs(node.bias).max(initial=0)), p,
                                  int(np.abs(node.multipliers).max(initial=0)))
         check_requant(graph, node, node.requant, c, bound, out)
+        check_rounding(node)
+
+    def with_rounding(self, node, rounding):
+        """``node`` with the requantization's rule for exact ties ``rounding`` (a model imported
+        from onnxruntime's formats rounds half to even; docs/semantics.md)."""
+        return with_rounding(node, rounding)
 
     @staticmethod
     def accumulate(node, dots):
@@ -129,7 +146,7 @@ class MatrixOp(Op):
             out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi,
             out_bits=tout.qtype.bits, out_signed=tout.qtype.signed, in_zero_point=tin.qtype.zero_point,
             m_bits=graph.m_bits, weight_memory={None: "auto", True: "logic", False: "block"}[in_logic],
-            style=fold.style)
+            style=fold.style, **({"rounding": node.rounding} if node.rounding != "half_up" else {}))
 
     def mvau(self, lw, node, fold, work, name_suffix=""):
         """Add the node's MVAU stage to the plan; its input port is ``<stage>.i``."""

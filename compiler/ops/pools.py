@@ -5,7 +5,6 @@ MaxPool keeps its input's type (an optional output clamp); AvgPool and GlobalAvg
 MaxPool and AvgPool are a `SlidingWindow` feeding the pool engine; GlobalAvgPool is one engine.
 """
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,18 @@ from .. import estimate, intops
 from ..ir import Requant, _Node
 from ..plan import Stage
 from .base import Op
-from .common import check_clamp, check_requant, check_window, fail, requant_of, requant_ratio, windows, x_max
+from .common import (
+    check_clamp,
+    check_requant,
+    check_rounding,
+    check_window,
+    fail,
+    requant_of,
+    requant_ratio,
+    windows,
+    with_rounding,
+    x_max,
+)
 from .conv2d import float_windows, window_estimate, window_latency, window_stage
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool", "MaxPoolOp", "AvgPoolOp", "GlobalAvgPoolOp"]
@@ -58,11 +68,6 @@ class GlobalAvgPool(_Node):
 
 
 POOL_LATENCY = 1        # hw/pool.py: a window's result leaves the cycle after its last beat
-
-
-def _check_rounding(node):
-    if node.rounding not in intops.ROUNDING:
-        fail(node, f"rounding must be one of {', '.join(intops.ROUNDING)}, not {node.rounding!r}")
 
 
 def _requantize(node, acc, tout):
@@ -188,7 +193,7 @@ class AvgPoolOp(_WindowPool):
     def verify(self, graph, node, inp, out):
         self._check_shape(node, inp, out)
         check_requant(graph, node, node.requant, 1, node.kernel[0] * node.kernel[1] * x_max(inp), out)
-        _check_rounding(node)
+        check_rounding(node)
 
     def reference(self, node, xs, tin, tout):
         zx = tin.qtype.zero_point
@@ -201,7 +206,7 @@ class AvgPoolOp(_WindowPool):
 
     def with_rounding(self, node, rounding):
         """``node`` with the requantization rounding rule ``rounding`` (see `AvgPool`)."""
-        return dataclasses.replace(node, rounding=rounding)
+        return with_rounding(node, rounding)
 
     def float_forward(self, fnode, xs):
         return float_windows(xs[0], fnode.kernel, fnode.stride, fnode.padding).mean(axis=(3, 4))
@@ -242,7 +247,7 @@ class GlobalAvgPoolOp(Op):
         if out.shape != (1, 1, c):
             fail(node, f"output {out.name!r} has shape {out.shape}, expected {(1, 1, c)}")
         check_requant(graph, node, node.requant, 1, h * w * x_max(inp), out)
-        _check_rounding(node)
+        check_rounding(node)
 
     def reference(self, node, xs, tin, tout):
         acc = (xs[0].astype(np.int64) - tin.qtype.zero_point).sum(axis=(1, 2), keepdims=True)

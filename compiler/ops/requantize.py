@@ -15,7 +15,7 @@ from .. import estimate
 from ..ir import Requant, _Node
 from ..plan import Stage
 from .base import Op
-from .common import check_requant, fail, requant_of, requant_ratio, x_max
+from .common import check_requant, check_rounding, fail, requant_of, requant_ratio, with_rounding, x_max
 from .pools import POOL_LATENCY
 
 __all__ = ["Requantize", "RequantizeOp"]
@@ -23,10 +23,12 @@ __all__ = ["Requantize", "RequantizeOp"]
 
 @dataclass(frozen=True, eq=False)
 class Requantize(_Node):
-    """``y = clamp(zy + round_shift((x - zx) * m0, shift), lo, hi)``; ``requant`` has one entry."""
+    """``y = clamp(zy + round_shift((x - zx) * m0, shift), lo, hi)``; ``requant`` has one entry;
+    ``rounding``: ``half_up`` or ``half_even`` (``round_shift_even``), as for `Conv2d`."""
     input: str
     output: str
     requant: Requant
+    rounding: str = "half_up"
 
 
 def _channels(shape):
@@ -41,9 +43,15 @@ class RequantizeOp(Op):
         if inp.shape != out.shape:
             fail(node, f"output {out.name!r} has shape {out.shape}, expected the input's {inp.shape}")
         check_requant(graph, node, node.requant, 1, x_max(inp), out)
+        check_rounding(node)
+
+    def with_rounding(self, node, rounding):
+        """``node`` with the rule for exact ties ``rounding`` (docs/semantics.md)."""
+        return with_rounding(node, rounding)
 
     def reference(self, node, xs, tin, tout):
-        return node.requant.apply(xs[0].astype(np.int64) - tin.qtype.zero_point, tout.qtype.zero_point)
+        return node.requant.apply(xs[0].astype(np.int64) - tin.qtype.zero_point, tout.qtype.zero_point,
+                                  node.rounding)
 
     def float_forward(self, fnode, xs):
         return xs[0]
@@ -75,7 +83,8 @@ class RequantizeOp(Op):
         params = dict(shape=lw.element(tin.qtype), window=1, channels=_channels(tin.shape),
                       zero_point=tin.qtype.zero_point, multiplier=int(node.requant.m0[0]),
                       shift=int(node.requant.shift[0]), out_shape=lw.element(tout.qtype),
-                      out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd)
+                      out_zero_point=tout.qtype.zero_point, lo=node.requant.lo, hi=node.requant.hi, simd=fold.simd,
+                      rounding=node.rounding)
         if work is not None:
             choice = self.requant_choice(node, work, fold, lw.policy.family)
             if choice.mode != "multiply":

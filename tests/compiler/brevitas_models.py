@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 
 
-def export_qcdq(path, *, scales="fixed", pool="avg", output="float", bits=4, seed=0, depthwise=True):
+def export_qcdq(path, *, scales="fixed", pool="avg", output="float", bits=4, seed=0, depthwise=True,
+                weights="float"):
     """Export a small 4-bit Brevitas CNN to ``path``; returns ``path``.
 
     ``scales``: "fixed" (power-of-two activation scales, Brevitas's fixed-point quantizers; the
@@ -19,20 +20,24 @@ def export_qcdq(path, *, scales="fixed", pool="avg", output="float", bits=4, see
     ``pool``: "avg" or "max" (2 x 2); ``output``: "float" (QuantLinear's default: no output
     quantizer, the last layer's float result is the model output) or "int8" (a quantized output).
     Weights are per-tensor, biases int32 (``Int32Bias``), the input quantizer signed; the second
-    convolution is depthwise unless ``depthwise=False`` (qfab has no depthwise engine yet).
+    convolution is depthwise unless ``depthwise=False``. ``weights``: "float" (a float per-tensor
+    scale) or "fixed" (power-of-two, ``Int8WeightPerTensorFixedPoint``): with fixed scales for the
+    activations too, every layer's ``s_x * s_w / s_y`` is a power of two and exact ties occur in
+    every requantization (an int8 output is then fixed-point as well).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # brevitas warns about optional kernels on import
-        return _export(path, scales, pool, output, bits, seed, depthwise)
+        return _export(path, scales, pool, output, bits, seed, depthwise, weights)
 
 
-def _export(path, scales, pool, output, bits, seed, depthwise):
+def _export(path, scales, pool, output, bits, seed, depthwise, weights):
     import brevitas.nn as qnn
     import torch
     from brevitas.export import export_onnx_qcdq
     from brevitas.quant import (
         Int8ActPerTensorFixedPoint,
         Int8ActPerTensorFloat,
+        Int8WeightPerTensorFixedPoint,
         Int8WeightPerTensorFloat,
         Int32Bias,
         Uint8ActPerTensorFixedPoint,
@@ -42,7 +47,7 @@ def _export(path, scales, pool, output, bits, seed, depthwise):
     fixed = scales == "fixed"
     act_in = Int8ActPerTensorFixedPoint if fixed else Int8ActPerTensorFloat
     act_relu = Uint8ActPerTensorFixedPoint if fixed else Uint8ActPerTensorFloat
-    weight = Int8WeightPerTensorFloat       # a po2 weight scale would make conv ties exact (see docs/models.md)
+    weight = Int8WeightPerTensorFixedPoint if weights == "fixed" else Int8WeightPerTensorFloat
     torch.manual_seed(seed)
 
     class Net(torch.nn.Module):
@@ -58,7 +63,8 @@ def _export(path, scales, pool, output, bits, seed, depthwise):
             self.pool = torch.nn.AvgPool2d(2) if pool == "avg" else torch.nn.MaxPool2d(2)
             self.r3 = qnn.QuantReLU(act_quant=act_relu, bit_width=bits, return_quant_tensor=True)
             self.flat = torch.nn.Flatten()
-            out_quant = {"output_quant": Int8ActPerTensorFloat} if output == "int8" else {}
+            out_act = Int8ActPerTensorFixedPoint if weights == "fixed" else Int8ActPerTensorFloat
+            out_quant = {"output_quant": out_act} if output == "int8" else {}
             self.fc = qnn.QuantLinear(8 * 4 * 4, 10, weight_quant=weight, weight_bit_width=bits,
                                       bias_quant=Int32Bias, **out_quant)
 

@@ -111,6 +111,29 @@ def test_pool_half_even_is_what_makes_it_exact(tmp_path, brevitas):
 
 
 @pytest.mark.slow
+def test_power_of_two_scales_round_every_requantization_half_even(tmp_path, brevitas):
+    """Brevitas fixed-point quantizers on weights and activations: every layer's ``s_x * s_w / s_y``
+    is a power of two, so exact ties occur in the convolutions, the dense layer and the pool;
+    onnxruntime rounds them half to even and so does every imported node: every output code
+    equal. Rounding the weighted layers half up instead (the pool still half to even) differs."""
+    from qfab.compiler.ops import op_for
+    path = export_qcdq(tmp_path / "b.onnx", scales="fixed", pool="avg", output="int8", weights="fixed")
+    graph = load_graph(path)
+    weighted = [n for n in graph.nodes if hasattr(n, "w_type")]
+    assert len(weighted) == 3 and {n.rounding for n in graph.nodes if hasattr(n, "rounding")} == {"half_even"}
+    for n in weighted:                   # a power-of-two ratio: M0 is a power of two
+        assert all(int(m) & (int(m) - 1) == 0 for m in n.requant.m0), (n.name, n.requant.m0)
+    x = inputs(400)
+    n, size = _codes_equal_ort(path, graph, x)
+    assert n == 0, f"{n} of {size} output codes differ from onnxruntime"
+    half_up = graph.replace(nodes=tuple(op_for(n).with_rounding(n, "half_up") if hasattr(n, "w_type") else n
+                                        for n in graph.nodes))
+    differ, _ = _codes_equal_ort(path, half_up, x)
+    print(f"weighted layers half up: {differ} of {size} output codes differ from onnxruntime")
+    assert differ > 0
+
+
+@pytest.mark.slow
 def test_brevitas_float_last_layer_is_the_wide_accumulator(tmp_path, brevitas):
     """QuantLinear without an output quantizer (Brevitas's default): the output is the integer
     accumulator (a wide signed type, scale s_in * s_w) and dequantizes to onnxruntime's float

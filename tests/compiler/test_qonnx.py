@@ -22,31 +22,36 @@ pytestmark = pytest.mark.filterwarnings("ignore")    # Brevitas and the exporter
 IMAGES = 40
 
 
-def brevitas_net(bits=4, per_channel=False):
+def brevitas_net(bits=4, per_channel=False, fixed=False):
+    """``fixed``: Brevitas's fixed-point (power-of-two) quantizers for weights and activations."""
     from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
     from brevitas.quant import (
+        Int8ActPerTensorFixedPoint,
         Int8ActPerTensorFloat,
         Int8WeightPerChannelFloat,
+        Int8WeightPerTensorFixedPoint,
         Int8WeightPerTensorFloat,
+        Uint8ActPerTensorFixedPoint,
         Uint8ActPerTensorFloat,
     )
-    w = dict(weight_quant=Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat,
-             weight_bit_width=bits, bias=False)
-    act = dict(act_quant=Uint8ActPerTensorFloat, bit_width=bits)
+    weight = Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat
+    w = dict(weight_quant=Int8WeightPerTensorFixedPoint if fixed else weight, weight_bit_width=bits, bias=False)
+    act = dict(act_quant=Uint8ActPerTensorFixedPoint if fixed else Uint8ActPerTensorFloat, bit_width=bits)
+    signed_act = Int8ActPerTensorFixedPoint if fixed else Int8ActPerTensorFloat
     return nn.Sequential(
-        QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8),
+        QuantIdentity(act_quant=signed_act, bit_width=8),
         QuantConv2d(1, 8, 3, padding=1, **w), QuantReLU(**act), nn.MaxPool2d(2),
         QuantConv2d(8, 16, 3, padding=1, **w), QuantReLU(**act), nn.Flatten(),
-        QuantLinear(16 * 4 * 4, 10, **w), QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8))
+        QuantLinear(16 * 4 * 4, 10, **w), QuantIdentity(act_quant=signed_act, bit_width=8))
 
 
-def brevitas_qonnx(folder, steps=40, per_channel=False, dynamo=True):
+def brevitas_qonnx(folder, steps=40, per_channel=False, dynamo=True, fixed=False):
     """Train the 4-bit net briefly (QAT) on the digits and export it with ``export_qonnx`` (through
     torch.export, Brevitas's default here, or its TorchScript path with ``dynamo=False``)."""
     from brevitas.export import export_qonnx
     x_train, y_train, x_test, _ = digits("NCHW")
     torch.manual_seed(0)
-    net = brevitas_net(per_channel=per_channel)
+    net = brevitas_net(per_channel=per_channel, fixed=fixed)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     xt, yt = torch.tensor(x_train), torch.tensor(y_train, dtype=torch.long)
     net.train()
@@ -100,6 +105,22 @@ def test_brevitas_qonnx_imports_with_its_widths_and_matches_the_executor(tmp_pat
     acts = {t.name: (t.qtype.bits, t.qtype.signed) for t in graph.tensors.values()}
     assert sorted(set(acts.values())) == [(4, False), (8, True)], acts
     assert any(n.w_type.per_channel for n in graph.nodes if getattr(n, "w_type", None)) == per_channel
+
+
+@pytest.mark.slow
+def test_fixed_point_qonnx_rounds_ties_half_even_as_the_executor(tmp_path):
+    """Power-of-two scales everywhere (Brevitas fixed-point quantizers): exact ties in every
+    requantization, which qonnx's ``Quant`` rounds half to even (``np.round``), and so does every
+    imported node: every output equals the executor's; half up differs."""
+    from qfab.compiler.ops import op_for
+    path, x = brevitas_qonnx(tmp_path, fixed=True)
+    graph = matches_qonnx_executor(path, x)
+    assert {n.rounding for n in graph.nodes if hasattr(n, "rounding")} == {"half_even"}
+    half_up = graph.replace(nodes=tuple(op_for(n).with_rounding(n, "half_up") if hasattr(n, "rounding") else n
+                                        for n in graph.nodes))
+    codes = reference.quantize_inputs(graph, x)
+    assert not np.array_equal(reference.run(half_up, codes)[graph.outputs[0]],
+                              reference.run(graph, codes)[graph.outputs[0]])
 
 
 def _quant_model(path, op, weight=True, **attrs):

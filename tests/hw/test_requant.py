@@ -94,6 +94,7 @@ def requant_params(draw):
                 m0=draw(ints(0, (1 << m_bits) - 1)), shift=draw(ints(0, 40)),
                 zero_point=draw(st.integers(q_lo, q_hi)), lo=lo, hi=hi, out_bits=out_bits,
                 out_signed=out_signed, beats=draw(st.integers(1, 12)),
+                rounding=draw(st.sampled_from(["half_up", "half_even"])),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.5])), seed=draw(st.integers(0, 999)))
 
@@ -109,7 +110,7 @@ def check_requant(lanes, channels, acc_bits, beats, gap_prob, stall_prob, seed, 
     chan = (np.arange(beats)[:, None] % folds) * lanes + np.arange(lanes)[None, :]
     bias, m0, shift = (np.array(kwargs[k])[chan] for k in ("bias", "m0", "shift"))
     expected = intops.requantize(acc + bias, m0, shift, kwargs["zero_point"], kwargs["lo"],
-                                 kwargs["hi"])
+                                 kwargs["hi"], kwargs.get("rounding", "half_up"))
     got = run_stream(dut, acc.tolist(), beats, gap_prob=gap_prob, stall_prob=stall_prob,
                      seed=seed)
     assert got == expected.tolist()
@@ -128,6 +129,34 @@ def test_sim_rounding():
 @given(requant_params())
 def test_sim(params):
     check_requant(**params)
+
+
+@pytest.mark.parametrize("mode", [RequantMode.MULTIPLY, RequantMode.SHIFT_ADD])
+@pytest.mark.parametrize("zero_point", [0, 3, -4])
+def test_sim_half_even_ties(mode, zero_point):
+    """Half to even where ties are dense (small M0 and shifts, one channel unshifted): every
+    accumulator of a range through both lanes under gaps and stalls equals ``round_shift_even``;
+    the same stream rounded half up differs (so the ties are really there)."""
+    kwargs = dict(acc_bits=10, bias=[3, 0, -5, 1], m0=[1, 3, 2, 5], shift=[1, 2, 0, 3], zero_point=zero_point,
+                  lo=-128, hi=127, out_bits=8, out_signed=True, mode=mode, digit_bits=2)
+    accs = np.arange(-40, 40)
+    beats = [[int(a), int(-a)] for a in accs]
+    chan = (np.arange(len(beats))[:, None] % 2) * 2 + np.arange(2)[None, :]
+    bias, m0, shift = (np.array(kwargs[k])[chan] for k in ("bias", "m0", "shift"))
+    acc = np.array(beats)
+    even = intops.requantize(acc + bias, m0, shift, zero_point, -128, 127, "half_even")
+    up = intops.requantize(acc + bias, m0, shift, zero_point, -128, 127, "half_up")
+    assert (even != up).sum() > 20
+    got = run_stream(Requant(2, 4, rounding="half_even", **kwargs), beats, len(beats), gap_prob=0.3,
+                     stall_prob=0.4, seed=3)
+    assert got == even.tolist()
+    dut = Requant(2, 4, rounding="half_even", **kwargs)
+    assert first_and_spacing(dut, beats[:8]) == (dut.latency, {dut.interval})
+
+
+def test_init_wrong_rounding():
+    with pytest.raises(ValueError, match=r"^Rounding must be 'half_up' or 'half_even', not 'down'$"):
+        Requant(2, 2, rounding="down", **_kwargs())
 
 
 def first_and_spacing(dut, payloads):

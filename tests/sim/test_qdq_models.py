@@ -68,6 +68,25 @@ def test_brevitas_float_output_network_simulates_bit_exact(tmp_path):
 
 
 @pytest.mark.slow
+def test_power_of_two_brevitas_network_rounds_half_even_in_hardware(tmp_path):
+    """Brevitas fixed-point weights and activations (every requantization a power of two, ties
+    everywhere): the convolution's MVAU, the depthwise VVAU, the pool and the dense MVAU all round
+    half to even in Verilator, equal to the reference (which equals onnxruntime:
+    tests/compiler/test_qdq_widths.py) on every element; half up would differ."""
+    assert available(), "brevitas and onnxoptimizer are missing: pip install -e '.[dev,train]'"
+    path = export_qcdq(tmp_path / "b.onnx", scales="fixed", pool="avg", output="int8", weights="fixed")
+    g = load_graph(path)
+    assert {n.kind for n in g.nodes} >= {"Conv2d", "DepthwiseConv2d", "AvgPool", "Dense"}
+    codes = reference.quantize_inputs(g, inputs(24))
+    want = reference.run(g, codes)[g.outputs[0]]
+    assert not np.array_equal(reference.run(_half_up(g), codes)[g.outputs[0]], want)
+    got = _simulate(g, codes, tmp_path).reshape(want.shape)
+    assert np.array_equal(got, want), f"{(got != want).sum()} of {want.size} elements differ"
+    verilog = "".join(p.read_text() for p in (tmp_path / "build").rglob("*.v"))
+    assert verilog.count("tie_0") >= 3            # the tie detectors of the three MAC engines' requantizations
+
+
+@pytest.mark.slow
 def test_32_bit_accumulator_output_simulates_bit_exact(tmp_path):
     """onnxruntime's QDQ digits MLP (per-channel weights) without its output quantization: the
     output is a 32-bit wide type (the accumulator requantized to a fine common step)."""
