@@ -26,7 +26,7 @@ from .registry import get_board
 from .report import CELLS, NextpnrReport, Report, fit_error, overused, parse_report, readable_cell, timing_warning
 from .toolchain import PREPARE, STAT, STAT_FILE, LogFollower, ToolError, read_stat, run_tool, tool_env
 
-__all__ = ["build_bitstream", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
+__all__ = ["build_bitstream", "retry_mhz", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
 
 DEFAULT_BAUD = 115200
 NAME = "qfab_board"
@@ -77,8 +77,30 @@ def _run_step(variable, line, preamble, folder, env, board):
         raise
 
 
-def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=None, core=None, log=print):
-    """Synthesize, place and route a ``qfab compile`` build folder for a board.
+def retry_mhz(board, fmax_mhz, margin=0.02):
+    """The clock to place and route again at after missing timing with ``fmax_mhz`` achieved: the
+    highest frequency the board's oscillator or PLL gives (`qfab.boards.gateware.top.clock_mhz`)
+    at most ``1 - margin`` of ``fmax_mhz`` (nextpnr's Fmax moves a few percent between runs), to
+    0.1 MHz; None if there is none."""
+    from qfab.base.errors import QfabError
+
+    from .gateware.top import clock_mhz
+    want = int(fmax_mhz * (1 - margin) * 10) / 10
+    for step in range(40):
+        ask = round(want * (1 - 0.005 * step), 1)
+        try:
+            got = clock_mhz(board, ask)
+        except QfabError:
+            continue
+        if got <= fmax_mhz * (1 - margin / 2):
+            return ask
+    return None
+
+
+def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=None, core=None, log=print,
+                    retries=0):
+    """Synthesize, place and route a ``qfab compile`` build folder for a board; with ``retries``,
+    a missed clock is placed and routed again at the achieved one (`retry_mhz`).
 
     Parameters
     ----------
@@ -98,19 +120,41 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         `qfab.boards.gateware.core.InferenceCore` (tests, other gateware).
     log : callable
         Receives progress lines while the tools run.
+    retries : int
+        How many times a build that misses its clock is built again at the Fmax it achieved
+        (`retry_mhz`: 2 % below it, at a frequency the PLL gives), without the user; only for the
+        build's own core (``core=None``), whose UART divider follows the clock. ``qfab bitstream``
+        and ``qfab build`` retry twice unless given ``--no-retry``. `Report.attempts` lists each
+        attempt's requested and achieved MHz.
 
     Returns
     -------
-    `Report`; it is also written to ``report.qfab.json`` in the tools' folder.
+    `Report` of the last attempt; it is also written to ``report.qfab.json`` in the tools' folder.
 
     Raises
     ------
     QfabError
         When the design does not fit (naming the resource, used and available, and what to
-        change), a tool is missing or fails. A missed timing target is not an error: the bitstream
-        is kept, `Report.timing_met` is False and ``Report.warnings`` (also logged) names the
-        critical path.
+        change), a tool is missing or fails. A missed timing target (after the retries) is not an
+        error: the bitstream is kept, `Report.timing_met` is False and ``Report.warnings`` (also
+        logged) names the critical path.
     """
+    attempts = []
+    report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
+    for _ in range(retries if core is None else 0):
+        if report.timing_met or not report.fmax_mhz:
+            break
+        board = get_board(board_name)
+        again = retry_mhz(board, report.fmax_mhz)
+        if again is None:
+            break
+        log(f"timing missed (Fmax {report.fmax_mhz:.2f} MHz < {report.requested_mhz:g} MHz): placing and "
+            f"routing again at {again:g} MHz")
+        report = _build_once(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log, attempts=attempts)
+    return report
+
+
+def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts):
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
@@ -146,9 +190,10 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         else NextpnrReport({}, None, None, (), None)
     stats = read_stat((folder / STAT_FILE).read_text(), board.family)[0] if (folder / STAT_FILE).exists() else None
     bitstream = next((folder / f"{NAME}.{ext}" for ext in ("bin", "bit") if (folder / f"{NAME}.{ext}").exists()), None)
+    attempts.append((top.clock_mhz, nextpnr.fmax_mhz))
     report = Report(board.name, board.family, nextpnr.utilization, stats, nextpnr.fmax_mhz, top.clock_mhz, bitstream,
                     baud, {k: round(v, 1) for k, v in seconds.items()}, nextpnr.critical_path,
-                    nextpnr.untimed_dsp_ns, timing_warning(nextpnr, top.clock_mhz))
+                    nextpnr.untimed_dsp_ns, timing_warning(nextpnr, top.clock_mhz), tuple(attempts))
     (folder / "report.qfab.json").write_text(json.dumps(report.as_dict(), indent=1))
     used = ", ".join(f"{u}/{a} {c}" for c, (u, a) in nextpnr.utilization.items() if c in CELLS[board.family] and u)
     log(f"done in {seconds['tools']:.0f} s: {used}; Fmax {nextpnr.fmax_mhz or 0:.1f} MHz at {top.clock_mhz:g} MHz"

@@ -125,6 +125,9 @@ class Report:
         Delay around unregistered iCE40 DSPs that nextpnr leaves out of Fmax (see the module).
     warnings : list of str
         Timing missed, untimed paths.
+    attempts : tuple of (float, float or None)
+        ``(requested MHz, achieved Fmax)`` of each place and route, the last one this report's
+        (more than one when a missed clock was retried: `qfab.boards.bitstream.build_bitstream`).
     """
     board: str
     family: str
@@ -138,6 +141,7 @@ class Report:
     critical_path: tuple = ()
     untimed_dsp_ns: float | None = None
     warnings: list = field(default_factory=list)
+    attempts: tuple = ()
 
     @property
     def timing_met(self):
@@ -166,6 +170,9 @@ class Report:
             lines.append(f"timing: Fmax {self.fmax_mhz:.2f} MHz for a {self.requested_mhz:g} MHz clock: {verdict}")
         else:
             lines.append("timing: no Fmax reported")
+        if len(self.attempts) > 1:
+            lines.append("attempts: " + "; ".join(f"{r:g} MHz -> Fmax {f:.2f}" if f else f"{r:g} MHz -> no Fmax"
+                                                 for r, f in self.attempts))
         if self.seconds:
             lines.append("tool time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in self.seconds.items()))
         if self.bitstream:
@@ -183,7 +190,8 @@ class Report:
                 "fmax_mhz": self.fmax_mhz, "requested_mhz": self.requested_mhz, "timing_met": self.timing_met,
                 "baud": self.baud, "bitstream": str(self.bitstream) if self.bitstream else None,
                 "seconds": self.seconds, "critical_path": list(self.critical_path),
-                "untimed_dsp_ns": self.untimed_dsp_ns, "warnings": self.warnings}
+                "untimed_dsp_ns": self.untimed_dsp_ns, "warnings": self.warnings,
+                "attempts": [list(a) for a in self.attempts]}
 
 
 def _estimate_columns(board, est):

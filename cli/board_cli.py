@@ -54,7 +54,7 @@ def cmd_bitstream(args):
                         f"(--force tries anyway)")
     if not fits:
         print(f"warning: by the estimate the build does not fit the {board} ({why}); trying anyway (--force)")
-    result = flow.bitstream(build, board, freq_mhz=args.freq, baud=args.baud)
+    result = flow.bitstream(build, board, freq_mhz=args.freq, baud=args.baud, retries=0 if args.no_retry else 2)
     print(result.report.format_table(result.build.manifest.estimates.total.as_dict()))
     _print_speed(result)
     return 0
@@ -146,7 +146,8 @@ def cmd_build(args):
     flow.output_folder(args.output, "build folder", inputs=input_paths(args))
     calib, config, mixed = quant_args(args)
     done = flow.build(args.model, args.board, args.output, calib=calib, config=config, mixed_budget=mixed,
-                      style=args.style, freq_mhz=args.freq, baud=args.baud, on_step=summary)
+                      style=args.style, freq_mhz=args.freq, baud=args.baud, on_step=summary,
+                      retries=0 if args.no_retry else 2)
     report = done.bitstream.report
     board = report.board
     print(f"\nsummary: {args.model} -> {report.bitstream} in {done.seconds:.0f} s")
@@ -154,6 +155,10 @@ def cmd_build(args):
     print(f"next: qfab deploy {args.output} --board {board}; then qfab run {args.output} --board {board} "
           f"--port PORT --input X.npy -o Y.npy --check")
     return 0
+
+
+NO_RETRY_HELP = ("keep the first place and route even if it misses the clock (default: build again at the "
+                 "achieved Fmax, up to twice)")
 
 
 def add_commands(sub):
@@ -169,6 +174,7 @@ def add_commands(sub):
     s.add_argument("--baud", type=positive_int, metavar="N", help=f"host link baud rate (default {DEFAULT_BAUD})")
     s.add_argument("--force", action="store_true",
                    help="build even when the estimate says the design does not fit the board")
+    s.add_argument("--no-retry", action="store_true", help=NO_RETRY_HELP)
     s.set_defaults(func=cmd_bitstream)
 
     d = sub.add_parser("deploy", help="program a board with a build's bitstream")
@@ -200,6 +206,7 @@ def add_commands(sub):
     a.add_argument("--freq", type=positive_float, metavar="MHZ")
     a.add_argument("--baud", type=positive_int, metavar="N")
     a.add_argument("--style", choices=["bit_parallel", "bit_serial"], default="bit_parallel")
+    a.add_argument("--no-retry", action="store_true", help=NO_RETRY_HELP)
     a.set_defaults(func=cmd_build)
 
 

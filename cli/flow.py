@@ -479,14 +479,15 @@ class BitstreamResult:
 
 
 def bitstream(build: Build | PathLike, board: str, *, freq_mhz: float | None = None, baud: int | None = None,
-              log: Log = print) -> BitstreamResult:
+              log: Log = print, retries: int = 2) -> BitstreamResult:
     """Synthesize, place and route the build for ``board``; the report also goes into the build
-    folder (``bitstream_<board>``), and the board remembers this build for `run`."""
+    folder (``bitstream_<board>``), and the board remembers this build for `run`. A missed clock
+    is built again at the achieved Fmax, up to ``retries`` times (`qfab.boards.bitstream.build_bitstream`)."""
     from qfab.boards.bitstream import build_bitstream
     from qfab.boards.registry import get_board
     b = _build(build)
     name = get_board(board).name
-    report = build_bitstream(b.folder, name, freq_mhz=freq_mhz, baud=baud, log=log)
+    report = build_bitstream(b.folder, name, freq_mhz=freq_mhz, baud=baud, log=log, retries=retries)
     b.write_report(f"bitstream_{name}", report.as_dict())
     _remember(name, b.folder, report)
     _report_step(b, "bitstream", log=log, board=name, freq_mhz=freq_mhz, baud=baud)
@@ -571,7 +572,7 @@ class BuildResult:
 def build(model: PathLike, board: str, out_dir: PathLike, *, calib: np.ndarray | None = None,
           config: QuantConfig | None = None, mixed_budget: str | None = None, style: str = "bit_parallel",
           freq_mhz: float | None = None, baud: int | None = None, log: Log = print,
-          on_step: Callable[[str, Any], None] | None = None) -> BuildResult:
+          on_step: Callable[[str, Any], None] | None = None, retries: int = 2) -> BuildResult:
     """Quantize ``model``, fold it for the fastest design that fits ``board``, lower it into
     ``out_dir`` and build its bitstream. ``on_step(name, result)`` is called after each of
     ``"quantize"``, ``"compile"`` and ``"bitstream"`` (to print a step's summary)."""
@@ -587,6 +588,6 @@ def build(model: PathLike, board: str, out_dir: PathLike, *, calib: np.ndarray |
     c = compile(q.graph, out_dir, board=spec.name, style=style, log=log)
     on_step("compile", c)
     log(f"[3/3] bitstream for the {spec.name}")
-    bs = bitstream(c.build, spec.name, freq_mhz=freq_mhz, baud=baud, log=log)
+    bs = bitstream(c.build, spec.name, freq_mhz=freq_mhz, baud=baud, log=log, retries=retries)
     on_step("bitstream", bs)
     return BuildResult(quantized=q, compiled=c, bitstream=bs, seconds=time.perf_counter() - t0)

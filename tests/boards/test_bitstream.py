@@ -49,6 +49,31 @@ def test_icebreaker_bitstream(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_missed_clock_is_built_again_at_the_achieved_fmax(tmp_path):
+    """Asked for 150 MHz, a UP5K misses it; the retry places and routes again at the Fmax the first
+    attempt reached (a PLL frequency 2 % below it), and the report lists both attempts."""
+    _mlp(tmp_path, 4, 1024)
+    lines = []
+    report = build_bitstream(tmp_path, "icebreaker", freq_mhz=150, log=lines.append, retries=1)
+    (first_mhz, first_fmax), (second_mhz, second_fmax) = report.attempts
+    assert first_mhz == 150 and first_fmax < 150
+    assert second_mhz == report.requested_mhz and second_mhz <= first_fmax * 0.99
+    assert second_fmax == report.fmax_mhz
+    assert any("placing and routing again at" in line for line in lines)
+    assert report.as_dict()["attempts"] == [list(a) for a in report.attempts]
+
+
+def test_retry_frequency_is_one_the_clock_gives_below_the_fmax():
+    from qfab.boards.bitstream import retry_mhz
+    from qfab.boards.gateware.top import clock_mhz
+    from qfab.boards.registry import get_board
+    for board, fmax in (("icebreaker", 32.29), ("icebreaker", 47.0), ("ulx3s_85f", 86.7), ("orangecrab", 61.3)):
+        ask = retry_mhz(get_board(board), fmax)
+        got = clock_mhz(get_board(board), ask)
+        assert fmax * 0.95 < got <= fmax * 0.99, (board, fmax, ask, got)
+
+
+@pytest.mark.slow
 def test_ulx3s_bitstream_with_pll(tmp_path):
     _mlp(tmp_path, 8, 256)
     report = build_bitstream(tmp_path, "ulx3s_85f", freq_mhz=50, log=lambda *a: None)
