@@ -264,9 +264,10 @@ def _global_pool(params, arrivals, latency, interval):
 
 
 def _add(params, arrivals, latency, interval):
-    """`Add`: takes a beat from both inputs together, the sum ``latency`` cycles later."""
-    both = chain(np.maximum(arrivals["a"], arrivals["b"]))
-    return {"a": both, "b": both}, both + latency
+    """`Add`: takes a beat from both inputs together (from ``a`` alone when ``b`` is per-channel
+    constants), the sum ``latency`` cycles later."""
+    both = chain(np.maximum(arrivals["a"], arrivals["b"]) if "b" in arrivals else arrivals["a"])
+    return {port: both for port in arrivals}, both + latency
 
 
 def _pair(value):

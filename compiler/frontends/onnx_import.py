@@ -13,6 +13,7 @@ from qfab.base.errors import UnsupportedModelError
 from ..fgraph import Act, FGraph, FNode
 from ..ir import Layout
 from ..ops import op_for
+from ..ops.bias_add import BiasConstant
 from . import onnx_qops, qonnx_import
 from .onnx_load import OnnxModel, node_label
 
@@ -33,7 +34,7 @@ class Importer:
         self.alias_of = {}        # onnx name -> onnx name it aliases (for sole-use checks)
         self.weight_types = {}    # onnx name of a constant -> (bits, signed) a QONNX Quant gave it
         self.channels_last = {}   # onnx name -> fg tensor: a (C, H, W) map transposed to (H, W, C)
-        self.superseded = set()   # fg tensors whose type a later QuantizeLinear may replace
+        self.superseded = {}      # fg tensor whose type a later QuantizeLinear may replace -> the fused op
         self.codes = {}           # onnx name -> QType: integer codes of an activation (Q, Clip of Q)
         self.qconst = {}          # onnx name -> (int array, scales, zero points, axis, dtype): Q of a constant
         self.code_range = {}      # onnx name -> (lo, hi): a QCDQ Clip of constant codes (the weight width)
@@ -258,12 +259,61 @@ class Importer:
         if all(consts):
             self.fail("Add of two constants should be folded before import")
         xi, ci = (0, 1) if consts[1] else (1, 0)
+        if self.tensor(n.input[xi]) in self.fg.qtypes:       # quantized before the add: its own node
+            return self.bias_add(n.input[xi], *self.bias_constant(n.input[ci]))
         self.add_bias(n.input[xi], self.const(n.input[ci], "bias"))
         self.alias(n.input[xi], n.output[0])
 
+    def bias_constant(self, name):
+        """``(codes, scale, zero_point)`` of the constant ``name`` of a QDQ ``Add``: the integer codes
+        behind a ``DequantizeLinear`` (one scale and zero point), or a float initializer's values
+        (scale None)."""
+        if name in self.fixed:
+            q, scale, zp, _, dtype = self.fixed[name]
+            if np.size(scale) != 1 or np.size(zp) != 1:
+                self.fail(f"constant {name!r} is quantized per channel; qfab reads a quantized constant "
+                          "added to an activation with one scale and zero point")
+            if np.dtype(dtype).kind not in "iu" or np.dtype(dtype).itemsize > 4:
+                self.fail(f"constant {name!r} has type {np.dtype(dtype)}; qfab reads integer constants "
+                          "of at most 32 bits")
+            return np.asarray(q, np.int64), float(np.asarray(scale).reshape(())), int(np.asarray(zp).reshape(()))
+        return self.const(name, "constant"), None, 0
+
+    def bias_add(self, onnx_name, codes, scale, zero_point):
+        """A constant added to the quantized tensor ``onnx_name`` (a bias after a layer whose output
+        is already quantized): a ``BiasAdd`` node, which keeps both roundings (the layer's and the
+        add's), as onnxruntime computes them. ``codes`` with ``scale`` and ``zero_point``, or float
+        values (``scale`` None); one value, one per channel of an ``(N, C, H, W)`` map (shape
+        ``(C, 1, 1)`` or ``(1, C, 1, 1)``), or one per element of an ``(N, K)`` vector (``(K,)`` or
+        ``(1, K)``)."""
+        x = self.tensor(onnx_name)
+        shape = self.shape_of(x)
+        codes = np.asarray(codes)
+        channels = shape[-1]
+        dims = (1,) * (len(shape) + 1 - codes.ndim) + codes.shape
+        if codes.size == 1:
+            per = np.full(channels, codes.reshape(()))
+        elif dims == ((1, channels, 1, 1) if len(shape) == 3 else (1, channels)):
+            per = codes.reshape(channels)
+            if x in self.perm:                          # ONNX's (C, H, W) order -> the IR's
+                per = per[self.perm[x]]
+        else:
+            onnx_shape = (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
+            self.fail(f"constant of shape {codes.shape} is not one value, nor one per channel of the "
+                      f"(N, {', '.join(map(str, onnx_shape))}) input")
+        real = per.astype(np.float64) if scale is None else (per.astype(np.float64) - zero_point) * scale
+        fnode = self.emit("BiasAdd", [x], shape, bias=real, fixed=BiasConstant(per, scale, zero_point))
+        if x in self.perm:
+            self.perm[fnode.output] = self.perm[x]
+        if scale is None:
+            self.notes.append(f"{node_label(self.node)}: a float constant added to the quantized tensor {x!r}: "
+                              "onnxruntime adds it in float32, qfab exactly (they can differ by one code "
+                              "where float32 rounding decides a tie)")
+        return fnode
+
     def add_bias(self, onnx_name, c):
-        """Fold constant ``c`` into the bias of the layer that computes ``onnx_name``. A type the
-        layer's output had before the add is superseded by the one after it (one rounding, not two)."""
+        """Fold constant ``c`` into the bias of the float layer that computes ``onnx_name`` (nothing
+        rounds between the layer and the add; a quantized output takes `bias_add` instead)."""
         prod = self.producer_for_fusion(onnx_name, "Add of a constant (bias)")
         if not op_for(prod.kind).weighted or prod.act.kind != "none":
             self.fail("a constant can only be added to the output of a Conv/Gemm/MatMul (as its bias)")
@@ -276,15 +326,13 @@ class Importer:
             self.fail(f"constant of shape {c.shape} is not a per-channel bias of {cout} channels")
         fixed = None if prod.fixed is None else prod.fixed.replace(b_int=None)   # requantized at s_in * s_w
         self.replace_node(prod, prod.replace(bias=prod.bias + c, fixed=fixed))
-        self.supersede(prod.output)
 
     def supersede(self, t):
         """Tensor ``t`` had a type before an operator that qfab fuses into its producer: a later
-        QuantizeLinear replaces it (the rounding between the two is not kept)."""
+        QuantizeLinear with another type replaces it (the rounding between the two is not kept,
+        and the import notes it)."""
         if t in self.fg.qtypes:
-            self.superseded.add(t)
-            self.notes.append(f"tensor {t!r}: the quantization before the fused {self.node.op_type} "
-                              f"{self.node.name!r} is dropped (one rounding instead of two)")
+            self.superseded[t] = f"{self.node.op_type} {self.node.name!r}"
 
     def requantize_or_supersede(self):
         """A QuantizeLinear of a tensor that already has another type: a superseded type is
@@ -299,29 +347,14 @@ class Importer:
             return False
         if t in self.superseded:
             del self.fg.qtypes[t]
-            self.superseded.discard(t)
+            self.notes.append(f"tensor {t!r}: the quantization before the fused {self.superseded.pop(t)} is "
+                              "dropped (one rounding instead of two)")
             return False
         fnode = self.emit("Requantize", [t], self.shape_of(t))
         self.fg.qtypes[fnode.output] = new
         if t in self.perm:
             self.perm[fnode.output] = self.perm[t]
         return True
-
-    def qlinear_bias_add(self):
-        """QLinearAdd of a layer's output and a constant: a bias, folded into the layer."""
-        n = self.node
-        xi, ci = (0, 3) if self.is_const(n.input[3]) else (3, 0)
-        if self.is_const(n.input[xi]):
-            self.fail("QLinearAdd of two constants should be folded before import")
-        q = np.asarray(self.m.np_const(n, n.input[ci], "constant input"))
-        c = self._dequant_const(q, onnx_qops._scale(self, n.input[ci + 1], "constant"),
-                                onnx_qops._zp(self, n.input[ci + 2], "constant"), 0)
-        self.add_bias(n.input[xi], c)
-        t = self.tensor(n.input[xi])
-        self.fg.qtypes.pop(t, None)
-        self.superseded.discard(t)
-        self.fg.qtypes[t] = onnx_qops._act_qtype(self, n.input[6], n.input[7] if len(n.input) > 7 else "", "output")
-        self.alias(n.input[xi], n.output[0])
 
     def _scale_by_constant(self, divide):
         n = self.node
@@ -485,9 +518,6 @@ class Importer:
             if node.domain not in ("", "ai.onnx", "com.microsoft"):
                 self.fail(f"operator domain {node.domain!r} is not supported")
             if node.op_type == "QuantizeLinear" and self.requantize_or_supersede():
-                continue
-            if node.op_type == "QLinearAdd" and (self.is_const(node.input[0]) or self.is_const(node.input[3])):
-                self.qlinear_bias_add()
                 continue
             handler = getattr(self, "op_" + node.op_type, None) or onnx_qops.HANDLERS.get(node.op_type)
             if handler is None:

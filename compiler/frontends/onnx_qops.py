@@ -319,8 +319,20 @@ def _qgemm(imp):
 
 def _qlinear_add(imp):
     n = imp.node
-    if imp.is_const(n.input[0]) or imp.is_const(n.input[3]):
-        imp.fail("QLinearAdd with a constant input is not supported (only residual adds)")
+    consts = [imp.is_const(n.input[0]), imp.is_const(n.input[3])]
+    if all(consts):
+        imp.fail("QLinearAdd of two constants should be folded before import")
+    if any(consts):                           # a bias add: the activation plus an integer constant
+        xi, ci = (3, 0) if consts[0] else (0, 3)
+        _expect_input(imp, xi, xi + 1)
+        q = np.asarray(imp.m.np_const(n, n.input[ci], "constant input"))
+        _int_kind(imp, q.dtype, f"constant input {n.input[ci]!r}")
+        scale, zp = _scale(imp, n.input[ci + 1], "constant"), _zp(imp, n.input[ci + 2], "constant")
+        if scale.size != 1 or zp.size != 1:
+            imp.fail("the constant input has a per-channel scale or zero point; QLinearAdd takes one per tensor")
+        fnode = imp.bias_add(n.input[xi], q, float(scale.reshape(())), int(zp.reshape(())))
+        _finish(imp, fnode, 6)
+        return
     a = _expect_input(imp, 0, 1)
     b = _expect_input(imp, 3, 4)
     if imp.shape_of(a) != imp.shape_of(b):

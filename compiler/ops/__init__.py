@@ -8,6 +8,7 @@ from qfab.base.errors import QfabError
 
 from .add import Add, AddOp
 from .base import Op
+from .bias_add import BiasAdd, BiasAddOp
 from .conv2d import Conv2d, Conv2dOp
 from .dense import Dense, DenseOp
 from .depthwise import DepthwiseConv2d, DepthwiseConv2dOp
@@ -16,10 +17,10 @@ from .requantize import Requantize, RequantizeOp
 from .reshape import Reshape, ReshapeOp
 
 __all__ = ["Op", "OPS", "NODE_TYPES", "op_for", "Dense", "Conv2d", "MaxPool", "AvgPool", "GlobalAvgPool",
-           "Add", "Reshape", "Requantize", "DepthwiseConv2d"]
+           "Add", "Reshape", "Requantize", "DepthwiseConv2d", "BiasAdd"]
 
 OPS = {op.kind: op for op in (DenseOp(), Conv2dOp(), MaxPoolOp(), AvgPoolOp(), GlobalAvgPoolOp(), AddOp(),
-                              ReshapeOp(), RequantizeOp(), DepthwiseConv2dOp())}
+                              ReshapeOp(), RequantizeOp(), DepthwiseConv2dOp(), BiasAddOp())}
 NODE_TYPES = {kind: op.node_type for kind, op in OPS.items()}
 
 

@@ -8,14 +8,16 @@ from .. import estimate, intops
 from ..ir import _Node
 from ..plan import Stage
 from .base import Op
-from .common import check_clamp, clamp_bounds, dyadic, fail, requant_ratio, x_max
+from .common import check_clamp, check_rounding, clamp_bounds, dyadic, fail, requant_ratio, with_rounding, x_max
 
 __all__ = ["Add", "AddOp"]
 
 
 @dataclass(frozen=True, eq=False)
 class Add(_Node):
-    """``y = clamp(zy + round_shift(ma*(a - za) + mb*(b - zb), shift), lo, hi)``."""
+    """``y = clamp(zy + round_shift(ma*(a - za) + mb*(b - zb), shift), lo, hi)``; ``rounding``:
+    ``half_up`` (``round_shift``) or ``half_even`` (``round_shift_even``, an Add imported from a
+    quantized ONNX model: onnxruntime's QLinearAdd rounds its float sum half to even)."""
     a: str
     b: str
     output: str
@@ -24,6 +26,7 @@ class Add(_Node):
     shift: int
     lo: int
     hi: int
+    rounding: str = "half_up"
 
     @property
     def inputs(self):
@@ -46,12 +49,17 @@ class AddOp(Op):
         if intops.acc_bits(bound) > intops.MAX_PRODUCT_BITS:
             fail(node, "scaled sum does not fit 62 bits")
         check_clamp(node, node.lo, node.hi, out)
+        check_rounding(node)
 
     def reference(self, node, xs, ta, tb, tout):
         a, b = xs
         acc = (node.m_a * (a.astype(np.int64) - ta.qtype.zero_point)
                + node.m_b * (b.astype(np.int64) - tb.qtype.zero_point))
-        return intops.clamp(tout.qtype.zero_point + intops.round_shift(acc, node.shift), node.lo, node.hi)
+        return intops.requantize(acc, 1, node.shift, tout.qtype.zero_point, node.lo, node.hi, node.rounding)
+
+    def with_rounding(self, node, rounding):
+        """``node`` with the shift's rule for exact ties ``rounding`` (docs/semantics.md)."""
+        return with_rounding(node, rounding)
 
     def float_forward(self, fnode, xs):
         return xs[0] + xs[1]
@@ -87,7 +95,8 @@ class AddOp(Op):
         params = dict(a_shape=lw.element(ta.qtype), b_shape=lw.element(tb.qtype), out_shape=lw.element(tout.qtype),
                       a_zero_point=ta.qtype.zero_point, b_zero_point=tb.qtype.zero_point,
                       a_multiplier=node.m_a, b_multiplier=node.m_b, shift=node.shift,
-                      out_zero_point=tout.qtype.zero_point, lo=node.lo, hi=node.hi, simd=fold.simd)
+                      out_zero_point=tout.qtype.zero_point, lo=node.lo, hi=node.hi, simd=fold.simd,
+                      rounding=node.rounding)
         if work is not None and self.requant_choice(node, work, fold, lw.policy.family).mode != "multiply":
             params["requant"] = "shift_add"
         s = lw.stage(node, "", kind="add", engine="Add", params=params, in_per_beat=fold.simd,
