@@ -112,8 +112,10 @@ class ThresholdRequant(wiring.Component):
         beat's channel at once (constants when the lane has one channel, else a ROM word of all
         of them per fold) and turns the thermometer code into the count with a mux tree.
         ``SEARCH``: each lane keeps its channels' thresholds in a memory of ``channels / lanes *
-        2**b`` words, ``b = bits(hi - lo)`` (block RAM), and finds the count bit by bit, most
-        significant first, one read and compare per cycle.
+        2**(b-1)`` words of two thresholds, ``b = bits(hi - lo)`` (block RAM), in the heap order
+        of the balanced search tree (`_heap_words`), and walks down the tree one node a cycle:
+        the node compared is a register and the read in the same cycle fetches both its
+        children, so the loop is a 2:1 mux and the compare, with no address arithmetic.
     rounding : str
         ``"half_up"`` (the MVAU's rule) or ``"half_even"``.
 
@@ -218,10 +220,32 @@ class ThresholdRequant(wiring.Component):
                 m.d.sync += ge.eq(Cat(Const(1, 1), *[acc >= t for t in table]))
                 m.d.sync += self.o.payload[lane].eq(self._out(thermometer_count(ge, bits)))
 
+    def _heap_words(self, c):
+        """Channel ``c``'s thresholds as ``2**(b-1)`` words of two, in heap order: word ``w`` holds
+        the thresholds of nodes ``2w`` and ``2w + 1`` of the balanced search tree over counts ``1 ..
+        2**b - 1`` (node ``n`` at depth ``d`` is count ``(2 * (n - 2**d) + 1) * 2**(b - 1 - d)``;
+        word 0 holds the root as its second half). Both children of a node come in one read."""
+        bits = self._count_bits
+        padded = [None] + self._padded(c)             # padded[k]: threshold of count k
+
+        def key(n):
+            depth = n.bit_length() - 1
+            return (2 * (n - (1 << depth)) + 1) << (bits - 1 - depth)
+        words = []
+        for w in range(1 << (bits - 1)):
+            left = padded[key(2 * w)] if w else 0
+            words.append((left, padded[key(2 * w + 1)]))
+        return words
+
     def _search(self, m):
+        """Binary search down the tree of thresholds: the node being compared is a register, and
+        the read issued while it is compared fetches both of its children (one word, `_heap_words`),
+        so the loop is the threshold register, a 2:1 mux, the compare and the next node's
+        register: no address arithmetic between the compare and the memory."""
         lanes, folds = self._lanes, self._channels // self._lanes
         bits = self._count_bits
         t_shape = signed(threshold_bits(self._acc_bits))
+        pair = data.ArrayLayout(t_shape, 2)
         counter = Signal(range(folds))
         fold = Signal(range(folds))
         busy, last, free, take = Signal(), Signal(), Signal(), Signal()
@@ -241,27 +265,34 @@ class ThresholdRequant(wiring.Component):
             m.d.sync += step.eq(step + 1)
         with m.If(free):
             m.d.sync += self.o.valid.eq(last)
-        bit = Signal(bits)                          # the bit this step decides
-        m.d.comb += bit.eq(Const(1 << (bits - 1), bits) >> step)
-        root = Const(1 << (bits - 1), bits)
         for lane in range(lanes):
             chans = [f * lanes + lane for f in range(folds)]
-            # word (fold, k) holds threshold k of the fold's channel (k = 0 unused)
-            mem = Memory(shape=t_shape, depth=folds << bits, init=[v for c in chans for v in [0] + self._padded(c)])
+            init = [list(w) for c in chans for w in self._heap_words(c)]
+            mem = Memory(shape=pair, depth=folds << (bits - 1), init=init)
             m.submodules[f"thresholds_{lane}"] = mem
             port = mem.read_port()
             acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
-            count = Signal(bits, name=f"count_{lane}")  # the bits decided so far
-            decided = Signal(bits, name=f"decided_{lane}")
-            m.d.comb += [decided.eq(Mux(acc >= port.data, count | bit, count)),
+            node = Signal(bits + 1, name=f"node_{lane}")     # the tree node compared this step (root: 1)
+            right = Signal(name=f"right_{lane}")              # it is its parent's second child
+            threshold = Signal(t_shape, name=f"threshold_{lane}")
+            ge = Signal(name=f"ge_{lane}")
+            nxt = Signal(bits + 1, name=f"next_{lane}")
+            m.d.comb += [threshold.eq(Mux(right, port.data[1], port.data[0])), ge.eq(acc >= threshold),
+                         nxt.eq(Cat(ge, node[:bits])),
                          port.en.eq(take | (busy & ~last))]      # else it holds the last step's word
+            def address(word, f):
+                """Word ``word`` of fold ``f``: ``f * 2**(bits - 1) + word``."""
+                if folds == 1:
+                    return word
+                return Cat(word, f) if bits > 1 else f
             with m.If(take):
-                # the root is read in the cycle the beat is taken
-                m.d.sync += [acc.eq(self.i.payload[lane]), count.eq(0)]
-                m.d.comb += port.addr.eq(Cat(root, counter) if folds > 1 else root)
+                # word 0 (the root) is read in the cycle the beat is taken
+                m.d.sync += [acc.eq(self.i.payload[lane]), node.eq(1), right.eq(1)]
+                m.d.comb += port.addr.eq(address(Const(0, max(1, bits - 1)), counter))
             with m.Elif(busy & ~last):
-                probe = decided | (bit >> 1)
-                m.d.comb += port.addr.eq(Cat(probe, fold) if folds > 1 else probe)
-                m.d.sync += count.eq(decided)
+                # the children of the node compared now, for the next step
+                m.d.comb += port.addr.eq(address(node[:bits - 1], fold))
+                m.d.sync += [node.eq(nxt), right.eq(ge)]
             with m.If(last & free):
-                m.d.sync += self.o.payload[lane].eq(self._out(decided))
+                # after the last compare the node is 2**bits + count
+                m.d.sync += self.o.payload[lane].eq(self._out(nxt[:bits]))

@@ -192,3 +192,22 @@ def test_sim_mvau(mode, pe, simd, nf, sf, points, out_bits, out_signed, multipoi
     expected = dense_model(x, layer["in_zero_point"], layer["weights"], layer["point_multipliers"], layer["bias"],
                            layer["m0"], layer["shift"], layer["out_zero_point"], layer["lo"], layer["hi"])
     assert np.array(got).reshape(vectors, n).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("out_bits", [1, 2, 3, 4])
+def test_search_every_accumulator(out_bits):
+    """The tree search (both children of a node in one word, heap order) over every accumulator
+    of an 8-bit width, two folds of two lanes, zero point and clamp inside the range, equals
+    ``intops.requantize`` under stalls: every leaf and every threshold of every channel reached."""
+    lo, hi = 0, (1 << out_bits) - 1
+    kwargs = dict(acc_bits=8, bias=[0, 3, -2, 1], m0=[5, 7, 3, 11], shift=[4, 5, 3, 6], zero_point=1 % (hi + 1),
+                  lo=lo, hi=hi, out_bits=out_bits, out_signed=False)
+    dut = ThresholdRequant(2, 4, mode=RequantMode.SEARCH, **kwargs)
+    accs = np.arange(-128, 128)
+    beats = [[int(a), int(-a - 1)] for a in accs]
+    chan = (np.arange(len(beats))[:, None] % 2) * 2 + np.arange(2)[None, :]
+    bias, m0, shift = (np.array(kwargs[k])[chan] for k in ("bias", "m0", "shift"))
+    expected = intops.requantize(np.array(beats) + bias, m0, shift, kwargs["zero_point"], lo, hi)
+    assert len(np.unique(expected)) == hi - lo + 1                 # every output code occurs
+    got = stream_through(dut, beats, len(beats), gap_prob=0.2, stall_prob=0.3, seed=out_bits)
+    assert got == expected.tolist()
