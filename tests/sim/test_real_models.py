@@ -1,9 +1,7 @@
 """Models exported by other tools, compiled and simulated in Verilator, bit-exact against the
-reference on every output element: PyTorch CNNs (``torch.onnx``, node names like ``/0/Conv``),
-float (quantized by qfab) and quantized by onnxruntime, and a Brevitas QONNX network.
-
-Depthwise convolutions have no hardware engine yet; those models are checked at import only
-(tests/compiler/test_torch_models.py).
+reference on every output element: PyTorch CNNs (``torch.onnx``, node names like ``/0/Conv``)
+with residual, depthwise (a VVAU), ``torch.mean`` and flatten layers, float (quantized by qfab)
+and quantized by onnxruntime, and a Brevitas QONNX network.
 """
 
 import numpy as np
@@ -33,7 +31,7 @@ def _bit_exact(graph, folder, x):
     return build
 
 
-@pytest.mark.parametrize("kind", ["residual", "flatten"])
+@pytest.mark.parametrize("kind", ["residual", "flatten", "depthwise"])
 def test_torch_float_export_compiles_bit_exact(tmp_path, kind):
     path, x_train, x_test = exported(kind, tmp_path)
     graph = load_graph(path, x_train[:256], QuantConfig())
@@ -42,10 +40,13 @@ def test_torch_float_export_compiles_bit_exact(tmp_path, kind):
     assert {s.node for s in build.manifest.stages} <= {n.name for n in graph.nodes}
 
 
-def test_torch_onnxruntime_quantized_compiles_bit_exact(tmp_path):
+@pytest.mark.parametrize("kind", ["residual", "depthwise"])
+def test_torch_onnxruntime_quantized_compiles_bit_exact(tmp_path, kind):
     """QDQ only: the QOperator form imports to the same IR (tests/compiler/test_torch_models.py)."""
-    path, _, x_test = exported("residual", tmp_path, "QDQ")
+    path, _, x_test = exported(kind, tmp_path, "QDQ")
     graph = quantized_matches_onnxruntime(path, x_test[:100])
+    if kind == "depthwise":
+        assert any(n.kind == "DepthwiseConv2d" for n in graph.nodes)
     _bit_exact(graph, tmp_path / "build", x_test)
 
 
