@@ -146,10 +146,17 @@ class SlidingWindow(wiring.Component):
 
         # rows written, counted from row 0 of the image the reader is in (< 2 * H)
         written = Signal(range(2 * h + 1))
-        # reader position: output row oy, its first input row win_top = oy * SH - top
+        # reader position: output row oy, its first input row win_top = oy * SH - top (a register
+        # stepped with oy, as is the number of rows the row needs: the reader's go/wait decision is
+        # one compare of two registers, not the arithmetic that derives them)
         oy = Signal(range(ho))
-        win_top = Signal(range(-top, max(ho - 1, 0) * sh - top + 1))
+        win_top = Signal(range(-top, max(ho - 1, 0) * sh - top + 1), init=-top)
         image_done = Signal()
+
+        def rows_needed(row):
+            """Input rows output row ``row`` needs (the last output row waits for the whole image)."""
+            return h if row == ho - 1 else min(row * sh - top + kh, h)
+        need = Signal(range(min(0, *(rows_needed(r) for r in range(ho))), h + 1), init=rows_needed(0))
 
         # --- writer: row r may overwrite row r - R once no output row still needs it ---------
         first_needed = Signal(range(h + 1))
@@ -180,13 +187,9 @@ class SlidingWindow(wiring.Component):
         img_slot = Signal(range(rows))          # line buffer row holding row 0 of the image
         top_slot = Signal(range(rows), init=(-top) % rows)                  # holds row win_top
         ky_slot = Signal(range(rows), init=(-top) % rows)                   # holds win_top + ky
-        m.d.comb += win_top.eq(oy * sh - top)
-
         iy = win_top + ky
         ix = ix_base + kx
         is_pad = (iy < 0) | (iy >= h) | (ix < 0) | (ix >= w)
-        # rows the current output row needs (the last output row waits for the whole image)
-        need = Mux(oy == ho - 1, h, Mux(win_top + kh > h, h, win_top + kh))
         have_rows = written >= need
 
         out_valid = Signal()
@@ -227,7 +230,13 @@ class SlidingWindow(wiring.Component):
                             ix_base.eq(Mux(last_ox, -left, ix_base + sw)),
                         ]
                         with m.If(last_ox):          # output row done
-                            m.d.sync += oy.eq(Mux(last_oy, 0, oy + 1))
+                            next_top = win_top + sh
+                            m.d.sync += [
+                                oy.eq(Mux(last_oy, 0, oy + 1)),
+                                win_top.eq(Mux(last_oy, -top, next_top)),
+                                need.eq(Mux(last_oy, rows_needed(0),
+                                            Mux(oy == ho - 2, h, Mux(next_top + kh > h, h, next_top + kh)))),
+                            ]
                             with m.If(last_oy):      # image done
                                 next_img = _add_mod(img_slot, h, rows)
                                 m.d.sync += [
