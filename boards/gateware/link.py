@@ -320,7 +320,12 @@ class Link(wiring.Component):
         header = Signal(data.ArrayLayout(8, protocol.HEADER))
         m.d.comb += header.eq(Cat(Const(protocol.START, 8), send_kind, send_seq, send_len))
         tx_byte = Signal(8)
-        m.d.comb += [utx.i.payload.eq(tx_byte), tx_crc.data.eq(tx_byte)]
+        m.d.comb += utx.i.payload.eq(tx_byte)
+        # the CRC takes each byte a cycle after the transmitter does, from registers: the byte
+        # select behind the framer's state was in series with the CRC update (the slowest path of a
+        # full UP5K design); CRC_WAIT gives the register the body's last byte before it is sent
+        crc_start, crc_valid = Signal(), Signal()
+        m.d.sync += [tx_crc.data.eq(tx_byte), tx_crc.start.eq(crc_start), tx_crc.valid.eq(crc_valid)]
         took = Signal()                 # the transmitter takes a byte this cycle
         m.d.comb += took.eq(utx.i.valid & utx.i.ready)
 
@@ -341,8 +346,8 @@ class Link(wiring.Component):
                                  send_len.eq(out_elements), out_count.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(header[sent]), tx_crc.start.eq(sent == 0),
-                             tx_crc.valid.eq(took & (sent != 0))]
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(header[sent]), crc_start.eq(sent == 0),
+                             crc_valid.eq(took & (sent != 0))]
                 with m.If(took):
                     m.d.sync += sent.eq(sent + 1)
                     with m.If(sent == protocol.HEADER - 1):
@@ -355,32 +360,34 @@ class Link(wiring.Component):
                             m.next = "PAYLOAD"
             with m.State("ERROR"):
                 m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(Mux(sent == 0, send_code, send_type)),
-                             tx_crc.valid.eq(took)]
+                             crc_valid.eq(took)]
                 with m.If(took):
                     m.d.sync += sent.eq(sent + 1)
                     with m.If(sent == 1):
                         m.d.sync += sent.eq(0)
-                        m.next = "CRC"
+                        m.next = "CRC_WAIT"
             with m.State("INFO"):
-                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(info_rom[sent]), tx_crc.valid.eq(took)]
+                m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(info_rom[sent]), crc_valid.eq(took)]
                 with m.If(took):
                     m.d.sync += sent.eq(sent + 1)
                     with m.If(sent == len(info_body) - 1):
                         m.d.sync += sent.eq(0)
-                        m.next = "CRC"
+                        m.next = "CRC_WAIT"
             with m.State("PAYLOAD"):
                 with m.If(~obeat_full):
                     m.d.comb += self.o.ready.eq(1)
                     with m.If(self.o.valid):
                         m.d.sync += [obeat.eq(self.o.payload), obeat_full.eq(1), olane.eq(0)]
                 with m.Else():
-                    m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(element8), tx_crc.valid.eq(took)]
+                    m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(element8), crc_valid.eq(took)]
                     with m.If(took):
                         m.d.sync += [out_count.eq(out_count + 1), olane.eq(olane + 1)]
                         with m.If(olane == out_per_beat - 1):
                             m.d.sync += obeat_full.eq(0)
                         with m.If(out_count == out_elements - 1):
-                            m.next = "CRC"
+                            m.next = "CRC_WAIT"
+            with m.State("CRC_WAIT"):       # the CRC register takes the body's last byte
+                m.next = "CRC"
             with m.State("CRC"):            # the CRC of the bytes after the start, little-endian
                 m.d.comb += [utx.i.valid.eq(1), tx_byte.eq(tx_crc.crc.word_select(sent[:2], 8))]
                 with m.If(took):
