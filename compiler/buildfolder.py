@@ -65,6 +65,7 @@ class StageInfo:
     simd: int | None = None
     style: str | None = None
     cycles: int | None = None
+    pixels: int | None = None      # output pixels per beat of a convolution (None: not a fold field)
 
 
 @dataclass(frozen=True)

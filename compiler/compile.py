@@ -60,11 +60,19 @@ class Budget:
                 return False, f"estimated {key.replace('_', ' ')} {used[key]} > {limit} available"
         return True, ""
 
+    def fill(self, res):
+        """The largest fraction of a limited resource that `Resources` ``res`` uses."""
+        used = {key: getattr(res, key) for key in ("luts", "ffs", "dsps", "bram_bits")}
+        if self.logic_cells is not None:
+            used["logic_cells"] = estimate.logic_cells(res, self.family)
+        return max((used[key] / limit for key in used
+                    if (limit := getattr(self, key)) and used[key] is not None), default=0.0)
+
 
 def load_folding(path):
     """Manual folding from a JSON file: ``{"layer": {"pe": 4, "simd": 8, "style": "bit_serial"}}``
-    (optionally under a top-level ``"folding"`` key). ``pe`` and ``simd`` are positive integers
-    (default 1); anything else is a one-line `QfabError` naming the layer and field."""
+    (optionally under a top-level ``"folding"`` key). ``pe``, ``simd`` and ``pixels`` (output
+    pixels per beat of a convolution) are positive integers (default 1); anything else is a one-line `QfabError` naming the layer and field."""
     try:
         doc = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError, RecursionError) as e:
@@ -76,11 +84,11 @@ def load_folding(path):
                         f'like {{"fc1": {{"pe": 4, "simd": 8}}}}, not {type(doc).__name__}')
     folds = {}
     for name, spec in doc.items():
-        if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style"}:
-            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style, "
-                            f"not {spec!r:.60}")
+        if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style", "pixels"}:
+            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style "
+                            f"and pixels, not {spec!r:.60}")
         lanes = {}
-        for key in ("pe", "simd"):
+        for key in ("pe", "simd", "pixels"):
             value = spec.get(key, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise QfabError(f"{path}: {key} of {name!r} must be a positive integer, not {value!r:.40}")
@@ -88,7 +96,7 @@ def load_folding(path):
         style = spec.get("style", "bit_parallel")
         if style not in ("bit_parallel", "bit_serial"):
             raise QfabError(f"{path}: style of {name!r} must be bit_parallel or bit_serial, not {style!r:.40}")
-        folds[name] = Fold(lanes["pe"], lanes["simd"], style)
+        folds[name] = Fold(lanes["pe"], lanes["simd"], style, lanes["pixels"])
     return folds
 
 
@@ -197,12 +205,17 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
         raise QfabError(f"family must be ice40 or ecp5, not {family!r}")
     stages = stages_of(graph)
     check_graph_limits(graph, stages)
-    fits = None
+    fits = speed = None
     if budget is not None:
         def fits(folds):
             return budget.check(design_estimates(graph, stages, folds, family)[2])
+
+        def speed(folds):
+            """Inferences per microsecond at the estimated Fmax (`estimate.fmax_estimate`)."""
+            fill = budget.fill(design_estimates(graph, stages, folds, family)[2])
+            return estimate.fmax_estimate(family, fill) / max(s.cycles(folds[s.name]) for s in stages)
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
-                           manual=folding)
+                           manual=folding, speed=speed)
     t = time.perf_counter()
     plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
     per, streams, totals = design_estimates(graph, stages, folds, family, plan=plan)
@@ -221,7 +234,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
         initiation_interval=ii, latency_estimate=latency,
         stages=tuple(StageInfo(name=s.name, node=s.node, kind=s.kind, pe=s.fold.pe if s.fold else None,
                                simd=s.fold.simd if s.fold else None,
-                               style=s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None, cycles=s.cycles)
+                               style=s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None, cycles=s.cycles,
+                               pixels=s.fold.pixels if s.fold and s.fold.pixels > 1 else None)
                      for s in plan.stages),
         fifos=tuple(FifoInfo(name=e.name, src=e.src, dst=e.dst, depth=e.depth, tensor=e.tensor,
                              elements_per_beat=e.per_beat_dst) for e in plan.fifos),

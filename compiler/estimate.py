@@ -556,6 +556,22 @@ def window_resources(height, width, channels, kernel, stride, bits, simd, m=None
     return resources(window_terms(height, width, channels, kernel, stride, bits, simd, m), m)
 
 
+def wide_window_terms(height, width, channels, kernel, stride, bits, pixels, in_pixels, m=None):
+    """A `WideWindow` (hw/wide_window.py), counted with the window's coefficients (it has no
+    calibration runs of its own): a line buffer of ``min(KH + SH, H)`` rows in registers read as
+    whole windows (``ffram_bits``) and an output beat of ``pixels`` whole windows (``data_bits``)."""
+    rows = min(kernel[0] + stride[0], height)
+    counters = _log2(height) + _log2(width) + _log2(width // in_pixels) + _log2(rows)
+    return Terms("window", {"one": 1, "data_bits": pixels * kernel[0] * kernel[1] * channels * bits,
+                            "count_bits": counters, "ffram_bits": rows * width * channels * bits}, 0, 0)
+
+
+def wide_window_resources(height, width, channels, kernel, stride, bits, pixels, in_pixels, m=None):
+    """Estimated `Resources` of the `WideWindow` in front of a convolution taking whole windows."""
+    m = m or model()
+    return resources(wide_window_terms(height, width, channels, kernel, stride, bits, pixels, in_pixels, m), m)
+
+
 def fifo_resources(depth, width_bits, m=None):
     m = m or model()
     return resources(fifo_terms(depth, width_bits, m), m)
@@ -569,6 +585,21 @@ def converter_resources(n_in, n_out, bits, m=None):
 def fork_resources(n, bits, count, m=None):
     m = m or model()
     return resources(fork_terms(n, bits, count, m), m)
+
+
+# Clock the open toolchain reaches on a design that leaves room (measured with qfab bitstream,
+# docs/boards.md: digits CNN and MLP w4a4 on the UP5K at 36.6 and 32.3 MHz, on the ECP5-85F 88-90
+# MHz), and how it falls as the device fills: above FILL_KNEE of the tightest resource the
+# placer runs out of room (UP5K, MLP w4a4 at 98 % of the logic cells: 30.7 MHz).
+FMAX_MHZ = {"ice40": 36.0, "ecp5": 90.0}
+FILL_KNEE = 0.85
+FILL_SLOPE = 1.2          # the fraction of the clock lost per unit of fill above the knee
+
+
+def fmax_estimate(family, fill):
+    """Estimated Fmax in MHz of a design on ``family`` that fills ``fill`` (0 to 1) of its device's
+    tightest resource: `FMAX_MHZ` up to `FILL_KNEE`, then falling by `FILL_SLOPE` per unit of fill."""
+    return FMAX_MHZ.get(family, FMAX_MHZ["ice40"]) * (1 - FILL_SLOPE * max(0.0, fill - FILL_KNEE))
 
 
 def logic_cells(res, family="ice40"):
@@ -587,8 +618,17 @@ def total(items):
 
 
 def cost_luts(stage, fold):
-    """The folding's cost function: estimated LUTs of a stage at a fold."""
-    return stage_resources(stage, fold).luts
+    """The folding's cost function: estimated LUTs of a stage at a fold. A convolution taking
+    whole windows (``simd`` beyond its channels) adds its `WideWindow` and ``pixels`` copies of the
+    engine; the window's shape is read back from the `Stage` (a square kernel, stride 1), enough to
+    rank folds (the design estimate counts the real one)."""
+    luts = stage_resources(stage, fold).luts * fold.pixels
+    if stage.row_pixels and fold.simd > stage.simd_of:
+        c = stage.simd_of
+        kh = max(1, round(math.sqrt(stage.k // c)))
+        w = stage.row_pixels + kh - 1
+        luts += wide_window_resources(w, w, c, (kh, stage.k // c // kh), (1, 1), stage.a_bits, fold.pixels, 1).luts
+    return luts
 
 
 def vvau_terms(stage, fold, m=None, m_bits=24, shifts=None):

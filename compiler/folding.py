@@ -17,6 +17,7 @@ from .plan import Fold, Stage
 __all__ = ["MacStyleName", "Stage", "Fold", "stages_of", "fold_for_ii", "choose_folding", "divisors"]
 
 MacStyleName = str  # "bit_parallel" | "bit_serial"
+SPEED_CANDIDATES = 8    # slower intervals a timing-aware folding compares (each costs a design estimate)
 
 
 def divisors(n):
@@ -43,12 +44,15 @@ def fold_for_ii(stage, target_ii, cost, style="bit_parallel"):
 
 
 def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None, style="bit_parallel",
-                   manual=None):
+                   manual=None, speed=None):
     """Pick a `Fold` per stage.
 
     ``target_ii``: the cheapest folds that reach it; if a stage cannot, `QfabError` names the stage and
     its fastest possible cycle count. ``budget``: a callable ``fits(folds) -> (ok, why)``; the
-    smallest initiation interval whose folding fits is chosen. ``manual``: folds by stage name that
+    smallest initiation interval whose folding fits is chosen, or with ``speed`` (a callable
+    ``speed(folds)``: inferences per unit of time at the design's estimated Fmax) the fitting one
+    of the most speed among it and the intervals up to twice it (timing-aware folding: a full
+    device clocks lower, so a slightly slower fold can be faster in inferences per second). ``manual``: folds by stage name that
     override the choice (checked for legality). With neither target nor budget, every stage is fully
     folded (PE = SIMD = 1), the smallest design.
     """
@@ -58,10 +62,16 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
         if stage is None:
             raise QfabError(f"folding names layer {name!r}, which has no hardware stage "
                             f"(stages: {[s.name for s in stages]})")
+        if fold in stage.folds(fold.style):
+            continue
         limit = stage.simd_of if stage.kind == "mvau" else stage.n
-        if stage.n % fold.pe or limit % fold.simd or (stage.kind != "mvau" and fold.pe != 1):
-            raise QfabError(f"layer {name!r}: PE={fold.pe} must divide {stage.n if stage.kind == 'mvau' else 1} "
-                            f"and SIMD={fold.simd} must divide {limit}")
+        if fold.pixels != 1:
+            where = (f"PE={stage.n}, SIMD={stage.k} and pixels dividing the output row's {stage.row_pixels}"
+                     if stage.row_pixels else "a convolution")
+            raise QfabError(f"layer {name!r}: pixels={fold.pixels} needs {where}")
+        wide = f" (or SIMD={stage.k}, whole windows)" if stage.row_pixels and stage.k != limit else ""
+        raise QfabError(f"layer {name!r}: PE={fold.pe} must divide {stage.n if stage.kind == 'mvau' else 1} "
+                        f"and SIMD={fold.simd} must divide {limit}{wide}")
 
     def at(ii):
         folds = {}
@@ -94,15 +104,24 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
                          for f in s.folds(style if s.kind == "mvau" else "bit_parallel")})
     lo, hi = 0, len(candidates) - 1
     best = None
+    best_at = None
     why_last = ""
     while lo <= hi:
         mid = (lo + hi) // 2
         folds = at(candidates[mid])
         ok, why = (False, "unreachable") if folds is None else budget(folds)
         if ok:
-            best, hi = folds, mid - 1
+            best, best_at, hi = folds, mid, mid - 1
         else:
             why_last, lo = why, mid + 1
+    if best is not None and speed is not None:
+        options = [best]
+        slower = [ii for ii in candidates[best_at + 1:] if ii <= 2 * candidates[best_at]]
+        for ii in slower[::max(1, -(-len(slower) // SPEED_CANDIDATES))]:     # at most SPEED_CANDIDATES
+            folds = at(ii)
+            if folds is not None and folds not in options and budget(folds)[0]:
+                options.append(folds)
+        best = max(options, key=speed)       # the first (smallest interval) on a tie
     if best is None:
         dsps = " (requantization multiplies of wider accumulators take more DSPs)" if "dsps" in why_last else ""
         raise QfabError(f"the design does not fit the resource budget even fully folded: {why_last}; "

@@ -234,6 +234,77 @@ def _window(params, arrivals, latency, interval):
     return {"i": taken.reshape(-1)}, out.reshape(-1)
 
 
+def _wide_window(params, arrivals, latency, interval):
+    """`WideWindow` (hw/wide_window.py), cycle by cycle: its control (rows written, the reader's
+    word per cycle over an output row's rows, the two-stage read pipeline, the column queue's
+    occupancy and its output beats) transcribed from the hardware, with every output beat taken
+    when offered. The first layer it serves is small (a few hundred input beats), so a loop over
+    cycles costs little; ``latency`` (the unit's documented constant) is not needed here."""
+    h, w = int(params["height"]), int(params["width"])
+    kh, kw = _pair(params["kernel"])
+    sh, sw = _pair(params.get("stride", 1))
+    top, left, bottom, right = _padding(params.get("padding", 0))
+    pixels, p_in = int(params.get("pixels", 1)), int(params.get("in_pixels", 1))
+    ho, wo = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    rows = max(kh + sh, 2 * kh + sh - 1 - top - bottom)
+    words, beats = w // p_in, wo // pixels
+    span, step = (pixels - 1) * sw + kw, pixels * sw
+    row_step = w + left + right - (wo - pixels) * sw
+    cap = max(row_step, step) + max(span, step) + p_in + right + left
+    clamp = lambda v: min(max(v, 0), h)         # noqa: E731
+    arr = np.asarray(arrivals["i"], dtype=np.int64)
+    taken, out = [], []
+    written = wcol = first_needed = oy = wi = beat = 0
+    win_top, need = -top, clamp(kh - top)
+    s1_valid = s1_last = s2_valid = s2_last = out_valid = False
+    occ, last_beat = left, beats == 1
+    t = int(arr[0]) if arr.size else 0
+    while len(out) < ho * beats:
+        j = len(taken)
+        wr = j < arr.size and arr[j] <= t and written < first_needed + rows
+        row_done = wr and wcol == words - 1
+        push_count = p_in + right + left if s2_last else p_in
+        push = s2_valid and occ + push_count <= cap
+        move1 = s1_valid and (not s2_valid or push)
+        issue = written >= need and (not s1_valid or move1)
+        last_word, last_oy = wi == words - 1, oy == ho - 1
+        image_done = issue and last_word and last_oy
+        fire = out_valid
+        tail = occ - ((row_step if last_beat else step) if fire else 0)
+        occ_next = tail + (push_count if push else 0)
+        last_next = ((True if beats == 1 else (not last_beat and beat == beats - 2)) if fire else last_beat)
+        if wr:
+            taken.append(t)
+            wcol = 0 if row_done else wcol + 1
+        if fire:
+            out.append(t)
+            beat = 0 if last_beat else beat + 1
+        written += int(row_done) - (h if image_done else 0)
+        if issue:
+            s1_valid, s1_last_next = True, last_word
+            wi = 0 if last_word else wi + 1
+            if last_word:
+                next_top = win_top + sh
+                oy, win_top = (0, -top) if last_oy else (oy + 1, next_top)
+                need = clamp(kh - top) if last_oy else clamp(next_top + kh)
+                first_needed = 0 if last_oy else clamp(next_top)
+        elif move1:
+            s1_valid, s1_last_next = False, s1_last
+        else:
+            s1_last_next = s1_last
+        if move1:
+            s2_valid, s2_last = True, s1_last
+        elif push:
+            s2_valid = False
+        s1_last = s1_last_next
+        occ, last_beat = occ_next, last_next
+        out_valid = occ_next >= (row_step if last_next else max(span, step))
+        t += 1
+        if t > (int(arr[-1]) if arr.size else 0) + 64 * (h * words + ho * beats) + 1000:
+            raise QfabError("the WideWindow model did not finish an image (a model error)")
+    return {"i": np.asarray(taken, dtype=np.int64)}, np.asarray(out, dtype=np.int64)
+
+
 def _first_reader_row(r, rows, sh, top, h):
     """The first output row at which the line buffer has room for input row ``r``:
     ``clamp(oy * SH - top, 0, H) + rows > r``."""
@@ -282,5 +353,5 @@ def _padding(value):
     return tuple(int(v) for v in value)
 
 
-ENGINES = {"MVAU": _mvau, "VVAU": _vvau, "SlidingWindow": _window, "MaxPool": _pool, "AvgPool": _pool,
+ENGINES = {"MVAU": _mvau, "VVAU": _vvau, "SlidingWindow": _window, "WideWindow": _wide_window, "MaxPool": _pool, "AvgPool": _pool,
            "GlobalAvgPool": _global_pool, "Add": _add}

@@ -119,8 +119,9 @@ def plan_graph(graph, folds, works, *, family="ice40", policy=None):
         fold = folds.get(node.name, Fold())
         for t in node.inputs:
             if t in graph.inputs and t not in lw._source:
-                lw.set_source(t, "i", fold.simd)
-                first_simd = first_simd or fold.simd
+                per_beat = op_for(node).input_per_beat(graph, node, fold, works.get(node.name))
+                lw.set_source(t, "i", per_beat)
+                first_simd = first_simd or per_beat
         lw.set_source(node.output, *op_for(node).lower(lw, node, fold, works.get(node.name)))
     out_t = graph.outputs[0]
     src, per = lw.source_of(out_t)
@@ -171,14 +172,15 @@ def _size_skip_fifos(graph, builder):
 
 
 # ---- plan -> hardware ---------------------------------------------------------------------------
-def _engines():
-    from qfab.hw.add import Add
-    from qfab.hw.mvau import MVAU
-    from qfab.hw.pool import AvgPool, GlobalAvgPool, MaxPool
-    from qfab.hw.vvau import VVAU
-    from qfab.hw.window import SlidingWindow
-    return {"MVAU": MVAU, "SlidingWindow": SlidingWindow, "MaxPool": MaxPool, "AvgPool": AvgPool,
-            "GlobalAvgPool": GlobalAvgPool, "Add": Add, "VVAU": VVAU}
+ENGINES = {"MVAU": "mvau", "SlidingWindow": "window", "WideWindow": "wide_window", "MaxPool": "pool",
+           "AvgPool": "pool", "GlobalAvgPool": "pool", "Add": "add", "VVAU": "vvau"}
+
+
+def _engine(name):
+    """The `qfab.hw` component class named ``name`` (imported when first used), or None."""
+    import importlib
+    module = ENGINES.get(name)
+    return None if module is None else getattr(importlib.import_module(f"qfab.hw.{module}"), name)
 
 
 def _hw_value(key, value):
@@ -200,7 +202,7 @@ def _hw_value(key, value):
 
 def stage_component(stage):
     """The `qfab.hw` component of one `PlanStage`."""
-    engine = _engines().get(stage.engine)
+    engine = _engine(stage.engine)
     if engine is None:
         raise QfabError(f"stage {stage.name!r}: no hardware engine named {stage.engine!r}")
     return engine(**{k: _hw_value(k, v) for k, v in stage.params.items()})

@@ -38,10 +38,13 @@ class ElementType:
 
 @dataclass(frozen=True)
 class Fold:
-    """How many output (``pe``) and input (``simd``) lanes a stage gets, and its MAC style."""
+    """How many output (``pe``) and input (``simd``) lanes a stage gets, its MAC style, and how
+    many output pixels (``pixels``) a convolution computes at once (FINN's MMV: ``pixels`` copies
+    of a fully unfolded engine, fed whole windows by a `qfab.hw.wide_window.WideWindow`)."""
     pe: int = 1
     simd: int = 1
     style: str = "bit_parallel"     # "bit_parallel" | "bit_serial"
+    pixels: int = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class Stage:
     ``k`` inputs per vector, ``vectors`` per inference; ``simd_of`` is what SIMD must divide (the
     window's channel count for a convolution, so no beat straddles two pixels). For pools, ``k`` is
     the window size and ``n`` the channel count.
+
+    ``row_pixels``: for a convolution, its output row's width ``WO``. Such a stage may also take
+    whole windows per beat (``simd = k``, from a `WideWindow`), and at ``pe = n``, ``simd = k``
+    several output pixels per beat (``pixels`` dividing ``WO``): a first layer with few input
+    channels is then not floored at ``KH * KW`` cycles per output pixel.
     """
     name: str
     kind: str
@@ -62,10 +70,11 @@ class Stage:
     simd_of: int = 1
     w_bits: int = 8
     a_bits: int = 8
+    row_pixels: int = 0
 
     def cycles(self, fold: Fold) -> int:
         if self.kind == "mvau":
-            c = self.vectors * self.points * (self.n // fold.pe) * (self.k // fold.simd)
+            c = self.vectors // fold.pixels * self.points * (self.n // fold.pe) * (self.k // fold.simd)
             return c * (self.a_bits if fold.style == "bit_serial" else 1)
         # pools and adds move SIMD channels per cycle through every window element
         return self.vectors * self.k * (self.n // fold.simd)
@@ -74,7 +83,12 @@ class Stage:
         """Every legal fold of this stage."""
         divisors = _divisors
         if self.kind == "mvau":
-            return [Fold(pe, simd, style) for pe in divisors(self.n) for simd in divisors(self.simd_of)]
+            folds = [Fold(pe, simd, style) for pe in divisors(self.n) for simd in divisors(self.simd_of)]
+            if self.row_pixels and self.k != self.simd_of:       # whole windows per beat
+                folds += [Fold(pe, self.k, style) for pe in divisors(self.n)]
+            if self.row_pixels:
+                folds += [Fold(self.n, self.k, style, m) for m in divisors(self.row_pixels) if m > 1]
+            return folds
         return [Fold(1, simd) for simd in divisors(self.n)]
 
 
@@ -188,6 +202,7 @@ class Plan:
             "version": self.version,
             "stages": [{"name": s.name, "node": s.node, "kind": s.kind, "engine": s.engine,
                         "pe": s.fold.pe if s.fold else None, "simd": s.fold.simd if s.fold else None,
+                        "pixels": s.fold.pixels if s.fold else None,
                         "style": s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None,
                         "cycles": s.cycles, "in_per_beat": s.in_per_beat, "out_per_beat": s.out_per_beat}
                        for s in self.stages],

@@ -5,7 +5,7 @@
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -137,13 +137,25 @@ class MVAU(wiring.Component):
         smaller. So pruned weights make the unit smaller (docs/hardware.md, "Sparse (pruned)
         weights"); ``BLOCK`` and ``SPRAM`` weights are run-time data and cost the same whatever
         their values.
+    pixels : int
+        Vectors per beat (FINN's MMV; default 1). With ``pixels > 1`` the unit must be fully
+        unfolded (``pe = N``, ``simd = K``, weights not in SPRAM) and is ``pixels`` copies of it
+        in lockstep: an input beat carries ``pixels`` whole vectors, an output beat their
+        ``pixels * N`` outputs, vector after vector. Each copy has its own constant weights (at full
+        unfolding every lane multiplies by its own constant anyway, so sharing would save nothing
+        but the ROM of a multipoint unit). Same latency and interval as one copy.
+    fetch_register : bool
+        Register the weight word and the activations once more before the `MacArray` (one more
+        cycle of latency and ``pe * simd * w_bits + simd * a_bits`` flip-flops): a block RAM's
+        clock-to-output (5.6 ns on the ECP5) is then not in series with the adder trees.
 
     Members
     -------
-    i : ``In(stream.Signature(ArrayLayout(signed/unsigned(a_bits), simd)))``
-        ``K / simd`` beats per vector, element ``k = beat * simd + lane``.
-    o : ``Out(stream.Signature(ArrayLayout(signed/unsigned(out_bits), pe)))``
-        ``N / pe`` beats per vector, channel ``c = beat * pe + lane``.
+    i : ``In(stream.Signature(ArrayLayout(signed/unsigned(a_bits), simd * pixels)))``
+        ``K / simd`` beats per vector, element ``k = beat * simd + lane`` (of vector ``j`` in a
+        beat of ``pixels``: lane ``j * simd + k``).
+    o : ``Out(stream.Signature(ArrayLayout(signed/unsigned(out_bits), pe * pixels)))``
+        ``N / pe`` beats per vector, channel ``c = beat * pe + lane`` (vector ``j``: ``j * pe + c``).
     load, loaded : only with ``weight_memory=MemoryKind.SPRAM``; see `WeightMemory`.
 
     Throughput: one input vector per ``P * (N / pe) * (K / simd)`` cycles (times ``a_bits`` for
@@ -152,7 +164,7 @@ class MVAU(wiring.Component):
     reads the complete vector from its bank, so a producer may spread a vector's beats over its
     whole interval without slowing this stage.
     Latency: computing starts once a vector's last beat is in; an output beat leaves `latency`
-    cycles after the issue of its last MAC beat: 4 (a fetch register and the `MacArray`'s 3) plus
+    cycles after the issue of its last MAC beat: 4 (a fetch register, 5 with ``fetch_register``, and the `MacArray`'s 3) plus
     the requantization's latency (with ``MULTIPLY`` 5, so 9; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
     ``THRESHOLDS`` 3; ``SEARCH`` the bits of ``hi - lo``, plus 1), 2 more with point multipliers other than
     a single 1; bit-serial adds ``a_bits``.
@@ -164,8 +176,10 @@ class MVAU(wiring.Component):
                  point_multipliers: Sequence[Sequence[int]] | None = None, m_bits: int = 24,
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
-                 requant_digit_bits: int = 1, rounding: str = "half_up") -> None:
-        for name, value in (("pe", pe), ("simd", simd)):
+                 requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
+                 fetch_register: bool = False) -> None:
+        copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
+        for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
         if a_encoding is Encoding.BIPOLAR:
@@ -230,10 +244,24 @@ class MVAU(wiring.Component):
         if self._wmem.kind is MemoryKind.SPRAM:
             members["load"] = In(stream.Signature(self._wmem.layout))
             members["loaded"] = Out(1)
+        self._copies = []
+        if pixels > 1:
+            if pe != n_out or simd != k_in:
+                raise ValueError(f"pixels > 1 needs a fully unfolded unit (pe = {n_out}, simd = {k_in}), "
+                                 f"not pe = {pe}, simd = {simd}")
+            if "load" in members:
+                raise ValueError("pixels > 1 needs constant or ROM weights, not run-time loaded SPRAM weights")
+            self._copies = [MVAU(**copy_args) for _ in range(pixels)]
+            out_shape = signed(out_bits) if out_signed else unsigned(out_bits)
+            members["i"] = In(stream.Signature(data.ArrayLayout(self._a_shape, simd * pixels)))
+            members["o"] = Out(stream.Signature(data.ArrayLayout(out_shape, pe * pixels)))
+        self._pixels = pixels
+        self._fetch_register = bool(fetch_register)
         super().__init__(members)
 
     pe = property(lambda self: self._pe)
     simd = property(lambda self: self._simd)
+    pixels = property(lambda self: self._pixels)
     points = property(lambda self: self._points)
     load_words = property(lambda self: self._wmem.codes,
                           doc="Weight words as codes in address order (what ``load`` takes).")
@@ -256,9 +284,32 @@ class MVAU(wiring.Component):
         # the fetch register, then the MacArray's 3 cycles after its last transfer (bit-serially 4
         # after the last of ``a_bits`` planes, the first of which issues with the beat)
         mac = self._mac.latency - (1 if serial else 0)
-        return 1 + mac + (2 if self._combine else 0) + self._requant.latency + serial
+        fetch = 2 if self._fetch_register else 1
+        return fetch + mac + (2 if self._combine else 0) + self._requant.latency + serial
+
+    def _elaborate_pixels(self):
+        """``pixels`` copies in lockstep: one input beat of ``pixels`` vectors goes to all at once,
+        and their output beats leave together as one."""
+        m = Module()
+        ready, valid = Signal(), Signal()
+        for j, unit in enumerate(self._copies):
+            m.submodules[f"pixel{j}"] = unit
+        copies = self._copies
+        m.d.comb += [
+            ready.eq(Cat(u.i.ready for u in copies).all()),
+            valid.eq(Cat(u.o.valid for u in copies).all()),
+            self.i.ready.eq(ready),
+            self.o.valid.eq(valid),
+        ]
+        for j, unit in enumerate(copies):
+            m.d.comb += [unit.i.valid.eq(self.i.valid & ready), unit.o.ready.eq(self.o.ready & valid)]
+            m.d.comb += [unit.i.payload[s].eq(self.i.payload[j * self._simd + s]) for s in range(self._simd)]
+            m.d.comb += [self.o.payload[j * self._pe + n].eq(unit.o.payload[n]) for n in range(self._pe)]
+        return m
 
     def elaborate(self, platform):
+        if self._copies:
+            return self._elaborate_pixels()
         m = Module()
         m.submodules.weights = wmem = self._wmem
         m.submodules.mac = mac = self._mac
@@ -301,7 +352,6 @@ class MVAU(wiring.Component):
         f_valid = Signal()
         m.d.comb += [
             issue_valid.eq(ready & full.bit_select(rbank, 1)),
-            advance.eq(~f_valid | mac.i.ready),
             fire.eq(issue_valid & advance),
             wmem.addr.eq(addr), wmem.en.eq(advance),
             rd.addr.eq(rbank * sf + syn), rd.en.eq(advance),
@@ -320,9 +370,20 @@ class MVAU(wiring.Component):
         with m.If(advance):
             m.d.sync += f_valid.eq(issue_valid)
 
-        # fetch: weights and activations meet at the MAC array's input
-        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data),
-                     mac.i.payload.a.eq(rd.data)]
+        # fetch: weights and activations meet at the MAC array's input (with ``fetch_register``
+        # through one more register: a block RAM's slow clock-to-output then has a cycle of its own)
+        if self._fetch_register:
+            r_valid = Signal()
+            r_w = Signal.like(mac.i.payload.w)
+            r_a = Signal.like(mac.i.payload.a)
+            load = ~r_valid | mac.i.ready
+            m.d.comb += advance.eq(~f_valid | load)
+            with m.If(load):
+                m.d.sync += [r_valid.eq(f_valid), r_w.eq(wmem.data), r_a.eq(rd.data)]
+            m.d.comb += [mac.i.valid.eq(r_valid), mac.i.payload.w.eq(r_w), mac.i.payload.a.eq(r_a)]
+        else:
+            m.d.comb += [advance.eq(~f_valid | mac.i.ready),
+                         mac.i.valid.eq(f_valid), mac.i.payload.w.eq(wmem.data), mac.i.payload.a.eq(rd.data)]
         if self._style is MacStyle.BIT_SERIAL:
             m.d.comb += mac.precision.eq(self._a_shape.width)
 

@@ -86,6 +86,11 @@ class Op:
         (`qfab.compiler.lowering.Lowering`); return its output's ``(endpoint, per_beat)``."""
         self._unsupported(node, "hardware engine")
 
+    def input_per_beat(self, graph, node, fold, work):
+        """Elements per beat the node's first stage takes (the accelerator input's packing when
+        the node reads it): ``fold.simd`` unless the operator says otherwise."""
+        return fold.simd
+
     def latency(self, graph, node, stage):
         """Pipeline latency of ``stage`` (a `qfab.compiler.plan.PlanStage` this operator's `lower`
         added) in cycles, as its engine documents it: from the input beat (or, for a MAC engine,

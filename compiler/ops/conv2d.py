@@ -1,7 +1,10 @@
 """Conv2d: a 2-D convolution, channels-last; weights ``(P, Cout, KH, KW, Cin / groups)``.
 
-In hardware a `SlidingWindow` (padding with the input's zero point) feeds an MVAU; grouped and
-depthwise convolutions have a reference but no engine yet.
+In hardware a `SlidingWindow` (padding with the input's zero point) feeds an MVAU. A layer whose
+input row is small (W * C <= 512 elements: a first layer) may instead take whole windows from a
+`WideWindow`, one or ``pixels`` output pixels per beat into ``pixels`` copies of a fully unfolded
+MVAU (FINN's MMV), so that few input channels do not floor it at KH * KW cycles per output pixel.
+Depthwise convolutions are `DepthwiseConv2d` (a VVAU); other grouped ones have no engine.
 """
 
 from dataclasses import dataclass
@@ -50,6 +53,39 @@ def window_stage(lw, node, fold, pad_value):
 
 
 WINDOW_LATENCY = 2     # hw/window.py: a window's first beat leaves 2 cycles after the input beat completing its rows
+
+WIDE_WINDOW_LATENCY = 2   # hw/wide_window.py: WideWindow.latency
+WIDE_ROW_LIMIT = 512   # input row elements (W * C) up to which a convolution may take whole windows (WideWindow)
+
+
+def wide(fold, work):
+    """Whether ``fold`` of a convolution stage takes whole windows per beat (a `WideWindow`)."""
+    return fold.pixels > 1 or (work is not None and fold.simd > work.simd_of)
+
+
+def wide_in_pixels(tin, tout, pixels):
+    """Input pixels per beat of a `WideWindow` emitting ``pixels`` output pixels per beat: the
+    fewest (dividing W) that bring the input in no slower than the windows leave."""
+    h, w, _ = tin.shape
+    ho, wo, _ = tout.shape
+    need = -(-pixels * h * w // (ho * wo))
+    return next(d for d in range(1, w + 1) if w % d == 0 and d >= min(need, w))
+
+
+def wide_window_stage(lw, node, fold, pad_value):
+    """Add the `WideWindow` in front of a convolution taking whole windows; return it."""
+    tin, tout = lw.graph.tensors[node.input], lw.graph.tensors[node.output]
+    h, w, c = tin.shape
+    in_pixels = wide_in_pixels(tin, tout, fold.pixels)
+    kh, kw = node.kernel
+    params = dict(shape=lw.element(tin.qtype), height=h, width=w, channels=c, kernel=tuple(node.kernel),
+                  stride=tuple(node.stride), padding=tuple(node.padding), pad_value=pad_value,
+                  pixels=fold.pixels, in_pixels=in_pixels)
+    win = lw.stage(node, "_window", kind="window", engine="WideWindow", params=params,
+                   in_per_beat=in_pixels * c, out_per_beat=fold.pixels * kh * kw * c,
+                   buffered=line_buffer(tin, node.kernel, node.stride))
+    lw.connect(node.input, f"{win.name}.i", in_pixels * c)
+    return win
 
 
 def window_latency(stage):
@@ -125,29 +161,51 @@ class Conv2dOp(MatrixOp):
                             "engine (a depthwise one, groups = channels, is built as DepthwiseConv2d)")
         tin, tout = graph.tensors[node.input], graph.tensors[node.output]
         ho, wo, _ = tout.shape
-        return Stage(node.name, "mvau", node.out_channels, node.fan_in, ho * wo, node.points, tin.shape[2],
-                     node.w_type.bits, tin.qtype.bits)
+        h, w, c = tin.shape
+        small = w * c <= WIDE_ROW_LIMIT and c < node.fan_in      # a first layer may take whole windows
+        return Stage(node.name, "mvau", node.out_channels, node.fan_in, ho * wo, node.points, c,
+                     node.w_type.bits, tin.qtype.bits, row_pixels=wo if small else 0)
 
     def estimate(self, graph, node, work, fold, m):
-        return self.engine_estimate(graph, node, work, fold, m) + window_estimate(graph, node, fold, m)
+        engine = self.engine_estimate(graph, node, work, fold, m)
+        if not wide(fold, work):
+            return engine + window_estimate(graph, node, fold, m)
+        for _ in range(fold.pixels - 1):          # pixels copies of the fully unfolded MVAU
+            engine = engine + self.engine_estimate(graph, node, work, fold, m)
+        tin, tout = graph.tensors[node.input], graph.tensors[node.output]
+        h, w, c = tin.shape
+        return engine + estimate.wide_window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits,
+                                                       fold.pixels, wide_in_pixels(tin, tout, fold.pixels), m)
+
+    def input_per_beat(self, graph, node, fold, work):
+        if not wide(fold, work):
+            return fold.simd
+        tin, tout = graph.tensors[node.input], graph.tensors[node.output]
+        return wide_in_pixels(tin, tout, fold.pixels) * tin.shape[2]
 
     def lower(self, lw, node, fold, work):
         if node.groups != 1:
             raise QfabError(f"node {node.name!r}: grouped convolution has no hardware engine yet")
         tin = lw.graph.tensors[node.input]
-        win = window_stage(lw, node, fold, tin.qtype.zero_point)
+        if wide(fold, work):
+            win = wide_window_stage(lw, node, fold, tin.qtype.zero_point)
+        else:
+            win = window_stage(lw, node, fold, tin.qtype.zero_point)
         s = self.mvau(lw, node, fold, work)
-        lw.edge(f"{win.name}.o", f"{s.name}.i", fold.simd, fold.simd, lw.element(tin.qtype),
+        per_beat = fold.simd * fold.pixels
+        lw.edge(f"{win.name}.o", f"{s.name}.i", per_beat, per_beat, lw.element(tin.qtype),
                 tensor=node.input + "#windows")
-        return f"{s.name}.o", fold.pe
+        return f"{s.name}.o", fold.pe * fold.pixels
 
     def latency(self, graph, node, stage):
         """The sliding window's (`window_latency`) or the MVAU's (`MatrixOp.latency`)."""
+        if stage.engine == "WideWindow":
+            return WIDE_WINDOW_LATENCY
         window = window_latency(stage)
         return window if window is not None else super().latency(graph, node, stage)
 
     def output_interval(self, graph, node, stage):
-        return 1 if stage.engine == "SlidingWindow" else super().output_interval(graph, node, stage)
+        return 1 if stage.kind == "window" else super().output_interval(graph, node, stage)
 
     def qdq_float(self, writer, node, x, w, b):
         return writer.op("Conv", [x, w, b], f"{node.output}_float", group=node.groups, **writer.window(node))

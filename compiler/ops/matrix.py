@@ -153,22 +153,30 @@ class MatrixOp(Op):
         graph = lw.graph
         params = self.engine_params(lw, node, fold, work, node.weight_rows().tolist())
         params["point_multipliers"] = node.multipliers.tolist()
+        if fold.pixels > 1:
+            params["pixels"] = fold.pixels
+        if lw.policy.family == "ecp5" and node.points * (work.n // fold.pe) * (work.k // fold.simd) > 1:
+            # weights read per fold step (a DP16KD's 5.6 ns clock-to-output, or a ROM's mux in
+            # LUTs) get a cycle of their own before the MAC tiles; a single word is constants
+            params["fetch_register"] = True
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
                 params["requant_digit_bits"] = choice.digit_bits
-        return lw.stage(node, name_suffix, kind="mvau", engine="MVAU", params=params, in_per_beat=fold.simd,
-                        out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold,
-                        buffered=node.fan_in + 2 * fold.pe)
+        return lw.stage(node, name_suffix, kind="mvau", engine="MVAU", params=params,
+                        in_per_beat=fold.simd * fold.pixels, out_per_beat=fold.pe * fold.pixels,
+                        cycles=work.cycles(fold), fold=fold, buffered=(node.fan_in + 2 * fold.pe) * fold.pixels)
 
     # ---- latency (qfab.compiler.latency) --------------------------------------------------------
     def latency(self, graph, node, stage):
         """The MVAU's, from the issue of an output beat's last MAC beat to the beat on ``o``
         (`mac_engine_latency`: 4, the requantization's (`requant_timing`), 2 more with point
-        multipliers other than a single 1, ``a_bits`` more bit-serially)."""
+        multipliers other than a single 1, ``a_bits`` more bit-serially), one more with
+        ``fetch_register`` (weights read per fold step on the ECP5)."""
         return mac_engine_latency(stage.params, requant_timing(stage.params)[0],
-                                  combine=_combines(stage.params.get("point_multipliers")))
+                                  combine=_combines(stage.params.get("point_multipliers"))) + \
+            (1 if stage.params.get("fetch_register") else 0)
 
     def output_interval(self, graph, node, stage):
         """The MVAU's `requant_interval`: cycles per output beat its requantization needs."""

@@ -29,8 +29,9 @@ def test_budget_picks_the_fastest_design_that_fits(cnn, tmp_path):
     small = compile_graph(cnn, tmp_path / "a", budget=Budget(luts=2500), log=lambda *a: None).manifest
     large = compile_graph(cnn, tmp_path / "b", budget=Budget(luts=40000), log=lambda *a: None).manifest
     assert small.estimates.total.luts <= 2500
-    # the first convolution's floor (SIMD <= its one input channel): 576 cycles
-    assert large.initiation_interval == 576 < small.initiation_interval
+    # the first max pool's floor (one window position per cycle; the first convolution, one input
+    # channel, takes whole windows from a WideWindow and is no longer held at 576 cycles)
+    assert large.initiation_interval == 64 < small.initiation_interval
     # the budget is checked on the same total the manifest reports, streams included: one cycle
     # faster than the choice, the cheapest design's total no longer fits
     faster = compile_graph(cnn, tmp_path / "f", target_ii=small.initiation_interval - 1, log=lambda *a: None).manifest
@@ -43,8 +44,8 @@ def test_budget_picks_the_fastest_design_that_fits(cnn, tmp_path):
 
 
 def test_target_ii_that_cannot_be_met_names_the_layer(cnn, tmp_path):
-    # the first convolution reads 1 channel: SIMD cannot exceed it, so 64 windows x 9 beats is its floor
-    with pytest.raises(QfabError, match=r"cannot be met: layer 'conv_3' needs at least 576 cycles"):
+    # the first max pool: 16 windows x 4 positions x 8 channels at one position per cycle
+    with pytest.raises(QfabError, match=r"cannot be met: layer 'maxpool_10' needs at least 64 cycles"):
         compile_graph(cnn, tmp_path / "x", target_ii=10, log=lambda *a: None)
 
 
@@ -173,3 +174,37 @@ def test_manifest_records_the_plan(tmp_path):
     assert [(f.name, f.count) for f in m.forks] == [(f.name, f.count) for f in plan.forks]
     assert m.converters, "the CNN at II 1152 has width converters"
     assert build.manifest == m
+
+
+def test_timing_aware_folding_trades_interval_for_clock():
+    """With ``speed``, the budget's choice is the fitting design of the most inferences per second
+    among the smallest fitting interval and those up to twice it; without it, the smallest."""
+    from qfab.compiler import estimate
+    from qfab.compiler.folding import choose_folding
+    from qfab.compiler.plan import Stage
+    stages = [Stage("fc", "mvau", n=4, k=4, vectors=1, simd_of=4)]
+
+    def cycles(folds):
+        return stages[0].cycles(folds["fc"])
+
+    def fits(folds):
+        return cycles(folds) >= 2, "too big"
+    clock = {2: 0.4, 4: 0.96, 8: 100.0, 16: 1.0}          # a full device at II 2 clocks low
+
+    def speed(folds):
+        return clock[cycles(folds)] / cycles(folds)
+    assert cycles(choose_folding(stages, budget=fits, cost=estimate.cost_luts)) == 2
+    # II 4 is faster (0.24 > 0.2 per cycle); II 8, beyond twice the smallest, is not considered
+    assert cycles(choose_folding(stages, budget=fits, cost=estimate.cost_luts, speed=speed)) == 4
+    clock[4] = 0.8                                       # a tie keeps the smaller interval
+    assert cycles(choose_folding(stages, budget=fits, cost=estimate.cost_luts, speed=speed)) == 2
+
+
+def test_fmax_estimate_falls_above_the_knee():
+    from qfab.compiler import estimate
+    assert estimate.fmax_estimate("ice40", 0.5) == estimate.fmax_estimate("ice40", estimate.FILL_KNEE) == 36.0
+    assert estimate.fmax_estimate("ice40", 0.98) == pytest.approx(36.0 * (1 - 1.2 * 0.13))
+    assert estimate.fmax_estimate("ecp5", 0.2) == 90.0
+    budget = Budget(luts=1000, logic_cells=2000, family="ice40")
+    res = estimate.Resources(luts=500, ffs=800)
+    assert budget.fill(res) == pytest.approx(max(0.5, estimate.logic_cells(res, "ice40") / 2000))

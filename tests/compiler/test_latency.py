@@ -54,7 +54,7 @@ def _beats_in(graph, stage):
     p = stage.params
     if stage.engine == "MVAU":
         n, k = len(p["weights"][0]), len(p["weights"][0][0])
-        return tout.size // n * k // p["simd"]
+        return tout.size // n * k // p["simd"] // p.get("pixels", 1)
     if stage.engine == "VVAU":
         c, k = len(p["weights"]), len(p["weights"][0])
         return tout.size // c * k * c // p["pe"]
@@ -66,7 +66,7 @@ def _beats_in(graph, stage):
 def _beats_out(graph, stage):
     """Output beats of ``stage`` per inference (a window: every window's ``KH * KW * C / simd``)."""
     node = _node(graph, stage)
-    if stage.engine == "SlidingWindow":
+    if stage.engine in ("SlidingWindow", "WideWindow"):
         ho, wo, _ = graph.tensors[node.output].shape
         c = graph.tensors[node.inputs[0]].shape[2]
         return ho * wo * node.kernel[0] * node.kernel[1] * c // stage.out_per_beat
@@ -113,6 +113,15 @@ def _dense6():
     return dense_graph(k=12, n=6)
 
 
+def _first_conv():
+    """A first convolution: 2 input channels, 3 x 3, padding 1, stride 1 (6 x 4 outputs)."""
+    return conv_graph(h=6, w=4, cin=2, cout=3)
+
+
+def _strided_conv():
+    return conv_graph(h=7, w=8, cin=1, cout=2, stride=(2, 2), padding=(1, 0, 0, 1))
+
+
 LOW_OUTPUT = dict(out_bits=3, out_signed=False, out_zero_point=0, lo=0, hi=7)   # few levels: threshold modes
 
 ENGINE_CASES = {
@@ -123,6 +132,11 @@ ENGINE_CASES = {
     "mvau_bit_serial": (_dense6, Fold(1, 3, "bit_serial"), "MVAU", {}),
     "mvau_vectors": (conv_graph, Fold(1, 2), "MVAU", {}),
     "mvau_vectors_search": (conv_graph, Fold(4, 4), "MVAU", dict(LOW_OUTPUT, requant="search")),
+    "mvau_fetch_register": (_dense6, Fold(3, 4), "MVAU", {"fetch_register": True}),
+    "mvau_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 4), "MVAU", {}),
+    "wide_window": (_first_conv, Fold(3, 18), "WideWindow", {}),
+    "wide_window_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 2), "WideWindow", {}),
+    "wide_window_stride": (_strided_conv, Fold(2, 9, "bit_parallel", 2), "WideWindow", {}),
     "window": (conv_graph, Fold(2, 2), "SlidingWindow", {}),
     "window_asymmetric": (lambda: every_kind_graphs()["conv_bipolar"], Fold(1, 1), "SlidingWindow", {}),
     "window_stride": (lambda: every_kind_graphs()["maxpool"], Fold(1, 1), "SlidingWindow", {}),

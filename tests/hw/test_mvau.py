@@ -54,14 +54,14 @@ def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=No
 
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,
-               out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed):
+               out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed, fetch_register=False):
     rng = np.random.default_rng(seed)
     n, k = pe * nf, simd * sf
     layer = make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_bits,
                        out_signed)
     dut = MVAU(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
                out_bits=out_bits, out_signed=out_signed, m_bits=16, style=style,
-               use_dsp=use_dsp, weight_memory=memory, **layer)
+               use_dsp=use_dsp, weight_memory=memory, fetch_register=fetch_register, **layer)
     a_lo, a_hi = intops.qrange(a_bits, a_enc is Encoding.SIGNED)
     x = rng.integers(a_lo, a_hi + 1, (vectors, k))
     beats = [x[v, s * simd:(s + 1) * simd].tolist() for v in range(vectors) for s in range(sf)]
@@ -89,7 +89,8 @@ def mvau_params(draw):
                 use_dsp=style is MacStyle.BIT_PARALLEL and draw(st.booleans()),
                 memory=draw(st.sampled_from(list(MemoryKind))),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
-                stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)))
+                stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)),
+                fetch_register=draw(st.booleans()))
 
 
 def _layer_kwargs(**overrides):
@@ -135,14 +136,16 @@ def test_init_wrong_layer():
 @pytest.mark.parametrize("pe,simd,nf,sf,points", [
     (2, 3, 1, 1, 1), (2, 2, 3, 4, 1), (1, 2, 2, 3, 2), (4, 1, 1, 5, 3), (3, 2, 2, 1, 2),
 ])
-def test_sim_rate(style, pe, simd, nf, sf, points):
-    """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits)."""
+@pytest.mark.parametrize("fetch_register", [False, True])
+def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register):
+    """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits), with or
+    without the second fetch register."""
     rng = np.random.default_rng(5)
     layer = make_layer(rng, points, pe * nf, simd * sf, 3, Encoding.SIGNED, 3,
                        Encoding.UNSIGNED, points > 1, 8, False)
     dut = MVAU(pe, simd, w_bits=3, w_encoding=Encoding.SIGNED, a_bits=3,
                a_encoding=Encoding.UNSIGNED, out_bits=8, out_signed=False, m_bits=16,
-               style=style, **layer)
+               style=style, fetch_register=fetch_register, **layer)
     vectors = 6
     x = rng.integers(0, 8, (vectors, simd * sf))
     cycles = []
@@ -182,3 +185,36 @@ def test_sim_zero_weights_fold_away():
 @given(mvau_params())
 def test_sim(params):
     check_mvau(**params)
+
+
+def test_init_pixels():
+    dut = MVAU(2, 4, pixels=3, **_layer_kwargs())
+    assert dut.pixels == 3 and dut.cycles_per_vector == 1
+    assert len(dut.i.payload) == 12 and len(dut.o.payload) == 6
+    with pytest.raises(ValueError, match=r"^pixels > 1 needs a fully unfolded unit \(pe = 2, simd = 4\), "
+                                         r"not pe = 1, simd = 4$"):
+        MVAU(1, 4, pixels=2, **_layer_kwargs())
+    with pytest.raises(ValueError, match="run-time loaded SPRAM"):
+        MVAU(2, 4, pixels=2, weight_memory=MemoryKind.SPRAM, **_layer_kwargs())
+    with pytest.raises(TypeError, match=r"^pixels must be a positive integer, not 0$"):
+        MVAU(2, 4, pixels=0, **_layer_kwargs())
+
+
+@pytest.mark.parametrize("pixels,points,style,stall", [
+    (2, 1, MacStyle.BIT_PARALLEL, 0.0), (3, 2, MacStyle.BIT_PARALLEL, 0.4), (2, 1, MacStyle.BIT_SERIAL, 0.4),
+    (4, 1, MacStyle.BIT_PARALLEL, 0.4)])
+def test_sim_pixels(pixels, points, style, stall):
+    """``pixels`` vectors per beat, every output element against the Dense semantics, under input
+    gaps and output stalls; at full rate one beat per ``cycles_per_vector`` cycles."""
+    rng = np.random.default_rng(pixels * 10 + points)
+    n, k, beats_n = 3, 5, 6
+    layer = make_layer(rng, points, n, k, 4, Encoding.SIGNED, 4, Encoding.UNSIGNED, points > 1, 4, False)
+    dut = MVAU(n, k, pixels=pixels, w_bits=4, w_encoding=Encoding.SIGNED, a_bits=4, a_encoding=Encoding.UNSIGNED,
+               out_bits=4, out_signed=False, m_bits=16, style=style, **layer)
+    x = rng.integers(0, 16, (beats_n * pixels, k))
+    beats = [x[b * pixels:(b + 1) * pixels].reshape(-1).tolist() for b in range(beats_n)]
+    got = run_mvau(dut, beats, beats_n, gap_prob=stall / 2, stall_prob=stall, seed=pixels)
+    expected = dense_model(x, layer["in_zero_point"], layer["weights"], layer["point_multipliers"],
+                           layer["bias"], layer["m0"], layer["shift"], layer["out_zero_point"],
+                           layer["lo"], layer["hi"])
+    assert np.array(got).reshape(beats_n * pixels, n).tolist() == expected.tolist()
