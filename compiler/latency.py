@@ -250,7 +250,7 @@ def _wide_window(params, arrivals, latency, interval):
     words, beats = w // p_in, wo // pixels
     span, step = (pixels - 1) * sw + kw, pixels * sw
     row_step = w + left + right - (wo - pixels) * sw
-    cap = max(row_step, step) + max(span, step) + p_in + right + left
+    cap = max(step, row_step) + max(p_in + right + left, span, step) - 1
     clamp = lambda v: min(max(v, 0), h)         # noqa: E731
     arr = np.asarray(arrivals["i"], dtype=np.int64)
     taken, out = [], []
@@ -264,13 +264,13 @@ def _wide_window(params, arrivals, latency, interval):
         wr = j < arr.size and arr[j] <= t and written < first_needed + rows
         row_done = wr and wcol == words - 1
         push_count = p_in + right + left if s2_last else p_in
-        push = s2_valid and occ + push_count <= cap
+        fire = out_valid
+        tail = occ - ((row_step if last_beat else step) if fire else 0)
+        push = s2_valid and tail + push_count <= cap
         move1 = s1_valid and (not s2_valid or push)
         issue = written >= need and (not s1_valid or move1)
         last_word, last_oy = wi == words - 1, oy == ho - 1
         image_done = issue and last_word and last_oy
-        fire = out_valid
-        tail = occ - ((row_step if last_beat else step) if fire else 0)
         occ_next = tail + (push_count if push else 0)
         last_next = ((True if beats == 1 else (not last_beat and beat == beats - 2)) if fire else last_beat)
         if wr:

@@ -60,6 +60,8 @@ def _beats_in(graph, stage):
         return tout.size // c * k * c // p["pe"]
     if stage.engine in ("MaxPool", "AvgPool"):
         return tout.size * p["window"] // p["simd"]
+    if stage.engine == "WideWindow":
+        return tin.size // (p["in_pixels"] * tin.shape[2])
     return tin.size // stage.in_per_beat
 
 
@@ -137,6 +139,8 @@ ENGINE_CASES = {
     "wide_window": (_first_conv, Fold(3, 18), "WideWindow", {}),
     "wide_window_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 2), "WideWindow", {}),
     "wide_window_stride": (_strided_conv, Fold(2, 9, "bit_parallel", 2), "WideWindow", {}),
+    "wide_window_queue_full": (_first_conv, Fold(3, 18), "WideWindow", {"in_pixels": 4}),
+    "wide_window_stride_wide_in": (_strided_conv, Fold(2, 9), "WideWindow", {"in_pixels": 8}),
     "window": (conv_graph, Fold(2, 2), "SlidingWindow", {}),
     "window_asymmetric": (lambda: every_kind_graphs()["conv_bipolar"], Fold(1, 1), "SlidingWindow", {}),
     "window_stride": (lambda: every_kind_graphs()["maxpool"], Fold(1, 1), "SlidingWindow", {}),
