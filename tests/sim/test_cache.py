@@ -149,8 +149,11 @@ def test_failed_build_leaves_nothing(tmp_path):
 def test_interrupt_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / "pid"
     proc = _python(f"""
-        import sys
+        import signal, sys
         from qfab.sim.verilator import run_group
+        # Python turns SIGINT into KeyboardInterrupt only if its parent left SIGINT at the default:
+        # a shell's background job (`... &` without job control) inherits it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             run_group(["sh", "-c", "sleep 300 & echo $! > {pidfile}; wait"], cwd=".")
         except KeyboardInterrupt:
