@@ -233,7 +233,7 @@ def _named(m, addend, name):
 
 
 def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name: str = "sum",
-             pipeline: Value | None = None) -> BitSum:
+             pipeline: Value | None = None, registers: int = 1) -> BitSum:
     """Sum of `BitSum` addends as one `BitSum` (shift 0).
 
     Addends that do not overlap are first concatenated into rows (free); then the two rows
@@ -249,13 +249,22 @@ def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name:
     MVAU's ``fetch_register`` now gives that read its own cycle, and half way is the shorter
     longest path (ECP5 digits CNN 90.2 -> 110.5 MHz with both; UP5K unchanged, 36.5 MHz). On the
     iCE40 the registers share logic cells with the adders that feed them.
+
+    ``registers`` (with ``pipeline``): register levels, each addend crossing every one (the result
+    ``registers`` cycles later). The first cut leaves ``levels // (registers + 1)`` levels below it,
+    the group sums are summed with the remaining ``registers - 1`` cuts, so that the segments are
+    about equally deep: one register half way, two at a third and two thirds, and so on. A tree
+    too deep for one cycle between registers (the ECP5 at 100 MHz takes about four carry chains
+    with their routing) takes more.
     """
     if not addends:
         return BitSum(Const(0, 1), 0)
-    if pipeline is not None:
+    if pipeline is not None and registers < 0:
+        raise ValueError(f"registers must be 0 or more, not {registers}")
+    if pipeline is not None and registers > 0:
         n = len(addends)
         levels = max(1, (n - 1).bit_length())
-        groups = 1 << (levels - levels // 2)        # the register half way in
+        groups = 1 << (levels - levels // (registers + 1))      # the first cut
         size = -(-n // groups)
         parts = []
         for k in range(0, n, size):
@@ -264,7 +273,8 @@ def sum_tree(m: Module, addends: Sequence[BitSum], *, logic_bits: int = 4, name:
             with m.If(pipeline):
                 m.d.sync += reg.eq(part.value)
             parts.append(BitSum(reg, part.top))
-        return sum_tree(m, parts, logic_bits=logic_bits, name=f"{name}_s")
+        return sum_tree(m, parts, logic_bits=logic_bits, name=f"{name}_s", pipeline=pipeline,
+                        registers=registers - 1)
     counter = itertools.count()
     addends = [_named(m, a, f"{name}_t{next(counter)}") for a in addends]
     addends = pack_rows(addends)

@@ -137,6 +137,10 @@ class MacArray(wiring.Component):
         the one or two bits of ``w[p][s]`` that tell its codes apart. The others multiply ``w``
         as usual. Words outside this list give wrong results; latency and throughput do not
         change.
+    tree_registers : int
+        Register levels inside each adder tree (and after the multipliers with ``use_dsp``), 1 or
+        more: each adds a cycle of latency. One cuts the tree half way; a wide SIMD tree on a fast
+        part takes more (`qfab.hw._arith.sum_tree`).
 
     Members
     -------
@@ -151,17 +155,19 @@ class MacArray(wiring.Component):
         signed encoding bit ``precision - 1`` is the sign).
 
     Latency and throughput (`latency`): a bit-parallel array takes one transfer per cycle and
-    presents a dot product 3 cycles after its last transfer; a bit-serial one takes ``precision``
-    cycles per transfer (``i.ready`` on the last plane) and presents it 4 cycles after its last
-    plane. One of those cycles is a register level inside each adder tree (and after
-    the multipliers with ``use_dsp``), so that the tree is not the design's longest path.
+    presents a dot product ``2 + tree_registers`` cycles after its last transfer (3 by default); a
+    bit-serial one takes ``precision`` cycles per transfer (``i.ready`` on the last plane) and
+    presents it ``3 + tree_registers`` cycles after its last plane. ``tree_registers`` of those
+    cycles are register levels inside each adder tree (and after the multipliers with
+    ``use_dsp``), so that the tree is not the design's longest path.
     Backpressure on ``o`` stalls the whole pipeline (``i.ready`` falls while ``o`` is full).
     """
 
     def __init__(self, pe: int, simd: int, *, w_bits: int, w_encoding: Encoding, a_bits: int,
                  a_encoding: Encoding, beats: int, style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
-                 weights: Sequence[Sequence[Sequence[int]]] | None = None) -> None:
+                 weights: Sequence[Sequence[Sequence[int]]] | None = None, tree_registers: int = 1) -> None:
         _check_positive("pe", pe)
+        _check_positive("tree_registers", tree_registers)
         _check_positive("simd", simd)
         _check_positive("beats", beats)
         _check_bits("w_bits", w_bits, w_encoding, "w_encoding")
@@ -179,6 +185,7 @@ class MacArray(wiring.Component):
         self._w_bits, self._w_encoding = w_bits, w_encoding
         self._a_bits, self._a_encoding = a_bits, a_encoding
         self._style, self._use_dsp = style, bool(use_dsp)
+        self._tree_registers = tree_registers
         w_lo, w_hi = code_range(w_bits, w_encoding)
         a_lo, a_hi = code_range(a_bits, a_encoding)
         self._w_max, self._a_max = max(-w_lo, w_hi), max(-a_lo, a_hi)
@@ -201,7 +208,8 @@ class MacArray(wiring.Component):
     acc_bits = property(lambda self: self._acc_bits)
     weights = property(lambda self: self._weights, doc="The constant weight codes, or ``None``.")
     i_layout = property(lambda self: self._i_layout)
-    latency = property(lambda self: 3 if self._style is MacStyle.BIT_PARALLEL else 4,
+    tree_registers = property(lambda self: self._tree_registers)
+    latency = property(lambda self: self._tree_registers + (2 if self._style is MacStyle.BIT_PARALLEL else 3),
                        doc="Cycles from the last transfer (bit-serially: plane) to the dot product on ``o``.")
     o_layout = property(lambda self: self._o_layout)
 
@@ -309,12 +317,23 @@ class MacArray(wiring.Component):
                      for k in range(0, len(terms), 2)]
         return terms[0]
 
+    def _delay(self, m, en, *values):
+        """``values`` through the ``tree_registers - 1`` register levels of the adder trees before
+        their last one (loaded when ``en`` is high)."""
+        for k in range(self._tree_registers - 1):
+            regs = [Signal.like(v, name=f"tree_d{k}_{n}") for n, v in enumerate(values)]
+            with m.If(en):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+            values = regs
+        return values
+
     def _elaborate_parallel(self, m, en, beat_last):
         m.d.comb += self.i.ready.eq(en)
-        s0_valid, s0_last = Signal(), Signal()      # the adder trees' inner register
+        s0_valid, s0_last = Signal(), Signal()      # the adder trees' (last) inner register
         s1_valid, s1_last = Signal(), Signal()
+        valid, last = self._delay(m, en, self.i.valid, beat_last)
         with m.If(en):
-            m.d.sync += [s0_valid.eq(self.i.valid), s0_last.eq(beat_last),
+            m.d.sync += [s0_valid.eq(valid), s0_last.eq(last),
                          s1_valid.eq(s0_valid), s1_last.eq(s0_last)]
             m.d.sync += self.o.valid.eq(s1_valid & s1_last)
         for pe in range(self._pe):
@@ -327,15 +346,17 @@ class MacArray(wiring.Component):
                 dot = Signal(signed(self._acc_bits), name=f"s0_dot_{pe}")   # the multipliers' outputs
                 with m.If(en):
                     m.d.sync += dot.eq(products)
+                dot, = self._delay(m, en, dot)      # as late as the trees' sums
                 fixed, constant = self._addends([x for x in w if isinstance(x, int)],
                                                 [y for x, y in zip(w, a) if isinstance(x, int)],
                                                 self._a_bits, self._a_encoding)
                 if fixed:
-                    dot = dot + sum_tree(m, fixed, name=f"pe{pe}_const", pipeline=en).value
+                    dot = dot + sum_tree(m, fixed, name=f"pe{pe}_const", pipeline=en,
+                                              registers=self._tree_registers).value
                 s1_sum = Signal(signed(self._acc_bits), name=f"s1_sum_{pe}")
             else:
                 addends, constant = self._addends(w, a, self._a_bits, self._a_encoding)
-                tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en)
+                tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en, registers=self._tree_registers)
                 dot = tree.value
                 s1_sum = Signal(unsigned(min(tree.width, self._acc_bits)), name=f"s1_sum_{pe}")
             acc_init = (constant * self._beats) % (1 << self._acc_bits)
@@ -369,11 +390,12 @@ class MacArray(wiring.Component):
         s0_valid, s0_plane_last, s0_last = Signal(), Signal(), Signal()   # the trees' inner register
         s1_valid, s1_plane_last, s1_last = Signal(), Signal(), Signal()
         s2_valid, s2_last = Signal(), Signal()
+        valid, first_plane_last, first_last = self._delay(m, en, self.i.valid, plane_last, plane_last & beat_last)
         with m.If(en):
             m.d.sync += [
-                s0_valid.eq(self.i.valid),
-                s0_plane_last.eq(plane_last),
-                s0_last.eq(plane_last & beat_last),
+                s0_valid.eq(valid),
+                s0_plane_last.eq(first_plane_last),
+                s0_last.eq(first_last),
                 s1_valid.eq(s0_valid),
                 s1_plane_last.eq(s0_plane_last),
                 s1_last.eq(s0_last),
@@ -385,12 +407,13 @@ class MacArray(wiring.Component):
         neg = Signal()                      # the sign plane (MSB of a signed code) subtracts
         m.d.comb += neg.eq(signed_a & (step == 0))
         s0_neg, s1_neg = Signal(), Signal()
+        neg_in, = self._delay(m, en, neg)
         with m.If(en):
-            m.d.sync += [s0_neg.eq(neg), s1_neg.eq(s0_neg)]
+            m.d.sync += [s0_neg.eq(neg_in), s1_neg.eq(s0_neg)]
         for pe in range(self._pe):
             addends, constant = self._addends(self._weight_lanes(pe), planes, 1,
                                               Encoding.UNSIGNED)
-            tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en)     # plane sum - constant
+            tree = sum_tree(m, addends, name=f"pe{pe}", pipeline=en, registers=self._tree_registers)     # plane sum - constant
             width = tree.width
             # Horner over the planes, MSB first: partial = 2 * partial + tree (or, on the sign
             # plane, + ~tree + 1 = 2**width - tree). Starting each transfer from `start`, the

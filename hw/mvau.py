@@ -148,6 +148,9 @@ class MVAU(wiring.Component):
         Register the weight word and the activations once more before the `MacArray` (one more
         cycle of latency and ``pe * simd * w_bits + simd * a_bits`` flip-flops): a block RAM's
         clock-to-output (5.6 ns on the ECP5) is then not in series with the adder trees.
+    tree_registers : int
+        Register levels in the `MacArray`'s adder trees (default 1), each a cycle of latency: a
+        wide SIMD tree on the ECP5 takes more (`qfab.hw._arith.sum_tree`).
 
     Members
     -------
@@ -164,7 +167,8 @@ class MVAU(wiring.Component):
     reads the complete vector from its bank, so a producer may spread a vector's beats over its
     whole interval without slowing this stage.
     Latency: computing starts once a vector's last beat is in; an output beat leaves `latency`
-    cycles after the issue of its last MAC beat: 4 (a fetch register, 5 with ``fetch_register``, and the `MacArray`'s 3) plus
+    cycles after the issue of its last MAC beat: 4 (a fetch register, 5 with ``fetch_register``, and the `MacArray`'s 3,
+    ``2 + tree_registers``) plus
     the requantization's latency (with ``MULTIPLY`` 5, so 9; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
     ``THRESHOLDS`` 3; ``SEARCH`` the bits of ``hi - lo``, plus 1), 2 more with point multipliers other than
     a single 1; bit-serial adds ``a_bits``.
@@ -177,7 +181,7 @@ class MVAU(wiring.Component):
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
-                 fetch_register: bool = False) -> None:
+                 fetch_register: bool = False, tree_registers: int = 1) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -216,7 +220,7 @@ class MVAU(wiring.Component):
         const = self._wmem.kind is MemoryKind.LOGIC
         self._mac = MacArray(pe, simd, w_bits=w_bits, w_encoding=w_encoding, a_bits=a_bits,
                              a_encoding=a_encoding, beats=sf, style=style, use_dsp=use_dsp,
-                             weights=self._wmem.codes if const else None)
+                             weights=self._wmem.codes if const else None, tree_registers=tree_registers)
         self._combine = not (points == 1 and all(v == 1 for v in mult[0]))
         dot_bits = self._mac.acc_bits
         if self._combine:

@@ -159,6 +159,9 @@ class MatrixOp(Op):
             # weights read per fold step (a DP16KD's 5.6 ns clock-to-output, or a ROM's mux in
             # LUTs) get a cycle of their own before the MAC tiles; a single word is constants
             params["fetch_register"] = True
+        registers = tree_registers(lw.policy.family, fold.simd)
+        if registers != 1:
+            params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
@@ -173,7 +176,8 @@ class MatrixOp(Op):
         """The MVAU's, from the issue of an output beat's last MAC beat to the beat on ``o``
         (`mac_engine_latency`: 4, the requantization's (`requant_timing`), 2 more with point
         multipliers other than a single 1, ``a_bits`` more bit-serially), one more with
-        ``fetch_register`` (weights read per fold step on the ECP5)."""
+        ``fetch_register`` (weights read per fold step on the ECP5), ``tree_registers - 1`` more
+        with deeper adder trees."""
         return mac_engine_latency(stage.params, requant_timing(stage.params)[0],
                                   combine=_combines(stage.params.get("point_multipliers"))) + \
             (1 if stage.params.get("fetch_register") else 0)
@@ -216,12 +220,27 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
+def tree_registers(family, simd):
+    """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
+    One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
+    the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
+    register at 100 MHz asked (15.5 ns): one more level per eight times the lanes keeps each
+    segment to about three chains, the ECP5's reach in 10 ns."""
+    registers = 1
+    if family == "ecp5":
+        while simd > 16 * 8 ** (registers - 1):
+            registers += 1
+    return registers
+
+
 def mac_engine_latency(params, requant_latency, combine=False):
     """Cycles from the issue of an output beat's last MAC beat to the beat on the output of an
     MVAU or VVAU (`qfab.hw.mvau.MVAU.latency`, the VVAU's docstring): 4 (the fetch register, then
-    the `MacArray`'s 3, one of them a register level inside its adder trees), 2 more for the point
+    the `MacArray`'s 3, one of them a register level inside its adder trees; ``tree_registers - 1``
+    more with deeper trees), 2 more for the point
     sum, the requantization's, and ``a_bits`` more in the bit-serial style (one cycle per bit
     plane). The compiler does not import the hardware: tests/compiler/test_latency.py checks these
     numbers against the engines in the Amaranth simulator."""
     serial = int(params["a_bits"]) if params.get("style", "bit_parallel") == "bit_serial" else 0
-    return MAC_LATENCY + (2 if combine else 0) + requant_latency + serial
+    deeper = int(params.get("tree_registers", 1)) - 1
+    return MAC_LATENCY + deeper + (2 if combine else 0) + requant_latency + serial

@@ -135,6 +135,8 @@ ENGINE_CASES = {
     "mvau_vectors": (conv_graph, Fold(1, 2), "MVAU", {}),
     "mvau_vectors_search": (conv_graph, Fold(4, 4), "MVAU", dict(LOW_OUTPUT, requant="search")),
     "mvau_fetch_register": (_dense6, Fold(3, 4), "MVAU", {"fetch_register": True}),
+    "mvau_tree_registers": (_dense6, Fold(3, 4), "MVAU", {"fetch_register": True, "tree_registers": 3}),
+    "mvau_tree_registers_serial": (_dense6, Fold(1, 3, "bit_serial"), "MVAU", {"tree_registers": 2}),
     "mvau_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 4), "MVAU", {}),
     "wide_window": (_first_conv, Fold(3, 18), "WideWindow", {}),
     "wide_window_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 2), "WideWindow", {}),

@@ -90,3 +90,21 @@ def test_manual_pixels(cnn, tmp_path):
     path.write_text(json.dumps({"conv_3": {"pixels": 0}}))
     with pytest.raises(QfabError, match="pixels of 'conv_3' must be a positive integer"):
         load_folding(path)
+
+
+def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
+    from qfab.compiler.lowering import plan_graph
+    from qfab.compiler.ops.matrix import tree_registers
+    assert [tree_registers("ecp5", s) for s in (1, 16, 17, 128, 129, 1024, 1025)] == [1, 1, 2, 2, 3, 3, 4]
+    assert tree_registers("ice40", 1024) == 1
+    stages = stages_of(cnn)
+    folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
+    works = {s.name: s for s in stages}
+    for family in ("ecp5", "ice40"):
+        plan = plan_graph(cnn, folds, works, family=family)
+        mvaus = {s.name: s.params for s in plan.stages if s.engine == "MVAU"}
+        for name, params in mvaus.items():
+            want = tree_registers(family, folds[name].simd)
+            assert params.get("tree_registers", 1) == want, (family, name)
+        if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
+            assert max(p.get("tree_registers", 1) for p in mvaus.values()) == 2

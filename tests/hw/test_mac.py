@@ -33,9 +33,9 @@ def run_mac(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, precision=Non
 
 
 def check_mac(pe, simd, beats, vectors, w_bits, w_enc, a_bits, a_enc, style, use_dsp,
-              gap_prob, stall_prob, seed, precision=None):
+              gap_prob, stall_prob, seed, precision=None, tree_registers=1):
     dut = MacArray(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
-                   beats=beats, style=style, use_dsp=use_dsp)
+                   beats=beats, style=style, use_dsp=use_dsp, tree_registers=tree_registers)
     rng = np.random.default_rng(seed)
     w_codes, w_vals = _codes(rng, w_bits, w_enc, (vectors, beats, pe, simd))
     a_bits_used = a_bits if precision is None else precision
@@ -66,7 +66,7 @@ def mac_params(draw):
     return dict(pe=draw(st.integers(1, 3)), simd=draw(st.integers(1, 5)),
                 beats=draw(st.integers(1, 3)), vectors=draw(st.integers(1, 4)),
                 w_bits=w_bits, w_enc=w_enc, a_bits=a_bits, a_enc=a_enc, style=style,
-                use_dsp=use_dsp, precision=precision,
+                use_dsp=use_dsp, precision=precision, tree_registers=draw(st.integers(1, 3)),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 1000)))
 
@@ -126,6 +126,16 @@ CORNERS = [
 ])
 def test_sim_corners(style, w_enc, w_bits, a_enc, a_bits):
     check_mac(2, 4, 3, 3, w_bits, w_enc, a_bits, a_enc, style, False, 0.2, 0.3, seed=7)
+
+
+@pytest.mark.parametrize("style,use_dsp", [(MacStyle.BIT_PARALLEL, False), (MacStyle.BIT_PARALLEL, True),
+                                           (MacStyle.BIT_SERIAL, False)])
+@pytest.mark.parametrize("tree_registers", [2, 3])
+def test_sim_deep_trees_under_stalls(style, use_dsp, tree_registers):
+    """More register levels in the adder trees (wide SIMD on the ECP5): every dot product exact
+    under random gaps and stalls, with a wide tree (SIMD 40)."""
+    check_mac(2, 40, 2, 4, 4, Encoding.SIGNED, 4, Encoding.UNSIGNED, style, use_dsp, 0.3, 0.4, seed=11,
+              tree_registers=tree_registers)
 
 
 def test_sim_extremes():

@@ -54,14 +54,16 @@ def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=No
 
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,
-               out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed, fetch_register=False):
+               out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed, fetch_register=False,
+               tree_registers=1):
     rng = np.random.default_rng(seed)
     n, k = pe * nf, simd * sf
     layer = make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_bits,
                        out_signed)
     dut = MVAU(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
                out_bits=out_bits, out_signed=out_signed, m_bits=16, style=style,
-               use_dsp=use_dsp, weight_memory=memory, fetch_register=fetch_register, **layer)
+               use_dsp=use_dsp, weight_memory=memory, fetch_register=fetch_register,
+               tree_registers=tree_registers, **layer)
     a_lo, a_hi = intops.qrange(a_bits, a_enc is Encoding.SIGNED)
     x = rng.integers(a_lo, a_hi + 1, (vectors, k))
     beats = [x[v, s * simd:(s + 1) * simd].tolist() for v in range(vectors) for s in range(sf)]
@@ -90,7 +92,7 @@ def mvau_params(draw):
                 memory=draw(st.sampled_from(list(MemoryKind))),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)),
-                fetch_register=draw(st.booleans()))
+                fetch_register=draw(st.booleans()), tree_registers=draw(st.integers(1, 3)))
 
 
 def _layer_kwargs(**overrides):
