@@ -211,6 +211,13 @@ def _mac_acc_bits(stage):
     return bound.bit_length() + 1
 
 
+def skid_resources(stage, fold):
+    """An MVAU's skid queue (`qfab.hw.mvau.MVAU`'s ``skid``): two beats of ``pe`` accumulators in
+    flip-flops and a 2:1 mux per bit."""
+    bits = fold.pe * _mac_acc_bits(stage)
+    return Resources(luts=bits, ffs=2 * bits)
+
+
 def _pool_acc_bits(stage):
     window = stage.k if stage.kind == "avgpool" else stage.vectors
     return stage.a_bits + _log2(window) + 1

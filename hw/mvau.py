@@ -6,7 +6,7 @@
 from collections.abc import Sequence
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
@@ -151,6 +151,14 @@ class MVAU(wiring.Component):
     tree_registers : int
         Register levels in the `MacArray`'s adder trees (default 1), each a cycle of latency: a
         wide SIMD tree on the ECP5 takes more (`qfab.hw._arith.sum_tree`).
+    skid : bool
+        A two-beat queue (`amaranth.lib.fifo.SyncFIFO`, its ready a function of its level
+        register) between the dot products and the requantization: one more cycle of latency and
+        ``2 * pe`` accumulators of flip-flops (or distributed RAM). Without it, the MAC array's
+        stall enable (which loads every register of its adder trees) and the issue logic (bank
+        select, vector store) hang on the requantization's ready, and through it on ``o.ready``:
+        a combinational path from the next stage's FIFO or the requantization's step counter,
+        through the enable's large fanout, that limited both families' clocks.
 
     Members
     -------
@@ -181,7 +189,7 @@ class MVAU(wiring.Component):
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
-                 fetch_register: bool = False, tree_registers: int = 1) -> None:
+                 fetch_register: bool = False, tree_registers: int = 1, skid: bool = False) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -261,6 +269,7 @@ class MVAU(wiring.Component):
             members["o"] = Out(stream.Signature(data.ArrayLayout(out_shape, pe * pixels)))
         self._pixels = pixels
         self._fetch_register = bool(fetch_register)
+        self._skid = bool(skid)
         super().__init__(members)
 
     pe = property(lambda self: self._pe)
@@ -289,7 +298,8 @@ class MVAU(wiring.Component):
         # after the last of ``a_bits`` planes, the first of which issues with the beat)
         mac = self._mac.latency - (1 if serial else 0)
         fetch = 2 if self._fetch_register else 1
-        return fetch + mac + (2 if self._combine else 0) + self._requant.latency + serial
+        skid = 1 if self._skid else 0
+        return fetch + mac + (2 if self._combine else 0) + skid + self._requant.latency + serial
 
     def _elaborate_pixels(self):
         """``pixels`` copies in lockstep: one input beat of ``pixels`` vectors goes to all at once,
@@ -398,7 +408,15 @@ class MVAU(wiring.Component):
             m.d.comb += [ps.i.valid.eq(mac.o.valid), mac.o.ready.eq(ps.i.ready)]
             m.d.comb += [ps.i.payload[n].eq(mac.o.payload[n]) for n in range(self._pe)]
             source = ps.o
-        m.d.comb += [rq.i.valid.eq(source.valid), source.ready.eq(rq.i.ready)]
-        m.d.comb += [rq.i.payload[n].eq(source.payload[n]) for n in range(self._pe)]
+        if self._skid:
+            m.submodules.skid = skid = fifo.SyncFIFO(width=source.payload.shape().size, depth=2)
+            m.d.comb += [skid.w_data.eq(source.payload), skid.w_en.eq(source.valid),
+                         source.ready.eq(skid.w_rdy),
+                         rq.i.valid.eq(skid.r_rdy), skid.r_en.eq(rq.i.ready)]
+            queued = source.payload.shape()(skid.r_data)
+            m.d.comb += [rq.i.payload[n].eq(queued[n]) for n in range(self._pe)]
+        else:
+            m.d.comb += [rq.i.valid.eq(source.valid), source.ready.eq(rq.i.ready)]
+            m.d.comb += [rq.i.payload[n].eq(source.payload[n]) for n in range(self._pe)]
         wiring.connect(m, rq.o, wiring.flipped(self.o))
         return m

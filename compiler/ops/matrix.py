@@ -124,9 +124,11 @@ class MatrixOp(Op):
 
     def engine_estimate(self, graph, node, work, fold, m):
         shifts = [int(v) for v in node.requant.shift]
-        choice = self.requant_choice(graph, node, work, fold, m.get("target_family", "ice40"))
-        return estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts,
-                                                       requant=choice), m)
+        family = m.get("target_family", "ice40")
+        choice = self.requant_choice(graph, node, work, fold, family)
+        res = estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts,
+                                                      requant=choice), m)
+        return res + estimate.skid_resources(work, fold) if wants_skid(family, choice.mode) else res
 
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
@@ -163,6 +165,8 @@ class MatrixOp(Op):
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
+        if wants_skid(lw.policy.family, choice.mode):
+            params["skid"] = True
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -177,10 +181,10 @@ class MatrixOp(Op):
         (`mac_engine_latency`: 4, the requantization's (`requant_timing`), 2 more with point
         multipliers other than a single 1, ``a_bits`` more bit-serially), one more with
         ``fetch_register`` (weights read per fold step on the ECP5), ``tree_registers - 1`` more
-        with deeper adder trees."""
+        with deeper adder trees, one more with the ``skid`` queue."""
         return mac_engine_latency(stage.params, requant_timing(stage.params)[0],
                                   combine=_combines(stage.params.get("point_multipliers"))) + \
-            (1 if stage.params.get("fetch_register") else 0)
+            (1 if stage.params.get("fetch_register") else 0) + (1 if stage.params.get("skid") else 0)
 
     def output_interval(self, graph, node, stage):
         """The MVAU's `requant_interval`: cycles per output beat its requantization needs."""
@@ -218,6 +222,16 @@ def _combines(multipliers):
 
 
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
+
+
+def wants_skid(family, requant_mode):
+    """Whether an MVAU gets its skid queue before the requantization (`qfab.hw.mvau.MVAU`'s
+    ``skid``): always on the ECP5 (the stall chain from the next stage's FIFO, through the
+    requantization and the MAC array's enable, into the vector store limited the digits CNN at
+    II 64 to 87.7 MHz once its adder trees had two registers); on the iCE40 where the requantization takes several cycles per beat
+    (``search``, ``shift_add``: its ready comes from a step counter, the UP5K MLP's critical path),
+    not where logic cells are all it would cost."""
+    return family == "ecp5" or requant_mode in ("search", "shift_add")
 
 
 def tree_registers(family, simd):

@@ -106,5 +106,8 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
         for name, params in mvaus.items():
             want = tree_registers(family, folds[name].simd)
             assert params.get("tree_registers", 1) == want, (family, name)
+            # the skid queue: every MVAU on the ECP5, multi-cycle requantizations on the iCE40
+            multi_cycle = params.get("requant") in ("search", "shift_add")
+            assert params.get("skid", False) == (family == "ecp5" or multi_cycle), (family, name)
         if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
             assert max(p.get("tree_registers", 1) for p in mvaus.values()) == 2

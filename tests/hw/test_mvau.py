@@ -55,7 +55,7 @@ def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=No
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,
                out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed, fetch_register=False,
-               tree_registers=1):
+               tree_registers=1, skid=False):
     rng = np.random.default_rng(seed)
     n, k = pe * nf, simd * sf
     layer = make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_bits,
@@ -63,7 +63,7 @@ def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, 
     dut = MVAU(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
                out_bits=out_bits, out_signed=out_signed, m_bits=16, style=style,
                use_dsp=use_dsp, weight_memory=memory, fetch_register=fetch_register,
-               tree_registers=tree_registers, **layer)
+               tree_registers=tree_registers, skid=skid, **layer)
     a_lo, a_hi = intops.qrange(a_bits, a_enc is Encoding.SIGNED)
     x = rng.integers(a_lo, a_hi + 1, (vectors, k))
     beats = [x[v, s * simd:(s + 1) * simd].tolist() for v in range(vectors) for s in range(sf)]
@@ -92,7 +92,8 @@ def mvau_params(draw):
                 memory=draw(st.sampled_from(list(MemoryKind))),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)),
-                fetch_register=draw(st.booleans()), tree_registers=draw(st.integers(1, 3)))
+                fetch_register=draw(st.booleans()), tree_registers=draw(st.integers(1, 3)),
+                skid=draw(st.booleans()))
 
 
 def _layer_kwargs(**overrides):
@@ -138,16 +139,16 @@ def test_init_wrong_layer():
 @pytest.mark.parametrize("pe,simd,nf,sf,points", [
     (2, 3, 1, 1, 1), (2, 2, 3, 4, 1), (1, 2, 2, 3, 2), (4, 1, 1, 5, 3), (3, 2, 2, 1, 2),
 ])
-@pytest.mark.parametrize("fetch_register", [False, True])
-def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register):
+@pytest.mark.parametrize("fetch_register,skid", [(False, False), (True, False), (False, True), (True, True)])
+def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, skid):
     """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits), with or
-    without the second fetch register."""
+    without the second fetch register and the skid queue."""
     rng = np.random.default_rng(5)
     layer = make_layer(rng, points, pe * nf, simd * sf, 3, Encoding.SIGNED, 3,
                        Encoding.UNSIGNED, points > 1, 8, False)
     dut = MVAU(pe, simd, w_bits=3, w_encoding=Encoding.SIGNED, a_bits=3,
                a_encoding=Encoding.UNSIGNED, out_bits=8, out_signed=False, m_bits=16,
-               style=style, fetch_register=fetch_register, **layer)
+               style=style, fetch_register=fetch_register, skid=skid, **layer)
     vectors = 6
     x = rng.integers(0, 8, (vectors, simd * sf))
     cycles = []
