@@ -211,6 +211,12 @@ def _mac_acc_bits(stage):
     return bound.bit_length() + 1
 
 
+def fetch_register_resources(stage, fold):
+    """An MVAU's second fetch register (`qfab.hw.mvau.MVAU`'s ``fetch_register``): the weight
+    word and the activations of one beat in flip-flops."""
+    return Resources(ffs=fold.pe * fold.simd * stage.w_bits + fold.simd * stage.a_bits)
+
+
 def skid_resources(stage, fold):
     """An MVAU's skid queue (`qfab.hw.mvau.MVAU`'s ``skid``): two beats of ``pe`` accumulators in
     flip-flops and a 2:1 mux per bit."""

@@ -178,6 +178,10 @@ class Link(wiring.Component):
         # the sequence numbers of accepted INFER frames whose RESULT has not been sent
         m.submodules.seqs = seqs = SyncFIFOBuffered(width=8, depth=PENDING)
         kind = Signal(8)
+        # the type's and the length's low byte's compares, registered as their bytes arrive: the
+        # LEN1 decision compared a 16-bit length and the type with the byte just received, the
+        # slowest path of a UP5K design once the accelerator's were cut
+        is_infer, is_info, low_ok, low_zero = Signal(), Signal(), Signal(), Signal()
         seq = Signal(8)
         length = Signal(16)
         # the last byte's count of a skipped frame, registered: one cycle behind `length`, which
@@ -211,7 +215,7 @@ class Link(wiring.Component):
                     m.next = "IDLE"
                 with m.If(got):
                     m.d.comb += rx_crc.valid.eq(1)
-                    m.d.sync += kind.eq(byte)
+                    m.d.sync += [kind.eq(byte), is_infer.eq(byte == protocol.INFER), is_info.eq(byte == protocol.INFO)]
                     m.next = "SEQ"
             with m.State("SEQ"):
                 with m.If(timed_out):
@@ -225,17 +229,16 @@ class Link(wiring.Component):
                     m.next = "IDLE"
                 with m.If(got):
                     m.d.comb += rx_crc.valid.eq(1)
-                    m.d.sync += length[:8].eq(byte)
+                    m.d.sync += [length[:8].eq(byte), low_ok.eq(byte == (in_elements & 0xFF)), low_zero.eq(byte == 0)]
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with m.If(timed_out):
                     m.next = "IDLE"
-                full_length = Cat(length[:8], byte)
                 with m.If(got):
                     m.d.comb += rx_crc.valid.eq(1)
                     m.d.sync += [length[8:].eq(byte), count.eq(0)]
-                    with m.If(kind == protocol.INFER):
-                        with m.If(full_length != in_elements):
+                    with m.If(is_infer):
+                        with m.If(~low_ok | (byte != in_elements >> 8)):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
                         with m.Elif(loaded | ~seqs.w_rdy):
@@ -243,8 +246,8 @@ class Link(wiring.Component):
                             m.next = "SKIP"
                         with m.Else():
                             m.next = "PAYLOAD"
-                    with m.Elif(kind == protocol.INFO):
-                        with m.If(full_length != 0):
+                    with m.Elif(is_info):
+                        with m.If(~low_zero | (byte != 0)):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
                         with m.Else():
@@ -275,7 +278,7 @@ class Link(wiring.Component):
             with m.State("VERDICT"):        # the CRC register has taken the frame's last byte
                 with m.If(rx_crc.match_detected):
                     m.d.sync += activity.eq(~activity)
-                    with m.If(kind == protocol.INFER):
+                    with m.If(is_infer):
                         m.d.sync += [loaded.eq(1), addr.eq(0), lane.eq(0)]
                         m.d.comb += [seqs.w_en.eq(1), seqs.w_data.eq(seq)]
                     with m.Else():

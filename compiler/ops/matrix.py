@@ -128,6 +128,8 @@ class MatrixOp(Op):
         choice = self.requant_choice(graph, node, work, fold, family)
         res = estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts,
                                                       requant=choice), m)
+        if wants_fetch_register(node, work, fold):
+            res = res + estimate.fetch_register_resources(work, fold)
         return res + estimate.skid_resources(work, fold) if wants_skid(family, choice.mode) else res
 
     def estimate(self, graph, node, work, fold, m):
@@ -157,9 +159,7 @@ class MatrixOp(Op):
         params["point_multipliers"] = node.multipliers.tolist()
         if fold.pixels > 1:
             params["pixels"] = fold.pixels
-        if lw.policy.family == "ecp5" and node.points * (work.n // fold.pe) * (work.k // fold.simd) > 1:
-            # weights read per fold step (a DP16KD's 5.6 ns clock-to-output, or a ROM's mux in
-            # LUTs) get a cycle of their own before the MAC tiles; a single word is constants
+        if wants_fetch_register(node, work, fold):
             params["fetch_register"] = True
         registers = tree_registers(lw.policy.family, fold.simd)
         if registers != 1:
@@ -224,6 +224,14 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
+def wants_fetch_register(node, work, fold):
+    """Whether an MVAU registers its weight word and activations once more before the MAC array
+    (`qfab.hw.mvau.MVAU`'s ``fetch_register``): whenever the weights are read per fold step (a
+    block RAM's clock-to-output, 5.6 ns on the ECP5 and the start of the UP5K digits MLP's
+    critical path, or a ROM's mux in LUTs); a single word is constants."""
+    return node.points * (work.n // fold.pe) * (work.k // fold.simd) > 1
+
+
 def wants_skid(family, requant_mode):
     """Whether an MVAU gets its skid queue before the requantization (`qfab.hw.mvau.MVAU`'s
     ``skid``): always on the ECP5 (the stall chain from the next stage's FIFO, through the
@@ -238,11 +246,12 @@ def tree_registers(family, simd):
     """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
     One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
     the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
-    register at 100 MHz asked (15.5 ns): one more level per eight times the lanes keeps each
-    segment to about three chains, the ECP5's reach in 10 ns."""
+    register at 100 MHz asked (15.5 ns), and with two registers (a third and two thirds of the
+    way) its middle part was still the slowest path (90.5 MHz): one more level per four times the
+    lanes keeps each segment to about two chains."""
     registers = 1
     if family == "ecp5":
-        while simd > 16 * 8 ** (registers - 1):
+        while simd > 16 * 4 ** (registers - 1):
             registers += 1
     return registers
 
