@@ -159,6 +159,9 @@ class MVAU(wiring.Component):
         select, vector store) hang on the requantization's ready, and through it on ``o.ready``:
         a combinational path from the next stage's FIFO or the requantization's step counter,
         through the enable's large fanout, that limited both families' clocks.
+    split_multiply : bool
+        ``MULTIPLY`` requantization: the product in two cycles (`Requant`'s ``split_multiply``),
+        one more cycle of latency.
 
     Members
     -------
@@ -189,7 +192,8 @@ class MVAU(wiring.Component):
                  style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
-                 fetch_register: bool = False, tree_registers: int = 1, skid: bool = False) -> None:
+                 fetch_register: bool = False, tree_registers: int = 1, skid: bool = False,
+                 split_multiply: bool = False) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -247,7 +251,8 @@ class MVAU(wiring.Component):
         if requant in (RequantMode.THRESHOLDS, RequantMode.SEARCH):
             self._requant = ThresholdRequant(pe, n_out, **rq_params)
         else:
-            self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, **rq_params)
+            self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, split_multiply=split_multiply,
+                                    **rq_params)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
             "o": Out(stream.Signature(data.ArrayLayout(

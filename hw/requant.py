@@ -203,6 +203,12 @@ class Requant(wiring.Component):
         docs/semantics.md). Half to even finds the tie in the shift stage (the ``n`` bits shifted
         out are zero after adding half) and takes one off an odd result in the clamp stage: same
         latency.
+    split_multiply : bool
+        ``MULTIPLY`` only: the product in two cycles, ``acc`` times the low and the high half of
+        ``M0`` (each within an 18x18 multiplier for accumulators of up to 17 bits, their outputs
+        registered), then their sum: one more cycle of latency. A 24-bit ``M0`` on one ``*`` is
+        several DSP blocks summed in the fabric in one cycle, the ECP5 digits CNN's slowest path
+        at 97 MHz once everything else was pipelined.
 
     Members
     -------
@@ -211,7 +217,7 @@ class Requant(wiring.Component):
 
     Latency and throughput (`latency`, `interval`): ``MULTIPLY`` is a pipeline of 5 registered
     stages (input and ``M0`` registers in front of the multiplier, product register, offset sum,
-    shift, clamp), latency 5 cycles, one beat per cycle. The shift is the lane's smallest shift
+    shift, clamp), latency 5 cycles (6 with ``split_multiply``), one beat per cycle. The shift is the lane's smallest shift
     (wiring) and a variable shift by the rest (a shifter as wide as the shifts differ).
     ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (MSB first, no
     multiplier) for ``steps = ceil(bits(max M0) / digit_bits)`` cycles, hands the product on in
@@ -223,7 +229,7 @@ class Requant(wiring.Component):
     def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
                  m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1,
-                 rounding: str = "half_up") -> None:
+                 rounding: str = "half_up", split_multiply: bool = False) -> None:
         if rounding not in ("half_up", "half_even"):
             raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
@@ -240,6 +246,7 @@ class Requant(wiring.Component):
         self._out_shape, self._m_bits = out_shape, m_bits
         self._mode, self._digit_bits = mode, digit_bits
         self._rounding = rounding
+        self._split = bool(split_multiply) and mode is RequantMode.MULTIPLY
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -260,7 +267,9 @@ class Requant(wiring.Component):
     @property
     def latency(self):
         """Cycles from taking a beat to offering its result, without stalls."""
-        return 5 if self._mode is RequantMode.MULTIPLY else self.steps + 5
+        if self._mode is RequantMode.MULTIPLY:
+            return 6 if self._split else 5
+        return self.steps + 5
 
     @property
     def interval(self):
@@ -293,8 +302,16 @@ class Requant(wiring.Component):
             m.d.comb += self.i.ready.eq(en)
             i_valid, i_fold = Signal(), Signal(range(folds))
             with m.If(en):
-                m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter), p_valid.eq(i_valid), p_fold.eq(i_fold)]
-            p_load, p_next_fold = en, i_fold
+                m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter)]
+            if self._split:         # stage Q: the two partial products
+                q_valid, q_fold = Signal(), Signal(range(folds))
+                with m.If(en):
+                    m.d.sync += [q_valid.eq(i_valid), q_fold.eq(i_fold), p_valid.eq(q_valid), p_fold.eq(q_fold)]
+                p_load, p_next_fold = en, q_fold
+            else:
+                with m.If(en):
+                    m.d.sync += [p_valid.eq(i_valid), p_fold.eq(i_fold)]
+                p_load, p_next_fold = en, i_fold
         else:
             # the shift-and-add multiplier: busy for `steps` cycles, then holds its product until
             # the pipeline takes it (and takes the next beat in the same cycle)
@@ -332,7 +349,17 @@ class Requant(wiring.Component):
                 m0_sig = rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
                 acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
                 with m.If(en):
-                    m.d.sync += [acc.eq(self.i.payload[lane]), prod.eq(acc * m0_sig)]
+                    m.d.sync += acc.eq(self.i.payload[lane])
+                if self._split:
+                    low = self._m_bits // 2
+                    q_lo = Signal(signed(self._acc_bits + low + 1), name=f"q_lo_{lane}")
+                    q_hi = Signal(signed(self._acc_bits + self._m_bits - low + 1), name=f"q_hi_{lane}")
+                    with m.If(en):
+                        m.d.sync += [q_lo.eq(acc * m0_sig[:low]), q_hi.eq(acc * m0_sig[low:]),
+                                     prod.eq((q_hi << low) + q_lo)]
+                else:
+                    with m.If(en):
+                        m.d.sync += prod.eq(acc * m0_sig)
             else:
                 self._shift_add(m, lane, m0, counter, take, busy, done, steps, prod, handoff)
 

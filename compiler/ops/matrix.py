@@ -167,6 +167,8 @@ class MatrixOp(Op):
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
         if wants_skid(lw.policy.family, choice.mode):
             params["skid"] = True
+        if lw.policy.family == "ecp5" and choice.mode == "multiply":
+            params["split_multiply"] = True     # a 24-bit M0 is several DSPs summed in one cycle
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -213,7 +215,8 @@ def requant_timing(params):
         mode, levels=int(params["hi"]) - int(params["lo"]) if mode == "search" else 255,
         m0_bits=max(int(v) for v in params["m0"]).bit_length() if mode == "shift_add" else 24,
         digit_bits=int(params.get("requant_digit_bits", 1)))
-    return choice.latency, choice.interval
+    split = 1 if mode == "multiply" and params.get("split_multiply") else 0    # the product in two cycles
+    return choice.latency + split, choice.interval
 
 
 def _combines(multipliers):

@@ -95,6 +95,7 @@ def requant_params(draw):
                 zero_point=draw(st.integers(q_lo, q_hi)), lo=lo, hi=hi, out_bits=out_bits,
                 out_signed=out_signed, beats=draw(st.integers(1, 12)),
                 rounding=draw(st.sampled_from(["half_up", "half_even"])),
+                split_multiply=draw(st.booleans()),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.5])), seed=draw(st.integers(0, 999)))
 
@@ -190,14 +191,32 @@ def first_and_spacing(dut, payloads):
     return outs[0] - times["first"], {b - a for a, b in zip(outs, outs[1:])}
 
 
-@pytest.mark.parametrize("mode,digit_bits", [(RequantMode.MULTIPLY, 1), (RequantMode.SHIFT_ADD, 1),
-                                             (RequantMode.SHIFT_ADD, 3)])
-def test_sim_latency_and_interval(mode, digit_bits):
+@pytest.mark.parametrize("mode,digit_bits,split", [(RequantMode.MULTIPLY, 1, False), (RequantMode.MULTIPLY, 1, True),
+                                                   (RequantMode.SHIFT_ADD, 1, False), (RequantMode.SHIFT_ADD, 3, False)])
+def test_sim_latency_and_interval(mode, digit_bits, split):
     """The documented latency and interval, measured with no gaps and no stalls."""
-    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits,
+    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split,
                   **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
+    assert dut.latency == (6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
     latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
     assert (latency, spacing) == (dut.latency, {dut.interval})
+
+
+@pytest.mark.parametrize("m_bits", [4, 16, 24])
+def test_split_multiply_at_the_extremes(m_bits):
+    """The two half products summed: every extreme accumulator times every extreme M0, exact,
+    under gaps and stalls."""
+    acc_bits = 20
+    lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, 1 << (m_bits // 2)]
+    kwargs = dict(bias=[0] * 6, m0=m0, shift=[20] * 6, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
+                  m_bits=m_bits, split_multiply=True)
+    beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321)]
+    dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
+    got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=3)
+    acc = np.array(beats)
+    want = intops.requantize(acc, np.array(m0)[None, :], np.array([20] * 6)[None, :], 0, -128, 127)
+    assert got == want.tolist()
 
 
 @settings(max_examples=200, deadline=None)
