@@ -74,6 +74,13 @@ def _run_step(variable, line, preamble, folder, env, board):
         over = overused(e.log) if step == "place_and_route" else []
         if over:
             raise fit_error(board, over) from None
+        if step == "place_and_route" and _NO_LEGAL in e.log:
+            cell = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"}.get(board.family, "")
+            used = _utilisation(e.log, cell)
+            at = f" at {used[0]}/{used[1]} {cell} ({100 * used[0] / used[1]:.0f} %)" if used else ""
+            raise NoLegalPlacement(f"place and route for the {board.name}: nextpnr found no legal placement{at}; "
+                                   "fold deeper, use fewer bits or a larger device if it fails again (logs in "
+                                   f"{folder})", e.log, e.returncode) from None
         raise
 
 
@@ -140,7 +147,13 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         logged) names the critical path.
     """
     attempts = []
-    report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
+    try:
+        report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
+                             attempts=attempts)
+    except NoLegalPlacement as e:
+        log(f"{e}; placing again with nextpnr's simulated-annealing placer (slower, packs tighter)")
+        report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
+                             attempts=attempts, placer="sa")
     for _ in range(retries if core is None else 0):
         if report.timing_met or not report.fmax_mhz:
             break
@@ -154,7 +167,21 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     return report
 
 
-def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts):
+class NoLegalPlacement(ToolError):
+    """nextpnr's placer found no legal place for every cell of a design that fits the device's
+    counts (an iCE40 filled to about 95 % of its logic cells: its packing rules, not the count)."""
+
+
+_NO_LEGAL = "Unable to find legal placement"
+
+
+def _utilisation(log_text, cell):
+    """``(used, available)`` of ``cell`` in nextpnr's "Device utilisation" lines, or None."""
+    m = re.search(rf"{cell}:\s*(\d+)/\s*(\d+)", log_text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts, placer=None):
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
@@ -171,7 +198,7 @@ def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, at
         script_after_read=f"hierarchy -top {NAME}; {PREPARE}", script_after_synth=STAT,
         # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
         synth_opts="-dsp" if board.family == "ice40" else "",
-        nextpnr_opts="--report report.json --timing-allow-fail")
+        nextpnr_opts="--report report.json --timing-allow-fail" + (f" --placer {placer}" if placer else ""))
     plan.extract(str(folder))
     preamble, steps = _script_steps((folder / f"build_{NAME}.sh").read_text())
     env = tool_env()
