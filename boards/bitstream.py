@@ -147,13 +147,7 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         logged) names the critical path.
     """
     attempts = []
-    try:
-        report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
-                             attempts=attempts)
-    except NoLegalPlacement as e:
-        log(f"{e}; placing again with nextpnr's simulated-annealing placer (slower, packs tighter)")
-        report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
-                             attempts=attempts, placer="sa")
+    report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
     for _ in range(retries if core is None else 0):
         if report.timing_met or not report.fmax_mhz:
             break
@@ -169,7 +163,10 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
 
 class NoLegalPlacement(ToolError):
     """nextpnr's placer found no legal place for every cell of a design that fits the device's
-    counts (an iCE40 filled to about 95 % of its logic cells: its packing rules, not the count)."""
+    counts (an iCE40 filled to about 95 % of its logic cells: its packing rules, not the count).
+    Its simulated-annealing placer (``--placer sa``) failed on the same design too (a carry chain
+    found no column), so there is no automatic second try; `qfab.boards.registry.budget_for`
+    keeps `--board` designs below that fill."""
 
 
 _NO_LEGAL = "Unable to find legal placement"
@@ -181,7 +178,7 @@ def _utilisation(log_text, cell):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts, placer=None):
+def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts):
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
@@ -198,7 +195,7 @@ def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, at
         script_after_read=f"hierarchy -top {NAME}; {PREPARE}", script_after_synth=STAT,
         # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
         synth_opts="-dsp" if board.family == "ice40" else "",
-        nextpnr_opts="--report report.json --timing-allow-fail" + (f" --placer {placer}" if placer else ""))
+        nextpnr_opts="--report report.json --timing-allow-fail")
     plan.extract(str(folder))
     preamble, steps = _script_steps((folder / f"build_{NAME}.sh").read_text())
     env = tool_env()

@@ -161,7 +161,7 @@ class MatrixOp(Op):
             params["pixels"] = fold.pixels
         if wants_fetch_register(node, work, fold):
             params["fetch_register"] = True
-        registers = tree_registers(lw.policy.family, fold.simd)
+        registers = tree_registers(lw.policy.family, fold.simd, wants_fetch_register(node, work, fold))
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
@@ -245,14 +245,18 @@ def wants_skid(family, requant_mode):
     return family == "ecp5" or requant_mode in ("search", "shift_add")
 
 
-def tree_registers(family, simd):
+def tree_registers(family, simd, varying_weights=False):
     """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
     One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
     the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
     register at 100 MHz asked (15.5 ns), and with two registers (a third and two thirds of the
     way) its middle part was still the slowest path (90.5 MHz): one more level per four times the
-    lanes keeps each segment to about two chains."""
+    lanes keeps each segment to about two chains. Weights read per fold step (``varying_weights``)
+    multiply in full tiles rather than by constants: such a lane counts four (the digits CNN's
+    `gemm_24`, SIMD 16 of 4-bit weights from a ROM, was then the slowest path at 91.8 MHz)."""
     registers = 1
+    if varying_weights:
+        simd *= 4
     if family == "ecp5":
         while simd > 16 * 4 ** (registers - 1):
             registers += 1

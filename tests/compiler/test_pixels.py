@@ -96,7 +96,8 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
     from qfab.compiler.lowering import plan_graph
     from qfab.compiler.ops.matrix import tree_registers
     assert [tree_registers("ecp5", s) for s in (1, 16, 17, 64, 65, 256, 257)] == [1, 1, 2, 2, 3, 3, 4]
-    assert tree_registers("ice40", 1024) == 1
+    assert tree_registers("ice40", 1024) == 1 and tree_registers("ice40", 1024, True) == 1
+    assert [tree_registers("ecp5", s, True) for s in (4, 5, 16, 17)] == [1, 2, 2, 3]
     stages = stages_of(cnn)
     folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
     works = {s.name: s for s in stages}
@@ -104,10 +105,10 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
         plan = plan_graph(cnn, folds, works, family=family)
         mvaus = {s.name: s.params for s in plan.stages if s.engine == "MVAU"}
         for name, params in mvaus.items():
-            want = tree_registers(family, folds[name].simd)
+            want = tree_registers(family, folds[name].simd, bool(params.get("fetch_register")))
             assert params.get("tree_registers", 1) == want, (family, name)
             # the skid queue: every MVAU on the ECP5, multi-cycle requantizations on the iCE40
             multi_cycle = params.get("requant") in ("search", "shift_add")
             assert params.get("skid", False) == (family == "ecp5" or multi_cycle), (family, name)
         if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
-            assert max(p.get("tree_registers", 1) for p in mvaus.values()) == 3
+            assert max(p.get("tree_registers", 1) for p in mvaus.values()) >= 3
