@@ -128,9 +128,9 @@ class MatrixOp(Op):
         choice = self.requant_choice(graph, node, work, fold, family)
         res = estimate.resources(estimate.stage_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts,
                                                       requant=choice), m)
-        if wants_fetch_register(node, work, fold):
+        if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
-        return res + estimate.skid_resources(work, fold) if wants_skid(family, choice.mode) else res
+        return res + estimate.skid_resources(work, fold) if wants_skid(family) else res
 
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
@@ -159,13 +159,13 @@ class MatrixOp(Op):
         params["point_multipliers"] = node.multipliers.tolist()
         if fold.pixels > 1:
             params["pixels"] = fold.pixels
-        if wants_fetch_register(node, work, fold):
+        if wants_fetch_register(lw.policy.family, node, work, fold):
             params["fetch_register"] = True
-        registers = tree_registers(lw.policy.family, fold.simd, wants_fetch_register(node, work, fold))
+        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold))
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
-        if wants_skid(lw.policy.family, choice.mode):
+        if wants_skid(lw.policy.family):
             params["skid"] = True
         if lw.policy.family == "ecp5" and choice.mode == "multiply":
             params["split_multiply"] = True     # a 24-bit M0 is several DSPs summed in one cycle
@@ -227,22 +227,30 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
-def wants_fetch_register(node, work, fold):
-    """Whether an MVAU registers its weight word and activations once more before the MAC array
-    (`qfab.hw.mvau.MVAU`'s ``fetch_register``): whenever the weights are read per fold step (a
-    block RAM's clock-to-output, 5.6 ns on the ECP5 and the start of the UP5K digits MLP's
-    critical path, or a ROM's mux in LUTs); a single word is constants."""
+def varying_weights(node, work, fold):
+    """Whether an MVAU reads its weights per fold step (more than one weight word); a single
+    word is constants."""
     return node.points * (work.n // fold.pe) * (work.k // fold.simd) > 1
 
 
-def wants_skid(family, requant_mode):
+# On the iCE40 the fetch register and the skid queue were tried and taken back: the UP5K digits
+# MLP w4a4 went 33.6 -> 32.3 -> 34.4 MHz with them (within nextpnr's run-to-run spread), the CNN
+# w4a4 from 36.1 MHz (met at 36, 4,199 cells) to 32.5 MHz (4,377 cells): their flip-flops cost
+# logic cells on a device whose routing, not its logic depth, limits it.
+
+def wants_fetch_register(family, node, work, fold):
+    """Whether an MVAU registers its weight word and activations once more before the MAC array
+    (`qfab.hw.mvau.MVAU`'s ``fetch_register``): on the ECP5, whenever the weights are read per fold
+    step (a DP16KD's 5.6 ns clock-to-output, or a ROM's mux in LUTs)."""
+    return family == "ecp5" and varying_weights(node, work, fold)
+
+
+def wants_skid(family):
     """Whether an MVAU gets its skid queue before the requantization (`qfab.hw.mvau.MVAU`'s
-    ``skid``): always on the ECP5 (the stall chain from the next stage's FIFO, through the
+    ``skid``): on the ECP5, where the stall chain from the next stage's FIFO, through the
     requantization and the MAC array's enable, into the vector store limited the digits CNN at
-    II 64 to 87.7 MHz once its adder trees had two registers); on the iCE40 where the requantization takes several cycles per beat
-    (``search``, ``shift_add``: its ready comes from a step counter, the UP5K MLP's critical path),
-    not where logic cells are all it would cost."""
-    return family == "ecp5" or requant_mode in ("search", "shift_add")
+    II 64 to 87.7 MHz once its adder trees had two registers."""
+    return family == "ecp5"
 
 
 def tree_registers(family, simd, varying_weights=False):

@@ -100,15 +100,17 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
     assert [tree_registers("ecp5", s, True) for s in (4, 5, 16, 17)] == [1, 2, 2, 3]
     stages = stages_of(cnn)
     folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
-    works = {s.name: s for s in stages}
+    works = stages_by_name = {s.name: s for s in stages}
     for family in ("ecp5", "ice40"):
         plan = plan_graph(cnn, folds, works, family=family)
         mvaus = {s.name: s.params for s in plan.stages if s.engine == "MVAU"}
         for name, params in mvaus.items():
-            want = tree_registers(family, folds[name].simd, bool(params.get("fetch_register")))
+            varying = stages_by_name[name].points * (stages_by_name[name].n // folds[name].pe) * \
+                (stages_by_name[name].k // folds[name].simd) > 1
+            want = tree_registers(family, folds[name].simd, varying)
             assert params.get("tree_registers", 1) == want, (family, name)
-            # the skid queue: every MVAU on the ECP5, multi-cycle requantizations on the iCE40
-            multi_cycle = params.get("requant") in ("search", "shift_add")
-            assert params.get("skid", False) == (family == "ecp5" or multi_cycle), (family, name)
+            # the skid queue and the fetch register (weights read per fold step): on the ECP5
+            assert params.get("skid", False) == (family == "ecp5"), (family, name)
+            assert params.get("fetch_register", False) == (family == "ecp5" and varying), (family, name)
         if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
             assert max(p.get("tree_registers", 1) for p in mvaus.values()) >= 3
