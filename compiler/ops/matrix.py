@@ -180,13 +180,10 @@ class MatrixOp(Op):
     # ---- latency (qfab.compiler.latency) --------------------------------------------------------
     def latency(self, graph, node, stage):
         """The MVAU's, from the issue of an output beat's last MAC beat to the beat on ``o``
-        (`mac_engine_latency`: 4, the requantization's (`requant_timing`), 2 more with point
-        multipliers other than a single 1, ``a_bits`` more bit-serially), one more with
-        ``fetch_register`` (weights read per fold step on the ECP5), ``tree_registers - 1`` more
-        with deeper adder trees, one more with the ``skid`` queue."""
+        (`mac_engine_latency`, with the requantization's `requant_timing` and 2 more with point
+        multipliers other than a single 1)."""
         return mac_engine_latency(stage.params, requant_timing(stage.params)[0],
-                                  combine=_combines(stage.params.get("point_multipliers"))) + \
-            (1 if stage.params.get("fetch_register") else 0) + (1 if stage.params.get("skid") else 0)
+                                  combine=_combines(stage.params.get("point_multipliers")))
 
     def output_interval(self, graph, node, stage):
         """The MVAU's `requant_interval`: cycles per output beat its requantization needs."""
@@ -253,17 +250,17 @@ def wants_skid(family):
     return family == "ecp5"
 
 
-def tree_registers(family, simd, varying_weights=False):
+def tree_registers(family, simd, weights_vary=False):
     """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
     One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
     the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
     register at 100 MHz asked (15.5 ns), and with two registers (a third and two thirds of the
     way) its middle part was still the slowest path (90.5 MHz): one more level per four times the
-    lanes keeps each segment to about two chains. Weights read per fold step (``varying_weights``)
+    lanes keeps each segment to about two chains. Weights read per fold step (``weights_vary``)
     multiply in full tiles rather than by constants: such a lane counts four (the digits CNN's
     `gemm_24`, SIMD 16 of 4-bit weights from a ROM, was then the slowest path at 91.8 MHz)."""
     registers = 1
-    if varying_weights:
+    if weights_vary:
         simd *= 4
     if family == "ecp5":
         while simd > 16 * 4 ** (registers - 1):
@@ -274,11 +271,12 @@ def tree_registers(family, simd, varying_weights=False):
 def mac_engine_latency(params, requant_latency, combine=False):
     """Cycles from the issue of an output beat's last MAC beat to the beat on the output of an
     MVAU or VVAU (`qfab.hw.mvau.MVAU.latency`, the VVAU's docstring): 4 (the fetch register, then
-    the `MacArray`'s 3, one of them a register level inside its adder trees; ``tree_registers - 1``
-    more with deeper trees), 2 more for the point
-    sum, the requantization's, and ``a_bits`` more in the bit-serial style (one cycle per bit
-    plane). The compiler does not import the hardware: tests/compiler/test_latency.py checks these
-    numbers against the engines in the Amaranth simulator."""
+    the `MacArray`'s 3, one of them a register level inside its adder trees), the MVAU's clock
+    options (`tree_registers - 1` more with deeper trees, one more each with ``fetch_register`` and
+    ``skid``; the VVAU has none of them), 2 more for the point sum, the requantization's, and
+    ``a_bits`` more in the bit-serial style (one cycle per bit plane). The compiler does not import
+    the hardware: tests/compiler/test_latency.py checks these numbers against the engines in the
+    Amaranth simulator."""
     serial = int(params["a_bits"]) if params.get("style", "bit_parallel") == "bit_serial" else 0
-    deeper = int(params.get("tree_registers", 1)) - 1
-    return MAC_LATENCY + deeper + (2 if combine else 0) + requant_latency + serial
+    options = int(params.get("tree_registers", 1)) - 1 + bool(params.get("fetch_register")) + bool(params.get("skid"))
+    return MAC_LATENCY + options + (2 if combine else 0) + requant_latency + serial
