@@ -119,15 +119,16 @@ def graph_from_args(args):
 def print_manifest(manifest):
     """A build's stages, folding, cycles and estimates, as ``qfab compile`` prints them."""
     est = manifest.estimates
-    print(f"\n{'stage':<22}{'kind':<9}{'PE':>4}{'SIMD':>6}  {'style':<13}{'cycles':>9}{'LUTs':>8}{'FFs':>7}{'BRAM bits':>11}")
+    print(f"\n{'stage':<22}{'kind':<9}{'PE':>4}{'SIMD':>6}  {'style':<13}{'requant':<11}{'cycles':>9}{'LUTs':>8}"
+          f"{'FFs':>7}{'BRAM bits':>11}")
     for s in manifest.stages:
         e = est.per_layer.get(s.name)
         luts, ffs, bram = (e.luts, e.ffs, e.bram_bits) if e is not None else ("", "", "")
-        print(f"{s.name:<22}{s.kind:<9}{s.pe or '':>4}{s.simd or '':>6}  {s.style or '':<13}"
+        print(f"{s.name:<22}{s.kind:<9}{s.pe or '':>4}{s.simd or '':>6}  {s.style or '':<13}{s.requant or '':<11}"
               f"{s.cycles or '':>9}{luts:>8}{ffs:>7}{bram:>11}")
     t = est.total
     ii = manifest.initiation_interval
-    print(f"{'total (with streams)':<54}{ii:>9}{t.luts:>8}{t.ffs:>7}{t.bram_bits:>11}")
+    print(f"{'total (with streams)':<65}{ii:>9}{t.luts:>8}{t.ffs:>7}{t.bram_bits:>11}")
     print(f"initiation interval {ii} cycles per inference (the slowest stage); "
           f"estimated latency {manifest.latency_estimate} cycles; DSPs {t.dsps}"
           + (f"; {t.logic_cells} iCE40 logic cells" if t.logic_cells is not None else ""))

@@ -66,6 +66,7 @@ class StageInfo:
     style: str | None = None
     cycles: int | None = None
     pixels: int | None = None      # output pixels per beat of a convolution (None: not a fold field)
+    requant: str | None = None     # a matrix engine's requantization (`estimate.REQUANT_MODES`)
 
 
 @dataclass(frozen=True)

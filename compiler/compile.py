@@ -8,7 +8,7 @@ import io
 import json
 import pathlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qfab.base.errors import QfabError
 
@@ -33,7 +33,7 @@ from .modelfile import save
 from .ops import op_for
 
 __all__ = ["Budget", "compile_graph", "design_estimates", "load_folding", "check_graph_limits",
-           "check_plan_limits"]
+           "check_plan_limits", "spend_dsps"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class Budget:
 def load_folding(path):
     """Manual folding from a JSON file: ``{"layer": {"pe": 4, "simd": 8, "style": "bit_serial"}}``
     (optionally under a top-level ``"folding"`` key). ``pe``, ``simd`` and ``pixels`` (output
-    pixels per beat of a convolution) are positive integers (default 1); anything else is a one-line `QfabError` naming the layer and field."""
+    pixels per beat of a convolution) are positive integers (default 1); ``requant`` names a
+    matrix layer's requantization (`estimate.REQUANT_MODES`; default: the cheapest); anything
+    else is a one-line `QfabError` naming the layer and field."""
     try:
         doc = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError, RecursionError) as e:
@@ -84,9 +86,9 @@ def load_folding(path):
                         f'like {{"fc1": {{"pe": 4, "simd": 8}}}}, not {type(doc).__name__}')
     folds = {}
     for name, spec in doc.items():
-        if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style", "pixels"}:
-            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style "
-                            f"and pixels, not {spec!r:.60}")
+        if not isinstance(spec, dict) or set(spec) - {"pe", "simd", "style", "pixels", "requant"}:
+            raise QfabError(f"{path}: folding of {name!r} must be an object with pe, simd and optionally style, "
+                            f"pixels and requant, not {spec!r:.60}")
         lanes = {}
         for key in ("pe", "simd", "pixels"):
             value = spec.get(key, 1)
@@ -96,7 +98,11 @@ def load_folding(path):
         style = spec.get("style", "bit_parallel")
         if style not in ("bit_parallel", "bit_serial"):
             raise QfabError(f"{path}: style of {name!r} must be bit_parallel or bit_serial, not {style!r:.40}")
-        folds[name] = Fold(lanes["pe"], lanes["simd"], style, lanes["pixels"])
+        requant = spec.get("requant")
+        if requant is not None and requant not in estimate.REQUANT_MODES:
+            raise QfabError(f"{path}: requant of {name!r} must be one of {', '.join(estimate.REQUANT_MODES)}, "
+                            f"not {requant!r:.40}")
+        folds[name] = Fold(lanes["pe"], lanes["simd"], style, lanes["pixels"], requant)
     return folds
 
 
@@ -192,6 +198,48 @@ def design_estimates(graph, stages, folds, family="ice40", plan=None):
     return per, streams, estimate.total(list(per.values()) + list(streams.values()))
 
 
+def spend_dsps(graph, stages, folds, budget):
+    """``folds``, or when their design does not fit ``budget``, the same folds with matrix layers
+    requantizing on DSPs the design leaves unused (``Fold.requant = "multiply"``).
+
+    `estimate.choose_requant` prices a DSP at the family's exchange rate (an iCE40 DSP as 660
+    logic cells), so a design whose logic does not fit may leave DSPs idle: the UP5K's eight
+    SB_MAC16s take two 8-bit layers' 24-bit requantization multiplies, where shift-and-add in
+    logic costs each 400-600 cells. The layers move greedily by logic saved per DSP while the
+    budget's DSPs last. A budget without a DSP limit, or folds that fit, are returned unchanged."""
+    if budget.dsps is None:
+        return folds
+    per, _, total = design_estimates(graph, stages, folds, budget.family)
+    if budget.check(total)[0]:
+        return folds
+    m = estimate.model(budget.family)
+
+    def logic(res):
+        cells = estimate.logic_cells(res, budget.family)
+        return res.luts if cells is None else cells
+
+    works = {s.name: s for s in stages}
+    moves = []
+    for node in graph.nodes:
+        work = works.get(node.name)
+        if work is None or work.kind not in ("mvau", "vvau") or folds[node.name].requant is not None:
+            continue
+        try:
+            moved = op_for(node).estimate(graph, node, work, replace(folds[node.name], requant="multiply"), m)
+        except QfabError:
+            continue
+        extra, saved = moved.dsps - per[node.name].dsps, logic(per[node.name]) - logic(moved)
+        if extra > 0 and saved > 0:
+            moves.append((saved / extra, node.name, extra))
+    left = budget.dsps - total.dsps
+    out = dict(folds)
+    for _, name, extra in sorted(moves, reverse=True):
+        if extra <= left:
+            out[name] = replace(out[name], requant="multiply")
+            left -= extra
+    return out
+
+
 def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, style="bit_parallel",
                   family=None, log=print):
     """Lower ``graph`` and write the build folder ``out_dir``; return its `Build` (the manifest
@@ -215,7 +263,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
             fill = budget.fill(design_estimates(graph, stages, folds, family)[2])
             return estimate.fmax_estimate(family, fill) / max(s.cycles(folds[s.name]) for s in stages)
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
-                           manual=folding, speed=speed)
+                           manual=folding, speed=speed,
+                           refine=None if budget is None else lambda f: spend_dsps(graph, stages, f, budget))
     t = time.perf_counter()
     plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
     per, streams, totals = design_estimates(graph, stages, folds, family, plan=plan)
@@ -235,7 +284,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
         stages=tuple(StageInfo(name=s.name, node=s.node, kind=s.kind, pe=s.fold.pe if s.fold else None,
                                simd=s.fold.simd if s.fold else None,
                                style=s.fold.style if s.fold and s.kind in ("mvau", "vvau") else None, cycles=s.cycles,
-                               pixels=s.fold.pixels if s.fold and s.fold.pixels > 1 else None)
+                               pixels=s.fold.pixels if s.fold and s.fold.pixels > 1 else None,
+                               requant=s.params.get("requant", "multiply") if s.kind in ("mvau", "vvau") else None)
                      for s in plan.stages),
         fifos=tuple(FifoInfo(name=e.name, src=e.src, dst=e.dst, depth=e.depth, tensor=e.tensor,
                              elements_per_beat=e.per_beat_dst) for e in plan.fifos),

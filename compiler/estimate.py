@@ -19,12 +19,14 @@ import math
 from dataclasses import dataclass, field
 from importlib.resources import files
 
+from qfab.base.errors import QfabError
 from qfab.base.limits import LOGIC_WEIGHT_LIMIT_BITS
 
 __all__ = ["logic_cells", "Resources", "Terms", "model", "stage_resources", "window_resources", "fifo_resources",
            "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
            "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS",
            "structure", "REQUANT_MODES", "RequantChoice", "requant_options", "choose_requant", "beat_cycles",
+           "dsp_piece_resources",
            "choose_const_requant"]
 
 REQUANT_MODES = ("multiply", "shift_add", "thresholds", "search")   # qfab.hw.requant.RequantMode values
@@ -209,6 +211,15 @@ def _mac_acc_bits(stage):
     w_max = 1 if stage.w_bits == 1 else 1 << (stage.w_bits - 1)
     bound = stage.k * stage.points * w_max * ((1 << stage.a_bits) - 1)
     return bound.bit_length() + 1
+
+
+def dsp_piece_resources(stage, fold, m_bits=24):
+    """What an iCE40 ``multiply`` requantization in registered SB_MAC16 pieces
+    (`qfab.hw.requant.Requant`'s ``dsp_width``) adds per PE lane beyond the plain multiply: the
+    accumulator's digit adder and the pieces' sum, about four LUTs per bit of the product
+    (``acc_bits + m_bits``): one Yosys synth_ice40 of a 21-bit accumulator by a 24-bit M0 took
+    254 LUT4 with the pieces, 72 without (their registers sit in the DSPs)."""
+    return Resources(luts=fold.pe * 4 * (_mac_acc_bits(stage) + m_bits))
 
 
 def fetch_register_resources(stage, fold):
@@ -456,11 +467,23 @@ def choose_requant(stage, fold, family="ice40", *, levels, m0_bits, m_bits=24):
     """The cheapest `requant_options` of an MVAU stage, in logic cells plus its DSPs and block
     RAMs at the family's exchange rate (``dsp_cells``, ``block_cells`` of `structure`: on the
     iCE40 a DSP counts as 660 cells, on the ECP5 as 8). Reads only `structure`, never the fitted
-    model, so the lowering and the estimates agree and refitting cannot change the hardware."""
+    model, so the lowering and the estimates agree and refitting cannot change the hardware.
+
+    A fold that names its mode (``fold.requant``: set by `--board` folding to spend DSPs the
+    design leaves unused, or by a folding file) gets that option; `QfabError` if the stage cannot
+    use it at this fold (``search`` and ``shift_add`` need cycles per output beat)."""
     m = structure(family)
+    options = requant_options(stage, fold, levels=levels, m0_bits=m0_bits, m_bits=m_bits, m=_unfitted(family))
+    wanted = getattr(fold, "requant", None)
+    if wanted is not None:
+        for choice in options:
+            if choice.mode == wanted:
+                return choice
+        raise QfabError(f"layer {stage.name!r}: requantization {wanted!r} is not possible at PE={fold.pe}, "
+                        f"SIMD={fold.simd} ({beat_cycles(stage, fold)} cycles per output beat); "
+                        f"possible: {', '.join(c.mode for c in options)}")
     best = None
-    for choice, res in requant_options(stage, fold, levels=levels, m0_bits=m0_bits, m_bits=m_bits,
-                                       m=_unfitted(family)).items():
+    for choice, res in options.items():
         cost = res.luts + 0.75 * res.ffs + res.dsps * m["dsp_cells"] + res.bram_blocks * m["block_cells"]
         if best is None or cost < best[0]:
             best = (cost, choice)

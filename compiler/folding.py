@@ -9,6 +9,8 @@ balances the stages so that none is much faster than it needs to be.
 Pure arithmetic on the IR: no Amaranth here. Costs come from `qfab.compiler.estimate`.
 """
 
+from dataclasses import replace
+
 from qfab.base.errors import QfabError
 
 from .ops import op_for
@@ -44,7 +46,7 @@ def fold_for_ii(stage, target_ii, cost, style="bit_parallel"):
 
 
 def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None, style="bit_parallel",
-                   manual=None, speed=None):
+                   manual=None, speed=None, refine=None):
     """Pick a `Fold` per stage.
 
     ``target_ii``: the cheapest folds that reach it; if a stage cannot, `QfabError` names the stage and
@@ -54,7 +56,9 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
     of the most speed among it and the intervals up to twice it (timing-aware folding: a full
     device clocks lower, so a slightly slower fold can be faster in inferences per second). ``manual``: folds by stage name that
     override the choice (checked for legality). With neither target nor budget, every stage is fully
-    folded (PE = SIMD = 1), the smallest design.
+    folded (PE = SIMD = 1), the smallest design. ``refine``: with a budget, a callable
+    ``refine(folds) -> folds`` applied to each candidate folding before it is checked (``--board``
+    spends unused DSPs on requantization there: `qfab.compiler.compile.spend_dsps`).
     """
     manual = dict(manual or {})
     for name, fold in manual.items():
@@ -62,7 +66,10 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
         if stage is None:
             raise QfabError(f"folding names layer {name!r}, which has no hardware stage "
                             f"(stages: {[s.name for s in stages]})")
-        if fold in stage.folds(fold.style):
+        if fold.requant is not None and stage.kind not in ("mvau", "vvau"):
+            raise QfabError(f"layer {name!r}: requant={fold.requant!r} is for matrix layers (a "
+                            f"{stage.kind} stage requantizes as its operator chooses)")
+        if replace(fold, requant=None) in stage.folds(fold.style):
             continue
         limit = stage.simd_of if stage.kind == "mvau" else stage.n
         if fold.pixels != 1:
@@ -83,7 +90,7 @@ def choose_folding(stages, *, target_ii=None, budget=None, cost, total_cost=None
             if f is None:
                 return None
             folds[s.name] = f
-        return folds
+        return folds if refine is None or budget is None else refine(folds)
 
     if target_ii is None and budget is None:
         return {s.name: manual.get(s.name, Fold(1, 1, style if s.kind == "mvau" else "bit_parallel"))

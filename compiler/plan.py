@@ -40,11 +40,17 @@ class ElementType:
 class Fold:
     """How many output (``pe``) and input (``simd``) lanes a stage gets, its MAC style, and how
     many output pixels (``pixels``) a convolution computes at once (FINN's MMV: ``pixels`` copies
-    of a fully unfolded engine, fed whole windows by a `qfab.hw.wide_window.WideWindow`)."""
+    of a fully unfolded engine, fed whole windows by a `qfab.hw.wide_window.WideWindow`).
+
+    ``requant``: how a matrix engine requantizes (a mode of `qfab.compiler.estimate.REQUANT_MODES`);
+    None, the default, is the cheapest by the device family's exchange rates
+    (`qfab.compiler.estimate.choose_requant`). ``--board`` folding sets ``"multiply"`` where it
+    spends DSPs a design leaves unused (`qfab.compiler.compile.spend_dsps`)."""
     pe: int = 1
     simd: int = 1
     style: str = "bit_parallel"     # "bit_parallel" | "bit_serial"
     pixels: int = 1
+    requant: str | None = None
 
 
 @dataclass(frozen=True)

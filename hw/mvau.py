@@ -162,6 +162,9 @@ class MVAU(wiring.Component):
     split_multiply : bool
         ``MULTIPLY`` requantization: the product in two cycles (`Requant`'s ``split_multiply``),
         one more cycle of latency.
+    dsp_width : int or None
+        ``MULTIPLY`` requantization: the product in pieces for ``dsp_width``-bit DSPs with their
+        input and output registers (`Requant`'s ``dsp_width``), two more cycles of latency.
 
     Members
     -------
@@ -193,7 +196,7 @@ class MVAU(wiring.Component):
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
                  fetch_register: bool = False, tree_registers: int = 1, skid: bool = False,
-                 split_multiply: bool = False) -> None:
+                 split_multiply: bool = False, dsp_width: int | None = None) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -252,7 +255,7 @@ class MVAU(wiring.Component):
             self._requant = ThresholdRequant(pe, n_out, **rq_params)
         else:
             self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, split_multiply=split_multiply,
-                                    **rq_params)
+                                    dsp_width=dsp_width, **rq_params)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
             "o": Out(stream.Signature(data.ArrayLayout(

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
 
-__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps"]
+__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps", "signed_digits", "digit_bias", "biased_digits"]
 
 
 def csd_digits(constant: int) -> list[tuple[int, int]]:
@@ -145,6 +145,31 @@ def check_requant_params(lanes, channels, acc_bits, bias, m0, shift, zero_point,
     return bias, m0, shift, zero_point, lo, hi, out_shape
 
 
+def digit_bias(bits, width):
+    """``(n, B)`` of `signed_digits`: ``n = ceil((bits + 1) / width)`` digits, ``B`` the sum of
+    every digit's ``2**(width - 1)``; ``value + B`` is in ``[0, 2**(n * width))`` for every
+    signed ``bits``-bit value."""
+    n = -(-(bits + 1) // width)
+    return n, sum(1 << (k * width + width - 1) for k in range(n))
+
+
+def biased_digits(y, n, width):
+    """The `signed_digits` of ``value`` from ``y = value + B`` (`digit_bias`): ``y``'s ``k``-th
+    ``width``-bit slice minus ``2**(width - 1)``, i.e. the slice with its top bit inverted, read
+    as signed. Wiring only."""
+    y = Cat(y[:n * width], Const(0, max(0, n * width - len(y))))
+    return [Cat(y[k * width:(k + 1) * width - 1], ~y[(k + 1) * width - 1]).as_signed() for k in range(n)]
+
+
+def signed_digits(value, bits, width):
+    """``value`` (a signed ``bits``-bit `Value`) as ``ceil((bits + 1) / width)`` signed
+    ``width``-bit digits, lowest first, ``value == sum(d << (width * k))``: one adder (``value +
+    B``, `digit_bias`), then `biased_digits`. No digit has a constant bit (each can be a whole
+    DSP operand register)."""
+    n, bias = digit_bias(bits, width)
+    return biased_digits(value + bias, n, width)
+
+
 def shift_add_steps(m0_bits: int, digit_bits: int) -> int:
     """Cycles of the shift-and-add multiply: ``ceil(m0_bits / digit_bits)`` (at least 1)."""
     return max(1, -(-m0_bits // digit_bits))
@@ -209,6 +234,15 @@ class Requant(wiring.Component):
         registered), then their sum: one more cycle of latency. A 24-bit ``M0`` on one ``*`` is
         several DSP blocks summed in the fabric in one cycle, the ECP5 digits CNN's slowest path
         at 97 MHz once everything else was pipelined.
+    dsp_width : int or None
+        ``MULTIPLY`` only: the product as pieces for signed ``dsp_width x dsp_width`` multipliers
+        (16: the iCE40's SB_MAC16). ``acc`` and ``M0`` are cut into signed digits of
+        ``dsp_width`` bits (whole registers, no constant bits, so synthesis packs them into each
+        DSP's input registers), every pair's product is registered (the DSP's output register;
+        a wire marked ``keep`` holds each product's every bit, which the sum may not need), and
+        the pieces' sum is the product register: two more cycles of latency. Without it Yosys
+        chains a wide product's SB_MAC16s through their adders with none of their registers,
+        paths nextpnr-ice40 does not time. Takes precedence over ``split_multiply``.
 
     Members
     -------
@@ -217,7 +251,7 @@ class Requant(wiring.Component):
 
     Latency and throughput (`latency`, `interval`): ``MULTIPLY`` is a pipeline of 5 registered
     stages (input and ``M0`` registers in front of the multiplier, product register, offset sum,
-    shift, clamp), latency 5 cycles (6 with ``split_multiply``), one beat per cycle. The shift is the lane's smallest shift
+    shift, clamp), latency 5 cycles (6 with ``split_multiply``, 7 with ``dsp_width``), one beat per cycle. The shift is the lane's smallest shift
     (wiring) and a variable shift by the rest (a shifter as wide as the shifts differ).
     ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (MSB first, no
     multiplier) for ``steps = ceil(bits(max M0) / digit_bits)`` cycles, hands the product on in
@@ -229,7 +263,7 @@ class Requant(wiring.Component):
     def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
                  m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1,
-                 rounding: str = "half_up", split_multiply: bool = False) -> None:
+                 rounding: str = "half_up", split_multiply: bool = False, dsp_width: int | None = None) -> None:
         if rounding not in ("half_up", "half_even"):
             raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
@@ -246,7 +280,10 @@ class Requant(wiring.Component):
         self._out_shape, self._m_bits = out_shape, m_bits
         self._mode, self._digit_bits = mode, digit_bits
         self._rounding = rounding
-        self._split = bool(split_multiply) and mode is RequantMode.MULTIPLY
+        if dsp_width is not None and (not isinstance(dsp_width, int) or isinstance(dsp_width, bool) or dsp_width < 2):
+            raise TypeError(f"dsp_width must be an integer of at least 2, not {dsp_width!r}")
+        self._dsp_width = dsp_width if mode is RequantMode.MULTIPLY else None
+        self._split = bool(split_multiply) and mode is RequantMode.MULTIPLY and self._dsp_width is None
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -268,8 +305,14 @@ class Requant(wiring.Component):
     def latency(self):
         """Cycles from taking a beat to offering its result, without stalls."""
         if self._mode is RequantMode.MULTIPLY:
-            return 6 if self._split else 5
+            return 5 + self._product_stages
         return self.steps + 5
+
+    @property
+    def _product_stages(self):
+        """Registers a ``MULTIPLY`` product takes beyond one: the DSP pieces' operands and
+        products (``dsp_width``), or the split halves (``split_multiply``)."""
+        return 2 if self._dsp_width else 1 if self._split else 0
 
     @property
     def interval(self):
@@ -303,15 +346,16 @@ class Requant(wiring.Component):
             i_valid, i_fold = Signal(), Signal(range(folds))
             with m.If(en):
                 m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter)]
-            if self._split:         # stage Q: the two partial products
-                q_valid, q_fold = Signal(), Signal(range(folds))
+            # the product's own stages (split halves; DSP operands, then pieces), then P
+            q_valid, q_fold = i_valid, i_fold
+            for k in range(self._product_stages):
+                v, f = Signal(name=f"mul_valid_{k}"), Signal(range(folds), name=f"mul_fold_{k}")
                 with m.If(en):
-                    m.d.sync += [q_valid.eq(i_valid), q_fold.eq(i_fold), p_valid.eq(q_valid), p_fold.eq(q_fold)]
-                p_load, p_next_fold = en, q_fold
-            else:
-                with m.If(en):
-                    m.d.sync += [p_valid.eq(i_valid), p_fold.eq(i_fold)]
-                p_load, p_next_fold = en, i_fold
+                    m.d.sync += [v.eq(q_valid), f.eq(q_fold)]
+                q_valid, q_fold = v, f
+            with m.If(en):
+                m.d.sync += [p_valid.eq(q_valid), p_fold.eq(q_fold)]
+            p_load, p_next_fold = en, q_fold
         else:
             # the shift-and-add multiplier: busy for `steps` cycles, then holds its product until
             # the pipeline takes it (and takes the next beat in the same cycle)
@@ -346,11 +390,18 @@ class Requant(wiring.Component):
             prod = Signal(prod_shape, name=f"prod_{lane}")
 
             if self._mode is RequantMode.MULTIPLY:
-                m0_sig = rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
+                if self._dsp_width:     # M0's digits biased in the ROM (`digit_bias`): no adder
+                    n, bias = digit_bias(self._m_bits + 1, self._dsp_width)
+                    m0_sig = rom(m, [v + bias for v in m0], counter, en, unsigned(n * self._dsp_width),
+                                 f"m0_{lane}")
+                else:
+                    m0_sig = rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
                 acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
                 with m.If(en):
                     m.d.sync += acc.eq(self.i.payload[lane])
-                if self._split:
+                if self._dsp_width:
+                    self._dsp_pieces(m, lane, acc, m0_sig, en, prod)
+                elif self._split:
                     low = self._m_bits // 2
                     q_lo = Signal(signed(self._acc_bits + low + 1), name=f"q_lo_{lane}")
                     q_hi = Signal(signed(self._acc_bits + self._m_bits - low + 1), name=f"q_hi_{lane}")
@@ -388,6 +439,32 @@ class Requant(wiring.Component):
                                                 Mux(result > self._hi, self._hi, result))),
                 ]
         return m
+
+    def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
+        """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
+        ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased, `biased_digits`),
+        every pair's product in a register, their sum. The sum adds the products of equal
+        weight, then each weight's sum above the next one's low ``dsp_width`` bits (wiring)."""
+        w = self._dsp_width
+        a_digits = signed_digits(acc, self._acc_bits, w)
+        b_digits = biased_digits(m0_sig, digit_bias(self._m_bits + 1, w)[0], w)
+        weights = [[] for _ in range(len(a_digits) + len(b_digits) - 1)]
+        with m.If(en):
+            for i, a_value in enumerate(a_digits):
+                for j, b_value in enumerate(b_digits):
+                    tag = f"{i}{j}_{lane}"
+                    a = Signal(signed(w), reset_less=True, name=f"dsp_a{tag}")
+                    b = Signal(signed(w), reset_less=True, name=f"dsp_b{tag}")
+                    q = Signal(signed(2 * w), reset_less=True, name=f"dsp_q{tag}")
+                    alive = Signal(2 * w, name=f"dsp_keep{tag}", attrs={"keep": 1})
+                    m.d.sync += [a.eq(a_value), b.eq(b_value), q.eq(a * b)]
+                    m.d.comb += alive.eq(q)
+                    weights[i + j].append(q)
+            total = sum(weights[-1])
+            for group in reversed(weights[:-1]):
+                part = sum(group)
+                total = Cat(part[:w], total + (part >> w)).as_signed()
+            m.d.sync += prod.eq(total)
 
     def _shift_add(self, m, lane, m0, counter, take, busy, done, steps, prod, handoff):
         """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the

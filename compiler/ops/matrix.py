@@ -130,6 +130,8 @@ class MatrixOp(Op):
                                                       requant=choice), m)
         if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
+        if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
+            res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         return res + estimate.skid_resources(work, fold) if wants_skid(family) else res
 
     def estimate(self, graph, node, work, fold, m):
@@ -167,8 +169,8 @@ class MatrixOp(Op):
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
         if wants_skid(lw.policy.family):
             params["skid"] = True
-        if lw.policy.family == "ecp5" and choice.mode == "multiply":
-            params["split_multiply"] = True     # a 24-bit M0 is several DSPs summed in one cycle
+        if choice.mode == "multiply":
+            params.update(multiply_options(lw.policy.family))
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -212,8 +214,10 @@ def requant_timing(params):
         mode, levels=int(params["hi"]) - int(params["lo"]) if mode == "search" else 255,
         m0_bits=max(int(v) for v in params["m0"]).bit_length() if mode == "shift_add" else 24,
         digit_bits=int(params.get("requant_digit_bits", 1)))
-    split = 1 if mode == "multiply" and params.get("split_multiply") else 0    # the product in two cycles
-    return choice.latency + split, choice.interval
+    extra = 0
+    if mode == "multiply":      # DSP pieces: operand and product registers; split: the halves
+        extra = 2 if params.get("dsp_width") else 1 if params.get("split_multiply") else 0
+    return choice.latency + extra, choice.interval
 
 
 def _combines(multipliers):
@@ -222,6 +226,22 @@ def _combines(multipliers):
 
 
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
+
+
+ICE40_DSP_WIDTH = 16        # the SB_MAC16's signed operands
+
+
+def multiply_options(family):
+    """The `qfab.hw.requant.Requant` options of an MVAU's ``multiply`` requantization on
+    ``family``: on the ECP5 the product in two halves (a 24-bit M0 is several DSPs summed in one
+    cycle), on the iCE40 in SB_MAC16-sized pieces with the DSPs' own input and output registers
+    (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders unregistered,
+    paths nextpnr-ice40 does not time."""
+    if family == "ecp5":
+        return {"split_multiply": True}
+    if family == "ice40":
+        return {"dsp_width": ICE40_DSP_WIDTH}
+    return {}
 
 
 def varying_weights(node, work, fold):

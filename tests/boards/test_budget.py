@@ -23,7 +23,7 @@ def test_budget_leaves_room_for_the_board_top():
     keep = TOP_RESERVE["ice40"]
     assert (b.luts, b.ffs, b.dsps, b.bram_bits, b.family) == \
         (5280 - keep["luts"], 5280 - keep["ffs"], 8, 29 * 4096, "ice40")
-    assert b.logic_cells == int(5280 * 0.92) - keep["logic_cells"]     # room for nextpnr to place
+    assert b.logic_cells == int(5280 * 0.90) - keep["logic_cells"]     # room for nextpnr to place
     assert keep["logic_cells"] >= 817 + 0.75 * 411        # the v2 link alone, synthesized (digits MLP)
     e = budget_for(get_board("ulx3s_85f"))
     assert e.family == "ecp5" and e.bram_bits == 208 * 18432 and e.luts == 83640 - TOP_RESERVE["ecp5"]["luts"]
@@ -60,16 +60,19 @@ def test_too_large_even_fully_folded_names_the_resource_and_the_bits(tmp_path):
 
 
 
-def test_the_digits_cnn_w8a8_is_refused_by_the_up5k(tmp_path):
-    """Fully folded it packs into 95 % of the UP5K's logic cells, which nextpnr cannot place: the
-    compiler says so before synthesis, naming the cells and the bits."""
+def test_the_digits_cnn_w8a8_fits_the_up5k_on_its_dsps(tmp_path):
+    """Fully folded with every requantization in logic it would pack into 95 % of the UP5K's
+    logic cells, which nextpnr cannot place: `--board` puts the first layer's requantization on the
+    idle SB_MAC16s (`spend_dsps`). With no DSPs left it is refused, naming the cells and the bits."""
     from importlib.resources import files
     cnn = load_graph(str(files("qfab.compiler") / "data" / "digits_cnn.onnx"), digits("NCHW")[0][:300],
                      QuantConfig(w_bits=8, a_bits=8))
     budget = budget_for("icebreaker")
+    manifest = compile_graph(cnn, tmp_path / "w8", budget=budget, log=lambda *a: None).manifest
+    est = manifest.estimates.total
+    assert est.logic_cells <= budget.logic_cells and 0 < est.dsps <= budget.dsps
+    modes = [s.requant for s in manifest.stages if s.kind == "mvau"]
+    assert "multiply" in modes and set(modes) != {"multiply"}
     with pytest.raises(QfabError, match=rf"even fully folded: estimated logic cells \d+ > {budget.logic_cells} "
                                         r"available; use fewer bits"):
-        compile_graph(cnn, tmp_path, budget=budget, log=lambda *a: None)
-    cnn4 = load_graph(str(files("qfab.compiler") / "data" / "digits_cnn.onnx"), digits("NCHW")[0][:300],
-                      QuantConfig(w_bits=4, a_bits=4))
-    assert compile_graph(cnn4, tmp_path / "w4", budget=budget, log=lambda *a: None).manifest.initiation_interval > 0
+        compile_graph(cnn, tmp_path / "none", budget=dataclasses.replace(budget, dsps=0), log=lambda *a: None)

@@ -66,6 +66,56 @@ def test_manual_folding_file(cnn, tmp_path):
         compile_graph(cnn, tmp_path / "d", folding=load_folding(path), log=lambda *a: None)
 
 
+def test_folding_file_names_the_requantization(cnn, tmp_path):
+    """A folding file may choose a matrix layer's requantization; the manifest reports every
+    layer's, and a mode the fold leaves no cycles for, a pool, or an unknown mode are refused."""
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"conv_13": {"pe": 1, "simd": 1, "requant": "shift_add"},
+                                "gemm_24": {"requant": "thresholds"}}))
+    folds = load_folding(path)
+    assert folds["conv_13"] == Fold(1, 1, "bit_parallel", 1, "shift_add")
+    manifest = compile_graph(cnn, tmp_path / "b", folding=folds, log=lambda *a: None).manifest
+    modes = {s.name: s.requant for s in manifest.stages}
+    assert modes["conv_13"] == "shift_add" and modes["gemm_24"] == "thresholds" and modes["maxpool_10"] is None
+    assert modes["conv_3"] in ("multiply", "shift_add", "thresholds", "search")
+    plain = compile_graph(cnn, tmp_path / "p", folding={"conv_13": Fold(1, 1)}, log=lambda *a: None).manifest
+    assert {s.name: s.requant for s in plain.stages}["gemm_24"] != "thresholds"     # the choice was the file's
+    # whole windows and every output channel at once: one cycle per output beat, no time to search
+    with pytest.raises(QfabError, match=r"layer 'conv_13': requantization 'search' is not possible at PE=16, "
+                                        r"SIMD=72 \(1 cycles per output beat\)"):
+        compile_graph(cnn, tmp_path / "c", folding={"conv_13": Fold(16, 72, requant="search")}, log=lambda *a: None)
+    with pytest.raises(QfabError, match="layer 'maxpool_10': requant='multiply' is for matrix layers"):
+        compile_graph(cnn, tmp_path / "d", folding={"maxpool_10": Fold(requant="multiply")}, log=lambda *a: None)
+    path.write_text(json.dumps({"conv_13": {"requant": "lut"}}))
+    with pytest.raises(QfabError, match="requant of 'conv_13' must be one of multiply, shift_add"):
+        load_folding(path)
+
+
+def test_spend_dsps_moves_requantization_only_when_the_logic_does_not_fit():
+    """`spend_dsps` leaves fitting folds alone; otherwise it moves the layers that save the most
+    logic per DSP onto the DSPs the budget has left, and never more than that."""
+    from qfab.compiler import estimate
+    from qfab.compiler.compile import design_estimates, spend_dsps
+    from qfab.compiler.folding import stages_of
+    graph = load_graph(_bundled("digits_cnn.onnx"), digits("NCHW")[0][:300], QuantConfig(w_bits=8, a_bits=8))
+    stages = stages_of(graph)
+    folds = {s.name: Fold() for s in stages}
+    total = design_estimates(graph, stages, folds)[2]
+    cells = estimate.logic_cells(total)
+    assert total.dsps == 0
+    roomy = Budget(logic_cells=round(cells) + 10, dsps=8)
+    assert spend_dsps(graph, stages, folds, roomy) is folds
+    assert spend_dsps(graph, stages, folds, Budget(logic_cells=round(cells) - 10)) is folds     # no DSP limit
+    tight = Budget(logic_cells=round(cells) - 10, dsps=8)
+    spent = spend_dsps(graph, stages, folds, tight)
+    moved = {name for name, f in spent.items() if f.requant == "multiply"}
+    assert moved and all(spent[n] == folds[n] for n in set(folds) - moved)
+    after = design_estimates(graph, stages, spent)[2]
+    assert 0 < after.dsps <= 8 and estimate.logic_cells(after) < cells
+    one = spend_dsps(graph, stages, folds, Budget(logic_cells=round(cells) - 10, dsps=after.dsps - 1))
+    assert design_estimates(graph, stages, one)[2].dsps <= after.dsps - 1
+
+
 def test_build_folder_contents(cnn, tmp_path):
     manifest = compile_graph(cnn, tmp_path / "b", target_ii=1152, log=lambda *a: None).manifest
     assert (tmp_path / "b" / "qfab_top.v").read_text().count("module qfab_top") == 1

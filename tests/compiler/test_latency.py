@@ -139,6 +139,7 @@ ENGINE_CASES = {
     "mvau_tree_registers_serial": (_dense6, Fold(1, 3, "bit_serial"), "MVAU", {"tree_registers": 2}),
     "mvau_skid": (_dense6, Fold(3, 4), "MVAU", {"skid": True, "fetch_register": True}),
     "mvau_split_multiply": (_dense6, Fold(3, 4), "MVAU", {"skid": True, "split_multiply": True}),
+    "mvau_dsp_pieces": (_dense6, Fold(3, 4), "MVAU", {"dsp_width": 16}),
     "mvau_skid_search": (conv_graph, Fold(4, 4), "MVAU", dict(LOW_OUTPUT, requant="search", skid=True)),
     "mvau_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 4), "MVAU", {}),
     "wide_window": (_first_conv, Fold(3, 18), "WideWindow", {}),

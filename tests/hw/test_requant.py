@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from qfab.compiler import intops
 from qfab.hw.add import Add
 from qfab.hw.pool import AvgPool
-from qfab.hw.requant import Requant, RequantMode, const_multiply, csd_digits, requantize
+from qfab.hw.requant import Requant, RequantMode, const_multiply, csd_digits, requantize, signed_digits
 
 from .dataflow_models import add_model, avgpool_model, beats, codes, simulate, unbeat
 from .streams import get_all, put_all, stream_through
@@ -96,6 +96,7 @@ def requant_params(draw):
                 out_signed=out_signed, beats=draw(st.integers(1, 12)),
                 rounding=draw(st.sampled_from(["half_up", "half_even"])),
                 split_multiply=draw(st.booleans()),
+                dsp_width=draw(st.sampled_from([None, None, 7, 16])),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.5])), seed=draw(st.integers(0, 999)))
 
@@ -191,32 +192,66 @@ def first_and_spacing(dut, payloads):
     return outs[0] - times["first"], {b - a for a, b in zip(outs, outs[1:])}
 
 
-@pytest.mark.parametrize("mode,digit_bits,split", [(RequantMode.MULTIPLY, 1, False), (RequantMode.MULTIPLY, 1, True),
-                                                   (RequantMode.SHIFT_ADD, 1, False), (RequantMode.SHIFT_ADD, 3, False)])
-def test_sim_latency_and_interval(mode, digit_bits, split):
+@pytest.mark.parametrize("mode,digit_bits,split,dsp", [(RequantMode.MULTIPLY, 1, False, None),
+                                                       (RequantMode.MULTIPLY, 1, True, None),
+                                                       (RequantMode.MULTIPLY, 1, False, 16),
+                                                       (RequantMode.MULTIPLY, 1, True, 4),
+                                                       (RequantMode.SHIFT_ADD, 1, False, None),
+                                                       (RequantMode.SHIFT_ADD, 3, False, None)])
+def test_sim_latency_and_interval(mode, digit_bits, split, dsp):
     """The documented latency and interval, measured with no gaps and no stalls."""
-    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split,
+    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split, dsp_width=dsp,
                   **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
-    assert dut.latency == (6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
+    assert dut.latency == (7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
     latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
     assert (latency, spacing) == (dut.latency, {dut.interval})
 
 
 @pytest.mark.parametrize("m_bits", [4, 16, 24])
-def test_split_multiply_at_the_extremes(m_bits):
-    """The two half products summed: every extreme accumulator times every extreme M0, exact,
-    under gaps and stalls."""
+@pytest.mark.parametrize("how", [{"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 9}])
+def test_split_multiply_at_the_extremes(m_bits, how):
+    """The two half products summed, or the DSP-sized signed-digit pieces: every extreme
+    accumulator times every extreme M0, exact, under gaps and stalls."""
     acc_bits = 20
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, 1 << (m_bits // 2)]
     kwargs = dict(bias=[0] * 6, m0=m0, shift=[20] * 6, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
-                  m_bits=m_bits, split_multiply=True)
+                  m_bits=m_bits, **how)
     beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321)]
     dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
     got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=3)
     acc = np.array(beats)
     want = intops.requantize(acc, np.array(m0)[None, :], np.array([20] * 6)[None, :], 0, -128, 127)
     assert got == want.tolist()
+
+
+@pytest.mark.parametrize("bits,width", [(1, 2), (5, 16), (16, 16), (17, 16), (21, 16), (25, 16), (40, 16),
+                                        (20, 2), (33, 7), (12, 5)])
+def test_signed_digits(bits, width):
+    """Every digit fits ``width`` signed bits and the digits sum back to the value, for the
+    extremes and random values (simulated)."""
+    rng = np.random.default_rng(bits * 100 + width)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    values = [lo, hi, -1, 0, min(1, hi), lo + 1] + [int(v) for v in rng.integers(lo, hi + 1, 200)]
+    m = Module()
+    x = Signal(signed(bits))
+    n = len(signed_digits(x, bits, width))
+    digits = [Signal(signed(width), name=f"d{k}") for k in range(n)]
+    wide = [Signal(signed(64), name=f"w{k}") for k in range(n)]
+    m.d.comb += [d.eq(v) for d, v in zip(digits, signed_digits(x, bits, width))]
+    m.d.comb += [w.eq(v) for w, v in zip(wide, signed_digits(x, bits, width))]
+    sim = Simulator(m)
+    got = []
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(x, v)
+            got.append(([ctx.get(d) for d in digits], [ctx.get(w) for w in wide]))
+    sim.add_testbench(bench)
+    sim.run()
+    for v, (narrow, full) in zip(values, got):
+        assert narrow == full, v                       # no digit needs more than `width` bits
+        assert sum(d << (width * k) for k, d in enumerate(narrow)) == v
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,9 +1,8 @@
 """w8a8 digits MLP and CNN folded for the iCEBreaker (8 DSPs): the compiler requantizes without
-DSPs where the fold leaves the cycles (docs/hardware.md, "Requantization options"), the build fits
-the board's budget, and Verilator runs it bit-exact, at full rate and under random stalls. The
-CNN at w8a8 fully folded exceeds the cells nextpnr can place on the UP5K
-(tests/boards/test_budget.py): it is compiled fully folded for the iCE40 without the board's
-budget here."""
+DSPs where the fold leaves the cycles (docs/hardware.md, "Requantization options"), and the CNN,
+whose logic would not fit otherwise, on the DSPs for its first layer (`compile.spend_dsps`, the
+product in registered SB_MAC16 pieces); each build
+fits the board's budget, and Verilator runs it bit-exact, at full rate and under random stalls."""
 
 import pytest
 
@@ -36,27 +35,28 @@ def builds(tmp_path_factory):
             x_train, _, x_test, _ = digits(layout)
             graph = load_graph(_bundled(file), x_train, QuantConfig(w_bits=8, a_bits=8, calib_method="mse"))
             folder = tmp_path_factory.mktemp(f"{kind}_icebreaker")
-            if kind == "cnn":
-                build = compile_graph(graph, folder, target_ii=18432, family="ice40", log=lambda *a: None)
-            else:
-                build = compile_graph(graph, folder, budget=budget_for("icebreaker"), log=lambda *a: None)
+            build = compile_graph(graph, folder, budget=budget_for("icebreaker"), log=lambda *a: None)
             made[kind] = (graph, build, reference.quantize_inputs(graph, x_test[:IMAGES]))
         return made[kind]
     return get
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_fits_the_icebreaker_without_dsps(builds, kind):
+def test_fits_the_icebreaker(builds, kind):
     graph, build, _ = builds(kind)
     budget = budget_for("icebreaker")
-    if kind == "cnn":       # all but the logic cells nextpnr can place
-        import dataclasses
-        budget = dataclasses.replace(budget, logic_cells=None)
     fits, why = budget.check(_resources(build.manifest.estimates.total))
     assert fits, why
     assert build.manifest.estimates.total.dsps <= budget.dsps
     verilog = (build.folder / build.manifest.files.verilog).read_text()
     assert "mul_prod_" in verilog                 # shift-and-add requantization (hw/requant.py)
+    modes = {s.name: s.requant for s in build.manifest.stages if s.kind == "mvau"}
+    if kind == "cnn":                             # a layer on the DSPs, the rest in logic
+        assert "multiply" in modes.values() and set(modes.values()) != {"multiply"}
+        assert 0 < build.manifest.estimates.total.dsps <= 8
+        assert "dsp_keep" in verilog              # the product in registered SB_MAC16 pieces
+    else:
+        assert "multiply" not in modes.values() and build.manifest.estimates.total.dsps == 0
 
 
 def _resources(total):
