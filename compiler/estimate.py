@@ -474,7 +474,7 @@ def choose_requant(stage, fold, family="ice40", *, levels, m0_bits, m_bits=24):
     use it at this fold (``search`` and ``shift_add`` need cycles per output beat)."""
     m = structure(family)
     options = requant_options(stage, fold, levels=levels, m0_bits=m0_bits, m_bits=m_bits, m=_unfitted(family))
-    wanted = getattr(fold, "requant", None)
+    wanted = fold.requant
     if wanted is not None:
         for choice in options:
             if choice.mode == wanted:

@@ -15,7 +15,8 @@ from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
 
-__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps", "signed_digits", "digit_bias", "biased_digits"]
+__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
+           "signed_digits", "digit_bias", "biased_digits"]
 
 
 def csd_digits(constant: int) -> list[tuple[int, int]]:

@@ -228,9 +228,6 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
-ICE40_DSP_WIDTH = 16        # the SB_MAC16's signed operands
-
-
 def multiply_options(family):
     """The `qfab.hw.requant.Requant` options of an MVAU's ``multiply`` requantization on
     ``family``: on the ECP5 the product in two halves (a 24-bit M0 is several DSPs summed in one
@@ -240,7 +237,7 @@ def multiply_options(family):
     if family == "ecp5":
         return {"split_multiply": True}
     if family == "ice40":
-        return {"dsp_width": ICE40_DSP_WIDTH}
+        return {"dsp_width": estimate.structure(family)["dsp_width"]}    # the SB_MAC16's 16 bits
     return {}
 
 
