@@ -37,7 +37,7 @@ def _bundled(name):
     return str(files("qfab.compiler") / "data" / name)
 
 
-def run_one(model, bits, board, work):
+def run_one(model, bits, board, work, freq_mhz=None):
     file, layout = MODELS[model]
     x_train = digits(layout)[0]
     graph = load_graph(_bundled(file), x_train, QuantConfig(w_bits=bits, a_bits=bits, calib_method="mse"))
@@ -46,7 +46,7 @@ def run_one(model, bits, board, work):
     retries = 0
     while True:
         try:
-            report = build_bitstream(folder, board.name, log=lambda m: print("   " + m, flush=True))
+            report = build_bitstream(folder, board.name, freq_mhz, log=lambda m: print("   " + m, flush=True))
             break
         except QfabError as e:
             if "does not fit" not in str(e) or retries >= 3:
@@ -130,6 +130,9 @@ def main(argv=None):
     p.add_argument("--boards", default=",".join(BOARDS))
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--bits", default="8,4")
+    p.add_argument("--freq", default="ecp5=100", metavar="FAMILY=MHZ,...",
+                   help="the clock to ask per device family (default ecp5=100: the issue's target, so nextpnr "
+                        "works towards it; a family not named runs at its board's own clock)")
     p.add_argument("--table", action="store_true", help="print the saved results only")
     p.add_argument("--out", default=str(RESULTS), help=f"results file (default {RESULTS.relative_to(RESULTS.parents[2])})")
     p.add_argument("--sweep", metavar="DIR", help="run the builds as a qfab sweep in DIR (Ray, cached points)")
@@ -151,6 +154,10 @@ def main(argv=None):
         return 0
     if args.address:
         p.error("--address goes with --sweep")
+    try:
+        freqs = {f: float(m) for f, m in (item.split("=") for item in args.freq.split(",") if item)}
+    except ValueError:
+        p.error(f"--freq takes FAMILY=MHZ pairs (ecp5=100,ice40=36), not {args.freq!r}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="qfab_bench_boards_") as tmp:
         for board_name in args.boards.split(","):
@@ -160,7 +167,7 @@ def main(argv=None):
                     print(f"== {model} w{bits}a{bits} on {board.name}", flush=True)
                     t = time.perf_counter()
                     try:
-                        rows.append(run_one(model, bits, board, pathlib.Path(tmp)))
+                        rows.append(run_one(model, bits, board, pathlib.Path(tmp), freqs.get(board.family)))
                     except QfabError as e:
                         print(f"   FAILED: {e}", flush=True)
                         rows.append({"model": model, "bits": bits, "board": board.name,
