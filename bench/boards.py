@@ -5,7 +5,8 @@ resources used (next to the lowering's estimates), Fmax, and inferences per seco
 
 When a design folded from the estimates does not fit, the script doubles the initiation interval
 and tries again, and says so (a measure of how optimistic the estimates were). Results are kept in
-bench/results/boards.json. A full run takes 15-30 minutes (16 place-and-route runs).
+bench/results/boards.json and the build folders (with the tools' reports, which
+`bench/calibrate_fmax.py` learns the clock model from) under bench/results/boards_builds/. A full run takes 15-30 minutes (16 place-and-route runs).
 
 With ``--sweep DIR`` the builds run as the points of a `qfab.sweep` (on Ray, all at once: on a
 cluster with ``--address``, see docs/sweep.md; done points are cached in DIR):
@@ -17,7 +18,6 @@ import argparse
 import json
 import pathlib
 import sys
-import tempfile
 import time
 
 from qfab.base.errors import QfabError
@@ -30,6 +30,7 @@ from qfab.compiler.ptq import QuantConfig
 
 MODELS = {"mlp": ("digits_mlp.onnx", "flat"), "cnn": ("digits_cnn.onnx", "NCHW")}
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "boards.json"
+BUILDS = RESULTS.parent / "boards_builds"
 
 
 def _bundled(name):
@@ -133,6 +134,8 @@ def main(argv=None):
     p.add_argument("--freq", default="ecp5=100", metavar="FAMILY=MHZ,...",
                    help="the clock to ask per device family (default ecp5=100: the issue's target, so nextpnr "
                         "works towards it; a family not named runs at its board's own clock)")
+    p.add_argument("--builds", default=str(BUILDS), help="where the build folders are kept (default "
+                   f"{BUILDS.relative_to(BUILDS.parents[2])})")
     p.add_argument("--table", action="store_true", help="print the saved results only")
     p.add_argument("--out", default=str(RESULTS), help=f"results file (default {RESULTS.relative_to(RESULTS.parents[2])})")
     p.add_argument("--sweep", metavar="DIR", help="run the builds as a qfab sweep in DIR (Ray, cached points)")
@@ -159,24 +162,24 @@ def main(argv=None):
     except ValueError:
         p.error(f"--freq takes FAMILY=MHZ pairs (ecp5=100,ice40=36), not {args.freq!r}")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="qfab_bench_boards_") as tmp:
-        for board_name in args.boards.split(","):
-            board = get_board(board_name)
-            for model in args.models.split(","):
-                for bits in (int(b) for b in args.bits.split(",")):
-                    print(f"== {model} w{bits}a{bits} on {board.name}", flush=True)
-                    t = time.perf_counter()
-                    try:
-                        rows.append(run_one(model, bits, board, pathlib.Path(tmp), freqs.get(board.family)))
-                    except QfabError as e:
-                        print(f"   FAILED: {e}", flush=True)
-                        rows.append({"model": model, "bits": bits, "board": board.name,
-                                     "failed": str(e).split(";")[0]})
-                    print(f"   done in {time.perf_counter() - t:.0f} s", flush=True)
-                    keep = [r for r in saved if (r["model"], r["bits"], r["board"]) != (model, bits, board.name)]
-                    saved = keep + [rows[-1]]
-                    results.parent.mkdir(parents=True, exist_ok=True)
-                    results.write_text(json.dumps(saved, indent=1))
+    builds = pathlib.Path(args.builds)
+    for board_name in args.boards.split(","):
+        board = get_board(board_name)
+        for model in args.models.split(","):
+            for bits in (int(b) for b in args.bits.split(",")):
+                print(f"== {model} w{bits}a{bits} on {board.name}", flush=True)
+                t = time.perf_counter()
+                try:
+                    rows.append(run_one(model, bits, board, builds, freqs.get(board.family)))
+                except QfabError as e:
+                    print(f"   FAILED: {e}", flush=True)
+                    rows.append({"model": model, "bits": bits, "board": board.name,
+                                 "failed": str(e).split(";")[0]})
+                print(f"   done in {time.perf_counter() - t:.0f} s", flush=True)
+                keep = [r for r in saved if (r["model"], r["bits"], r["board"]) != (model, bits, board.name)]
+                saved = keep + [rows[-1]]
+                results.parent.mkdir(parents=True, exist_ok=True)
+                results.write_text(json.dumps(saved, indent=1))
     print_table(rows)
     return 0
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from qfab.base.errors import QfabError
 
 __all__ = ["Report", "NextpnrReport", "CELLS", "parse_report", "overused",
-           "fit_error", "timing_warning", "readable_cell"]
+           "fit_error", "timing_warning", "readable_cell", "critical_kind", "critical_path_kind"]
 
 # nextpnr cell types shown in reports, with what they are
 CELLS = {"ice40": {"ICESTORM_LC": "logic cells", "ICESTORM_RAM": "block RAM (4 kbit)", "ICESTORM_SPRAM": "SPRAM",
@@ -37,6 +37,40 @@ def readable_cell(name):
     ``core.link.rx_SB_LUT4_I3_LC`` -> ``core.link.rx``."""
     cut = re.split(r"_(?:SB_|TRELLIS_|LUT4|DFF|CCU2C|PFUMX|L6MUX|MULT18|DP16KD|\$)", name, maxsplit=1)[0]
     return cut or name
+
+
+def critical_kind(cell, manifest):
+    """The timing kind (`qfab.compiler.estimate.timing_kinds`) a routed cell of a ``qfab build``
+    belongs to, from its hierarchical name and the build's `Manifest`: a stage's kind, its
+    requantization by mode (``requant.search``), ``fifo``/``convert``/``fork``, ``link`` (the
+    host link) or ``top`` (the rest of the board top); None for a name packing left unreadable."""
+    parts = readable_cell(cell).split(".")
+    if parts[0] != "core" or len(parts) < 2:
+        return None
+    if parts[1] == "link":
+        return "link"
+    if parts[1] != "accelerator" or len(parts) < 3:
+        return "top"
+    part = parts[2]
+    for prefix, kind in (("_fifo", "fifo"), ("_convert", "convert"), ("_fork", "fork")):
+        if part.startswith(prefix):
+            return kind
+    stage = next((s for s in manifest.stages if s.name == part), None)
+    if stage is None:
+        return None
+    if stage.kind in ("mvau", "vvau") and len(parts) > 3 and parts[3] == "requant":
+        return f"requant.{stage.requant}" if stage.requant else None     # a manifest before the mode was kept
+    return stage.kind
+
+
+def critical_path_kind(path, manifest):
+    """The timing kind of a critical path (start and end cells): where it ends (the logic in
+    front of the end register is the end's), else where it starts; None if neither is readable."""
+    for cell in reversed(tuple(path)):
+        kind = critical_kind(cell, manifest)
+        if kind is not None:
+            return kind
+    return None
 
 
 @dataclass(frozen=True)

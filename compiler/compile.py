@@ -33,7 +33,7 @@ from .modelfile import save
 from .ops import op_for
 
 __all__ = ["Budget", "compile_graph", "design_estimates", "load_folding", "check_graph_limits",
-           "check_plan_limits", "spend_dsps"]
+           "check_plan_limits", "spend_dsps", "plan_timing_kinds"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,14 @@ def design_estimates(graph, stages, folds, family="ice40", plan=None):
     return per, streams, estimate.total(list(per.values()) + list(streams.values()))
 
 
+def plan_timing_kinds(plan):
+    """The timing kinds of a planned design on a board (`estimate.timing_kinds`): its stages'
+    kinds and requantization modes, its plumbing and the board top."""
+    return estimate.timing_kinds(
+        [(s.kind, s.params.get("requant") if s.kind in ("mvau", "vvau") else None) for s in plan.stages],
+        fifos=bool(plan.fifos), converters=bool(plan.converters), forks=bool(plan.forks))
+
+
 def spend_dsps(graph, stages, folds, budget):
     """``folds``, or when their design does not fit ``budget``, the same folds with matrix layers
     requantizing on DSPs the design leaves unused (``Fold.requant = "multiply"``).
@@ -259,9 +267,12 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
             return budget.check(design_estimates(graph, stages, folds, family)[2])
 
         def speed(folds):
-            """Inferences per microsecond at the estimated Fmax (`estimate.fmax_estimate`)."""
-            fill = budget.fill(design_estimates(graph, stages, folds, family)[2])
-            return estimate.fmax_estimate(family, fill) / max(s.cycles(folds[s.name]) for s in stages)
+            """Inferences per microsecond at the estimated Fmax (`estimate.fmax_estimate`: the
+            slowest timing kind of the planned design, at its fill of the budget)."""
+            plan = plan_graph(graph, folds, {s.name: s for s in stages}, family=family)
+            fill = budget.fill(design_estimates(graph, stages, folds, family, plan=plan)[2])
+            return estimate.fmax_estimate(family, fill, plan_timing_kinds(plan)) / max(
+                s.cycles(folds[s.name]) for s in stages)
     folds = choose_folding(stages, target_ii=target_ii, budget=fits, cost=estimate.cost_luts, style=style,
                            manual=folding, speed=speed,
                            refine=None if budget is None else lambda f: spend_dsps(graph, stages, f, budget))

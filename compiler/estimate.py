@@ -26,7 +26,8 @@ __all__ = ["logic_cells", "Resources", "Terms", "model", "stage_resources", "win
            "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
            "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS",
            "structure", "REQUANT_MODES", "RequantChoice", "requant_options", "choose_requant", "beat_cycles",
-           "dsp_piece_resources",
+           "dsp_piece_resources", "fmax_estimate", "fmax_by_kind", "fill_derate", "timing_kinds",
+           "FMAX_MHZ", "PLUMBING_KINDS", "TOP_KINDS",
            "choose_const_requant"]
 
 REQUANT_MODES = ("multiply", "shift_add", "thresholds", "search")   # qfab.hw.requant.RequantMode values
@@ -631,11 +632,49 @@ FMAX_MHZ = {"ice40": 36.0, "ecp5": 90.0}
 FILL_KNEE = 0.85
 FILL_SLOPE = 1.2          # the fraction of the clock lost per unit of fill above the knee
 
+# What a critical path can lie in (`qfab.boards.report.critical_kind` names it from a routed
+# design's cells, `timing_kinds` lists a plan's): a stage's kind ("mvau", "vvau", "window",
+# "maxpool", ...), a matrix stage's requantization by mode ("requant.multiply",
+# "requant.thresholds", "requant.search", "requant.shift_add"), the plumbing ("fifo", "convert",
+# "fork") and the board top ("link": the host link; "top": the rest of it).
+PLUMBING_KINDS = ("fifo", "convert", "fork")
+TOP_KINDS = ("link", "top")
 
-def fmax_estimate(family, fill):
+
+def fill_derate(fill):
+    """The share of its clock a design keeps at ``fill`` of its device's tightest resource."""
+    return 1 - FILL_SLOPE * max(0.0, fill - FILL_KNEE)
+
+
+def fmax_by_kind(family):
+    """The Fmax in MHz learned per timing kind on ``family`` (``{kind: MHz}``, at low fill), from the
+    calibration builds' critical paths (`bench/calibrate_fmax.py` writes the ``fmax`` section of
+    ``data/estimate_model.json``); empty when not calibrated."""
+    return dict(model(family).get("fmax", {}).get(family, {}).get("kinds", {}))
+
+
+def fmax_estimate(family, fill, kinds=None):
     """Estimated Fmax in MHz of a design on ``family`` that fills ``fill`` (0 to 1) of its device's
-    tightest resource: `FMAX_MHZ` up to `FILL_KNEE`, then falling by `FILL_SLOPE` per unit of fill."""
-    return FMAX_MHZ.get(family, FMAX_MHZ["ice40"]) * (1 - FILL_SLOPE * max(0.0, fill - FILL_KNEE))
+    tightest resource and holds the timing ``kinds`` (`timing_kinds`; None: not known): the
+    slowest of the kinds' learned clocks (`fmax_by_kind`; a kind never seen on a critical path
+    counts at the family's `FMAX_MHZ`), then falling by `FILL_SLOPE` per unit of fill above
+    `FILL_KNEE`."""
+    base = FMAX_MHZ.get(family, FMAX_MHZ["ice40"])
+    learned = fmax_by_kind(family) if kinds else {}
+    clock = min([base] + [learned[k] for k in (kinds or ()) if k in learned])
+    return clock * fill_derate(fill)
+
+
+def timing_kinds(stages, fifos=True, converters=False, forks=False, board_top=True):
+    """The timing kinds (see `fmax_estimate`) of a design: ``stages`` as ``(kind, requant mode or
+    None)`` pairs, whether it has FIFOs, width converters and forks, and the board top."""
+    kinds = set()
+    for kind, requant in stages:
+        kinds.add(kind)
+        if kind in ("mvau", "vvau"):
+            kinds.add(f"requant.{requant or 'multiply'}")
+    kinds |= {k for k, present in zip(PLUMBING_KINDS, (fifos, converters, forks)) if present}
+    return kinds | (set(TOP_KINDS) if board_top else set())
 
 
 def logic_cells(res, family="ice40"):

@@ -6,7 +6,16 @@ import pathlib
 import pytest
 
 from qfab.boards.registry import TOP_RESERVE, get_board
-from qfab.boards.report import Report, fit_error, overused, parse_report, readable_cell, timing_warning
+from qfab.boards.report import (
+    Report,
+    critical_kind,
+    critical_path_kind,
+    fit_error,
+    overused,
+    parse_report,
+    readable_cell,
+    timing_warning,
+)
 from qfab.boards.toolchain import Cells, ToolProgress, read_stat
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -48,6 +57,47 @@ def test_readable_cell():
     assert readable_cell("core.link.rx_SB_LUT4_I3_LC") == "core.link.rx"
     assert readable_cell("timer_SB_DFFE_Q_5_D_SB_LUT4_O_LC") == "timer"
     assert readable_cell("plain") == "plain"
+
+
+def _manifest_stages():
+    from types import SimpleNamespace
+
+    from qfab.compiler.buildfolder import StageInfo
+    return SimpleNamespace(stages=(
+        StageInfo("conv_13_window", "Conv_13", "window"),
+        StageInfo("conv_13", "Conv_13", "mvau", pe=4, simd=72, requant="split"),
+        StageInfo("gemm_3", "Gemm_3", "mvau", pe=1, simd=4, requant="search"),
+        StageInfo("old", "Gemm_9", "mvau"),            # a manifest from before the mode was kept
+        StageInfo("maxpool_10", "MaxPool_10", "maxpool")))
+
+
+def test_critical_kind_from_routed_cell_names():
+    # cell names from nextpnr reports of qfab builds (ECP5 and iCE40)
+    m = _manifest_stages()
+    assert critical_kind("core.accelerator.conv_13.mac.pe2_r40_TRELLIS_FF_Q", m) == "mvau"
+    assert critical_kind("core.accelerator.conv_13.requant.prod_3_TRELLIS_FF_Q_3", m) == "requant.split"
+    assert critical_kind("core.accelerator.gemm_3.requant.$signal$1_SB_DFFESR_Q_DFFLC", m) == "requant.search"
+    assert critical_kind("core.accelerator.gemm_3.rbank_SB_DFFESR_Q_D_SB_LUT4_O_LC", m) == "mvau"
+    assert critical_kind("core.accelerator.old.requant.x_TRELLIS_FF_Q", m) is None
+    assert critical_kind("core.accelerator.conv_13_window.$38_TRELLIS_FF_Q", m) == "window"
+    assert critical_kind("core.accelerator.maxpool_10.best_TRELLIS_FF_Q", m) == "maxpool"
+    assert critical_kind("core.accelerator._fifo_e4.queue.r_rdy_TRELLIS_FF_Q", m) == "fifo"
+    assert critical_kind("core.accelerator._convert_e8.buf_TRELLIS_FF_Q", m) == "convert"
+    assert critical_kind("core.accelerator._fork0.done_TRELLIS_FF_Q", m) == "fork"
+    assert critical_kind("core.link.uart_rx.o__payload_SB_DFFESR_Q_7_DFFLC", m) == "link"
+    assert critical_kind("core.leds_SB_DFFESR_Q_DFFLC", m) == "top"
+    assert critical_kind("core.accelerator.unknown_stage.x", m) is None
+    assert critical_kind("T4_O_I3_SB_LUT4_O_I3_SB_LUT4_O_LC", m) is None
+
+
+def test_critical_path_kind_is_the_end_then_the_start():
+    m = _manifest_stages()
+    assert critical_path_kind(("core.accelerator.conv_13_window.$38_TRELLIS_FF_Q",
+                               "core.accelerator._fifo_e4.queue.r_rdy_TRELLIS_FF_Q"), m) == "fifo"
+    assert critical_path_kind(("core.link.uart_rx.o__payload_SB_DFFESR_Q_7_DFFLC",
+                               "T4_O_I3_SB_LUT4_O_I3_SB_LUT4_O_LC"), m) == "link"
+    assert critical_path_kind(("x_LC", "y_LC"), m) is None
+    assert critical_path_kind((), m) is None
 
 
 def test_yosys_statistics_of_a_board_build():

@@ -2,6 +2,7 @@
 """compile_graph: folding by target interval, by resource budget, by hand; clear errors."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -248,6 +249,58 @@ def test_timing_aware_folding_trades_interval_for_clock():
     assert cycles(choose_folding(stages, budget=fits, cost=estimate.cost_luts, speed=speed)) == 4
     clock[4] = 0.8                                       # a tie keeps the smaller interval
     assert cycles(choose_folding(stages, budget=fits, cost=estimate.cost_luts, speed=speed)) == 2
+
+
+def test_fmax_estimate_takes_the_slowest_learned_kind(monkeypatch):
+    from qfab.compiler import estimate
+    monkeypatch.setattr(estimate, "fmax_by_kind", lambda family: {"requant.search": 30.0, "link": 34.0, "mvau": 40.0})
+    assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "requant.search", "link"}) == 30.0
+    assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "requant.shift_add", "link"}) == 34.0
+    assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "window"}) == 36.0       # capped at the family's clock
+    assert estimate.fmax_estimate("ice40", 0.5) == 36.0                            # kinds not known
+    assert estimate.fmax_estimate("ice40", 0.98, {"requant.search"}) == pytest.approx(30.0 * (1 - 1.2 * 0.13))
+
+
+def test_timing_kinds_of_a_plan_and_of_its_manifest_agree(cnn, tmp_path):
+    """The kinds folding reads from a plan are the kinds the clock calibration reads back from the
+    build's manifest (bench/calibrate_fmax.py), so what is learned is what is used."""
+    import sys
+
+    from qfab.compiler import estimate
+    from qfab.compiler.compile import plan_timing_kinds
+    from qfab.compiler.folding import choose_folding, stages_of
+    from qfab.compiler.lowering import plan_graph
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+    from calibrate_fmax import manifest_kinds
+
+    graph = cnn
+    stages = stages_of(graph)
+    folds = choose_folding(stages, target_ii=2304, cost=estimate.cost_luts)
+    plan = plan_graph(graph, folds, {s.name: s for s in stages})
+    kinds = plan_timing_kinds(plan)
+    modes = {f"requant.{s.params['requant']}" for s in plan.stages if s.kind == "mvau"}
+    assert kinds == {"window", "mvau", "maxpool", "fifo", "link", "top"} | modes | (
+        {"convert"} if plan.converters else set())
+    manifest = compile_graph(graph, tmp_path / "b", target_ii=2304, log=lambda *a: None).manifest
+    assert manifest_kinds(manifest) == kinds
+
+
+def test_calibrate_fmax_fit_is_the_median_at_low_fill():
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+    from calibrate_fmax import Observation, fit, predict
+
+    from qfab.compiler import estimate
+
+    def o(fmax, fill, kind, family="ice40"):
+        return Observation("d", family, fmax, 12.0, fill, kind, frozenset({"mvau", "link", kind or "mvau"}))
+    obs = [o(30.0, 0.5, "mvau"), o(34.0, 0.5, "mvau"), o(40.0, 0.5, "mvau"), o(33.0, 0.95, "link"),
+           o(25.0, 0.5, None), o(80.0, 0.2, "fifo", "ecp5")]
+    table = fit(obs)
+    assert table == {"ice40": {"link": round(33.0 / estimate.fill_derate(0.95), 1), "mvau": 34.0},
+                     "ecp5": {"fifo": 80.0}}
+    assert predict(table["ice40"], "ice40", obs[0]) == 34.0           # min(36, mvau 34, link 37.5)
+    assert predict(table["ecp5"], "ecp5", obs[-1]) == 80.0
 
 
 def test_fmax_estimate_falls_above_the_knee():
