@@ -75,6 +75,9 @@ class VVAU(wiring.Component):
         As for the `MVAU`: ``LOGIC`` weights are constants of the MAC lanes (zero lanes vanish).
     rounding : str
         The requantization's rule for exact ties, as for the `MVAU`.
+    split_multiply, dsp_width
+        The requantization's multiply in two halves, or in ``dsp_width``-bit DSP pieces with their
+        input and output registers, as for the `MVAU` (`Requant`'s; one or two more cycles).
 
     Members
     -------
@@ -100,7 +103,8 @@ class VVAU(wiring.Component):
                  a_bits: int, a_encoding: Encoding, bias: Sequence[int], m0: Sequence[int], shift: Sequence[int],
                  out_zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool, in_zero_point: int = 0,
                  m_bits: int = 24, style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
-                 weight_memory: MemoryKind = MemoryKind.AUTO, rounding: str = "half_up") -> None:
+                 weight_memory: MemoryKind = MemoryKind.AUTO, rounding: str = "half_up",
+                 split_multiply: bool = False, dsp_width: int | None = None) -> None:
         _check_positive("pe", pe)
         _check_positive("simd", simd)
         if not isinstance(a_encoding, Encoding) or a_encoding is Encoding.BIPOLAR:
@@ -139,7 +143,8 @@ class VVAU(wiring.Component):
         folded_bias = [bias[c] - in_zero_point * sum(weights[c]) for c in range(channels)]
         self._requant = Requant(pe, channels, acc_bits=self._macs[0].acc_bits, bias=folded_bias, m0=m0,
                                 shift=shift, zero_point=out_zero_point, lo=lo, hi=hi,
-                                out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, rounding=rounding)
+                                out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, rounding=rounding,
+                                split_multiply=split_multiply, dsp_width=dsp_width)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, pe))),
             "o": Out(stream.Signature(data.ArrayLayout(

@@ -27,7 +27,7 @@ from .. import estimate
 from ..plan import Stage
 from .common import fail, windows
 from .conv2d import Conv2d, Conv2dOp, window_latency, window_stage
-from .matrix import mac_engine_latency, requant_timing
+from .matrix import mac_engine_latency, multiply_options, requant_timing
 
 __all__ = ["DepthwiseConv2d", "DepthwiseConv2dOp"]
 
@@ -71,6 +71,8 @@ class DepthwiseConv2dOp(Conv2dOp):
         h, w, c = tin.shape
         shifts = [int(v) for v in node.requant.shift]
         engine = estimate.resources(estimate.vvau_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts), m)
+        if "dsp_width" in multiply_options(m.get("target_family", "ice40")):
+            engine = engine + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         return engine + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, fold.pe, m)
 
     def lower(self, lw, node, fold, work):
@@ -88,15 +90,17 @@ class DepthwiseConv2dOp(Conv2dOp):
         """Add the node's VVAU stage to the plan; its input port is ``<stage>.i``."""
         c, k = node.out_channels, node.fan_in
         params = self.engine_params(lw, node, fold, work, node.weights[0].reshape(c, k).tolist())
+        params.update(multiply_options(lw.policy.family))      # the VVAU always multiplies
         return lw.stage(node, "", kind="vvau", engine="VVAU", params=params, in_per_beat=fold.pe,
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold, buffered=k * c + 2 * fold.pe)
 
     # ---- latency (qfab.compiler.latency) --------------------------------------------------------
     def latency(self, graph, node, stage):
         """The sliding window's, or the VVAU's: as the MVAU's (`mac_engine_latency`), with its
-        `Requant` multiplying (5 cycles) and no point sum (the VVAU has no ``latency`` property)."""
+        `Requant` multiplying (5 cycles, and the family's `multiply_options`: 1 more for split
+        halves, 2 for DSP pieces) and no point sum (the VVAU has no ``latency`` property)."""
         window = window_latency(stage)
-        return window if window is not None else mac_engine_latency(stage.params, requant_timing({})[0])
+        return window if window is not None else mac_engine_latency(stage.params, requant_timing(stage.params)[0])
 
     def output_interval(self, graph, node, stage):
         return 1

@@ -157,6 +157,8 @@ ENGINE_CASES = {
     "requantize": (lambda: every_kind_graphs()["requantize"], Fold(1, 2), "AvgPool", {}),
     "vvau": (_depthwise_graph, Fold(2, 1), "VVAU", {}),
     "vvau_bit_serial": (_depthwise_graph, Fold(1, 1, "bit_serial"), "VVAU", {}),
+    "vvau_split_multiply": (_depthwise_graph, Fold(2, 1), "VVAU", {"split_multiply": True}),
+    "vvau_dsp_pieces": (_depthwise_graph, Fold(2, 1), "VVAU", {"dsp_width": 16}),
 }
 
 

@@ -51,12 +51,13 @@ def window_beats(x, pe):
 
 
 def check_vvau(pe, simd, cf, kf, windows, w_bits, w_enc, a_bits, a_enc, out_bits, out_signed, style,
-               use_dsp, memory, gap_prob, stall_prob, seed):
+               use_dsp, memory, gap_prob, stall_prob, seed, multiply=None):
     rng = np.random.default_rng(seed)
     c, k = pe * cf, simd * kf
     layer = make_layer(rng, c, k, w_bits, w_enc, a_bits, a_enc, out_bits, out_signed)
     dut = VVAU(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc, out_bits=out_bits,
-               out_signed=out_signed, m_bits=16, style=style, use_dsp=use_dsp, weight_memory=memory, **layer)
+               out_signed=out_signed, m_bits=16, style=style, use_dsp=use_dsp, weight_memory=memory,
+               **(multiply or {}), **layer)
     a_lo, a_hi = intops.qrange(a_bits, a_enc is Encoding.SIGNED)
     x = rng.integers(a_lo, a_hi + 1, (windows, k, c))
 
@@ -82,7 +83,8 @@ def vvau_params(draw):
                 out_bits=draw(st.integers(1, 8)), out_signed=draw(st.booleans()), style=style,
                 use_dsp=style is MacStyle.BIT_PARALLEL and draw(st.booleans()),
                 memory=draw(st.sampled_from(list(MemoryKind))), gap_prob=draw(st.sampled_from([0.0, 0.3])),
-                stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)))
+                stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)),
+                multiply=draw(st.sampled_from([None, {"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 8}])))
 
 
 def _layer_kwargs(**overrides):
