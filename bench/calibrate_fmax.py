@@ -89,7 +89,7 @@ def fit(observations):
 def predict(kinds_mhz, family, o):
     """The estimate a fitted table gives an observed design (its kinds, at its fill)."""
     base = estimate.FMAX_MHZ[family]
-    return min([base] + [kinds_mhz[k] for k in o.kinds if k in kinds_mhz]) * estimate.fill_derate(o.fill)
+    return min(kinds_mhz.get(k, base) for k in o.kinds) * estimate.fill_derate(o.fill)
 
 
 def main(argv=None):

@@ -656,12 +656,12 @@ def fmax_by_kind(family):
 def fmax_estimate(family, fill, kinds=None):
     """Estimated Fmax in MHz of a design on ``family`` that fills ``fill`` (0 to 1) of its device's
     tightest resource and holds the timing ``kinds`` (`timing_kinds`; None: not known): the
-    slowest of the kinds' learned clocks (`fmax_by_kind`; a kind never seen on a critical path
-    counts at the family's `FMAX_MHZ`), then falling by `FILL_SLOPE` per unit of fill above
-    `FILL_KNEE`."""
+    slowest of the kinds' learned clocks (`fmax_by_kind`; a kind never seen on a critical path,
+    or all of them when ``kinds`` is None, counts at the family's `FMAX_MHZ`), then falling by
+    `FILL_SLOPE` per unit of fill above `FILL_KNEE`."""
     base = FMAX_MHZ.get(family, FMAX_MHZ["ice40"])
     learned = fmax_by_kind(family) if kinds else {}
-    clock = min([base] + [learned[k] for k in (kinds or ()) if k in learned])
+    clock = min(learned.get(k, base) for k in kinds) if kinds else base
     return clock * fill_derate(fill)
 
 

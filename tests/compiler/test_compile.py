@@ -256,7 +256,8 @@ def test_fmax_estimate_takes_the_slowest_learned_kind(monkeypatch):
     monkeypatch.setattr(estimate, "fmax_by_kind", lambda family: {"requant.search": 30.0, "link": 34.0, "mvau": 40.0})
     assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "requant.search", "link"}) == 30.0
     assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "requant.shift_add", "link"}) == 34.0
-    assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "window"}) == 36.0       # capped at the family's clock
+    assert estimate.fmax_estimate("ice40", 0.5, {"mvau", "window"}) == 36.0       # window: the family's clock
+    assert estimate.fmax_estimate("ice40", 0.5, {"mvau"}) == 40.0                 # learned above it
     assert estimate.fmax_estimate("ice40", 0.5) == 36.0                            # kinds not known
     assert estimate.fmax_estimate("ice40", 0.98, {"requant.search"}) == pytest.approx(30.0 * (1 - 1.2 * 0.13))
 
@@ -299,7 +300,7 @@ def test_calibrate_fmax_fit_is_the_median_at_low_fill():
     table = fit(obs)
     assert table == {"ice40": {"link": round(33.0 / estimate.fill_derate(0.95), 1), "mvau": 34.0},
                      "ecp5": {"fifo": 80.0}}
-    assert predict(table["ice40"], "ice40", obs[0]) == 34.0           # min(36, mvau 34, link 37.5)
+    assert predict(table["ice40"], "ice40", obs[0]) == 34.0           # min(mvau 34, link 37.5)
     assert predict(table["ecp5"], "ecp5", obs[-1]) == 80.0
 
 
