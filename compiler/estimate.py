@@ -56,6 +56,7 @@ _DEFAULT = {
     "version": 2,
     "source": "defaults, not fitted",
     "family": "ice40",
+    "fmax": {},                       # per family, the clock learned per timing kind (`fmax_by_kind`)
     "rom_logic_cost": 1 / 16,         # memory_libmap: a ROM bit in logic costs 1/16, a RAM bit 1
     "ram_logic_cost": 1.0,
     "block_margin": 8,                # block RAM costs this much more than its blocks (emulation)

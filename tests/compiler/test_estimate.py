@@ -144,3 +144,19 @@ def test_resources_add_and_round():
     r = estimate.total([estimate.Resources(1.4, 2, 1, 4096, 1), estimate.Resources(1.4, 0, 0, 0, 0)])
     assert r.rounded() == {"luts": 3, "ffs": 2, "dsps": 1, "bram_bits": 4096, "bram_blocks": 1}
     assert estimate.cost_luts(DENSE, Fold(1, 8)) < estimate.cost_luts(DENSE, Fold(8, 8))   # the folding's cost grows
+
+
+def test_the_model_files_clock_section_names_timing_kinds():
+    """The ``fmax`` section bench/calibrate_fmax.py writes: per family, clocks of kinds that
+    `estimate.timing_kinds` can produce, read back by `estimate.fmax_by_kind`."""
+    doc = _json()
+    assert set(doc.get("fmax", {})) <= {"ice40", "ecp5"}
+    for family, section in doc.get("fmax", {}).items():
+        assert estimate.fmax_by_kind(family) == section["kinds"]
+        for kind, mhz in section["kinds"].items():
+            assert 1.0 < mhz < 1000.0, (family, kind)
+            if kind.startswith("requant."):
+                assert kind.split(".", 1)[1] in estimate.REQUANT_MODES, kind
+            else:
+                assert kind in estimate.PLUMBING_KINDS + estimate.TOP_KINDS + (
+                    "mvau", "vvau", "window", "maxpool", "avgpool", "gap", "add", "bias_add"), kind
