@@ -6,7 +6,8 @@ resources used (next to the lowering's estimates), Fmax, and inferences per seco
 When a design folded from the estimates does not fit, the script doubles the initiation interval
 and tries again, and says so (a measure of how optimistic the estimates were). Results are kept in
 bench/results/boards.json and the build folders (with the tools' reports, which
-`bench/calibrate_fmax.py` learns the clock model from) under bench/results/boards_builds/. A full run takes 15-30 minutes (16 place-and-route runs).
+`bench/calibrate_fmax.py` learns the clock model from) under bench/results/boards_builds/. A full
+run takes 2-3 hours here (16 place-and-route runs; the ECP5 MLPs and CNN w8a8 28-40 minutes each).
 
 With ``--sweep DIR`` the builds run as the points of a `qfab.sweep` (on Ray, all at once: on a
 cluster with ``--address``, see docs/sweep.md; done points are cached in DIR):
