@@ -26,10 +26,11 @@ import statistics
 import sys
 from dataclasses import dataclass
 
+from qfab.base.errors import QfabError
 from qfab.boards.registry import get_board
 from qfab.boards.report import critical_path_kind
 from qfab.compiler import estimate
-from qfab.compiler.buildfolder import Manifest
+from qfab.compiler.buildfolder import Build
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILDS = ROOT / "bench" / "results" / "boards_builds"
@@ -61,12 +62,16 @@ def manifest_kinds(manifest):
 
 def observe(report_file):
     """The `Observation` of one ``report.qfab.json`` (its build folder two levels up), or None
-    when the report has no Fmax or the build no manifest."""
+    when the report has no Fmax or the folder is not a whole build (`Build.load`'s checks)."""
     report = json.loads(pathlib.Path(report_file).read_text())
     folder = pathlib.Path(report_file).resolve().parents[2]
-    if not report.get("fmax_mhz") or not (folder / "manifest.json").exists():
+    if not report.get("fmax_mhz"):
         return None
-    manifest = Manifest.from_json(json.loads((folder / "manifest.json").read_text()))
+    try:
+        manifest = Build.load(folder).manifest
+    except QfabError as e:
+        print(f"skipped {report_file}: {e}", file=sys.stderr)
+        return None
     util = report.get("utilization", {})
     fill = max([used / avail for cell, (used, avail) in util.items() if cell in FILL_CELLS and avail] or [0.0])
     name = folder.name if folder.name != "build" else folder.parent.name
@@ -88,8 +93,7 @@ def fit(observations):
 
 def predict(kinds_mhz, family, o):
     """The estimate a fitted table gives an observed design (its kinds, at its fill)."""
-    base = estimate.FMAX_MHZ[family]
-    return min(kinds_mhz.get(k, base) for k in o.kinds) * estimate.fill_derate(o.fill)
+    return estimate.fmax_estimate(family, o.fill, o.kinds, learned=kinds_mhz)
 
 
 def main(argv=None):

@@ -654,16 +654,17 @@ def fmax_by_kind(family):
     return dict(model(family).get("fmax", {}).get(family, {}).get("kinds", {}))
 
 
-def fmax_estimate(family, fill, kinds=None):
+def fmax_estimate(family, fill, kinds=None, learned=None):
     """Estimated Fmax in MHz of a design on ``family`` that fills ``fill`` (0 to 1) of its device's
     tightest resource and holds the timing ``kinds`` (`timing_kinds`; None: not known): the
-    slowest of the kinds' learned clocks (`fmax_by_kind`; a kind never seen on a critical path,
-    or all of them when ``kinds`` is None, counts at the family's `FMAX_MHZ`), then falling by
-    `FILL_SLOPE` per unit of fill above `FILL_KNEE`."""
+    slowest of the kinds' learned clocks (``learned``, default `fmax_by_kind`; a kind never seen
+    on a critical path, or all of them when ``kinds`` is None, counts at the family's `FMAX_MHZ`),
+    then falling by `FILL_SLOPE` per unit of fill above `FILL_KNEE`."""
     base = FMAX_MHZ.get(family, FMAX_MHZ["ice40"])
-    learned = fmax_by_kind(family) if kinds else {}
-    clock = min(learned.get(k, base) for k in kinds) if kinds else base
-    return clock * fill_derate(fill)
+    if kinds:
+        learned = fmax_by_kind(family) if learned is None else learned
+        base = min(learned.get(k, base) for k in kinds)
+    return base * fill_derate(fill)
 
 
 def timing_kinds(stages, fifos=True, converters=False, forks=False, board_top=True):

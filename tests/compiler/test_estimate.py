@@ -153,8 +153,15 @@ def test_the_model_files_clock_section_names_timing_kinds():
     assert set(doc.get("fmax", {})) <= {"ice40", "ecp5"}
     for family, section in doc.get("fmax", {}).items():
         assert estimate.fmax_by_kind(family) == section["kinds"]
+        # each kind was critical in at least one build, and the source line says how many
+        assert section["builds"] >= len(section["kinds"]) and f"of {section['builds']} routed builds" in section["source"]
         for kind, mhz in section["kinds"].items():
             assert 1.0 < mhz < 1000.0, (family, kind)
+            # in MHz and a clock the family's parts reach: within a factor of two of its default
+            base = estimate.FMAX_MHZ[family]
+            assert base / 2 <= mhz <= 2 * base, (family, kind, mhz)
+            # and what the estimate takes for a design that holds only this kind, at low fill
+            assert estimate.fmax_estimate(family, 0.5, {kind}) == mhz, (family, kind)
             if kind.startswith("requant."):
                 assert kind.split(".", 1)[1] in estimate.REQUANT_MODES, kind
             else:
