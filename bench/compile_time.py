@@ -107,11 +107,12 @@ def quantized(topology, bits, workdir):
 
 
 class _Recorder:
-    """Wraps the compiler's ``to_verilog`` to time each conversion (and its steps, where the
-    compiler's ``to_verilog`` reports them)."""
+    """Wraps the compiler's ``to_netlists`` (``to_verilog`` in an older qfab) to time each
+    conversion (and its steps, where the compiler reports them)."""
 
     def __init__(self, module):
-        self.module, self.original = module, module.to_verilog
+        self.name = "to_netlists" if hasattr(module, "to_netlists") else "to_verilog"
+        self.module, self.original = module, getattr(module, self.name)
         self.calls, self.steps = 0, {}
 
     def __call__(self, top, *args, **kwargs):
@@ -128,11 +129,11 @@ class _Recorder:
                 self.steps[key] = self.steps.get(key, 0.0) + value
 
     def __enter__(self):
-        self.module.to_verilog = self
+        setattr(self.module, self.name, self)
         return self
 
     def __exit__(self, *exc):
-        self.module.to_verilog = self.original
+        setattr(self.module, self.name, self.original)
 
 
 def _cpu():

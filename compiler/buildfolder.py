@@ -1,7 +1,9 @@
 """The build folder: what ``qfab compile`` writes and every later step reads.
 
-A build folder holds the accelerator's Verilog (``qfab_top.v``: one netlist for synthesis and
-simulation; the simulator counts its ``activity`` port), the quantized model (``model.qfab``) and ``manifest.json``,
+A build folder holds the accelerator's Verilog (``qfab_top.v``: what the simulators run; the
+simulator counts its ``activity`` port), the same design as RTLIL (``qfab_top.il``: the netlist
+Yosys wrote that Verilog from, which the board flow synthesizes because Yosys reads it in seconds
+where the Verilog of large weight memories takes it an hour), the quantized model (``model.qfab``) and ``manifest.json``,
 which describes the design (`Manifest`: stream packing, stages, FIFOs, estimates, port layouts)
 and records the SHA-256 of every file it names. Steps after the compiler leave their results in
 ``reports/<name>.json`` (`Build.write_report`), as FINN's build folders keep one report per step.
@@ -28,11 +30,13 @@ from typing import Any
 
 from qfab.base.errors import QfabError
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "StreamFormat", "StageInfo", "FifoInfo", "ForkInfo", "ConverterInfo", "ResourceCount", "Estimates",
+__all__ = ["FORMAT", "VERSION", "OLDEST", "MANIFEST", "StreamFormat", "StageInfo", "FifoInfo", "ForkInfo", "ConverterInfo", "ResourceCount", "Estimates",
            "FieldSlice", "BuildFiles", "Manifest", "Build"]
 
 FORMAT = "qfab-build"
-VERSION = 3             # 1: no file hashes, FIFOs with "from"/"to"; 2: a second Verilog file for simulation
+VERSION = 4             # 1: no file hashes, FIFOs with "from"/"to"; 2: a second Verilog file for simulation;
+                        # 3: one Verilog file; 4: the RTLIL netlist beside it (files.netlist)
+OLDEST = 3              # the oldest version this qfab reads (a version 3 folder has no netlist)
 MANIFEST = "manifest.json"
 REPORTS = "reports"
 
@@ -147,9 +151,10 @@ class BuildFiles:
     """The names, inside the folder, of the files the manifest describes."""
     model: str = "model.qfab"
     verilog: str = "qfab_top.v"
+    netlist: str | None = None      # "qfab_top.il" from qfab compile; None in a version 3 folder
 
     def names(self) -> tuple[str, ...]:
-        return tuple(dataclasses.astuple(self))
+        return tuple(name for name in dataclasses.astuple(self) if name is not None)
 
 
 @dataclass(frozen=True)
@@ -312,8 +317,8 @@ class Build:
         if version > VERSION:
             raise QfabError(f"{folder}: build format version {version!r} is newer than this qfab reads "
                             f"(up to {VERSION}); update qfab or run qfab compile again")
-        if version < VERSION:
-            raise QfabError(f"{folder}: build format version {version} is older than this qfab reads ({VERSION}); "
+        if version < OLDEST:
+            raise QfabError(f"{folder}: build format version {version} is older than this qfab reads ({OLDEST}); "
                             f"run qfab compile again")
         try:
             manifest = Manifest.from_json(doc)
@@ -341,6 +346,20 @@ class Build:
     def verilog(self) -> str:
         """The accelerator's Verilog (``qfab_top.v``), as synthesized for a board."""
         return self.path(self._manifest.files.verilog).read_text()
+
+    @property
+    def netlist(self) -> str | None:
+        """The same design as RTLIL (``qfab_top.il``), or None in a folder written before qfab kept it."""
+        name = self._manifest.files.netlist
+        return None if name is None else self.path(name).read_text()
+
+    def synthesis_files(self) -> dict[str, str]:
+        """What a board's Yosys run reads for the accelerator: ``{"qfab_top.il": RTLIL}``, or the
+        Verilog in a folder without the netlist."""
+        files = self._manifest.files
+        if files.netlist is not None:
+            return {files.netlist: self.netlist}
+        return {files.verilog: self.verilog}
 
     @property
     def model_path(self) -> pathlib.Path:

@@ -28,7 +28,7 @@ from .buildfolder import (
 )
 from .folding import Fold, choose_folding, stages_of
 from .latency import first_result_latency
-from .lowering import build_top, plan_graph, to_verilog
+from .lowering import build_top, plan_graph, to_netlists
 from .modelfile import save
 from .ops import op_for
 
@@ -282,7 +282,8 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     check_plan_limits(plan, per, totals)
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
-    verilog = to_verilog(top, log=log)
+    netlists = to_netlists(top, log=log)
+    verilog = netlists.verilog
     total = totals.rounded()
     cells = estimate.logic_cells(totals, family)
     if cells is not None:
@@ -310,12 +311,12 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
                             model=estimate.model(family).get("source", "")),
         observe_layout=_field_offsets(top, "observe", "level"),
         counters_layout=_counter_offsets(top), activity_bits=_port_width(top, "activity"),
-        m_bits=graph.m_bits, top="qfab_top", files=BuildFiles())
+        m_bits=graph.m_bits, top="qfab_top", files=BuildFiles(netlist="qfab_top.il"))
     model = io.BytesIO()
     save(graph, model)
-    build = Build.save(out, manifest, {manifest.files.verilog: verilog,
+    build = Build.save(out, manifest, {manifest.files.verilog: verilog, manifest.files.netlist: netlists.rtlil,
                                        manifest.files.model: model.getvalue()})
-    log(f"wrote {out}/qfab_top.v ({len(verilog.splitlines())} lines), manifest.json, model.qfab "
+    log(f"wrote {out}/qfab_top.v ({len(verilog.splitlines())} lines), qfab_top.il, manifest.json, model.qfab "
         f"in {time.perf_counter() - t:.1f} s")
     return build
 

@@ -28,7 +28,7 @@ from . import estimate
 from .ops import op_for
 from .plan import DEFAULT_FIFO_DEPTH, ElementType, Fold, Plan, PlanBuilder, PlanStage, StreamPacking
 
-__all__ = ["WeightPolicy", "Lowering", "plan_graph", "element_type", "build_top", "to_verilog", "stage_component",
+__all__ = ["WeightPolicy", "Lowering", "plan_graph", "element_type", "build_top", "to_verilog", "to_netlists", "Netlists", "stage_component",
            "DEFAULT_FIFO_DEPTH"]
 
 SKIP_MARGIN = 8
@@ -219,11 +219,26 @@ def build_top(plan: Plan):
     return Dataflow({s.name: stage_component(s) for s in plan.stages}, edges)
 
 
-def to_verilog(top, name="qfab_top", *, log=None, times=None):
-    """Verilog of the component ``top`` (module ``name``), as ``amaranth.back.verilog.convert``
-    writes it, in three steps that ``log`` (a callable) hears about as they start and end:
-    elaborate (the components' ``elaborate``), netlist (Amaranth's netlist and RTLIL) and Verilog
-    (Yosys's ``write_verilog``). ``times``, a dict, receives the seconds of each step."""
+@dataclass(frozen=True)
+class Netlists:
+    """One design in two texts: ``rtlil``, Amaranth's netlist, and ``verilog``, what Yosys's
+    ``write_verilog`` makes of exactly that netlist."""
+    rtlil: str
+    verilog: str
+
+
+def to_netlists(top, name="qfab_top", *, log=None, times=None) -> Netlists:
+    """The component ``top`` (module ``name``) as RTLIL and as Verilog (`Netlists`), as
+    ``amaranth.back.verilog.convert`` writes it, in three steps that ``log`` (a callable) hears
+    about as they start and end: elaborate (the components' ``elaborate``), netlist (Amaranth's
+    netlist and RTLIL) and Verilog (Yosys's ``write_verilog``). ``times``, a dict, receives the
+    seconds of each step.
+
+    Both are kept because Yosys reads them at very different speeds: ``write_verilog`` gives an
+    initialized memory as one ``mem[i] = ...`` statement per word in an ``initial`` block, and
+    Yosys's Verilog front end takes minutes per thousand words (FINN's CNV, 1.5 Mbit of weights:
+    still reading after 30 minutes), while the same memory in RTLIL is one cell with one init
+    constant. Simulators read the Verilog; the board flow synthesizes the RTLIL."""
     import time
 
     from amaranth.back import rtlil, verilog
@@ -240,11 +255,17 @@ def to_verilog(top, name="qfab_top", *, log=None, times=None):
     steps = (("elaborate", "elaborating the components", lambda _: Fragment.get(top, None)),
              ("netlist", "building the netlist", lambda f: rtlil.convert_fragment(f, ports, name, emit_src=False)[0]),
              ("verilog", "writing Verilog (Yosys)", lambda text: verilog._convert_rtlil_text(text)))
-    value = None
+    value, texts = None, []
     for key, what, step in steps:
         say(f"  {what} ...")
         start = time.perf_counter()
         value = step(value)
         times[key] = time.perf_counter() - start
         say(f"  {what}: {times[key]:.1f} s")
-    return value
+        texts.append(value)
+    return Netlists(rtlil=texts[1], verilog=texts[2])
+
+
+def to_verilog(top, name="qfab_top", *, log=None, times=None):
+    """The Verilog of `to_netlists`."""
+    return to_netlists(top, name, log=log, times=times).verilog

@@ -112,6 +112,27 @@ def test_malformed_manifest(saved):
         Build.load(saved.folder)
 
 
+def test_netlist_beside_the_verilog(tmp_path):
+    """A version 4 folder keeps the RTLIL (hashed like every file) and hands it to synthesis; a
+    version 3 folder (no netlist) still loads and synthesizes its Verilog."""
+    rtlil = "module \\qfab_top\nend\n"
+    build = Build.save(tmp_path / "b", _manifest(files=BuildFiles(netlist="qfab_top.il")),
+                       {**_files(), "qfab_top.il": rtlil})
+    again = Build.load(build.folder)
+    assert again.netlist == rtlil and again.synthesis_files() == {"qfab_top.il": rtlil}
+    (build.folder / "qfab_top.il").write_text(rtlil + "# edited\n")
+    with pytest.raises(QfabError, match="qfab_top.il differs from the file qfab compile wrote"):
+        Build.load(build.folder)
+    old = Build.save(tmp_path / "old", _manifest(), _files())
+    path = old.folder / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["version"] = 3
+    path.write_text(json.dumps(doc))
+    again = Build.load(old.folder)
+    assert again.netlist is None
+    assert again.synthesis_files() == {"qfab_top.v": "module qfab_top(); endmodule\n"}
+
+
 def test_tampered_or_missing_file_is_refused(saved):
     (saved.folder / "qfab_top.v").write_text("module qfab_top(); wire x; endmodule\n")
     with pytest.raises(QfabError, match="qfab_top.v differs from the file qfab compile wrote"):

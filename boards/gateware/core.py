@@ -77,6 +77,7 @@ class InferenceCore(wiring.Component):
         build = build_dir if isinstance(build_dir, Build) else Build.load(build_dir)
         self._manifest = build.manifest
         self._verilog = build.verilog
+        self._synthesis = build.synthesis_files()
         i, o = self._manifest.input, self._manifest.output
         formats = dict(in_elements=i.elements, in_bits=i.bits, in_signed=i.signed, in_per_beat=i.per_beat,
                        out_elements=o.elements, out_bits=o.bits, out_signed=o.signed, out_per_beat=o.per_beat)
@@ -92,8 +93,15 @@ class InferenceCore(wiring.Component):
     design_id = property(lambda self: self.link.design_id)
 
     def verilog_files(self):
-        """The accelerator's Verilog, ``{"qfab_top.v": text}``, for ``platform.add_file`` or a simulator."""
+        """The accelerator's Verilog, ``{"qfab_top.v": text}``, for a simulator."""
         return {"qfab_top.v": self._verilog}
+
+    def synthesis_files(self):
+        """What Yosys reads for the accelerator, for ``platform.add_file``: the build's RTLIL
+        (``{"qfab_top.il": text}``, the netlist its Verilog was written from, which Yosys reads in
+        seconds where an ``initial`` block per weight memory takes it minutes), or its Verilog in a
+        folder written before qfab kept the netlist (`Build.synthesis_files`)."""
+        return dict(self._synthesis)
 
     def elaborate(self, platform):
         m = Module()

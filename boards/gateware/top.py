@@ -77,8 +77,8 @@ class BoardTop(Elaboratable):
     ----------
     core : wiring.Component
         With members ``rx: In(1)``, ``tx: Out(1)``, ``status: Out(StructLayout)`` with ``busy``,
-        ``error`` and ``activity``, and a method ``verilog_files() -> {name: text}`` (the Verilog
-        its instances need; `qfab.boards.gateware.core.InferenceCore`).
+        ``error`` and ``activity``, and a method ``synthesis_files() -> {name: text}`` (the Verilog
+        (``.v``) or RTLIL (``.il``) its instances need; `qfab.boards.gateware.core.InferenceCore`).
     board : `qfab.boards.registry.Board` or str
         The board, or its registry name.
     freq_mhz : float or None
@@ -94,9 +94,9 @@ class BoardTop(Elaboratable):
 
     def __init__(self, core, board, freq_mhz=None):
         members = getattr(getattr(core, "signature", None), "members", {})
-        if not all(name in members for name in ("rx", "tx", "status")) or not hasattr(core, "verilog_files"):
+        if not all(name in members for name in ("rx", "tx", "status")) or not hasattr(core, "synthesis_files"):
             raise QfabError(f"the core must be a wiring.Component with rx, tx and status members and "
-                            f"verilog_files(), not {core!r}")
+                            f"synthesis_files(), not {core!r}")
         board = get_board(board) if isinstance(board, str) else board
         if not isinstance(board, Board):
             raise QfabError(f"board must be a registry Board or its name, not {board!r}")
@@ -214,7 +214,7 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         lock = self._clock_and_reset(m, platform)
-        for name, text in self._core.verilog_files().items():
+        for name, text in self._core.synthesis_files().items():
             platform.add_file(name, text)
         m.submodules.core = core = self._core
         self._uart(m, platform)

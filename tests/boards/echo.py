@@ -14,7 +14,7 @@ class EchoCore(wiring.Component):
     tx: Out(1, init=1)
     status: Out(Status)
 
-    def verilog_files(self):
+    def synthesis_files(self):
         return {}
 
     def elaborate(self, platform):

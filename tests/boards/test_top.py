@@ -14,7 +14,7 @@ from .echo import EchoCore
 
 
 class VerilogEcho(EchoCore):
-    def verilog_files(self):
+    def synthesis_files(self):
         return {"extra.v": "module extra; endmodule\n"}
 
 
