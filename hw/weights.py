@@ -13,6 +13,9 @@ from ._arith import Encoding, code_range, code_shape
 
 __all__ = ["MemoryKind", "WeightMemory", "weight_layout"]
 
+_ROM_GROUP_BITS = 4                 # a logic ROM's first level: words per group, 2**4 (a LUT4's inputs)
+_ROM_GROUP = 1 << _ROM_GROUP_BITS
+
 
 class MemoryKind(enum.Enum):
     """Where a `WeightMemory` keeps its words.
@@ -134,6 +137,30 @@ class WeightMemory(wiring.Component):
     depth = property(lambda self: len(self._codes))
     layout = property(lambda self: self._layout)
 
+    def _grouped_rom(self, m, words, size):
+        """A logic ROM of more than 16 words as two explicit levels: per group of 16 words, each
+        bit a function of the address's low 4 bits (one LUT4 on the iCE40), then a switch on the
+        high bits between the groups. A single switch over all words left the choice of tree to
+        ABC, which made the digits CNN's first convolution (72 words) 9 LUTs deep on the UP5K,
+        its slowest path at 36 MHz asked (31 ns); two levels are 3 to 4 deep and smaller: a
+        random 72 x 8 ROM 89 LUTs against 172 (docs/hardware.md, "Weight storage")."""
+        low = self.addr[:_ROM_GROUP_BITS]
+        groups = []
+        for g in range(0, len(words), _ROM_GROUP):
+            group = Signal(size, name=f"group_{g // _ROM_GROUP}")
+            with m.Switch(low):
+                for n, word in enumerate(words[g:g + _ROM_GROUP]):
+                    with m.Case(n):
+                        m.d.comb += group.eq(Const(word, size))
+            groups.append(group)
+        word = Signal(size)
+        with m.Switch(self.addr[_ROM_GROUP_BITS:]):
+            for n, group in enumerate(groups):
+                with m.Case(n):
+                    m.d.comb += word.eq(group)
+        with m.If(self.en):
+            m.d.sync += self.data.eq(word)
+
     def elaborate(self, platform):
         m = Module()
         depth = len(self._codes)
@@ -142,7 +169,7 @@ class WeightMemory(wiring.Component):
             words = [_pack(word, self._layout.elem_shape.elem_shape.width) for word in self._codes]
             if depth == 1:
                 m.d.comb += self.data.eq(Const(words[0], size))
-            else:
+            elif depth <= _ROM_GROUP:
                 # the enable inside each case keeps Yosys' proc_rom from turning the switch into
                 # a $mem ROM: as a mux tree, ABC shrinks zero-heavy words further (a 64-word,
                 # 256-bit ROM with 75% zero weights: 725 LUTs, against 913 as a $mem)
@@ -151,6 +178,8 @@ class WeightMemory(wiring.Component):
                         with m.Case(n):
                             with m.If(self.en):
                                 m.d.sync += self.data.eq(Const(word, size))
+            else:
+                self._grouped_rom(m, words, size)
             return m
 
         if self._kind is MemoryKind.BLOCK:

@@ -44,7 +44,7 @@ def read_all(dut, order, load=None):
 @pytest.mark.parametrize("kind", [MemoryKind.LOGIC, MemoryKind.BLOCK, MemoryKind.SPRAM])
 @pytest.mark.parametrize("w_bits,enc", [(3, Encoding.SIGNED), (1, Encoding.BIPOLAR),
                                         (2, Encoding.UNSIGNED)])
-@pytest.mark.parametrize("depth", [1, 5])
+@pytest.mark.parametrize("depth", [1, 5, 16, 17, 32, 40])   # 17 and up: a logic ROM in groups of 16
 def test_sim(kind, w_bits, enc, depth):
     rng = np.random.default_rng(depth + w_bits)
     if enc is Encoding.BIPOLAR:
