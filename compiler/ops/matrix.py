@@ -163,7 +163,8 @@ class MatrixOp(Op):
             params["pixels"] = fold.pixels
         if wants_fetch_register(lw.policy.family, node, work, fold):
             params["fetch_register"] = True
-        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold))
+        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold),
+                                   product_tiles(node.w_type.bits, graph.tensors[node.input].qtype.bits))
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
@@ -267,21 +268,32 @@ def wants_skid(family):
     return family == "ecp5"
 
 
-def tree_registers(family, simd, weights_vary=False):
+def product_tiles(w_bits, a_bits):
+    """LUT tiles of one run-time product (`qfab.hw._arith.tile_addends`: 2 x 2 blocks of its
+    bit grid): 4 at w4a4, 16 at w8a8."""
+    return -(-int(w_bits) // 2) * -(-int(a_bits) // 2)
+
+
+def tree_registers(family, simd, weights_vary=False, tiles=4):
     """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
     One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
     the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
     register at 100 MHz asked (15.5 ns), and with two registers (a third and two thirds of the
     way) its middle part was still the slowest path (90.5 MHz): one more level per four times the
     lanes keeps each segment to about two chains. Weights read per fold step (``weights_vary``)
-    multiply in full tiles rather than by constants: such a lane counts four (the digits CNN's
-    `gemm_24`, SIMD 16 of 4-bit weights from a ROM, was then the slowest path at 91.8 MHz)."""
+    multiply in full tiles rather than by constants: such a lane counts its ``tiles``
+    (`product_tiles`), at least four (the digits CNN's `gemm_24`, SIMD 16 of 4-bit weights from a
+    ROM, was then the slowest path at 91.8 MHz). An 8-bit product is 16 tiles, summed smallest
+    first into a chain of seven carry chains: the digits MLP w8a8's slowest path on both families
+    (UP5K 28.6 MHz with 36 asked, ECP5 60.0 MHz with 100), so on the iCE40 too such trees (more
+    than four tiles a lane) get a second register."""
     registers = 1
-    if weights_vary:
-        simd *= 4
+    lanes = simd * max(4, tiles) if weights_vary else simd
     if family == "ecp5":
-        while simd > 16 * 4 ** (registers - 1):
+        while lanes > 16 * 4 ** (registers - 1):
             registers += 1
+    elif weights_vary and tiles > 4:
+        registers = 2
     return registers
 
 

@@ -94,10 +94,16 @@ def test_manual_pixels(cnn, tmp_path):
 
 def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
     from qfab.compiler.lowering import plan_graph
-    from qfab.compiler.ops.matrix import tree_registers
+    from qfab.compiler.ops.matrix import product_tiles, tree_registers
     assert [tree_registers("ecp5", s) for s in (1, 16, 17, 64, 65, 256, 257)] == [1, 1, 2, 2, 3, 3, 4]
     assert tree_registers("ice40", 1024) == 1 and tree_registers("ice40", 1024, True) == 1
     assert [tree_registers("ecp5", s, True) for s in (4, 5, 16, 17)] == [1, 2, 2, 3]
+    # 8-bit products: 16 tiles a lane (4 at w4a4, 1 at w2a2, counted as 4)
+    assert [product_tiles(w, a) for w, a in ((4, 4), (8, 8), (2, 2), (1, 8), (5, 3))] == [4, 16, 1, 4, 6]
+    assert [tree_registers("ecp5", s, True, 16) for s in (1, 4, 16, 17)] == [1, 2, 3, 4]
+    assert tree_registers("ecp5", 5, True, 1) == tree_registers("ecp5", 5, True) == 2
+    assert [tree_registers("ice40", s, True, 16) for s in (1, 64)] == [2, 2]
+    assert tree_registers("ice40", 64, True, 4) == 1 and tree_registers("ice40", 64, False, 16) == 1
     stages = stages_of(cnn)
     folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
     works = stages_by_name = {s.name: s for s in stages}
@@ -107,10 +113,26 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
         for name, params in mvaus.items():
             varying = stages_by_name[name].points * (stages_by_name[name].n // folds[name].pe) * \
                 (stages_by_name[name].k // folds[name].simd) > 1
-            want = tree_registers(family, folds[name].simd, varying)
+            want = tree_registers(family, folds[name].simd, varying, 4)    # the digits CNN is w4a4
             assert params.get("tree_registers", 1) == want, (family, name)
             # the skid queue and the fetch register (weights read per fold step): on the ECP5
             assert params.get("skid", False) == (family == "ecp5"), (family, name)
             assert params.get("fetch_register", False) == (family == "ecp5" and varying), (family, name)
         if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
             assert max(p.get("tree_registers", 1) for p in mvaus.values()) >= 3
+
+
+def test_8_bit_products_read_per_fold_get_a_second_tree_register_on_the_ice40():
+    """The digits CNN at w8a8 folded to II 2304: every MVAU whose weights vary per fold step sums
+    16-tile products, so its trees take two register levels on the iCE40 (and the plan's latency
+    counts them: `mac_engine_latency` reads the same parameter)."""
+    from qfab.compiler.lowering import plan_graph
+    from qfab.compiler.ops.matrix import mac_engine_latency
+    cnn8 = load_graph(_bundled("digits_cnn.onnx"), digits("NCHW")[0][:100], QuantConfig(w_bits=8, a_bits=8))
+    stages = stages_of(cnn8)
+    folds = choose_folding(stages, target_ii=2304, cost=estimate.cost_luts)
+    plan = plan_graph(cnn8, folds, {s.name: s for s in stages}, family="ice40")
+    mvaus = [s for s in plan.stages if s.engine == "MVAU"]
+    assert mvaus and all(s.params.get("tree_registers", 1) == 2 for s in mvaus)
+    one = dict(mvaus[0].params, tree_registers=1)
+    assert mac_engine_latency(mvaus[0].params, 3) == mac_engine_latency(one, 3) + 1
