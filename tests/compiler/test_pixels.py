@@ -96,14 +96,15 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
     from qfab.compiler.lowering import plan_graph
     from qfab.compiler.ops.matrix import product_tiles, tree_registers
     assert [tree_registers("ecp5", s) for s in (1, 16, 17, 64, 65, 256, 257)] == [1, 1, 2, 2, 3, 3, 4]
-    assert tree_registers("ice40", 1024) == 1 and tree_registers("ice40", 1024, True) == 1
+    assert [tree_registers("ice40", s) for s in (32, 33, 128, 129)] == [1, 2, 2, 3]
+    assert [tree_registers("ice40", s, True) for s in (8, 9, 32, 33)] == [1, 2, 2, 3]
     assert [tree_registers("ecp5", s, True) for s in (4, 5, 16, 17)] == [1, 2, 2, 3]
     # 8-bit products: 16 tiles a lane (4 at w4a4, 1 at w2a2, counted as 4)
     assert [product_tiles(w, a) for w, a in ((4, 4), (8, 8), (2, 2), (1, 8), (5, 3))] == [4, 16, 1, 4, 6]
     assert [tree_registers("ecp5", s, True, 16) for s in (1, 4, 16, 17)] == [1, 2, 3, 4]
     assert tree_registers("ecp5", 5, True, 1) == tree_registers("ecp5", 5, True) == 2
-    assert [tree_registers("ice40", s, True, 16) for s in (1, 64)] == [2, 2]
-    assert tree_registers("ice40", 64, True, 4) == 1 and tree_registers("ice40", 64, False, 16) == 1
+    assert [tree_registers("ice40", s, True, 16) for s in (1, 2, 8, 9)] == [2, 2, 2, 3]
+    assert tree_registers("ice40", 8, True, 4) == 1 and tree_registers("ice40", 32, False, 16) == 1
     stages = stages_of(cnn)
     folds = choose_folding(stages, target_ii=64, cost=estimate.cost_luts)
     works = stages_by_name = {s.name: s for s in stages}
