@@ -422,7 +422,7 @@ class Requant(wiring.Component):
             shift_sig = rom(m, varying, p_fold, en, unsigned(max(1, max(varying).bit_length())), f"shift_{lane}")
             total = Signal(sum_shape, name=f"sum_{lane}")
             shifted = Signal(sum_shape, name=f"shifted_{lane}")
-            result = shifted
+            minus = None
             if self._rounding == "half_even" and max(shift) > 0:
                 # ``total`` is ``v + half + (zp << n)``: an exact tie leaves its low n bits zero;
                 # the half-up result ``shifted - zp`` is then one too many if it is odd
@@ -430,16 +430,41 @@ class Requant(wiring.Component):
                 low = [~total[j] | (j >= least + shift_sig) for j in range(min(max(shift), len(total)))]
                 with m.If(en):
                     m.d.sync += tie.eq(Cat(*low).all() & (shift_sig + least != 0))
-                result = Signal(sum_shape, name=f"even_{lane}")
-                m.d.comb += result.eq(shifted - (tie & (shifted[0] ^ (self._zero_point & 1))))
+                minus = Signal(name=f"even_{lane}")
+                m.d.comb += minus.eq(tie & (shifted[0] ^ (self._zero_point & 1)))
             with m.If(en):
                 m.d.sync += [
                     total.eq(prod + off_sig),
                     shifted.eq((total >> least) >> shift_sig),
-                    self.o.payload[lane].eq(Mux(result < self._lo, self._lo,
-                                                Mux(result > self._hi, self._hi, result))),
+                    self.o.payload[lane].eq(self._clamp(m, shifted, minus, lane)),
                 ]
         return m
+
+    def _clamp(self, m, shifted, minus, lane):
+        """``clamp(shifted - minus, lo, hi)`` (``minus``: None, or the half to even correction, one
+        bit), with the wide comparisons out of the carry chains.
+
+        ``shifted`` is as wide as the sum (40 to 60 bits); comparing it with ``lo`` and ``hi``
+        directly (after the tie's subtraction) made the digits MLP w8a8's slowest path on the
+        UP5K: a subtraction and a comparison of 48 bits in series, about 100 carry steps. Here
+        ``narrow`` bits hold every value within one of ``[lo, hi]`` with room to spare: if the bits
+        above them all equal the sign, ``shifted`` is its low ``narrow`` bits and the clamp is done
+        on those; otherwise it is at least ``2**(narrow - 1) > hi + 1`` (then ``hi``) or below
+        ``-2**(narrow - 1) < lo - 1`` (then ``lo``), whatever the tie. The test of the high bits
+        is a tree of ANDs and ORs, not a chain."""
+        width = len(shifted)
+        narrow = max(abs(self._lo).bit_length(), abs(self._hi).bit_length()) + 2
+        if narrow >= width:
+            result = shifted if minus is None else shifted - minus
+            return Mux(result < self._lo, self._lo, Mux(result > self._hi, self._hi, result))
+        high = shifted[narrow - 1:]
+        fits = Signal(name=f"fits_{lane}")
+        m.d.comb += fits.eq(high.all() | ~high.any())
+        small = shifted[:narrow].as_signed()
+        if minus is not None:
+            small = small - minus
+        small_clamped = Mux(small < self._lo, self._lo, Mux(small > self._hi, self._hi, small))
+        return Mux(fits, small_clamped, Mux(shifted[-1], self._lo, self._hi))
 
     def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
         """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
