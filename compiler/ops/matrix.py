@@ -285,16 +285,18 @@ def tree_registers(family, simd, weights_vary=False, tiles=4):
     (`product_tiles`), at least four (the digits CNN's `gemm_24`, SIMD 16 of 4-bit weights from a
     ROM, was then the slowest path at 91.8 MHz). An 8-bit product is 16 tiles, summed smallest
     first into a chain of seven carry chains: the digits MLP w8a8's slowest path on both families
-    (UP5K 28.6 MHz with 36 asked, ECP5 60.0 MHz with 100), so on the iCE40 too such trees (more
-    than four tiles a lane) get a second register, as do trees of more than 32 lanes so counted
-    (the digits MLP w4a4's `gemm_3`, SIMD 16 of 4-bit weights: 64, its slowest path at 32.7 MHz
-    once its weight ROM was faster): the same rule as the ECP5's at twice the lanes."""
+    (UP5K 28.6 MHz with 36 asked, ECP5 60.0 MHz with 100, both in `gemm_7`, SIMD 2), so on the
+    iCE40 too a tree of such products gets a second register from two lanes up (one product
+    alone, the digits CNN w8a8's SIMD 1, was not its slowest path, and the UP5K at 89 % full
+    could not place the extra flip-flops in 8 minutes), as does a tree of more than 32 lanes so
+    counted (the digits MLP w4a4's `gemm_3`, SIMD 16 of 4-bit weights: 64, its slowest path at
+    32.7 MHz once its weight ROM was faster): the ECP5's rule at twice the lanes."""
     registers = 1
     lanes = simd * max(4, tiles) if weights_vary else simd
     per_level = 16 if family == "ecp5" else 32
     while lanes > per_level * 4 ** (registers - 1):
         registers += 1
-    if family != "ecp5" and weights_vary and tiles > 4:
+    if family != "ecp5" and weights_vary and tiles > 4 and simd > 1:
         registers = max(registers, 2)
     return registers
 
