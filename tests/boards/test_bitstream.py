@@ -49,6 +49,28 @@ def test_icebreaker_bitstream(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_board_synthesizes_the_netlist_the_verilog_was_written_from(tmp_path):
+    """The bitstream flow reads the build's qfab_top.il (Yosys's Verilog front end is far slower on
+    weight memories); the simulators read qfab_top.v. Both are one design: synthesized alone, the
+    two texts give the same flip-flops, carries, block RAMs and DSPs, and LUTs within 1 % (ABC's
+    mapping differs by a few LUTs on the two structurally equal netlists: 990 and 993 here); and the
+    board's Yosys script reads the RTLIL."""
+    from qfab.boards.synth import synthesize
+    from qfab.compiler.buildfolder import Build
+    build = Build.load(_mlp(tmp_path / "b", 4, 1024).folder)
+    assert build.synthesis_files() == {"qfab_top.il": build.netlist}
+    assert "module \\qfab_top\n" in build.netlist and "module qfab_top(" in build.verilog
+    from_il = synthesize(build.netlist, "ice40", top="qfab_top", log=None)
+    from_v = synthesize(build.verilog, "ice40", top="qfab_top", log=None)
+    a, v = from_il.total, from_v.total
+    assert (a.ffs, a.carries, a.bram, a.dsps) == (v.ffs, v.carries, v.bram, v.dsps) and a.ffs > 200
+    assert a.luts > 500 and abs(a.luts - v.luts) <= 0.01 * v.luts
+    report = build_bitstream(tmp_path / "b", "icebreaker", log=lambda *a: None)
+    script = (report.bitstream.parent / "qfab_board.ys").read_text()
+    assert "read_rtlil qfab_top.il" in script and "qfab_top.v" not in script
+
+
+@pytest.mark.slow
 def test_a_missed_clock_is_built_again_at_the_achieved_fmax(tmp_path):
     """Asked for 150 MHz, a UP5K misses it; the retry places and routes again at the Fmax the first
     attempt reached (a PLL frequency 2 % below it), and the report lists both attempts."""
