@@ -344,7 +344,7 @@ class Build:
 
     @property
     def verilog(self) -> str:
-        """The accelerator's Verilog (``qfab_top.v``), as synthesized for a board."""
+        """The accelerator's Verilog (``qfab_top.v``), as the simulators run it."""
         return self.path(self._manifest.files.verilog).read_text()
 
     @property

@@ -3,7 +3,7 @@
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Const, Format, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Format, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -139,19 +139,23 @@ class WeightMemory(wiring.Component):
 
     def _grouped_rom(self, m, words, size):
         """A logic ROM of more than 16 words as two explicit levels: per group of 16 words, each
-        bit a function of the address's low 4 bits (one LUT4 on the iCE40), then a switch on the
-        high bits between the groups. A single switch over all words left the choice of tree to
-        ABC, which made the digits CNN's first convolution (72 words) 9 LUTs deep on the UP5K,
-        its slowest path at 36 MHz asked (31 ns); two levels are 3 to 4 deep and smaller: a
-        random 72 x 8 ROM 89 LUTs against 172 (docs/hardware.md, "Weight storage")."""
+        bit is a 16-bit constant indexed by the address's low 4 bits (a function of 4 inputs: one
+        LUT4 on the iCE40, nothing for a bit that is the same in all 16 words), then a switch on
+        the high bits between the groups; an address past the last word reads 0. A single switch
+        over all words left the choice of tree to ABC, which made the digits CNN's first
+        convolution (72 words) 9 LUTs deep on the UP5K, its slowest path at 36 MHz asked (31 ns).
+        A random 72 x 8 ROM: 92 LUTs and 6 levels (counting the address and data registers)
+        against 172 and 8; a 64 x 256 one with 75 % zero weights costs more than as one switch
+        (803 LUTs against 677), as deep (docs/hardware.md, "Sparse (pruned) weights"). The
+        constants are indexed, not written as a ``case`` per word, so that Yosys's ``proc_rom``
+        does not turn the groups back into ROM memories."""
         low = self.addr[:_ROM_GROUP_BITS]
         groups = []
         for g in range(0, len(words), _ROM_GROUP):
+            part = words[g:g + _ROM_GROUP]
+            columns = [sum(((word >> b) & 1) << n for n, word in enumerate(part)) for b in range(size)]
             group = Signal(size, name=f"group_{g // _ROM_GROUP}")
-            with m.Switch(low):
-                for n, word in enumerate(words[g:g + _ROM_GROUP]):
-                    with m.Case(n):
-                        m.d.comb += group.eq(Const(word, size))
+            m.d.comb += group.eq(Cat(Const(column, _ROM_GROUP).bit_select(low, 1) for column in columns))
             groups.append(group)
         word = Signal(size)
         with m.Switch(self.addr[_ROM_GROUP_BITS:]):

@@ -1,7 +1,8 @@
 """The inference core: the host link (`qfab.boards.gateware.link.Link`) around a build's accelerator.
 
-The accelerator enters as an ``Instance`` of the build's own ``qfab_top.v`` (the Verilog that
-``qfab simulate`` verified), so the board runs exactly what was simulated. `core_verilog` gives
+The accelerator enters as an ``Instance`` of the build's own ``qfab_top`` (the design ``qfab
+simulate`` verified; Yosys reads it from the build's ``qfab_top.il``, the netlist that
+``qfab_top.v`` was written from), so the board runs what was simulated. `core_verilog` gives
 the core as Verilog (``qfab_core``) for a Verilator run together with ``qfab_top.v``; a board top
 (`qfab.boards.gateware.top`) puts the core on the board's pins.
 """

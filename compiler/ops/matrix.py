@@ -163,8 +163,9 @@ class MatrixOp(Op):
             params["pixels"] = fold.pixels
         if wants_fetch_register(lw.policy.family, node, work, fold):
             params["fetch_register"] = True
-        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold),
-                                   product_tiles(node.w_type.bits, graph.tensors[node.input].qtype.bits))
+        tiles = product_tiles(node.w_type.bits, graph.tensors[node.input].qtype.bits) \
+            if fold.style == "bit_parallel" else 4   # bit-serially a lane adds its weight per bit plane
+        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold), tiles)
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
@@ -276,8 +277,8 @@ def product_tiles(w_bits, a_bits):
 
 def tree_registers(family, simd, weights_vary=False, tiles=4):
     """Register levels in an MVAU's adder trees (`qfab.hw.mac.MacArray`'s ``tree_registers``).
-    One, half way, is enough on the iCE40 (its clock goals are 36 MHz) and for up to 16 lanes on
-    the ECP5; there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
+    One, half way, is enough for up to 16 lanes on the ECP5 and 32 on the iCE40 (its clock goal is
+    36 MHz); there a tree of SIMD 72 (digits CNN fully unfolded) had six carry chains before its
     register at 100 MHz asked (15.5 ns), and with two registers (a third and two thirds of the
     way) its middle part was still the slowest path (90.5 MHz): one more level per four times the
     lanes keeps each segment to about two chains. Weights read per fold step (``weights_vary``)
