@@ -156,7 +156,8 @@ def test_the_model_files_clock_section_names_timing_kinds():
         # each kind was critical in at least one build, and the source line says how many
         assert section["builds"] >= len(section["kinds"]) and f"of {section['builds']} routed builds" in section["source"]
         for kind, mhz in section["kinds"].items():
-            assert 1.0 < mhz < 1000.0, (family, kind)
+            # a full device lowers it (the fill derating applies to each kind's clock)
+            assert estimate.fmax_estimate(family, 1.0, {kind}) < mhz, (family, kind)
             # in MHz and a clock the family's parts reach: within a factor of two of its default
             base = estimate.FMAX_MHZ[family]
             assert base / 2 <= mhz <= 2 * base, (family, kind, mhz)
