@@ -494,30 +494,56 @@ class Requant(wiring.Component):
 
     def _shift_add(self, m, lane, m0, counter, take, busy, done, steps, prod, handoff):
         """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the
-        top, with no multiplier: each digit bit adds a shifted copy of ``acc`` (or nothing)."""
+        top, with no multiplier.
+
+        Each step adds one term per two digit bits, a copy of ``0``, ``acc``, ``2 * acc`` or ``3 *
+        acc`` (``3 * acc`` registered when the beat is taken), shifted into place: at 2 bits a step
+        (the iCEBreaker's MLPs) the product register's input is one adder, not the three chained
+        ones of a term per bit (``acc`` times each bit, summed, then added to the partial product),
+        which had been the UP5K's slowest path at 34 MHz. The partial product is cleared when a beat
+        is taken (the register's synchronous reset), not by a select in front of the adder."""
         k = self._digit_bits
         width = steps * k                                  # m0 padded to whole digits
         acc = Signal(signed(self._acc_bits), name=f"mul_acc_{lane}")
         digits = Signal(width, name=f"mul_m0_{lane}")      # the digits not yet added, top first
         partial = Signal(prod.shape(), name=f"mul_prod_{lane}")
         with m.If(take):
-            m.d.sync += acc.eq(self.i.payload[lane])
+            m.d.sync += [acc.eq(self.i.payload[lane]), partial.eq(0)]
+        if k >= 2:
+            triple = Signal(signed(self._acc_bits + 2), name=f"mul_acc3_{lane}")
+            with m.If(take):
+                m.d.sync += triple.eq(self.i.payload[lane] + (self.i.payload[lane] << 1))
         m0_rom = rom(m, m0, counter, take, unsigned(width), f"m0_{lane}")
         # M0 arrives from its ROM in the first step; later steps shift the register. `first` is a
-        # register (not ``step == 0``): the digit select and the product's clear are then one
-        # LUT level in front of the product's carry chain (the comparison was on the slowest path
-        # of an iCE40 design)
+        # register (not ``step == 0``): the digit select is then one LUT level in front of the
+        # terms (the comparison was on the slowest path of an iCE40 design)
         first = Signal(name=f"mul_first_{lane}")
         with m.If(take):
             m.d.sync += first.eq(1)
         current = Signal(width, name=f"mul_digits_{lane}")
         m.d.comb += current.eq(Mux(first, m0_rom, digits))
         digit = current[width - k:]
-        terms = [Mux(digit[j], acc << j, 0) for j in range(k)]
+        terms = []
+        for j in range(0, k, 2):
+            pair = digit[j:j + 2]
+            if len(pair) == 1:
+                terms.append(Mux(pair[0], acc, 0) << j)
+                continue
+            term = Signal(signed(self._acc_bits + 2), name=f"mul_term{j}_{lane}")
+            with m.Switch(pair):
+                with m.Case(0):
+                    m.d.comb += term.eq(0)
+                with m.Case(1):
+                    m.d.comb += term.eq(acc)
+                with m.Case(2):
+                    m.d.comb += term.eq(acc << 1)
+                with m.Case(3):
+                    m.d.comb += term.eq(triple)
+            terms.append(term << j)
         added = terms[0]
         for t in terms[1:]:
             added = added + t
         with m.If(busy & ~done):
-            m.d.sync += [digits.eq(current << k), partial.eq(Mux(first, 0, partial << k) + added), first.eq(0)]
+            m.d.sync += [digits.eq(current << k), partial.eq((partial << k) + added), first.eq(0)]
         with m.If(handoff):
             m.d.sync += prod.eq(partial)
