@@ -427,7 +427,7 @@ def _requant_terms(choice, acc, nf, m):
         # one adder per two bits of M0 a step, 3 * acc registered from two bits up, and the
         # handoff's sum of the partial product's two halves (`qfab.hw.requant.Requant._shift_add`)
         triple = acc + 2 if choice.digit_bits >= 2 else 0
-        halves = max(0, width - acc - choice.digit_bits)
+        halves = max(0, width - acc - choice.digit_bits) if choice.digit_bits >= 2 else 0
         return {"mult_add_bits": width * -(-choice.digit_bits // 2) + triple + halves,
                 "mult_reg_bits": width + acc + triple + steps * choice.digit_bits + _log2(steps)}, 0
     tw = acc + 1

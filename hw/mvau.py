@@ -359,10 +359,15 @@ class MVAU(wiring.Component):
             wr.addr.eq(wbank * sf + wsyn), wr.data.eq(self.i.payload),
             wr.en.eq(self.i.valid & self.i.ready),
         ]
+        # each counter's "at its last value" is a register, set from the counter's next value: the
+        # stall chain (the next stage's ready, through the requantization and the MAC array's
+        # enable) then meets one gate here, not the counters' comparisons (the UP5K digits MLP
+        # w4a4's slowest path ended in the bank select, nine LUT levels)
         set_full, clear_full = Signal(2), Signal(2)
+        wlast = Signal(init=sf == 1)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += wsyn.eq(Mux(wsyn == sf - 1, 0, wsyn + 1))
-            with m.If(wsyn == sf - 1):
+            m.d.sync += [wsyn.eq(Mux(wlast, 0, wsyn + 1)), wlast.eq(Mux(wlast, sf == 1, wsyn == sf - 2))]
+            with m.If(wlast):
                 m.d.sync += wbank.eq(~wbank)
                 m.d.comb += set_full.eq(Mux(wbank, 0b10, 0b01))
 
@@ -370,6 +375,7 @@ class MVAU(wiring.Component):
         syn = Signal(range(sf))
         pas = Signal(range(passes))
         addr = Signal(range(passes * sf))
+        syn_last, pas_last = Signal(init=sf == 1), Signal(init=passes == 1)
         issue_valid, advance, fire = Signal(), Signal(), Signal()
         f_valid = Signal()
         m.d.comb += [
@@ -380,12 +386,14 @@ class MVAU(wiring.Component):
         ]
         with m.If(fire):
             m.d.sync += [
-                syn.eq(Mux(syn == sf - 1, 0, syn + 1)),
-                addr.eq(Mux(addr == passes * sf - 1, 0, addr + 1)),
+                syn.eq(Mux(syn_last, 0, syn + 1)),
+                syn_last.eq(Mux(syn_last, sf == 1, syn == sf - 2)),
+                addr.eq(Mux(syn_last & pas_last, 0, addr + 1)),
             ]
-            with m.If(syn == sf - 1):
-                m.d.sync += pas.eq(Mux(pas == passes - 1, 0, pas + 1))
-                with m.If(pas == passes - 1):
+            with m.If(syn_last):
+                m.d.sync += [pas.eq(Mux(pas_last, 0, pas + 1)),
+                             pas_last.eq(Mux(pas_last, passes == 1, pas == passes - 2))]
+                with m.If(pas_last):
                     m.d.sync += rbank.eq(~rbank)
                     m.d.comb += clear_full.eq(Mux(rbank, 0b10, 0b01))
         m.d.sync += full.eq((full | set_full) & ~clear_full)

@@ -502,14 +502,17 @@ class Requant(wiring.Component):
         ones of a term per bit (``acc`` times each bit, summed, then added to the partial product),
         which had been the UP5K's slowest path at 34 MHz.
 
-        The partial product is two registers, ``partial = (high << s) + low`` with ``low`` a few
-        bits wider than ``s`` (signed, ``s`` just above the terms' width): a step adds the terms to
-        ``low``'s bits below ``s - k`` shifted up, and ``low``'s bits from ``s - k`` to ``high``
-        shifted up. Two independent adders of about half the product's width, each fed from
-        registers only, instead of a carry chain as long as the product (48 bits at w8a8: 13 ns
-        of carries on the UP5K, the slowest path once the terms were one adder); the handoff adds
-        ``high`` and ``low``'s top bits into the product register. Both registers are cleared when
-        a beat is taken (their synchronous reset), not by a select in front of the adders."""
+        From two bits a step the partial product is two registers, ``partial = (high << s) + low``
+        with ``low`` a few bits wider than ``s`` (signed, ``s`` just above the terms' width): a
+        step adds the terms to ``low``'s bits below ``s - k`` shifted up, and ``low``'s bits from
+        ``s - k`` to ``high`` shifted up. Two independent adders of about half the product's width,
+        each fed from registers only, instead of a carry chain as long as the product (48 bits at
+        w8a8: 13 ns of carries on the UP5K, the slowest path once the terms were one adder); the
+        handoff adds ``high`` and ``low``'s top bits into the product register (at one bit a step
+        that adder would be a quarter more logic than the multiply: the digits CNN w8a8 no longer
+        fit the UP5K by the estimate; its chain is the term select and one adder). The registers
+        are cleared when a beat is taken (their synchronous reset), not by a select in front of the
+        adders."""
         k = self._digit_bits
         width = steps * k                                  # m0 padded to whole digits
         acc = Signal(signed(self._acc_bits), name=f"mul_acc_{lane}")
@@ -555,7 +558,7 @@ class Requant(wiring.Component):
             m.d.sync += [digits.eq(current << k), first.eq(0)]
         # |terms| < 2**(acc_bits + k - 1): low stays in (-2**s, 2**(s + 1)) for s >= acc_bits + k
         s = self._acc_bits + k
-        if len(prod) <= s + 4:                             # too narrow to be worth two registers
+        if k == 1 or len(prod) <= s + 4:     # one term a step: the handoff's adder would cost more
             partial = Signal(prod.shape(), name=f"mul_prod_{lane}")
             with m.If(take):
                 m.d.sync += partial.eq(0)

@@ -50,16 +50,24 @@ class UARTTransmitter(wiring.Component):
         shreg = Signal(10, init=0x3FF)        # stop, data[7:0], start: shifted out LSB first
         bits = Signal(range(11))
         timer = Signal(range(self._divisor))
-        # a byte is taken when the line is idle or in the last cycle of a stop bit
-        m.d.comb += [self.tx.eq(shreg[0]),
-                     self.i.ready.eq((bits == 0) | ((bits == 1) & (timer == 0)))]
+        # a byte is taken when the line is idle or in the last cycle of a stop bit:
+        # ``(bits == 0) | ((bits == 1) & (timer == 0))``, kept in a register from the next state
+        # (the comparison of the timer with zero, four LUT levels, began the slowest path of a
+        # UP5K design: through the framer's byte counter to its state)
+        ready = Signal(init=1)
+        zero = Signal(init=1)               # timer == 0
+        m.d.comb += [self.tx.eq(shreg[0]), self.i.ready.eq(ready)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [shreg.eq(Cat(0, self.i.payload, 1)), bits.eq(10), timer.eq(self._divisor - 1)]
+            m.d.sync += [shreg.eq(Cat(0, self.i.payload, 1)), bits.eq(10), timer.eq(self._divisor - 1),
+                         zero.eq(0), ready.eq(0)]
         with m.Elif(bits != 0):
-            with m.If(timer == 0):
-                m.d.sync += [shreg.eq(Cat(shreg[1:], 1)), bits.eq(bits - 1), timer.eq(self._divisor - 1)]
+            with m.If(zero):
+                m.d.sync += [shreg.eq(Cat(shreg[1:], 1)), bits.eq(bits - 1), timer.eq(self._divisor - 1),
+                             zero.eq(0), ready.eq(bits == 1)]
             with m.Else():
-                m.d.sync += timer.eq(timer - 1)
+                m.d.sync += [timer.eq(timer - 1), zero.eq(timer == 1), ready.eq((bits == 1) & (timer == 1))]
+        with m.Else():
+            m.d.sync += ready.eq(1)
         return m
 
 

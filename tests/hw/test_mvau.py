@@ -35,8 +35,9 @@ def make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_
     hi = int(rng.integers(lo, q_hi + 1))
     bound = intops.acc_bound(k, max(abs(w.min()), abs(w.max()), 1), max(-a_lo, a_hi),
                              points=points, m_max=int(np.abs(mult).max()))
-    # M0 / 2**n ~ 2**out_bits / bound, so outputs spread over the range
-    m0, shift = zip(*(intops.dyadic(float(rng.uniform(0.5, 4.0)) * (1 << out_bits) / bound,
+    # M0 / 2**n ~ 2**out_bits / bound, so outputs spread over the range (the bound is 0 when every
+    # point multiplier drawn is 0)
+    m0, shift = zip(*(intops.dyadic(float(rng.uniform(0.5, 4.0)) * (1 << out_bits) / max(bound, 1),
                                     m_bits=16) for _ in range(n)))
     return dict(weights=w, point_multipliers=mult,
                 bias=rng.integers(-bound // 4 - 1, bound // 4 + 1, n), m0=np.array(m0),
