@@ -230,10 +230,13 @@ def fetch_register_resources(stage, fold):
     return Resources(ffs=fold.pe * fold.simd * stage.w_bits + fold.simd * stage.a_bits)
 
 
-def skid_resources(stage, fold):
+def skid_resources(stage, fold, choice=None):
     """An MVAU's skid queue (`qfab.hw.mvau.MVAU`'s ``skid``): two beats of ``pe`` accumulators in
-    flip-flops and a 2:1 mux per bit."""
+    flip-flops and a 2:1 mux per bit; one beat, no mux, before a requantization ``choice`` (a
+    `RequantChoice`) of more than a cycle a beat."""
     bits = fold.pe * _mac_acc_bits(stage)
+    if choice is not None and choice.interval > 1:
+        return Resources(luts=0, ffs=bits)
     return Resources(luts=bits, ffs=2 * bits)
 
 
@@ -424,11 +427,11 @@ def _requant_terms(choice, acc, nf, m):
     if choice.mode == "shift_add":
         steps = choice.steps
         width = acc + choice.m0_bits
-        # one adder per two bits of M0 a step, 3 * acc registered from two bits up, and the
-        # handoff's sum of the partial product's two halves (`qfab.hw.requant.Requant._shift_add`)
+        # a right-shifting multiply (`qfab.hw.requant.Requant._shift_add`): an adder as wide as the
+        # accumulator per two bits of M0 a step, 3 * acc registered from two bits up; registers
+        # for acc, the product's high and low parts and M0's digits
         triple = acc + 2 if choice.digit_bits >= 2 else 0
-        halves = max(0, width - acc - choice.digit_bits) if choice.digit_bits >= 2 else 0
-        return {"mult_add_bits": width * -(-choice.digit_bits // 2) + triple + halves,
+        return {"mult_add_bits": (acc + choice.digit_bits) * -(-choice.digit_bits // 2) + triple,
                 "mult_reg_bits": width + acc + triple + steps * choice.digit_bits + _log2(steps)}, 0
     tw = acc + 1
     if choice.mode == "thresholds":

@@ -154,7 +154,9 @@ class MVAU(wiring.Component):
     skid : bool
         A two-beat queue (`amaranth.lib.fifo.SyncFIFO`, its ready a function of its level
         register) between the dot products and the requantization: one more cycle of latency and
-        ``2 * pe`` accumulators of flip-flops (or distributed RAM). Without it, the MAC array's
+        ``2 * pe`` accumulators of flip-flops (or distributed RAM); one beat (``pe`` accumulators,
+        no mux) before a requantization that takes a beat at most every other cycle (``SHIFT_ADD``,
+        ``SEARCH``), at the same rate. Without it, the MAC array's
         stall enable (which loads every register of its adder trees) and the issue logic (bank
         select, vector store) hang on the requantization's ready, and through it on ``o.ready``:
         a combinational path from the next stage's FIFO or the requantization's step counter,
@@ -425,7 +427,9 @@ class MVAU(wiring.Component):
             m.d.comb += [ps.i.payload[n].eq(mac.o.payload[n]) for n in range(self._pe)]
             source = ps.o
         if self._skid:
-            m.submodules.skid = skid = fifo.SyncFIFO(width=source.payload.shape().size, depth=2)
+            # a requantization taking a beat at most every other cycle never needs a second entry
+            depth = 2 if self._requant.interval == 1 else 1
+            m.submodules.skid = skid = fifo.SyncFIFO(width=source.payload.shape().size, depth=depth)
             m.d.comb += [skid.w_data.eq(source.payload), skid.w_en.eq(source.valid),
                          source.ready.eq(skid.w_rdy),
                          rq.i.valid.eq(skid.r_rdy), skid.r_en.eq(rq.i.ready)]

@@ -494,29 +494,21 @@ class Requant(wiring.Component):
 
     def _shift_add(self, m, lane, m0, counter, take, busy, done, steps, prod, handoff):
         """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the
-        top, with no multiplier.
+        bottom, with no multiplier: a right-shifting sequential multiply.
 
-        Each step adds one term per two digit bits, a copy of ``0``, ``acc``, ``2 * acc`` or ``3 *
-        acc`` (``3 * acc`` registered when the beat is taken), shifted into place: at 2 bits a step
-        (the iCEBreaker's MLPs) the product register's input is one adder, not the three chained
-        ones of a term per bit (``acc`` times each bit, summed, then added to the partial product),
-        which had been the UP5K's slowest path at 34 MHz.
-
-        From two bits a step the partial product is two registers, ``partial = (high << s) + low``
-        with ``low`` a few bits wider than ``s`` (signed, ``s`` just above the terms' width): a
-        step adds the terms to ``low``'s bits below ``s - k`` shifted up, and ``low``'s bits from
-        ``s - k`` to ``high`` shifted up. Two independent adders of about half the product's width,
-        each fed from registers only, instead of a carry chain as long as the product (48 bits at
-        w8a8: 13 ns of carries on the UP5K, the slowest path once the terms were one adder); the
-        handoff adds ``high`` and ``low``'s top bits into the product register (at one bit a step
-        that adder would be a quarter more logic than the multiply: the digits CNN w8a8 no longer
-        fit the UP5K by the estimate; its chain is the term select and one adder). The registers
-        are cleared when a beat is taken (their synchronous reset), not by a select in front of the
-        adders."""
+        ``acc * m0 == (high << (steps * k)) + low``: each step adds ``acc`` times the next digit to
+        ``high`` (signed, ``acc_bits`` bits), moves the sum's low ``k`` bits into the top
+        of ``low`` (which shifts right) and keeps the rest in ``high``. The adder is as wide as
+        the accumulator, not the product (a 45-bit carry chain had been the UP5K's slowest path,
+        13 ns of carries), and the product is ``Cat(low, high)``: wiring. A digit adds one term
+        per two bits, a copy of ``0``, ``acc``, ``2 * acc`` or ``3 * acc`` (``3 * acc``
+        registered when the beat is taken): at 2 bits a step (the iCEBreaker's MLPs) the adder
+        has one term, not the three chained adders of a term per bit. ``high`` is cleared when a
+        beat is taken (the register's synchronous reset); ``low`` is all written by the steps."""
         k = self._digit_bits
         width = steps * k                                  # m0 padded to whole digits
         acc = Signal(signed(self._acc_bits), name=f"mul_acc_{lane}")
-        digits = Signal(width, name=f"mul_m0_{lane}")      # the digits not yet added, top first
+        digits = Signal(width, name=f"mul_m0_{lane}")      # the digits not yet added, lowest first
         with m.If(take):
             m.d.sync += acc.eq(self.i.payload[lane])
         if k >= 2:
@@ -532,7 +524,7 @@ class Requant(wiring.Component):
             m.d.sync += first.eq(1)
         current = Signal(width, name=f"mul_digits_{lane}")
         m.d.comb += current.eq(Mux(first, m0_rom, digits))
-        digit = current[width - k:]
+        digit = current[:k]
         terms = []
         for j in range(0, k, 2):
             pair = digit[j:j + 2]
@@ -550,28 +542,21 @@ class Requant(wiring.Component):
                 with m.Case(3):
                     m.d.comb += term.eq(triple)
             terms.append(term << j)
-        added = terms[0]
-        for t in terms[1:]:
+        # -2**(A - 1) <= acc < 2**(A - 1) (A = acc_bits) and a digit is at most 2**k - 1, so after
+        # every step -2**(A - 1) <= high < 2**(A - 1) (A signed bits) and the sum is within
+        # [-2**(A + k - 1), 2**(A + k - 1)) (A + k signed bits); test_shift_add_at_the_extremes
+        # fails with a bit less
+        high = Signal(signed(self._acc_bits), name=f"mul_high_{lane}")
+        low = Signal(width, name=f"mul_low_{lane}")
+        total = Signal(signed(self._acc_bits + k), name=f"mul_sum_{lane}")
+        added = high
+        for t in terms:
             added = added + t
-        step = busy & ~done
-        with m.If(step):
-            m.d.sync += [digits.eq(current << k), first.eq(0)]
-        # |terms| < 2**(acc_bits + k - 1): low stays in (-2**s, 2**(s + 1)) for s >= acc_bits + k
-        s = self._acc_bits + k
-        if k == 1 or len(prod) <= s + 4:     # one term a step: the handoff's adder would cost more
-            partial = Signal(prod.shape(), name=f"mul_prod_{lane}")
-            with m.If(take):
-                m.d.sync += partial.eq(0)
-            with m.If(step):
-                m.d.sync += partial.eq((partial << k) + added)
-            with m.If(handoff):
-                m.d.sync += prod.eq(partial)
-            return
-        low = Signal(signed(s + 2), name=f"mul_low_{lane}")
-        high = Signal(signed(len(prod) - s + 2), name=f"mul_high_{lane}")
+        m.d.comb += total.eq(added)
         with m.If(take):
-            m.d.sync += [low.eq(0), high.eq(0)]
-        with m.If(step):
-            m.d.sync += [low.eq((low[:s - k] << k) + added), high.eq((high << k) + (low >> (s - k)))]
+            m.d.sync += high.eq(0)
+        with m.If(busy & ~done):
+            m.d.sync += [digits.eq(current >> k), first.eq(0),
+                         high.eq(total >> k), low.eq(Cat(low[k:], total[:k]))]
         with m.If(handoff):
-            m.d.sync += prod.eq(Cat(low[:s], high + (low >> s)))
+            m.d.sync += prod.eq(Cat(low, high).as_signed())

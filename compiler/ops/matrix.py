@@ -132,7 +132,7 @@ class MatrixOp(Op):
             res = res + estimate.fetch_register_resources(work, fold)
         if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
-        return res + estimate.skid_resources(work, fold) if wants_skid(family) else res
+        return res + estimate.skid_resources(work, fold, choice) if wants_skid(family, choice, fold) else res
 
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
@@ -169,7 +169,7 @@ class MatrixOp(Op):
         if registers != 1:
             params["tree_registers"] = registers
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
-        if wants_skid(lw.policy.family):
+        if wants_skid(lw.policy.family, choice, fold):
             params["skid"] = True
         if choice.mode == "multiply":
             params.update(multiply_options(lw.policy.family))
@@ -261,12 +261,24 @@ def wants_fetch_register(family, node, work, fold):
     return family == "ecp5" and varying_weights(node, work, fold)
 
 
-def wants_skid(family):
+def wants_skid(family, choice=None, fold=None):
     """Whether an MVAU gets its skid queue before the requantization (`qfab.hw.mvau.MVAU`'s
     ``skid``): on the ECP5, where the stall chain from the next stage's FIFO, through the
     requantization and the MAC array's enable, into the vector store limited the digits CNN at
-    II 64 to 87.7 MHz once its adder trees had two registers."""
-    return family == "ecp5"
+    II 64 to 87.7 MHz once its adder trees had two registers. On the iCE40 before a
+    requantization of several cycles a beat (``choice``, a `estimate.RequantChoice`: shift and
+    add, or the threshold search, whose ready hangs on its step counter) in an MVAU of 8 or more
+    MAC lanes (``fold``: PE x SIMD; the MAC array's enable loads their trees' registers): there
+    the queue is one register of ``pe`` accumulators (`estimate.skid_resources`), and that
+    chain, through the MAC array's enable into the vector store's counters, was the digits MLP
+    w4a4's slowest path (`gemm_7`, SIMD 8, eight LUT levels, 35.0 MHz with 36 asked). Not on
+    fewer lanes: the digits CNN w8a8 (two shift-and-add layers of one lane) then no longer fits
+    the UP5K by the estimate, and its clock was not limited there. The two-beat queue on every
+    MVAU had been tried on the iCE40 and taken back (below)."""
+    if family == "ecp5":
+        return True
+    return (choice is not None and choice.interval > 1 and fold is not None
+            and fold.pe * fold.simd * fold.pixels >= 8)
 
 
 def product_tiles(w_bits, a_bits):

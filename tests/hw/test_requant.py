@@ -225,6 +225,25 @@ def test_split_multiply_at_the_extremes(m_bits, how):
     assert got == want.tolist()
 
 
+@pytest.mark.parametrize("m_bits", [5, 16, 24])
+@pytest.mark.parametrize("digit_bits", [1, 2, 3, 4, 5])
+def test_shift_add_at_the_extremes(m_bits, digit_bits):
+    """The right-shifting multiply's sum at its widest: the extreme accumulators times M0s of all
+    ones (every digit its largest), one bit, none, and halves, shifted so that the top of the
+    product lands inside the 8-bit output (an overflow there is not hidden by the clamp)."""
+    acc_bits = 20
+    lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, ((1 << m_bits) - 1) ^ 1]
+    shift = [acc_bits + m_bits - 8, acc_bits + m_bits - 8, 4, 0, acc_bits + m_bits // 2 - 8, acc_bits + m_bits - 8]
+    kwargs = dict(bias=[0] * 6, m0=m0, shift=shift, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
+                  m_bits=m_bits, mode=RequantMode.SHIFT_ADD, digit_bits=digit_bits)
+    beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321, hi_acc - 1)]
+    dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
+    got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=5)
+    want = intops.requantize(np.array(beats), np.array(m0)[None, :], np.array(shift)[None, :], 0, -128, 127)
+    assert got == want.tolist()
+
+
 @pytest.mark.parametrize("bits,width", [(1, 2), (5, 16), (16, 16), (17, 16), (21, 16), (25, 16), (40, 16),
                                         (20, 2), (33, 7), (12, 5)])
 def test_signed_digits(bits, width):
