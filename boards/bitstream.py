@@ -26,7 +26,7 @@ from .registry import get_board
 from .report import CELLS, NextpnrReport, Report, fit_error, overused, parse_report, readable_cell, timing_warning
 from .toolchain import PREPARE, STAT, STAT_FILE, LogFollower, ToolError, read_stat, run_tool, tool_env
 
-__all__ = ["build_bitstream", "retry_mhz", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
+__all__ = ["build_bitstream", "retry_mhz", "next_attempt", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
 
 DEFAULT_BAUD = 115200
 NAME = "qfab_board"
@@ -104,6 +104,21 @@ def retry_mhz(board, fmax_mhz, margin=0.02):
     return None
 
 
+SEED_SPREAD = 0.05      # nextpnr's Fmax between placements of one design: 1-4 MHz at 36 (UP5K, 75-88 % full)
+
+
+def next_attempt(board, requested_mhz, fmax_mhz, seed):
+    """After a build at ``requested_mhz`` with placer ``seed`` (None: nextpnr's default) achieved
+    ``fmax_mhz`` below it: ``(clock, seed)`` to place and route again at, or None. A miss within
+    `SEED_SPREAD` of the clock, on the default seed, is placed again at the same clock with
+    another seed (the spread between placements is that large, and a lower clock would give the
+    design up); otherwise the clock comes down to the achieved one (`retry_mhz`), default seed."""
+    if seed is None and fmax_mhz >= requested_mhz * (1 - SEED_SPREAD):
+        return requested_mhz, 2
+    again = retry_mhz(board, fmax_mhz)
+    return None if again is None else (again, None)
+
+
 def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=None, core=None, log=print,
                     retries=0):
     """Synthesize, place and route a ``qfab compile`` build folder for a board; with ``retries``,
@@ -128,9 +143,10 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     log : callable
         Receives progress lines while the tools run.
     retries : int
-        How many times a build that misses its clock is built again at the Fmax it achieved
-        (`retry_mhz`: 2 % below it, at a frequency the PLL gives), without the user; only for the
-        build's own core (``core=None``), whose UART divider follows the clock. ``qfab bitstream``
+        How many times a build that misses its clock is built again (`next_attempt`): a miss of
+        less than 5 % once more at the same clock with another placer seed, otherwise at the Fmax
+        it achieved (`retry_mhz`: 2 % below it, at a frequency the PLL gives), without the user;
+        only for the build's own core (``core=None``), whose UART divider follows the clock. ``qfab bitstream``
         and ``qfab build`` retry twice unless given ``--no-retry``. `Report.attempts` lists each
         attempt's requested and achieved MHz.
 
@@ -147,17 +163,21 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         logged) names the critical path.
     """
     attempts = []
+    seed = None
     report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
     for _ in range(retries if core is None else 0):
         if report.timing_met or not report.fmax_mhz:
             break
         board = get_board(board_name)
-        again = retry_mhz(board, report.fmax_mhz)
-        if again is None:
+        nxt = next_attempt(board, report.requested_mhz, report.fmax_mhz, seed)
+        if nxt is None:
             break
+        again, seed = nxt
+        how = f"with placer seed {seed}" if seed is not None else "with the default seed"
         log(f"timing missed (Fmax {report.fmax_mhz:.2f} MHz < {report.requested_mhz:g} MHz): placing and "
-            f"routing again at {again:g} MHz")
-        report = _build_once(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log, attempts=attempts)
+            f"routing again at {again:g} MHz {how}")
+        report = _build_once(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log, attempts=attempts,
+                             seed=seed)
     return report
 
 
@@ -178,7 +198,7 @@ def _utilisation(log_text, cell):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts):
+def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts, seed=None):
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
@@ -195,7 +215,7 @@ def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, at
         script_after_read=f"hierarchy -top {NAME}; {PREPARE}", script_after_synth=STAT,
         # iCE40: wide multiplies (requantization) on the SB_MAC16s, small ones in LUTs
         synth_opts="-dsp" if board.family == "ice40" else "",
-        nextpnr_opts="--report report.json --timing-allow-fail")
+        nextpnr_opts="--report report.json --timing-allow-fail" + (f" --seed {seed}" if seed is not None else ""))
     plan.extract(str(folder))
     preamble, steps = _script_steps((folder / f"build_{NAME}.sh").read_text())
     env = tool_env()

@@ -427,11 +427,13 @@ def _requant_terms(choice, acc, nf, m):
     if choice.mode == "shift_add":
         steps = choice.steps
         width = acc + choice.m0_bits
-        # a right-shifting multiply (`qfab.hw.requant.Requant._shift_add`): an adder as wide as the
-        # accumulator per two bits of M0 a step, 3 * acc registered from two bits up; registers
-        # for acc, the product's high and low parts and M0's digits
+        # a right-shifting multiply from the offset's low bits (`qfab.hw.requant.Requant._shift_add`):
+        # an adder as wide as the accumulator or M0 per two bits of M0 a step, 3 * acc registered
+        # from two bits up; registers for acc, the product's high and low parts and M0's digits.
+        # (Its offset sum is then wiring; the shared terms still count one: not refitted.)
         triple = acc + 2 if choice.digit_bits >= 2 else 0
-        return {"mult_add_bits": (acc + choice.digit_bits) * -(-choice.digit_bits // 2) + triple,
+        step_bits = max(steps * choice.digit_bits, acc + choice.digit_bits) + 2
+        return {"mult_add_bits": step_bits * -(-choice.digit_bits // 2) + triple,
                 "mult_reg_bits": width + acc + triple + steps * choice.digit_bits + _log2(steps)}, 0
     tw = acc + 1
     if choice.mode == "thresholds":

@@ -254,9 +254,10 @@ class Requant(wiring.Component):
     stages (input and ``M0`` registers in front of the multiplier, product register, offset sum,
     shift, clamp), latency 5 cycles (6 with ``split_multiply``, 7 with ``dsp_width``), one beat per cycle. The shift is the lane's smallest shift
     (wiring) and a variable shift by the rest (a shifter as wide as the shifts differ).
-    ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (MSB first, no
-    multiplier) for ``steps = ceil(bits(max M0) / digit_bits)`` cycles, hands the product on in
-    one more, then the same 4 stages: latency ``steps + 5``, one beat per ``steps + 1`` cycles.
+    ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (LSB first,
+    starting from the offset, no multiplier) for ``steps = ceil(bits(max M0) / digit_bits)``
+    cycles, hands the product (with the offset: the offset sum is then wiring) on in one more,
+    then the same 4 stages: latency ``steps + 5``, one beat per ``steps + 1`` cycles.
     Backpressure on ``o`` stalls the pipeline. The per-channel constants are ROMs with a
     registered read (block RAM where synthesis can).
     """
@@ -363,7 +364,11 @@ class Requant(wiring.Component):
             busy, done = Signal(), Signal()
             step = Signal(range(steps))
             handoff = Signal()
-            m.d.comb += [handoff.eq(done & en), self.i.ready.eq(~busy | handoff)]
+            # `_shift_add` reads M0 ahead, at the fold counter; the read's first result is a cycle
+            # after reset
+            primed = Signal()
+            m.d.sync += primed.eq(1)
+            m.d.comb += [handoff.eq(done & en), self.i.ready.eq((~busy | handoff) & primed)]
             mul_fold = Signal(range(folds))
             with m.If(en):
                 m.d.sync += [p_valid.eq(handoff), p_fold.eq(mul_fold)]
@@ -388,7 +393,8 @@ class Requant(wiring.Component):
             prod_shape = signed(max(2, prod_bound.bit_length() + 2))
             sum_bound = prod_bound + max(abs(v) for v in offset)
             sum_shape = signed(max(2, sum_bound.bit_length() + 2))
-            prod = Signal(prod_shape, name=f"prod_{lane}")
+            # the shift-and-add multiply adds the offset itself (`_shift_add`): its product is the sum
+            prod = Signal(sum_shape if self._mode is RequantMode.SHIFT_ADD else prod_shape, name=f"prod_{lane}")
 
             if self._mode is RequantMode.MULTIPLY:
                 if self._dsp_width:     # M0's digits biased in the ROM (`digit_bias`): no adder
@@ -413,9 +419,13 @@ class Requant(wiring.Component):
                     with m.If(en):
                         m.d.sync += prod.eq(acc * m0_sig)
             else:
-                self._shift_add(m, lane, m0, counter, take, busy, done, steps, prod, handoff)
+                self._shift_add(m, lane, m0, offset, counter, take, busy, done, steps, prod, handoff)
 
-            off_sig = rom(m, offset, p_next_fold, p_load, sum_shape, f"offset_{lane}")
+            if self._mode is RequantMode.MULTIPLY:
+                off_sig = rom(m, offset, p_next_fold, p_load, sum_shape, f"offset_{lane}")
+                with_offset = prod + off_sig
+            else:
+                with_offset = prod
             # the lane's smallest shift is wiring; only the rest is a variable shifter
             least = min(shift)
             varying = [v - least for v in shift]
@@ -434,7 +444,7 @@ class Requant(wiring.Component):
                 m.d.comb += minus.eq(tie & (shifted[0] ^ (self._zero_point & 1)))
             with m.If(en):
                 m.d.sync += [
-                    total.eq(prod + off_sig),
+                    total.eq(with_offset),
                     shifted.eq((total >> least) >> shift_sig),
                     self.o.payload[lane].eq(self._clamp(m, shifted, minus, lane)),
                 ]
@@ -492,19 +502,20 @@ class Requant(wiring.Component):
                 total = Cat(part[:w], total + (part >> w)).as_signed()
             m.d.sync += prod.eq(total)
 
-    def _shift_add(self, m, lane, m0, counter, take, busy, done, steps, prod, handoff):
-        """``prod = acc * m0`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle from the
-        bottom, with no multiplier: a right-shifting sequential multiply.
+    def _shift_add(self, m, lane, m0, offset, counter, take, busy, done, steps, prod, handoff):
+        """``prod = acc * m0 + offset`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle
+        from the bottom, with no multiplier: a right-shifting sequential multiply.
 
-        ``acc * m0 == (high << (steps * k)) + low``: each step adds ``acc`` times the next digit to
-        ``high`` (signed, ``acc_bits`` bits), moves the sum's low ``k`` bits into the top
-        of ``low`` (which shifts right) and keeps the rest in ``high``. The adder is as wide as
-        the accumulator, not the product (a 45-bit carry chain had been the UP5K's slowest path,
-        13 ns of carries), and the product is ``Cat(low, high)``: wiring. A digit adds one term
-        per two bits, a copy of ``0``, ``acc``, ``2 * acc`` or ``3 * acc`` (``3 * acc``
-        registered when the beat is taken): at 2 bits a step (the iCEBreaker's MLPs) the adder
-        has one term, not the three chained adders of a term per bit. ``high`` is cleared when a
-        beat is taken (the register's synchronous reset); ``low`` is all written by the steps."""
+        ``acc * m0 + offset == (high << W) + low`` (``W = steps * k``): ``high`` starts as the
+        offset's low ``W`` bits; each step adds ``acc`` times the next digit to it, moves the sum's
+        low ``k`` bits into the top of ``low`` (which shifts right) and keeps the rest; the
+        handoff adds the offset's high part to ``high``. The adder is as wide as the accumulator
+        or ``W``, not the product (a 45-bit carry chain had been the UP5K's slowest path, 13 ns
+        of carries), and no product-wide adder adds the offset after it (the MLP w8a8's next
+        slowest path, from the offset ROM's block RAM). A digit adds one term per two bits, a
+        copy of ``0``, ``acc``, ``2 * acc`` or ``3 * acc`` (``3 * acc`` registered when the beat
+        is taken): at 2 bits a step (the iCEBreaker's MLPs) the adder has one term, not the three
+        chained adders of a term per bit. ``low`` is all written by the steps."""
         k = self._digit_bits
         width = steps * k                                  # m0 padded to whole digits
         acc = Signal(signed(self._acc_bits), name=f"mul_acc_{lane}")
@@ -515,16 +526,18 @@ class Requant(wiring.Component):
             triple = Signal(signed(self._acc_bits + 2), name=f"mul_acc3_{lane}")
             with m.If(take):
                 m.d.sync += triple.eq(self.i.payload[lane] + (self.i.payload[lane] << 1))
-        m0_rom = rom(m, m0, counter, take, unsigned(width), f"m0_{lane}")
-        # M0 arrives from its ROM in the first step; later steps shift the register. `first` is a
-        # register (not ``step == 0``): the digit select is then one LUT level in front of the
-        # terms (the comparison was on the slowest path of an iCE40 design)
-        first = Signal(name=f"mul_first_{lane}")
-        with m.If(take):
-            m.d.sync += first.eq(1)
-        current = Signal(width, name=f"mul_digits_{lane}")
-        m.d.comb += current.eq(Mux(first, m0_rom, digits))
-        digit = current[:k]
+        # M0 and the offset's low W bits are read ahead (at the fold counter, which moves when a
+        # beat is taken, at least two cycles before the next): the beat takes them from the ROMs
+        # into the registers the steps work on, so no select for the first step stands in front
+        # of the adder (one did, a `first` flag's, on the UP5K digits CNN w8a8's slowest path).
+        # The offset's high part is read when the beat is taken, for the handoff.
+        m0_rom = rom(m, m0, counter, Const(1), unsigned(width), f"m0_{lane}")
+        off_lo = [v & ((1 << width) - 1) for v in offset]
+        off_hi = [v >> width for v in offset]
+        hi_shape = signed(max(2, max(abs(v) for v in off_hi).bit_length() + 1))
+        off_lo_rom = rom(m, off_lo, counter, Const(1), unsigned(width), f"offset_lo_{lane}")
+        off_hi_rom = rom(m, off_hi, counter, take, hi_shape, f"offset_hi_{lane}")
+        digit = digits[:k]
         terms = []
         for j in range(0, k, 2):
             pair = digit[j:j + 2]
@@ -542,21 +555,20 @@ class Requant(wiring.Component):
                 with m.Case(3):
                     m.d.comb += term.eq(triple)
             terms.append(term << j)
-        # -2**(A - 1) <= acc < 2**(A - 1) (A = acc_bits) and a digit is at most 2**k - 1, so after
-        # every step -2**(A - 1) <= high < 2**(A - 1) (A signed bits) and the sum is within
-        # [-2**(A + k - 1), 2**(A + k - 1)) (A + k signed bits); test_shift_add_at_the_extremes
-        # fails with a bit less
-        high = Signal(signed(self._acc_bits), name=f"mul_high_{lane}")
+        # With A = acc_bits: -2**(A - 1) <= acc < 2**(A - 1), a digit is at most 2**k - 1 and the
+        # start is in [0, 2**W): after every step high needs max(W, A) + 1 signed bits and the
+        # sum max(W, A + k) + 2 (both reached by a search over small widths);
+        # test_shift_add_at_the_extremes fails with a bit less
+        high = Signal(signed(max(width, self._acc_bits) + 1), name=f"mul_high_{lane}")
         low = Signal(width, name=f"mul_low_{lane}")
-        total = Signal(signed(self._acc_bits + k), name=f"mul_sum_{lane}")
+        total = Signal(signed(max(width, self._acc_bits + k) + 2), name=f"mul_sum_{lane}")
         added = high
         for t in terms:
             added = added + t
         m.d.comb += total.eq(added)
         with m.If(take):
-            m.d.sync += high.eq(0)
+            m.d.sync += [digits.eq(m0_rom), high.eq(off_lo_rom)]
         with m.If(busy & ~done):
-            m.d.sync += [digits.eq(current >> k), first.eq(0),
-                         high.eq(total >> k), low.eq(Cat(low[k:], total[:k]))]
+            m.d.sync += [digits.eq(digits >> k), high.eq(total >> k), low.eq(Cat(low[k:], total[:k]))]
         with m.If(handoff):
-            m.d.sync += prod.eq(Cat(low, high).as_signed())
+            m.d.sync += prod.eq(Cat(low, high + off_hi_rom).as_signed())

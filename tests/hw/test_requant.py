@@ -227,20 +227,24 @@ def test_split_multiply_at_the_extremes(m_bits, how):
 
 @pytest.mark.parametrize("m_bits", [5, 16, 24])
 @pytest.mark.parametrize("digit_bits", [1, 2, 3, 4, 5])
-def test_shift_add_at_the_extremes(m_bits, digit_bits):
+@pytest.mark.parametrize("bias,zero_point", [(0, 0), (-(1 << 19), 127), ((1 << 19) - 1, -128)])
+def test_shift_add_at_the_extremes(m_bits, digit_bits, bias, zero_point):
     """The right-shifting multiply's sum at its widest: the extreme accumulators times M0s of all
-    ones (every digit its largest), one bit, none, and halves, shifted so that the top of the
-    product lands inside the 8-bit output (an overflow there is not hidden by the clamp)."""
+    ones (every digit its largest), one bit, none, and halves, with no offset and the extreme
+    ones (bias, zero point: the multiply starts from the offset's low bits and adds its high
+    part at the end), shifted so that the top of the product lands inside the 8-bit output (an
+    overflow there is not hidden by the clamp)."""
     acc_bits = 20
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, ((1 << m_bits) - 1) ^ 1]
     shift = [acc_bits + m_bits - 8, acc_bits + m_bits - 8, 4, 0, acc_bits + m_bits // 2 - 8, acc_bits + m_bits - 8]
-    kwargs = dict(bias=[0] * 6, m0=m0, shift=shift, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
-                  m_bits=m_bits, mode=RequantMode.SHIFT_ADD, digit_bits=digit_bits)
+    kwargs = dict(bias=[bias] * 6, m0=m0, shift=shift, zero_point=zero_point, lo=-128, hi=127, out_bits=8,
+                  out_signed=True, m_bits=m_bits, mode=RequantMode.SHIFT_ADD, digit_bits=digit_bits)
     beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321, hi_acc - 1)]
     dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
     got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=5)
-    want = intops.requantize(np.array(beats), np.array(m0)[None, :], np.array(shift)[None, :], 0, -128, 127)
+    want = intops.requantize(np.array(beats) + bias, np.array(m0)[None, :], np.array(shift)[None, :], zero_point,
+                             -128, 127)
     assert got == want.tolist()
 
 
