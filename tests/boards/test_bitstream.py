@@ -84,8 +84,8 @@ def test_a_missed_clock_is_built_again_at_the_achieved_fmax(tmp_path):
     assert any("placing and routing again at" in line for line in lines)
     assert report.as_dict()["attempts"] == [list(a) for a in report.attempts]
     # just above the Fmax reached: a miss there is placed again at the same clock, another seed
-    from qfab.boards.registry import get_board
     from qfab.boards.gateware.top import clock_mhz
+    from qfab.boards.registry import get_board
     near = next(f for f in (round(second_fmax * (1 + 0.005 * k), 1) for k in range(1, 9))
                 if second_fmax < clock_mhz(get_board("icebreaker"), f) <= second_fmax * 1.04)
     report = build_bitstream(tmp_path, "icebreaker", freq_mhz=near, log=lines.append, retries=1)
