@@ -93,10 +93,11 @@ def test_folding_file_names_the_requantization(cnn, tmp_path):
 
 
 def test_spend_dsps_moves_requantization_only_when_the_logic_does_not_fit():
-    """`spend_dsps` leaves fitting folds alone; otherwise it moves the layers that save the most
-    logic per DSP onto the DSPs the budget has left, and never more than that."""
+    """`spend_dsps` leaves folds that fit with room alone; otherwise (or above `CROWDED` of the
+    cells) it moves the layers that save the most logic per DSP onto the DSPs the budget has
+    left, and never more than that."""
     from qfab.compiler import estimate
-    from qfab.compiler.compile import design_estimates, spend_dsps
+    from qfab.compiler.compile import CROWDED, design_estimates, spend_dsps
     from qfab.compiler.folding import stages_of
     graph = load_graph(_bundled("digits_cnn.onnx"), digits("NCHW")[0][:300], QuantConfig(w_bits=8, a_bits=8))
     stages = stages_of(graph)
@@ -104,8 +105,10 @@ def test_spend_dsps_moves_requantization_only_when_the_logic_does_not_fit():
     total = design_estimates(graph, stages, folds)[2]
     cells = estimate.logic_cells(total)
     assert total.dsps == 0
-    roomy = Budget(logic_cells=round(cells) + 10, dsps=8)
+    roomy = Budget(logic_cells=round(cells / CROWDED) + 10, dsps=8)
     assert spend_dsps(graph, stages, folds, roomy) is folds
+    crowded = spend_dsps(graph, stages, folds, Budget(logic_cells=round(cells) + 10, dsps=8))
+    assert any(f.requant == "multiply" for f in crowded.values())
     assert spend_dsps(graph, stages, folds, Budget(logic_cells=round(cells) - 10)) is folds     # no DSP limit
     tight = Budget(logic_cells=round(cells) - 10, dsps=8)
     spent = spend_dsps(graph, stages, folds, tight)
