@@ -104,7 +104,7 @@ def retry_mhz(board, fmax_mhz, margin=0.02):
     return None
 
 
-SEED_SPREAD = 0.05      # nextpnr's Fmax between placements of one design: 1-4 MHz at 36 (UP5K, 75-88 % full)
+SEED_SPREAD = 0.05      # a miss this close is within nextpnr's spread between placements (often 1-2 MHz at 36)
 
 
 def next_attempt(board, requested_mhz, fmax_mhz, seed):
@@ -143,9 +143,10 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     log : callable
         Receives progress lines while the tools run.
     retries : int
-        How many times a build that misses its clock is built again (`next_attempt`): a miss of
-        less than 5 % once more at the same clock with another placer seed, otherwise at the Fmax
-        it achieved (`retry_mhz`: 2 % below it, at a frequency the PLL gives), without the user;
+        How many times a build that misses its clock is built again at the Fmax it achieved
+        (`retry_mhz`: 2 % below it, at a frequency the PLL gives), without the user; a first miss
+        of less than 5 % is first placed once more at the same clock with another placer seed
+        (`next_attempt`; that attempt is not counted);
         only for the build's own core (``core=None``), whose UART divider follows the clock. ``qfab bitstream``
         and ``qfab build`` retry twice unless given ``--no-retry``. `Report.attempts` lists each
         attempt's requested and achieved MHz.
@@ -165,7 +166,8 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
     attempts = []
     seed = None
     report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
-    for _ in range(retries if core is None else 0):
+    left = retries if core is None else 0
+    while left > 0:
         if report.timing_met or not report.fmax_mhz:
             break
         board = get_board(board_name)
@@ -173,6 +175,7 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         if nxt is None:
             break
         again, seed = nxt
+        left -= seed is None        # the seed's attempt is extra
         how = f"with placer seed {seed}" if seed is not None else "with the default seed"
         log(f"timing missed (Fmax {report.fmax_mhz:.2f} MHz < {report.requested_mhz:g} MHz): placing and "
             f"routing again at {again:g} MHz {how}")

@@ -557,11 +557,11 @@ class Requant(wiring.Component):
             terms.append(term << j)
         # With A = acc_bits: -2**(A - 1) <= acc < 2**(A - 1), a digit is at most 2**k - 1 and the
         # start is in [0, 2**W): after every step high needs max(W, A) + 1 signed bits and the
-        # sum max(W, A + k) + 2 (both reached by a search over small widths);
-        # test_shift_add_at_the_extremes fails with a bit less
+        # sum max(W, A + k - 1) + 2 (both checked by a search over small widths);
+        # test_shift_add_at_the_extremes fails with a bit less in high or in the sum's W term
         high = Signal(signed(max(width, self._acc_bits) + 1), name=f"mul_high_{lane}")
         low = Signal(width, name=f"mul_low_{lane}")
-        total = Signal(signed(max(width, self._acc_bits + k) + 2), name=f"mul_sum_{lane}")
+        total = Signal(signed(max(width, self._acc_bits + k - 1) + 2), name=f"mul_sum_{lane}")
         added = high
         for t in terms:
             added = added + t

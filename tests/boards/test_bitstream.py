@@ -86,14 +86,18 @@ def test_a_missed_clock_is_built_again_at_the_achieved_fmax(tmp_path):
     # just above the Fmax reached: a miss there is placed again at the same clock, another seed
     from qfab.boards.gateware.top import clock_mhz
     from qfab.boards.registry import get_board
-    near = next(f for f in (round(second_fmax * (1 + 0.005 * k), 1) for k in range(1, 9))
+    near = next(f for f in (round(second_fmax * (1 + 0.005 * k), 1) for k in range(1, 20))
                 if second_fmax < clock_mhz(get_board("icebreaker"), f) <= second_fmax * 1.04)
     report = build_bitstream(tmp_path, "icebreaker", freq_mhz=near, log=lines.append, retries=1)
     script = (report.bitstream.parent / "build_qfab_board.sh").read_text()
-    if len(report.attempts) == 2:
-        assert report.attempts[1][0] == report.attempts[0][0] and "--seed 2" in script
+    first_mhz, first_fmax = report.attempts[0]
+    if first_fmax >= first_mhz:
+        assert report.attempts == ((first_mhz, first_fmax),) and "--seed" not in script
+    elif first_fmax >= 0.95 * first_mhz:                # another seed at the same clock, then (not
+        assert report.attempts[1][0] == first_mhz       # counted) one retry at a lower clock
+        assert len(report.attempts) in (2, 3) and ("--seed 2" in script) == (len(report.attempts) == 2)
     else:
-        assert report.timing_met and "--seed" not in script
+        assert len(report.attempts) == 2 and report.attempts[1][0] < first_mhz and "--seed" not in script
 
 
 def test_retry_frequency_is_one_the_clock_gives_below_the_fmax():

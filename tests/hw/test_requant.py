@@ -238,13 +238,19 @@ def test_shift_add_at_the_extremes(m_bits, digit_bits, bias, zero_point):
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, ((1 << m_bits) - 1) ^ 1]
     shift = [acc_bits + m_bits - 8, acc_bits + m_bits - 8, 4, 0, acc_bits + m_bits // 2 - 8, acc_bits + m_bits - 8]
-    kwargs = dict(bias=[bias] * 6, m0=m0, shift=shift, zero_point=zero_point, lo=-128, hi=127, out_bits=8,
+    # two folds of three lanes, the second the first reversed: the ROMs (M0 and the offset's low
+    # part read ahead at the fold counter, its high part when a beat is taken) change every beat
+    m0, shift = m0 + m0[::-1], shift + shift[::-1]
+    biases = [bias] * 6 + [-bias // 2] * 6
+    kwargs = dict(bias=biases, m0=m0, shift=shift, zero_point=zero_point, lo=-128, hi=127, out_bits=8,
                   out_signed=True, m_bits=m_bits, mode=RequantMode.SHIFT_ADD, digit_bits=digit_bits)
-    beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321, hi_acc - 1)]
-    dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
+    values = (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321, hi_acc - 1)
+    beats = [[v] * 6 for v in values for _ in range(2)]
+    dut = Requant(6, 12, acc_bits=acc_bits, **kwargs)
     got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=5)
-    want = intops.requantize(np.array(beats) + bias, np.array(m0)[None, :], np.array(shift)[None, :], zero_point,
-                             -128, 127)
+    chan = (np.arange(len(beats))[:, None] % 2) * 6 + np.arange(6)[None, :]
+    want = intops.requantize(np.array(beats) + np.array(biases)[chan], np.array(m0)[chan], np.array(shift)[chan],
+                             zero_point, -128, 127)
     assert got == want.tolist()
 
 

@@ -51,12 +51,12 @@ def test_fits_the_icebreaker(builds, kind):
     verilog = (build.folder / build.manifest.files.verilog).read_text()
     assert "mul_low_" in verilog                  # shift-and-add requantization (hw/requant.py)
     modes = {s.name: s.requant for s in build.manifest.stages if s.kind == "mvau"}
-    assert "shift_add" in modes.values()
-    if "multiply" in modes.values():              # a layer on the DSPs
+    if kind == "cnn":          # above 95 % of the cells all in logic: a layer on the idle DSPs
+        assert "multiply" in modes.values() and set(modes.values()) != {"multiply"}
         assert 0 < build.manifest.estimates.total.dsps <= 8
         assert "dsp_keep" in verilog              # the product in registered SB_MAC16 pieces
     else:
-        assert build.manifest.estimates.total.dsps == 0
+        assert set(modes.values()) == {"shift_add"} and build.manifest.estimates.total.dsps == 0
 
 
 def _resources(total):
