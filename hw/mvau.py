@@ -85,6 +85,12 @@ def _nested(name, values, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}") from None
 
 
+def _count(counter, last, n):
+    """The statements that step ``counter`` through ``0 .. n - 1`` and wrap, with ``last`` (a
+    register, ``init=n == 1``) kept equal to ``counter == n - 1`` from the counter's next value."""
+    return [counter.eq(Mux(last, 0, counter + 1)), last.eq(Mux(last, n == 1, counter == n - 2))]
+
+
 class MVAU(wiring.Component):
     """Folded matrix-vector-activation unit (FINN's MVAU): MAC array, weight memory, requant.
 
@@ -368,7 +374,7 @@ class MVAU(wiring.Component):
         set_full, clear_full = Signal(2), Signal(2)
         wlast = Signal(init=sf == 1)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [wsyn.eq(Mux(wlast, 0, wsyn + 1)), wlast.eq(Mux(wlast, sf == 1, wsyn == sf - 2))]
+            m.d.sync += _count(wsyn, wlast, sf)
             with m.If(wlast):
                 m.d.sync += wbank.eq(~wbank)
                 m.d.comb += set_full.eq(Mux(wbank, 0b10, 0b01))
@@ -387,14 +393,9 @@ class MVAU(wiring.Component):
             rd.addr.eq(rbank * sf + syn), rd.en.eq(advance),
         ]
         with m.If(fire):
-            m.d.sync += [
-                syn.eq(Mux(syn_last, 0, syn + 1)),
-                syn_last.eq(Mux(syn_last, sf == 1, syn == sf - 2)),
-                addr.eq(Mux(syn_last & pas_last, 0, addr + 1)),
-            ]
+            m.d.sync += [*_count(syn, syn_last, sf), addr.eq(Mux(syn_last & pas_last, 0, addr + 1))]
             with m.If(syn_last):
-                m.d.sync += [pas.eq(Mux(pas_last, 0, pas + 1)),
-                             pas_last.eq(Mux(pas_last, passes == 1, pas == passes - 2))]
+                m.d.sync += _count(pas, pas_last, passes)
                 with m.If(pas_last):
                     m.d.sync += rbank.eq(~rbank)
                     m.d.comb += clear_full.eq(Mux(rbank, 0b10, 0b01))

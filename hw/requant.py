@@ -525,7 +525,7 @@ class Requant(wiring.Component):
         if k >= 2:
             triple = Signal(signed(self._acc_bits + 2), name=f"mul_acc3_{lane}")
             with m.If(take):
-                m.d.sync += triple.eq(self.i.payload[lane] + (self.i.payload[lane] << 1))
+                m.d.sync += triple.eq(const_multiply(self.i.payload[lane], 3, RequantMode.SHIFT_ADD))
         # M0 and the offset's low W bits are read ahead (at the fold counter, which moves when a
         # beat is taken, at least two cycles before the next): the beat takes them from the ROMs
         # into the registers the steps work on, so no select for the first step stands in front
