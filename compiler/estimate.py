@@ -240,6 +240,14 @@ def skid_resources(stage, fold, choice=None):
     return Resources(luts=bits, ffs=2 * bits)
 
 
+def reserve_resources(stage, fold, depth):
+    """An MVAU's reserved queue (`qfab.hw.mvau.MVAU`'s ``reserve``): ``depth`` beats of ``pe``
+    accumulators in the ECP5's distributed RAM (16 words x 4 bits in a slice pair and the
+    write slice beside it: about 1.5 LUT4 per bit and 16 words), its level and free count."""
+    bits = fold.pe * _mac_acc_bits(stage)
+    return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
+
+
 def _pool_acc_bits(stage):
     window = stage.k if stage.kind == "avgpool" else stage.vectors
     return stage.a_bits + _log2(window) + 1

@@ -167,6 +167,16 @@ class MVAU(wiring.Component):
         select, vector store) hang on the requantization's ready, and through it on ``o.ready``:
         a combinational path from the next stage's FIFO or the requantization's step counter,
         through the enable's large fanout, that limited both families' clocks.
+    reserve : bool
+        The MAC array never stalls (FINN's RTL MVU works so): a queue after it (instead of the
+        skid) as deep as the dot products that can be on their way (`queue_depth`), and a dot
+        product's last beat issues only when the queue has room reserved for it (a count of free
+        entries, taken at the issue and given back when the requantization takes a beat). The
+        MAC array's enable, which loads every register of its adder trees, is then a constant, and
+        the stall chain from ``o.ready`` ends at the queue and the count: what limited the ECP5's
+        MLP w4a4 at II 8 to 92.2 MHz (five LUT levels, 7.9 ns of routing into the enable's
+        fanout). Same latency as ``skid``, same rate; ``queue_depth * pe`` accumulators of
+        distributed RAM (flip-flops on a part without it).
     split_multiply : bool
         ``MULTIPLY`` requantization: the product in two cycles (`Requant`'s ``split_multiply``),
         one more cycle of latency.
@@ -204,7 +214,7 @@ class MVAU(wiring.Component):
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
                  fetch_register: bool = False, tree_registers: int = 1, skid: bool = False,
-                 split_multiply: bool = False, dsp_width: int | None = None) -> None:
+                 reserve: bool = False, split_multiply: bool = False, dsp_width: int | None = None) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -286,6 +296,11 @@ class MVAU(wiring.Component):
         self._pixels = pixels
         self._fetch_register = bool(fetch_register)
         self._skid = bool(skid)
+        self._reserve = bool(reserve)
+        if self._skid and self._reserve:
+            raise ValueError("skid and reserve are two kinds of queue after the MAC array: ask for one")
+        self._queue = (fifo.SyncFIFO(width=self._mac.o.payload.shape().size, depth=self.queue_depth)
+                       if self._reserve and not self._copies else None)
         super().__init__(members)
 
     pe = property(lambda self: self._pe)
@@ -301,6 +316,20 @@ class MVAU(wiring.Component):
         return self._points * (self._n // self._pe) * (self._k // self._simd) * serial
 
     @property
+    def queue_depth(self):
+        """With ``reserve``: the entries of the queue after the MAC array, the dot products that can
+        be between their last beat's issue and the requantization's taking them at full rate, one
+        every ``K / simd`` beats: the issue's cycle, the fetch register(s), the `MacArray`'s
+        latency, a cycle in the queue, and one to give the entry back. 0 without."""
+        if not self._reserve:
+            return 0
+        serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 0
+        fetch = 2 if self._fetch_register else 1
+        round_trip = fetch + self._mac.latency + 2 + max(serial - 1, 0)
+        period = (self._k // self._simd) * max(serial, 1)
+        return -(-round_trip // period)
+
+    @property
     def requant_interval(self):
         """Cycles the requantization takes per output beat at full rate (1 for ``MULTIPLY`` and
         ``THRESHOLDS``)."""
@@ -314,7 +343,7 @@ class MVAU(wiring.Component):
         # after the last of ``a_bits`` planes, the first of which issues with the beat)
         mac = self._mac.latency - (1 if serial else 0)
         fetch = 2 if self._fetch_register else 1
-        skid = 1 if self._skid else 0
+        skid = 1 if self._skid or self._reserve else 0
         return fetch + mac + (2 if self._combine else 0) + skid + self._requant.latency + serial
 
     def _elaborate_pixels(self):
@@ -386,8 +415,14 @@ class MVAU(wiring.Component):
         syn_last, pas_last = Signal(init=sf == 1), Signal(init=passes == 1)
         issue_valid, advance, fire = Signal(), Signal(), Signal()
         f_valid = Signal()
+        # with ``reserve`` a dot product's last beat waits for a free entry of the queue after the
+        # MAC array (``room``, a register), so that nothing after the issue ever stalls
+        room = Signal(init=1)
+        if self._reserve:
+            m.d.comb += issue_valid.eq(ready & full.bit_select(rbank, 1) & (room | ~syn_last))
+        else:
+            m.d.comb += issue_valid.eq(ready & full.bit_select(rbank, 1))
         m.d.comb += [
-            issue_valid.eq(ready & full.bit_select(rbank, 1)),
             fire.eq(issue_valid & advance),
             wmem.addr.eq(addr), wmem.en.eq(advance),
             rd.addr.eq(rbank * sf + syn), rd.en.eq(advance),
@@ -420,12 +455,27 @@ class MVAU(wiring.Component):
         if self._style is MacStyle.BIT_SERIAL:
             m.d.comb += mac.precision.eq(self._a_shape.width)
 
-        # dot products -> (point sum) -> requant -> o
+        # dot products -> (reserved queue) -> (point sum) -> requant -> o
         source = mac.o
+        if self._reserve:
+            depth = self.queue_depth
+            m.submodules.queue = queue = self._queue
+            # free entries not yet promised to a dot product on its way; ``room`` is ``free != 0``
+            free = Signal(range(depth + 1), init=depth)
+            take, give = Signal(), Signal()
+            m.d.comb += [take.eq(fire & syn_last), give.eq(queue.r_en & queue.r_rdy)]
+            free_next = Signal.like(free)
+            m.d.comb += free_next.eq(free - take + give)
+            m.d.sync += [free.eq(free_next), room.eq(free_next != 0)]
+            m.d.comb += [queue.w_data.eq(mac.o.payload), queue.w_en.eq(mac.o.valid),
+                         mac.o.ready.eq(1)]       # always room: the MAC array's enable is constant
+            source = stream.Signature(mac.o.payload.shape()).create()
+            m.d.comb += [source.valid.eq(queue.r_rdy), queue.r_en.eq(source.ready),
+                         source.payload.eq(queue.r_data)]
         if self._combine:
             m.submodules.point_sum = ps = self._point_sum
-            m.d.comb += [ps.i.valid.eq(mac.o.valid), mac.o.ready.eq(ps.i.ready)]
-            m.d.comb += [ps.i.payload[n].eq(mac.o.payload[n]) for n in range(self._pe)]
+            m.d.comb += [ps.i.valid.eq(source.valid), source.ready.eq(ps.i.ready)]
+            m.d.comb += [ps.i.payload[n].eq(source.payload[n]) for n in range(self._pe)]
             source = ps.o
         if self._skid:
             # a requantization taking a beat at most every other cycle never needs a second entry

@@ -132,10 +132,29 @@ class MatrixOp(Op):
             res = res + estimate.fetch_register_resources(work, fold)
         if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
-        return res + estimate.skid_resources(work, fold, choice) if wants_skid(family, choice, fold) else res
+        queue = mac_queue(family, choice, fold)
+        if queue == "skid":
+            res = res + estimate.skid_resources(work, fold, choice)
+        elif queue == "reserve":
+            params = dict(self.clock_params(family, node, work, fold), style=fold.style, a_bits=work.a_bits)
+            res = res + estimate.reserve_resources(work, fold, reserve_depth(params, work.k // fold.simd))
+        return res
 
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
+
+    def clock_params(self, family, node, work, fold):
+        """The MVAU's register options for the family's clock: ``fetch_register``,
+        ``tree_registers``."""
+        params = {}
+        if wants_fetch_register(family, node, work, fold):
+            params["fetch_register"] = True
+        tiles = product_tiles(node.w_type.bits, work.a_bits) \
+            if fold.style == "bit_parallel" else 4   # bit-serially a lane adds its weight per bit plane
+        registers = tree_registers(family, fold.simd, varying_weights(node, work, fold), tiles)
+        if registers != 1:
+            params["tree_registers"] = registers
+        return params
 
     def engine_params(self, lw, node, fold, work, weights):
         """The constructor parameters the MVAU and the VVAU share: folding, weights (``weights``, in
@@ -161,16 +180,11 @@ class MatrixOp(Op):
         params["point_multipliers"] = node.multipliers.tolist()
         if fold.pixels > 1:
             params["pixels"] = fold.pixels
-        if wants_fetch_register(lw.policy.family, node, work, fold):
-            params["fetch_register"] = True
-        tiles = product_tiles(node.w_type.bits, graph.tensors[node.input].qtype.bits) \
-            if fold.style == "bit_parallel" else 4   # bit-serially a lane adds its weight per bit plane
-        registers = tree_registers(lw.policy.family, fold.simd, varying_weights(node, work, fold), tiles)
-        if registers != 1:
-            params["tree_registers"] = registers
+        params.update(self.clock_params(lw.policy.family, node, work, fold))
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
-        if wants_skid(lw.policy.family, choice, fold):
-            params["skid"] = True
+        queue = mac_queue(lw.policy.family, choice, fold)
+        if queue is not None:
+            params[queue] = True
         if choice.mode == "multiply":
             params.update(multiply_options(lw.policy.family))
         if choice.mode != "multiply":          # the engine's default
@@ -261,11 +275,20 @@ def wants_fetch_register(family, node, work, fold):
     return family == "ecp5" and varying_weights(node, work, fold)
 
 
-def wants_skid(family, choice=None, fold=None):
-    """Whether an MVAU gets its skid queue before the requantization (`qfab.hw.mvau.MVAU`'s
-    ``skid``): on the ECP5, where the stall chain from the next stage's FIFO, through the
-    requantization and the MAC array's enable, into the vector store limited the digits CNN at
-    II 64 to 87.7 MHz once its adder trees had two registers. On the iCE40 before a
+def mac_queue(family, choice=None, fold=None):
+    """The queue an MVAU gets after its MAC array: ``"reserve"`` (`qfab.hw.mvau.MVAU`'s
+    ``reserve``: a MAC array that never stalls, its last beats issued only with room reserved in a
+    queue after it), ``"skid"`` (``skid``: a queue before the requantization) or ``None``.
+
+    On the ECP5 always, reserved: first the skid, where the stall chain from the next stage's FIFO,
+    through the requantization and the MAC array's enable, into the vector store limited the
+    digits CNN at II 64 to 87.7 MHz once its adder trees had two registers; with the skid the chain
+    still ran from the queue's level through the enable (which loads every register of the adder
+    trees) into the store's ``full`` flags, five LUT levels and 7.9 ns of routing: the digits MLP
+    w4a4 at II 8, 92.2 MHz. The reserved queue costs ``queue_depth`` entries of ``pe``
+    accumulators in distributed RAM (`reserve_depth`, `estimate.reserve_resources`).
+
+    On the iCE40 (no distributed RAM: the reserved queue would be flip-flops) the skid, before a
     requantization of several cycles a beat (``choice``, a `estimate.RequantChoice`: shift and
     add, or the threshold search, whose ready hangs on its step counter) in an MVAU of 8 or more
     MAC lanes (``fold``: PE x SIMD; the MAC array's enable loads their trees' registers): there
@@ -276,9 +299,22 @@ def wants_skid(family, choice=None, fold=None):
     the UP5K by the estimate, and its clock was not limited there. The two-beat queue on every
     MVAU had been tried on the iCE40 and taken back (below)."""
     if family == "ecp5":
-        return True
-    return (choice is not None and choice.interval > 1 and fold is not None
-            and fold.pe * fold.simd * fold.pixels >= 8)
+        return "reserve"
+    if (choice is not None and choice.interval > 1 and fold is not None
+            and fold.pe * fold.simd * fold.pixels >= 8):
+        return "skid"
+    return None
+
+
+def reserve_depth(params, sf):
+    """Entries of an MVAU's reserved queue (`qfab.hw.mvau.MVAU.queue_depth`, which
+    tests/compiler/test_latency.py checks this against): the dot products between their last
+    beat's issue and their leaving the queue at full rate, one per ``sf`` beats (``K / simd``;
+    times ``a_bits`` bit-serially)."""
+    serial = int(params["a_bits"]) if params.get("style", "bit_parallel") == "bit_serial" else 0
+    mac = int(params.get("tree_registers", 1)) + (3 if serial else 2)
+    round_trip = (2 if params.get("fetch_register") else 1) + mac + 2 + max(serial - 1, 0)
+    return -(-round_trip // (sf * max(serial, 1)))
 
 
 def product_tiles(w_bits, a_bits):
@@ -319,10 +355,11 @@ def mac_engine_latency(params, requant_latency, combine=False):
     MVAU or VVAU (`qfab.hw.mvau.MVAU.latency`, the VVAU's docstring): 4 (the fetch register, then
     the `MacArray`'s 3, one of them a register level inside its adder trees), the MVAU's clock
     options (`tree_registers - 1` more with deeper trees, one more each with ``fetch_register`` and
-    ``skid``; the VVAU has none of them), 2 more for the point sum, the requantization's, and
+    ``skid`` or ``reserve``; the VVAU has none of them), 2 more for the point sum, the requantization's, and
     ``a_bits`` more in the bit-serial style (one cycle per bit plane). The compiler does not import
     the hardware: tests/compiler/test_latency.py checks these numbers against the engines in the
     Amaranth simulator."""
     serial = int(params["a_bits"]) if params.get("style", "bit_parallel") == "bit_serial" else 0
-    options = int(params.get("tree_registers", 1)) - 1 + bool(params.get("fetch_register")) + bool(params.get("skid"))
+    options = (int(params.get("tree_registers", 1)) - 1 + bool(params.get("fetch_register"))
+               + bool(params.get("skid") or params.get("reserve")))
     return MAC_LATENCY + options + (2 if combine else 0) + requant_latency + serial

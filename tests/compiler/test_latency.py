@@ -139,6 +139,10 @@ ENGINE_CASES = {
     "mvau_tree_registers_serial": (_dense6, Fold(1, 3, "bit_serial"), "MVAU", {"tree_registers": 2}),
     "mvau_skid": (_dense6, Fold(3, 4), "MVAU", {"skid": True, "fetch_register": True}),
     "mvau_split_multiply": (_dense6, Fold(3, 4), "MVAU", {"skid": True, "split_multiply": True}),
+    "mvau_reserve": (_dense6, Fold(3, 4), "MVAU", {"reserve": True, "fetch_register": True}),
+    "mvau_reserve_unfolded": (_dense6, Fold(3, 12), "MVAU", {"reserve": True, "tree_registers": 2}),
+    "mvau_reserve_serial": (_dense6, Fold(1, 3, "bit_serial"), "MVAU", {"reserve": True}),
+    "mvau_reserve_search": (conv_graph, Fold(4, 4), "MVAU", dict(LOW_OUTPUT, requant="search", reserve=True, skid=False)),
     "mvau_dsp_pieces": (_dense6, Fold(3, 4), "MVAU", {"dsp_width": 16}),
     "mvau_skid_search": (conv_graph, Fold(4, 4), "MVAU", dict(LOW_OUTPUT, requant="search", skid=True)),
     "mvau_pixels": (_first_conv, Fold(3, 18, "bit_parallel", 4), "MVAU", {}),
@@ -201,6 +205,29 @@ def test_mvau_interval_is_the_engines(mode):
         del engine
         gc.collect()
     assert op_for(graph.nodes[0]).output_interval(graph, graph.nodes[0], stage) == interval
+
+
+@pytest.mark.parametrize("fold,options", [
+    (Fold(1, 1), {}), (Fold(5, 12), {}), (Fold(5, 12), {"tree_registers": 3}), (Fold(1, 4), {"fetch_register": True}),
+    (Fold(1, 6), {"fetch_register": True, "tree_registers": 2}), (Fold(1, 3, "bit_serial"), {}),
+    (Fold(5, 12, "bit_serial"), {"tree_registers": 2}),
+])
+def test_reserve_depth_is_the_engines(fold, options):
+    """`reserve_depth` (the compiler's, for its estimate) is the MVAU's `queue_depth`."""
+    from amaranth.hdl import UnusedElaboratable
+    from qfab.compiler.ops.matrix import reserve_depth
+    graph = dense_graph()
+    work = stages_of(graph)[0]
+    stage = _plan(graph, {graph.nodes[0].name: fold}).stages[0]
+    stage = dataclasses.replace(stage, params=dict(stage.params, reserve=True, skid=False, **options))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        engine = stage_component(stage)
+        depth = engine.queue_depth
+        del engine
+        gc.collect()
+    assert depth >= 1
+    assert reserve_depth(stage.params, work.k // fold.simd) == depth
 
 
 # ---- the recurrence ---------------------------------------------------------------------------

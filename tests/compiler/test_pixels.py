@@ -116,8 +116,9 @@ def test_wide_trees_on_the_ecp5_get_more_register_levels(cnn):
                 (stages_by_name[name].k // folds[name].simd) > 1
             want = tree_registers(family, folds[name].simd, varying, 4)    # the digits CNN is w4a4
             assert params.get("tree_registers", 1) == want, (family, name)
-            # the skid queue and the fetch register (weights read per fold step): on the ECP5
-            assert params.get("skid", False) == (family == "ecp5"), (family, name)
+            # the reserved queue and the fetch register (weights read per fold step): on the ECP5
+            assert params.get("reserve", False) == (family == "ecp5"), (family, name)
+            assert not params.get("skid", False), (family, name)
             assert params.get("fetch_register", False) == (family == "ecp5" and varying), (family, name)
         if family == "ecp5":      # the digits CNN unfolded: conv_13 sums 72 lanes
             assert max(p.get("tree_registers", 1) for p in mvaus.values()) >= 3

@@ -52,10 +52,12 @@ async def get_all(ctx, stream, count, *, stall_prob=0.0, seed=1):
     return received
 
 
-def stream_through(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, before=None):
+def stream_through(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, before=None,
+                   monitor=None):
     """Simulate ``dut``: send ``payloads`` into ``dut.i`` with input gaps, take ``count`` from
     ``dut.o`` with output stalls; return what arrived. ``before``: an async ``f(ctx)`` the producer
-    awaits first (set a control input, load weights)."""
+    awaits first (set a control input, load weights); ``monitor``: an async ``f(ctx)`` run beside
+    them for as long as they run (watch internal signals)."""
     got = []
 
     async def producer(ctx):
@@ -70,5 +72,7 @@ def stream_through(dut, payloads, count, *, gap_prob=0.0, stall_prob=0.0, seed=0
     sim.add_clock(1e-6)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
+    if monitor is not None:
+        sim.add_testbench(monitor, background=True)
     sim.run()
     return got

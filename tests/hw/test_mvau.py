@@ -46,17 +46,26 @@ def make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_
 
 
 def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=None):
+    """``stream_through`` the MVAU; with ``reserve``, also check every cycle that the MAC array
+    never offers a dot product the queue after it cannot take (it would be lost: the array's
+    enable is constant)."""
     async def load_weights(ctx):
         if load is not None:
             await put_all(ctx, dut.load, load, gap_prob=gap_prob, seed=seed + 2)
 
+    async def watch_queue(ctx):
+        cycle = 0
+        async for _, _, valid, room in ctx.tick().sample(dut._mac.o.valid, dut._queue.w_rdy):
+            assert room or not valid, f"cycle {cycle}: a dot product offered to a full queue"
+            cycle += 1
+
     return stream_through(dut, beats, count, gap_prob=gap_prob, stall_prob=stall_prob, seed=seed,
-                          before=load_weights)
+                          before=load_weights, monitor=watch_queue if dut._queue is not None else None)
 
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,
                out_bits, out_signed, style, use_dsp, memory, gap_prob, stall_prob, seed, fetch_register=False,
-               tree_registers=1, skid=False):
+               tree_registers=1, skid=False, reserve=False):
     rng = np.random.default_rng(seed)
     n, k = pe * nf, simd * sf
     layer = make_layer(rng, points, n, k, w_bits, w_enc, a_bits, a_enc, multipoint, out_bits,
@@ -64,7 +73,7 @@ def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, 
     dut = MVAU(pe, simd, w_bits=w_bits, w_encoding=w_enc, a_bits=a_bits, a_encoding=a_enc,
                out_bits=out_bits, out_signed=out_signed, m_bits=16, style=style,
                use_dsp=use_dsp, weight_memory=memory, fetch_register=fetch_register,
-               tree_registers=tree_registers, skid=skid, **layer)
+               tree_registers=tree_registers, skid=skid, reserve=reserve, **layer)
     a_lo, a_hi = intops.qrange(a_bits, a_enc is Encoding.SIGNED)
     x = rng.integers(a_lo, a_hi + 1, (vectors, k))
     beats = [x[v, s * simd:(s + 1) * simd].tolist() for v in range(vectors) for s in range(sf)]
@@ -94,7 +103,7 @@ def mvau_params(draw):
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.4])), seed=draw(st.integers(0, 999)),
                 fetch_register=draw(st.booleans()), tree_registers=draw(st.integers(1, 3)),
-                skid=draw(st.booleans()))
+                **draw(st.sampled_from([{}, {"skid": True}, {"reserve": True}])))
 
 
 def _layer_kwargs(**overrides):
@@ -140,16 +149,19 @@ def test_init_wrong_layer():
 @pytest.mark.parametrize("pe,simd,nf,sf,points", [
     (2, 3, 1, 1, 1), (2, 2, 3, 4, 1), (1, 2, 2, 3, 2), (4, 1, 1, 5, 3), (3, 2, 2, 1, 2),
 ])
-@pytest.mark.parametrize("fetch_register,skid", [(False, False), (True, False), (False, True), (True, True)])
-def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, skid):
+@pytest.mark.parametrize("fetch_register", [False, True])
+@pytest.mark.parametrize("queue", ["none", "skid", "reserve"])
+def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, queue):
     """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits), with or
-    without the second fetch register and the skid queue."""
+    without the second fetch register, the skid queue or the reserved queue (whose depth,
+    `queue_depth`, is then just enough: one entry less slows the unit with a fold of one beat)."""
+    skid, reserve = queue == "skid", queue == "reserve"
     rng = np.random.default_rng(5)
     layer = make_layer(rng, points, pe * nf, simd * sf, 3, Encoding.SIGNED, 3,
                        Encoding.UNSIGNED, points > 1, 8, False)
     dut = MVAU(pe, simd, w_bits=3, w_encoding=Encoding.SIGNED, a_bits=3,
                a_encoding=Encoding.UNSIGNED, out_bits=8, out_signed=False, m_bits=16,
-               style=style, fetch_register=fetch_register, skid=skid, **layer)
+               style=style, fetch_register=fetch_register, skid=skid, reserve=reserve, **layer)
     vectors = 6
     x = rng.integers(0, 8, (vectors, simd * sf))
     cycles = []
@@ -175,6 +187,24 @@ def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, skid):
     firsts = cycles[::nf]
     intervals = [b - a for a, b in zip(firsts, firsts[1:])]
     assert intervals == [dut.cycles_per_vector] * (vectors - 1)
+
+
+@pytest.mark.parametrize("style", list(MacStyle))
+@pytest.mark.parametrize("pe,simd,nf,sf,points,fetch_register", [
+    (2, 3, 2, 1, 1, False), (3, 2, 2, 1, 2, True), (1, 2, 3, 2, 1, False), (2, 1, 2, 3, 3, True),
+])
+def test_sim_reserve_under_stalls(style, pe, simd, nf, sf, points, fetch_register):
+    """With ``reserve`` the MAC array never stalls: under a consumer that stalls most cycles the
+    queue after it never overflows (checked every cycle) and every output is exact."""
+    check_mvau(pe, simd, nf, sf, points, 3, 4, Encoding.SIGNED, 4, Encoding.UNSIGNED, points > 1, 6,
+               True, style, False, MemoryKind.AUTO, 0.2, 0.7, 11, fetch_register=fetch_register,
+               reserve=True)
+
+
+def test_reserve_or_skid():
+    with pytest.raises(ValueError, match=r"^skid and reserve are two kinds of queue after the MAC array: "
+                                         r"ask for one$"):
+        MVAU(1, 1, skid=True, reserve=True, **_layer_kwargs())
 
 
 def test_sim_zero_weights_fold_away():

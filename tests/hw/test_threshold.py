@@ -173,18 +173,20 @@ MODES = [(RequantMode.MULTIPLY, 1), (RequantMode.SHIFT_ADD, 1), (RequantMode.SHI
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from(MODES), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 4),
        st.integers(1, 2), st.integers(1, 6), st.booleans(), st.booleans(), st.sampled_from(list(MacStyle)),
-       st.sampled_from([0.0, 0.4]), st.integers(0, 999), st.booleans())
-def test_sim_mvau(mode, pe, simd, nf, sf, points, out_bits, out_signed, multipoint, style, stall_prob, seed, skid):
+       st.sampled_from([0.0, 0.4]), st.integers(0, 999), st.sampled_from(["none", "skid", "reserve"]))
+def test_sim_mvau(mode, pe, simd, nf, sf, points, out_bits, out_signed, multipoint, style, stall_prob, seed, queue):
     """The MVAU with each requantization mode computes Dense exactly, under gaps and stalls
     (multi-cycle modes slow the unit down when its fold leaves too few cycles, never wrong), with
-    and without the skid queue before the requantization."""
+    the skid queue before the requantization, the reserved queue after a MAC array that never
+    stalls, or neither."""
     mode, digit_bits = mode
     rng = np.random.default_rng(seed)
     n, k = pe * nf, simd * sf
     layer = make_layer(rng, points, n, k, 4, Encoding.SIGNED, 4, Encoding.UNSIGNED, multipoint, out_bits, out_signed)
     dut = MVAU(pe, simd, w_bits=4, w_encoding=Encoding.SIGNED, a_bits=4, a_encoding=Encoding.UNSIGNED,
                out_bits=out_bits, out_signed=out_signed, m_bits=16, style=style, requant=mode,
-               requant_digit_bits=digit_bits, skid=skid, **layer)
+               requant_digit_bits=digit_bits, skid=queue == "skid",
+               reserve=queue == "reserve", **layer)
     assert dut.latency >= 2 + dut.requant_interval
     vectors = 2
     x = rng.integers(0, 16, (vectors, k))
