@@ -159,13 +159,18 @@ class SlidingWindow(wiring.Component):
         need = Signal(range(min(0, *(rows_needed(r) for r in range(ho))), h + 1), init=rows_needed(0))
 
         # --- writer: row r may overwrite row r - R once no output row still needs it ---------
-        first_needed = Signal(range(h + 1))
-        m.d.comb += first_needed.eq(Mux(win_top < 0, 0, Mux(win_top > h, h, win_top)))
+        # ``limit``: the rows that may be written, the first row still needed plus R; a register
+        # stepped with ``win_top``, so that the input's ready is one compare of two registers (the
+        # clamp, add and compare in series had been the ECP5 digits CNN w8a8's slowest path, from
+        # ``written`` through the ready into the input FIFO, 78.7 MHz)
+        def first_needed(top_row):
+            return Mux(top_row < 0, 0, Mux(top_row > h, h, top_row))
+        limit = Signal(range(h + rows + 1), init=min(max(-top, 0), h) + rows)
         waddr = Signal(range(rows * row_words))
         wcol = Signal(range(row_words))
         row_done = Signal()
         m.d.comb += [
-            self.i.ready.eq(written < first_needed + rows),
+            self.i.ready.eq(written < limit),
             wr.addr.eq(waddr),
             wr.data.eq(self.i.payload),
             wr.en.eq(self.i.valid & self.i.ready),
@@ -234,6 +239,7 @@ class SlidingWindow(wiring.Component):
                             m.d.sync += [
                                 oy.eq(Mux(last_oy, 0, oy + 1)),
                                 win_top.eq(Mux(last_oy, -top, next_top)),
+                                limit.eq(Mux(last_oy, min(max(-top, 0), h), first_needed(next_top)) + rows),
                                 need.eq(Mux(last_oy, rows_needed(0),
                                             Mux(oy == ho - 2, h, Mux(next_top + kh > h, h, next_top + kh)))),
                             ]
