@@ -200,7 +200,7 @@ class MVAU(wiring.Component):
     whole interval without slowing this stage.
     Latency: computing starts once a vector's last beat is in; an output beat leaves `latency`
     cycles after the issue of its last MAC beat: 4 (a fetch register, 5 with ``fetch_register``, and the `MacArray`'s 3,
-    ``2 + tree_registers``) plus
+    ``2 + tree_registers``), 1 more with ``skid`` or ``reserve``, plus
     the requantization's latency (with ``MULTIPLY`` 5, so 9; ``SHIFT_ADD`` ``ceil(bits(max M0) / requant_digit_bits) + 5``;
     ``THRESHOLDS`` 3; ``SEARCH`` the bits of ``hi - lo``, plus 1), 2 more with point multipliers other than
     a single 1; bit-serial adds ``a_bits``.

@@ -285,14 +285,18 @@ class ThresholdRequant(wiring.Component):
                 if folds == 1:
                     return word
                 return Cat(word, f) if bits > 1 else f
-            with m.If(take):
-                # word 0 (the root) is read in the cycle the beat is taken
-                m.d.sync += [acc.eq(self.i.payload[lane]), node.eq(1), right.eq(1)]
-                m.d.comb += port.addr.eq(address(Const(0, max(1, bits - 1)), counter))
-            with m.Elif(busy & ~last):
+            with m.If(busy & ~last):
                 # the children of the node compared now, for the next step
                 m.d.comb += port.addr.eq(address(node[:bits - 1], fold))
                 m.d.sync += [node.eq(nxt), right.eq(ge)]
+            with m.Else():
+                # word 0 (the root) of the next beat's channel, read in the cycle the beat is taken
+                # (``port.en``): the address is chosen by registers, not by ``take``, so the next
+                # stage's ready reaches the read's enable only, not the address (through a ROM in
+                # logic that was the UP5K digits CNN w4a4's slowest path, 35.8 MHz with 36 asked)
+                m.d.comb += port.addr.eq(address(Const(0, max(1, bits - 1)), counter))
+            with m.If(take):
+                m.d.sync += [acc.eq(self.i.payload[lane]), node.eq(1), right.eq(1)]
             with m.If(last & free):
                 # after the last compare the node is 2**bits + count
                 m.d.sync += self.o.payload[lane].eq(self._out(nxt[:bits]))
