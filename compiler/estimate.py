@@ -216,11 +216,12 @@ def _mac_acc_bits(stage):
 
 
 def dsp_piece_resources(stage, fold, m_bits=24):
-    """What an iCE40 ``multiply`` requantization in registered SB_MAC16 pieces
-    (`qfab.hw.requant.Requant`'s ``dsp_width``) adds per PE lane beyond the plain multiply: the
-    accumulator's digit adder and the pieces' sum, about four LUTs per bit of the product
-    (``acc_bits + m_bits``): one Yosys synth_ice40 of a 21-bit accumulator by a 24-bit M0 took
-    254 LUT4 with the pieces, 72 without (their registers sit in the DSPs)."""
+    """What a ``multiply`` requantization in registered DSP pieces (`qfab.hw.requant.Requant`'s
+    ``dsp_width``) adds per PE lane beyond the plain multiply: the accumulator's digit adder and
+    the pieces' sum, about four LUTs per bit of the product (``acc_bits + m_bits``): one Yosys
+    synth_ice40 of a 21-bit accumulator by a 24-bit M0 took 254 LUT4 with the pieces, 72 without
+    (their registers sit in the SB_MAC16s; on the ECP5 they are flip-flops, not counted here:
+    flip-flops do not limit an ECP5 design)."""
     return Resources(luts=fold.pe * 4 * (_mac_acc_bits(stage) + m_bits))
 
 

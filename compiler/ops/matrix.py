@@ -246,14 +246,15 @@ MAC_LATENCY = 4          # the fetch register (weights and activations meet), th
 
 def multiply_options(family):
     """The `qfab.hw.requant.Requant` options of an MVAU's ``multiply`` requantization on
-    ``family``: on the ECP5 the product in two halves (a 24-bit M0 is several DSPs summed in one
-    cycle), on the iCE40 in SB_MAC16-sized pieces with the DSPs' own input and output registers
-    (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders unregistered,
-    paths nextpnr-ice40 does not time."""
-    if family == "ecp5":
-        return {"split_multiply": True}
-    if family == "ice40":
-        return {"dsp_width": estimate.structure(family)["dsp_width"]}    # the SB_MAC16's 16 bits
+    ``family``: the product in DSP-sized pieces with registers before and after each DSP
+    (``dsp_width``: the SB_MAC16's 16 bits, where the registers are the DSPs' own, the
+    MULT18X18D's 18). On the iCE40 Yosys otherwise chains the pieces through the DSPs' adders
+    unregistered, paths nextpnr-ice40 does not time; on the ECP5 the product had been split in two
+    halves (``split_multiply``), but each half was still wider than one MULT18X18D, and Yosys's
+    pieces summed after the DSP's 3.9 ns in the same cycle were the digits CNN w8a8's slowest path
+    at 100 MHz asked (`conv_3`, 87.5 MHz)."""
+    if family in ("ecp5", "ice40"):
+        return {"dsp_width": estimate.structure(family)["dsp_width"]}
     return {}
 
 
