@@ -209,7 +209,7 @@ def _dsp_pieces(a_bits, b_bits, m):
     return math.ceil(a_bits / w) * math.ceil(b_bits / w)
 
 
-def _mac_acc_bits(stage):
+def mac_acc_bits(stage):
     w_max = 1 if stage.w_bits == 1 else 1 << (stage.w_bits - 1)
     bound = stage.k * stage.points * w_max * ((1 << stage.a_bits) - 1)
     return bound.bit_length() + 1
@@ -222,7 +222,7 @@ def dsp_piece_resources(stage, fold, m_bits=24):
     synth_ice40 of a 21-bit accumulator by a 24-bit M0 took 254 LUT4 with the pieces, 72 without
     (their registers sit in the SB_MAC16s; on the ECP5 they are flip-flops, not counted here:
     flip-flops do not limit an ECP5 design)."""
-    return Resources(luts=fold.pe * 4 * (_mac_acc_bits(stage) + m_bits))
+    return Resources(luts=fold.pe * 4 * (mac_acc_bits(stage) + m_bits))
 
 
 def fetch_register_resources(stage, fold):
@@ -235,7 +235,7 @@ def skid_resources(stage, fold, choice=None):
     """An MVAU's skid queue (`qfab.hw.mvau.MVAU`'s ``skid``): two beats of ``pe`` accumulators in
     flip-flops and a 2:1 mux per bit; one beat, no mux, before a requantization ``choice`` (a
     `RequantChoice`) of more than a cycle a beat."""
-    bits = fold.pe * _mac_acc_bits(stage)
+    bits = fold.pe * mac_acc_bits(stage)
     if choice is not None and choice.interval > 1:
         return Resources(luts=0, ffs=bits)
     return Resources(luts=bits, ffs=2 * bits)
@@ -245,7 +245,7 @@ def reserve_resources(stage, fold, depth):
     """An MVAU's reserved queue (`qfab.hw.mvau.MVAU`'s ``reserve``): ``depth`` beats of ``pe``
     accumulators in the ECP5's distributed RAM (16 words x 4 bits in a slice pair and the
     write slice beside it: about 1.5 LUT4 per bit and 16 words), its level and free count."""
-    bits = fold.pe * _mac_acc_bits(stage)
+    bits = fold.pe * mac_acc_bits(stage)
     return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
 
 
@@ -338,7 +338,7 @@ def _mvau_terms(stage, fold, m, m_bits, shifts, requant=None):
     pe, simd, w, a = fold.pe, fold.simd, stage.w_bits, stage.a_bits
     serial = fold.style == "bit_serial"
     lanes = pe * simd
-    acc = _mac_acc_bits(stage)
+    acc = mac_acc_bits(stage)
     sf, nf = stage.k // simd, stage.n // pe
     depth = stage.points * nf * sf                      # weight words
     word = lanes * w

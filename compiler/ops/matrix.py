@@ -130,7 +130,7 @@ class MatrixOp(Op):
                                                       requant=choice), m)
         if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
-        if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
+        if choice.mode == "multiply" and "dsp_width" in multiply_options(family, estimate.mac_acc_bits(work)):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         queue = mac_queue(family, choice, fold)
         if queue == "skid":
@@ -186,7 +186,7 @@ class MatrixOp(Op):
         if queue is not None:
             params[queue] = True
         if choice.mode == "multiply":
-            params.update(multiply_options(lw.policy.family))
+            params.update(multiply_options(lw.policy.family, estimate.mac_acc_bits(work)))
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -244,17 +244,25 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
-def multiply_options(family):
-    """The `qfab.hw.requant.Requant` options of an MVAU's ``multiply`` requantization on
-    ``family``: the product in DSP-sized pieces with registers before and after each DSP
-    (``dsp_width``: the SB_MAC16's 16 bits, where the registers are the DSPs' own, the
-    MULT18X18D's 18). On the iCE40 Yosys otherwise chains the pieces through the DSPs' adders
-    unregistered, paths nextpnr-ice40 does not time; on the ECP5 the product had been split in two
-    halves (``split_multiply``), but each half was still wider than one MULT18X18D, and Yosys's
-    pieces summed after the DSP's 3.9 ns in the same cycle were the digits CNN w8a8's slowest path
-    at 100 MHz asked (`conv_3`, 87.5 MHz)."""
-    if family in ("ecp5", "ice40"):
-        return {"dsp_width": estimate.structure(family)["dsp_width"]}
+def multiply_options(family, acc_bits=None):
+    """The `qfab.hw.requant.Requant` options of a ``multiply`` requantization of ``acc_bits``
+    accumulators on ``family``, so that every path through a DSP is registered at both ends and
+    times: on the iCE40 the product in SB_MAC16-sized pieces with the DSPs' own input and output
+    registers (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders
+    unregistered, paths nextpnr-ice40 does not time. On the ECP5 the product in two halves
+    (``split_multiply``, one more cycle) where each half is one MULT18X18D (accumulators of up
+    to 17 bits, a 12-bit half of M0): a register, the DSP, a register. Wider accumulators take
+    18-bit pieces (``dsp_width``, two more cycles): a half of them was several DSPs summed after
+    the DSP's 3.9 ns in one cycle, the digits CNN w8a8's slowest path at 100 MHz asked (`conv_3`,
+    20-bit accumulators, 87.5 MHz); the pieces everywhere took the MLP w4a4 from 102.3 to 93.4
+    MHz (their digit registers merged and far from the DSPs)."""
+    if family == "ecp5":
+        width = estimate.structure(family)["dsp_width"]
+        if acc_bits is not None and acc_bits + 1 <= width:
+            return {"split_multiply": True}
+        return {"dsp_width": width}
+    if family == "ice40":
+        return {"dsp_width": estimate.structure(family)["dsp_width"]}    # the SB_MAC16's 16 bits
     return {}
 
 
