@@ -319,8 +319,9 @@ class MVAU(wiring.Component):
     def queue_depth(self):
         """With ``reserve``: the entries of the queue after the MAC array, the dot products that can
         be between their last beat's issue and the requantization's taking them at full rate, one
-        every ``K / simd`` beats: the issue's cycle, the fetch register(s), the `MacArray`'s
-        latency, a cycle in the queue, and one to give the entry back. 0 without."""
+        every ``K / simd`` beats (times ``a_bits`` bit-serially): the issue's cycle, the fetch
+        register(s), the `MacArray`'s latency (bit-serially after the beat's last of ``a_bits``
+        planes), a cycle in the queue, and one to give the entry back. 0 without."""
         if not self._reserve:
             return 0
         serial = self._a_shape.width if self._style is MacStyle.BIT_SERIAL else 0

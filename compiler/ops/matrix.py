@@ -130,7 +130,7 @@ class MatrixOp(Op):
                                                       requant=choice), m)
         if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
-        if choice.mode == "multiply" and "dsp_width" in multiply_options(family, estimate.mac_acc_bits(work)):
+        if choice.mode == "multiply" and "dsp_width" in multiply_options(family, requant_acc_bits(node, work)):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         queue = mac_queue(family, choice, fold)
         if queue == "skid":
@@ -186,7 +186,7 @@ class MatrixOp(Op):
         if queue is not None:
             params[queue] = True
         if choice.mode == "multiply":
-            params.update(multiply_options(lw.policy.family, estimate.mac_acc_bits(work)))
+            params.update(multiply_options(lw.policy.family, requant_acc_bits(node, work)))
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -242,6 +242,19 @@ def _combines(multipliers):
 
 
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
+
+
+def requant_acc_bits(node, work):
+    """The accumulator width an MVAU's requantization sees (`qfab.hw.mvau.MVAU`: the MAC array's,
+    or with point multipliers other than a single 1 the point sum's, ``points * max |m|`` times
+    wider in range), from the worst case of the stage's types."""
+    acc = estimate.mac_acc_bits(work)
+    mult = np.abs(np.asarray(node.multipliers))
+    if node.points == 1 and bool((mult == 1).all()):
+        return acc
+    w_max = 1 if work.w_bits == 1 else 1 << (work.w_bits - 1)
+    bound = work.k * node.points * max(1, int(mult.max(initial=1))) * w_max * ((1 << work.a_bits) - 1)
+    return max(acc, bound.bit_length() + 1)
 
 
 def multiply_options(family, acc_bits=None):

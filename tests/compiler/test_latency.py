@@ -230,6 +230,44 @@ def test_reserve_depth_is_the_engines(fold, options):
     assert reserve_depth(stage.params, work.k // fold.simd) == depth
 
 
+def _narrow_multipoint(scale):
+    """A 3-point Dense of 2-bit weights on 4-bit codes (a narrow MAC accumulator), its point
+    multipliers (at most 3) times ``scale``."""
+    from qfab.compiler.ir import Dense, Tensor
+    from tests.compiler.graphs import graph as make_graph, qtype, requant, weight_type
+    rng = np.random.default_rng(3)
+    x, y = Tensor("x", (12,), qtype(4, False)), Tensor("y", (5,), qtype(8, True))
+    node = Dense("fc", "x", "y", weights=rng.integers(-2, 2, size=(3, 5, 12)).astype(np.int64),
+                 multipliers=rng.integers(-3, 4, size=(3, 5)).astype(np.int64) * scale,
+                 bias=rng.integers(-100, 100, size=5).astype(np.int64), w_type=weight_type(5, bits=2),
+                 requant=requant(5, y, m0=1 << 20, shift=30))
+    return make_graph(["x"], [node], [x, y])
+
+
+@pytest.mark.parametrize("name,scale", [("dense", 1), ("dense_multipoint", 1), ("narrow_multipoint", 1),
+                                        ("narrow_multipoint", 127), ("depthwise", 1)])
+def test_ecp5_multiply_halves_are_one_dsp_each(name, scale):
+    """On the ECP5 a ``multiply`` requantization takes two halves of M0 (``split_multiply``) only
+    where each half is one 18 x 18 DSP (`multiply_options`), the accumulator the engine's
+    requantization really sees, point multipliers included; DSP pieces otherwise."""
+    from amaranth.hdl import UnusedElaboratable
+    graph = {"depthwise": _depthwise_graph, "narrow_multipoint": lambda: _narrow_multipoint(scale)}.get(
+        name, lambda: every_kind_graphs()[name])()
+    works = {s.name: s for s in stages_of(graph)}
+    plan = plan_graph(graph, {name_: Fold() for name_ in works}, works, family="ecp5")
+    engines = [s for s in plan.stages if s.engine in ("MVAU", "VVAU")]
+    assert engines
+    for stage in engines:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedElaboratable)
+            engine = stage_component(stage)
+            acc_bits = engine._requant._acc_bits
+            del engine
+            gc.collect()
+        assert ("split_multiply" in stage.params) == (acc_bits + 1 <= 18), (stage.name, acc_bits, stage.params)
+        assert ("dsp_width" in stage.params) != ("split_multiply" in stage.params), stage.name
+
+
 # ---- the recurrence ---------------------------------------------------------------------------
 
 @settings(max_examples=100, deadline=None)

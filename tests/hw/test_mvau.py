@@ -53,14 +53,19 @@ def run_mvau(dut, beats, count, *, gap_prob=0.0, stall_prob=0.0, seed=0, load=No
         if load is not None:
             await put_all(ctx, dut.load, load, gap_prob=gap_prob, seed=seed + 2)
 
+    units = [u for u in (dut._copies or [dut]) if u._queue is not None]      # pixels: each copy's
+
     async def watch_queue(ctx):
         cycle = 0
-        async for _, _, valid, room in ctx.tick().sample(dut._mac.o.valid, dut._queue.w_rdy):
-            assert room or not valid, f"cycle {cycle}: a dot product offered to a full queue"
+        signals = [s for u in units for s in (u._mac.o.valid, u._queue.w_rdy)]
+        async for _, _, *values in ctx.tick().sample(*signals):
+            for j in range(len(units)):
+                valid, room = values[2 * j], values[2 * j + 1]
+                assert room or not valid, f"cycle {cycle}: a dot product offered to a full queue (unit {j})"
             cycle += 1
 
     return stream_through(dut, beats, count, gap_prob=gap_prob, stall_prob=stall_prob, seed=seed,
-                          before=load_weights, monitor=watch_queue if dut._queue is not None else None)
+                          before=load_weights, monitor=watch_queue if units else None)
 
 
 def check_mvau(pe, simd, nf, sf, points, vectors, w_bits, w_enc, a_bits, a_enc, multipoint,
@@ -145,24 +150,14 @@ def test_init_wrong_layer():
         MVAU(1, 1, **_layer_kwargs(a_bits=1, a_encoding=Encoding.BIPOLAR))
 
 
-@pytest.mark.parametrize("style", list(MacStyle))
-@pytest.mark.parametrize("pe,simd,nf,sf,points", [
-    (2, 3, 1, 1, 1), (2, 2, 3, 4, 1), (1, 2, 2, 3, 2), (4, 1, 1, 5, 3), (3, 2, 2, 1, 2),
-])
-@pytest.mark.parametrize("fetch_register", [False, True])
-@pytest.mark.parametrize("queue", ["none", "skid", "reserve"])
-def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, queue):
-    """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits), with or
-    without the second fetch register, the skid queue or the reserved queue (whose depth,
-    `queue_depth`, is then just enough: one entry less slows the unit with a fold of one beat)."""
-    skid, reserve = queue == "skid", queue == "reserve"
+def _vector_intervals(pe, simd, nf, sf, points, vectors=6, mvau=None, **options):
+    """Cycles between the first output beats of back-to-back vectors (3-bit layer, output always
+    ready), the unit's ``cycles_per_vector`` and its ``queue_depth``."""
     rng = np.random.default_rng(5)
     layer = make_layer(rng, points, pe * nf, simd * sf, 3, Encoding.SIGNED, 3,
                        Encoding.UNSIGNED, points > 1, 8, False)
-    dut = MVAU(pe, simd, w_bits=3, w_encoding=Encoding.SIGNED, a_bits=3,
-               a_encoding=Encoding.UNSIGNED, out_bits=8, out_signed=False, m_bits=16,
-               style=style, fetch_register=fetch_register, skid=skid, reserve=reserve, **layer)
-    vectors = 6
+    dut = (mvau or MVAU)(pe, simd, w_bits=3, w_encoding=Encoding.SIGNED, a_bits=3,
+                         a_encoding=Encoding.UNSIGNED, out_bits=8, out_signed=False, m_bits=16, **options, **layer)
     x = rng.integers(0, 8, (vectors, simd * sf))
     cycles = []
 
@@ -185,8 +180,42 @@ def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, queue):
     sim.add_testbench(consumer)
     sim.run()
     firsts = cycles[::nf]
-    intervals = [b - a for a, b in zip(firsts, firsts[1:])]
-    assert intervals == [dut.cycles_per_vector] * (vectors - 1)
+    return [b - a for a, b in zip(firsts, firsts[1:])], dut.cycles_per_vector, dut.queue_depth
+
+
+@pytest.mark.parametrize("style", list(MacStyle))
+@pytest.mark.parametrize("pe,simd,nf,sf,points", [
+    (2, 3, 1, 1, 1), (2, 2, 3, 4, 1), (1, 2, 2, 3, 2), (4, 1, 1, 5, 3), (3, 2, 2, 1, 2),
+])
+@pytest.mark.parametrize("fetch_register", [False, True])
+@pytest.mark.parametrize("queue", ["none", "skid", "reserve"])
+def test_sim_rate(style, pe, simd, nf, sf, points, fetch_register, queue):
+    """Back-to-back vectors: one every P * (N / PE) * (K / SIMD) cycles (times a_bits), with or
+    without the second fetch register, the skid queue or the reserved queue."""
+    intervals, period, _ = _vector_intervals(pe, simd, nf, sf, points, style=style, fetch_register=fetch_register,
+                                          skid=queue == "skid", reserve=queue == "reserve")
+    assert intervals == [period] * (len(intervals))
+
+
+class _ShallowQueue(MVAU):
+    """An MVAU whose reserved queue is one entry shorter than `queue_depth` says it needs."""
+    @property
+    def queue_depth(self):
+        return max(1, super().queue_depth - 1)
+
+
+@pytest.mark.parametrize("style", list(MacStyle))
+@pytest.mark.parametrize("sf", [1, 2])
+@pytest.mark.parametrize("fetch_register,tree_registers", [(False, 1), (True, 1), (False, 3), (True, 3)])
+def test_reserve_depth_is_just_enough(style, sf, fetch_register, tree_registers):
+    """The reserved queue's `queue_depth` keeps the unit at full rate, and one entry fewer does
+    not (where the depth is more than one), for every round trip the options make."""
+    options = dict(style=style, fetch_register=fetch_register, tree_registers=tree_registers, reserve=True)
+    intervals, period, depth = _vector_intervals(2, 3, 1, sf, 1, vectors=10, **options)
+    assert intervals == [period] * len(intervals)
+    if depth > 1:
+        slower, _, _ = _vector_intervals(2, 3, 1, sf, 1, vectors=10, mvau=_ShallowQueue, **options)
+        assert max(slower) > period
 
 
 @pytest.mark.parametrize("style", list(MacStyle))
@@ -234,17 +263,19 @@ def test_init_pixels():
         MVAU(2, 4, pixels=0, **_layer_kwargs())
 
 
-@pytest.mark.parametrize("pixels,points,style,stall", [
-    (2, 1, MacStyle.BIT_PARALLEL, 0.0), (3, 2, MacStyle.BIT_PARALLEL, 0.4), (2, 1, MacStyle.BIT_SERIAL, 0.4),
-    (4, 1, MacStyle.BIT_PARALLEL, 0.4)])
-def test_sim_pixels(pixels, points, style, stall):
+@pytest.mark.parametrize("pixels,points,style,stall,reserve", [
+    (2, 1, MacStyle.BIT_PARALLEL, 0.0, False), (3, 2, MacStyle.BIT_PARALLEL, 0.4, False),
+    (2, 1, MacStyle.BIT_SERIAL, 0.4, False), (4, 1, MacStyle.BIT_PARALLEL, 0.4, False),
+    (3, 2, MacStyle.BIT_PARALLEL, 0.7, True), (2, 1, MacStyle.BIT_SERIAL, 0.7, True)])
+def test_sim_pixels(pixels, points, style, stall, reserve):
     """``pixels`` vectors per beat, every output element against the Dense semantics, under input
-    gaps and output stalls; at full rate one beat per ``cycles_per_vector`` cycles."""
+    gaps and output stalls (with ``reserve``, each copy's queue never offered a dot product it has
+    no room for); at full rate one beat per ``cycles_per_vector`` cycles."""
     rng = np.random.default_rng(pixels * 10 + points)
     n, k, beats_n = 3, 5, 6
     layer = make_layer(rng, points, n, k, 4, Encoding.SIGNED, 4, Encoding.UNSIGNED, points > 1, 4, False)
     dut = MVAU(n, k, pixels=pixels, w_bits=4, w_encoding=Encoding.SIGNED, a_bits=4, a_encoding=Encoding.UNSIGNED,
-               out_bits=4, out_signed=False, m_bits=16, style=style, **layer)
+               out_bits=4, out_signed=False, m_bits=16, style=style, reserve=reserve, **layer)
     x = rng.integers(0, 16, (beats_n * pixels, k))
     beats = [x[b * pixels:(b + 1) * pixels].reshape(-1).tolist() for b in range(beats_n)]
     got = run_mvau(dut, beats, beats_n, gap_prob=stall / 2, stall_prob=stall, seed=pixels)
