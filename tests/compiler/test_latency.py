@@ -215,6 +215,7 @@ def test_mvau_interval_is_the_engines(mode):
 def test_reserve_depth_is_the_engines(fold, options):
     """`reserve_depth` (the compiler's, for its estimate) is the MVAU's `queue_depth`."""
     from amaranth.hdl import UnusedElaboratable
+
     from qfab.compiler.ops.matrix import reserve_depth
     graph = dense_graph()
     work = stages_of(graph)[0]
