@@ -188,22 +188,28 @@ def test_engine_schedule_is_the_hardwares(case):
     assert out.tolist() == sim_out
 
 
+def _engine_property(stage, read):
+    """``read(engine)`` of the stage's built engine (the engine itself is dropped unelaborated)."""
+    from amaranth.hdl import UnusedElaboratable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        engine = stage_component(stage)
+        value = read(engine)
+        del engine
+        gc.collect()
+    return value
+
+
 @pytest.mark.parametrize("mode", [{}, {"requant": "shift_add", "requant_digit_bits": 1},
                                   {"requant": "shift_add", "requant_digit_bits": 3},
                                   dict(LOW_OUTPUT, requant="thresholds"), dict(LOW_OUTPUT, requant="search")],
                          ids=["multiply", "shift_add1", "shift_add3", "thresholds", "search"])
 def test_mvau_interval_is_the_engines(mode):
     """`Op.output_interval` of an MVAU is its engine's `requant_interval`."""
-    from amaranth.hdl import UnusedElaboratable
     graph = dense_graph()
     stage = _plan(graph).stages[0]
     stage = dataclasses.replace(stage, params=dict(stage.params, **mode))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        engine = stage_component(stage)
-        interval = engine.requant_interval
-        del engine
-        gc.collect()
+    interval = _engine_property(stage, lambda engine: engine.requant_interval)
     assert op_for(graph.nodes[0]).output_interval(graph, graph.nodes[0], stage) == interval
 
 
@@ -214,19 +220,12 @@ def test_mvau_interval_is_the_engines(mode):
 ])
 def test_reserve_depth_is_the_engines(fold, options):
     """`reserve_depth` (the compiler's, for its estimate) is the MVAU's `queue_depth`."""
-    from amaranth.hdl import UnusedElaboratable
-
     from qfab.compiler.ops.matrix import reserve_depth
     graph = dense_graph()
     work = stages_of(graph)[0]
     stage = _plan(graph, {graph.nodes[0].name: fold}).stages[0]
     stage = dataclasses.replace(stage, params=dict(stage.params, reserve=True, skid=False, **options))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        engine = stage_component(stage)
-        depth = engine.queue_depth
-        del engine
-        gc.collect()
+    depth = _engine_property(stage, lambda engine: engine.queue_depth)
     assert depth >= 1
     assert reserve_depth(stage.params, work.k // fold.simd) == depth
 
@@ -251,7 +250,6 @@ def test_ecp5_multiply_halves_are_one_dsp_each(name, scale):
     """On the ECP5 a ``multiply`` requantization takes two halves of M0 (``split_multiply``) only
     where each half is one 18 x 18 DSP (`multiply_options`), the accumulator the engine's
     requantization really sees, point multipliers included; DSP pieces otherwise."""
-    from amaranth.hdl import UnusedElaboratable
     graph = {"depthwise": _depthwise_graph, "narrow_multipoint": lambda: _narrow_multipoint(scale)}.get(
         name, lambda: every_kind_graphs()[name])()
     works = {s.name: s for s in stages_of(graph)}
@@ -259,12 +257,7 @@ def test_ecp5_multiply_halves_are_one_dsp_each(name, scale):
     engines = [s for s in plan.stages if s.engine in ("MVAU", "VVAU")]
     assert engines
     for stage in engines:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnusedElaboratable)
-            engine = stage_component(stage)
-            acc_bits = engine._requant._acc_bits
-            del engine
-            gc.collect()
+        acc_bits = _engine_property(stage, lambda engine: engine._requant._acc_bits)
         assert ("split_multiply" in stage.params) == (acc_bits + 1 <= 18), (stage.name, acc_bits, stage.params)
         assert ("dsp_width" in stage.params) != ("split_multiply" in stage.params), stage.name
 
