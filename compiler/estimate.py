@@ -220,8 +220,8 @@ def dsp_piece_resources(stage, fold, m_bits=24):
     ``dsp_width``) adds per PE lane beyond the plain multiply: the accumulator's digit adder and
     the pieces' sum, about four LUTs per bit of the product (``acc_bits + m_bits``): one Yosys
     synth_ice40 of a 21-bit accumulator by a 24-bit M0 took 254 LUT4 with the pieces, 72 without
-    (their registers sit in the SB_MAC16s; on the ECP5 they are flip-flops, not counted here:
-    flip-flops do not limit an ECP5 design)."""
+    (their registers sit in the SB_MAC16s, and in the MULT18X18D cells `Requant` instantiates on
+    the ECP5)."""
     return Resources(luts=fold.pe * 4 * (mac_acc_bits(stage) + m_bits))
 
 

@@ -183,6 +183,9 @@ class MVAU(wiring.Component):
     dsp_width : int or None
         ``MULTIPLY`` requantization: the product in pieces for ``dsp_width``-bit DSPs with their
         input and output registers (`Requant`'s ``dsp_width``), two more cycles of latency.
+    dsp_cell : str or None
+        With ``dsp_width``: the DSP primitive the pieces instantiate in a bitstream build
+        (`Requant`'s ``dsp_cell``, ``"MULT18X18D"`` on the ECP5), same cycles.
 
     Members
     -------
@@ -214,7 +217,8 @@ class MVAU(wiring.Component):
                  weight_memory: MemoryKind = MemoryKind.AUTO, requant: RequantMode = RequantMode.MULTIPLY,
                  requant_digit_bits: int = 1, rounding: str = "half_up", pixels: int = 1,
                  fetch_register: bool = False, tree_registers: int = 1, skid: bool = False,
-                 reserve: bool = False, split_multiply: bool = False, dsp_width: int | None = None) -> None:
+                 reserve: bool = False, split_multiply: bool = False, dsp_width: int | None = None,
+                 dsp_cell: str | None = None) -> None:
         copy_args = {k: v for k, v in locals().items() if k not in ("self", "pixels", "__class__")}
         for name, value in (("pe", pe), ("simd", simd), ("pixels", pixels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -273,7 +277,7 @@ class MVAU(wiring.Component):
             self._requant = ThresholdRequant(pe, n_out, **rq_params)
         else:
             self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, split_multiply=split_multiply,
-                                    dsp_width=dsp_width, **rq_params)
+                                    dsp_width=dsp_width, dsp_cell=dsp_cell, **rq_params)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
             "o": Out(stream.Signature(data.ArrayLayout(

@@ -8,14 +8,15 @@ logic over several cycles; `qfab.hw.threshold.ThresholdRequant` compares with th
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
+from amaranth.hdl import (Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, Value, ValueLike, signed,
+                          unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
 
-__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
+__all__ = ["RequantMode", "Requant", "DSP_CELLS", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
            "signed_digits", "digit_bias", "biased_digits"]
 
 
@@ -176,6 +177,8 @@ def shift_add_steps(m0_bits: int, digit_bits: int) -> int:
     return max(1, -(-m0_bits // digit_bits))
 
 
+DSP_CELLS = {"MULT18X18D": 18}     # the DSP primitives `Requant` can instantiate, and their operand width
+
 BLOCK_ROM_DEPTH = 16        # from this depth a ROM of more than BLOCK_ROM_MIN_BITS bits is asked for block RAM
 BLOCK_ROM_MIN_BITS = 1024
 
@@ -244,6 +247,16 @@ class Requant(wiring.Component):
         the pieces' sum is the product register: two more cycles of latency. Without it Yosys
         chains a wide product's SB_MAC16s through their adders with none of their registers,
         paths nextpnr-ice40 does not time. Takes precedence over ``split_multiply``.
+    dsp_cell : str or None
+        With ``dsp_width=18``, ``"MULT18X18D"``: each piece is the ECP5's DSP instantiated with its
+        input and output registers on (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK``, ``REG_OUTPUT_CLK``
+        = ``CLK0``, enabled by ``CE0``), in place of the operand and product registers above. Yosys's
+        ECP5 flow packs no register into a MULT18X18D, so without it every piece is a fabric
+        register, the DSP's 3.9 ns and another fabric register, with the routing to and from the
+        DSP column in the same cycle (the digits MLP w8a8's slowest path, 83.5 MHz). The cell is
+        instantiated only when elaborated for a platform (a bitstream build); without one
+        (simulation, Verilator, a plain Verilog or RTLIL conversion) the same registers are
+        written out as above: the same cycle behaviour, no primitive to model.
 
     Members
     -------
@@ -265,7 +278,8 @@ class Requant(wiring.Component):
     def __init__(self, lanes: int, channels: int, *, acc_bits: int, bias: Sequence[int], m0: Sequence[int],
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
                  m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1,
-                 rounding: str = "half_up", split_multiply: bool = False, dsp_width: int | None = None) -> None:
+                 rounding: str = "half_up", split_multiply: bool = False, dsp_width: int | None = None,
+                 dsp_cell: str | None = None) -> None:
         if rounding not in ("half_up", "half_even"):
             raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
@@ -286,6 +300,11 @@ class Requant(wiring.Component):
             raise TypeError(f"dsp_width must be an integer of at least 2, not {dsp_width!r}")
         self._dsp_width = dsp_width if mode is RequantMode.MULTIPLY else None
         self._split = bool(split_multiply) and mode is RequantMode.MULTIPLY and self._dsp_width is None
+        if dsp_cell is not None and dsp_cell not in DSP_CELLS:
+            raise ValueError(f"dsp_cell must be one of {sorted(DSP_CELLS)} or None, not {dsp_cell!r}")
+        if dsp_cell is not None and self._dsp_width is not None and self._dsp_width != DSP_CELLS[dsp_cell]:
+            raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not {self._dsp_width}")
+        self._dsp_cell = dsp_cell if self._dsp_width is not None else None
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -407,7 +426,7 @@ class Requant(wiring.Component):
                 with m.If(en):
                     m.d.sync += acc.eq(self.i.payload[lane])
                 if self._dsp_width:
-                    self._dsp_pieces(m, lane, acc, m0_sig, en, prod)
+                    self._dsp_pieces(m, platform, lane, acc, m0_sig, en, prod)
                 elif self._split:
                     low = self._m_bits // 2
                     q_lo = Signal(signed(self._acc_bits + low + 1), name=f"q_lo_{lane}")
@@ -476,31 +495,52 @@ class Requant(wiring.Component):
         small_clamped = Mux(small < self._lo, self._lo, Mux(small > self._hi, self._hi, small))
         return Mux(fits, small_clamped, Mux(shifted[-1], self._lo, self._hi))
 
-    def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
+    def _dsp_pieces(self, m, platform, lane, acc, m0_sig, en, prod):
         """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
         ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased, `biased_digits`),
-        every pair's product in a register, their sum. The sum adds the products of equal
-        weight, then each weight's sum above the next one's low ``dsp_width`` bits (wiring)."""
+        every pair's product in a register (`_dsp_product`), their sum. The sum adds the products
+        of equal weight, then each weight's sum above the next one's low ``dsp_width`` bits
+        (wiring)."""
         w = self._dsp_width
         a_digits = signed_digits(acc, self._acc_bits, w)
         b_digits = biased_digits(m0_sig, digit_bias(self._m_bits + 1, w)[0], w)
         weights = [[] for _ in range(len(a_digits) + len(b_digits) - 1)]
+        for i, a_value in enumerate(a_digits):
+            for j, b_value in enumerate(b_digits):
+                weights[i + j].append(self._dsp_product(m, platform, a_value, b_value, en, f"{i}{j}_{lane}"))
+        total = sum(weights[-1])
+        for group in reversed(weights[:-1]):
+            part = sum(group)
+            total = Cat(part[:w], total + (part >> w)).as_signed()
         with m.If(en):
-            for i, a_value in enumerate(a_digits):
-                for j, b_value in enumerate(b_digits):
-                    tag = f"{i}{j}_{lane}"
-                    a = Signal(signed(w), reset_less=True, name=f"dsp_a{tag}")
-                    b = Signal(signed(w), reset_less=True, name=f"dsp_b{tag}")
-                    q = Signal(signed(2 * w), reset_less=True, name=f"dsp_q{tag}")
-                    alive = Signal(2 * w, name=f"dsp_keep{tag}", attrs={"keep": 1})
-                    m.d.sync += [a.eq(a_value), b.eq(b_value), q.eq(a * b)]
-                    m.d.comb += alive.eq(q)
-                    weights[i + j].append(q)
-            total = sum(weights[-1])
-            for group in reversed(weights[:-1]):
-                part = sum(group)
-                total = Cat(part[:w], total + (part >> w)).as_signed()
             m.d.sync += prod.eq(total)
+
+    def _dsp_product(self, m, platform, a_value, b_value, en, tag):
+        """``a_value * b_value`` (signed ``dsp_width``-bit values) two cycles later, both operands
+        and the product registered while ``en``: the registers of a ``dsp_cell`` instance when
+        elaborated for a platform, else flip-flops (which Yosys packs into an SB_MAC16)."""
+        w = self._dsp_width
+        q = Signal(signed(2 * w), reset_less=True, name=f"dsp_q{tag}")
+        if self._dsp_cell == "MULT18X18D" and platform is not None:
+            regs = {f"p_REG_{r}_{p}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
+                    for p, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
+            m.submodules[f"dsp{tag}"] = Instance(
+                "MULT18X18D", **regs, p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",
+                p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+                p_CAS_MATCH_REG="FALSE",
+                i_CLK0=ClockSignal("sync"), i_CE0=en, i_RST0=Const(0),
+                i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+                **{f"i_A{k}": a_value[k] for k in range(w)}, **{f"i_B{k}": b_value[k] for k in range(w)},
+                **{f"i_C{k}": Const(0) for k in range(w)}, **{f"o_P{k}": q[k] for k in range(2 * w)})
+            return q
+        a = Signal(signed(w), reset_less=True, name=f"dsp_a{tag}")
+        b = Signal(signed(w), reset_less=True, name=f"dsp_b{tag}")
+        # the wire marked keep holds the product's every bit, which the sum may not need
+        alive = Signal(2 * w, name=f"dsp_keep{tag}", attrs={"keep": 1})
+        with m.If(en):
+            m.d.sync += [a.eq(a_value), b.eq(b_value), q.eq(a * b)]
+        m.d.comb += alive.eq(q)
+        return q
 
     def _shift_add(self, m, lane, m0, offset, counter, take, busy, done, steps, prod, handoff):
         """``prod = acc * m0 + offset`` over ``steps`` cycles, ``digit_bits`` bits of ``m0`` a cycle

@@ -75,9 +75,10 @@ class VVAU(wiring.Component):
         As for the `MVAU`: ``LOGIC`` weights are constants of the MAC lanes (zero lanes vanish).
     rounding : str
         The requantization's rule for exact ties, as for the `MVAU`.
-    split_multiply, dsp_width
+    split_multiply, dsp_width, dsp_cell
         The requantization's multiply in two halves, or in ``dsp_width``-bit DSP pieces with their
-        input and output registers, as for the `MVAU` (`Requant`'s; one or two more cycles).
+        input and output registers (in ``dsp_cell`` primitives in a bitstream build), as for the
+        `MVAU` (`Requant`'s; one or two more cycles).
 
     Members
     -------
@@ -104,7 +105,8 @@ class VVAU(wiring.Component):
                  out_zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool, in_zero_point: int = 0,
                  m_bits: int = 24, style: MacStyle = MacStyle.BIT_PARALLEL, use_dsp: bool = False,
                  weight_memory: MemoryKind = MemoryKind.AUTO, rounding: str = "half_up",
-                 split_multiply: bool = False, dsp_width: int | None = None) -> None:
+                 split_multiply: bool = False, dsp_width: int | None = None,
+                 dsp_cell: str | None = None) -> None:
         _check_positive("pe", pe)
         _check_positive("simd", simd)
         if not isinstance(a_encoding, Encoding) or a_encoding is Encoding.BIPOLAR:
@@ -144,7 +146,7 @@ class VVAU(wiring.Component):
         self._requant = Requant(pe, channels, acc_bits=self._macs[0].acc_bits, bias=folded_bias, m0=m0,
                                 shift=shift, zero_point=out_zero_point, lo=lo, hi=hi,
                                 out_bits=out_bits, out_signed=out_signed, m_bits=m_bits, rounding=rounding,
-                                split_multiply=split_multiply, dsp_width=dsp_width)
+                                split_multiply=split_multiply, dsp_width=dsp_width, dsp_cell=dsp_cell)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, pe))),
             "o": Out(stream.Signature(data.ArrayLayout(

@@ -268,12 +268,15 @@ def multiply_options(family, acc_bits=None):
     18-bit pieces (``dsp_width``, two more cycles): a half of them was several DSPs summed after
     the DSP's 3.9 ns in one cycle, the digits CNN w8a8's slowest path at 100 MHz asked (`conv_3`,
     20-bit accumulators, 87.5 MHz); the pieces everywhere took the MLP w4a4 from 102.3 to 93.4
-    MHz (their digit registers merged and far from the DSPs)."""
+    MHz (their digit registers merged and far from the DSPs). The pieces are MULT18X18D cells
+    with their own input and output registers (``dsp_cell``): Yosys packs none into them, and a
+    fabric register, the DSP and a fabric register in one cycle had limited the MLP w8a8 to
+    83.5 MHz."""
     if family == "ecp5":
         width = estimate.structure(family)["dsp_width"]
         if acc_bits is not None and acc_bits + 1 <= width:
             return {"split_multiply": True}
-        return {"dsp_width": width}
+        return {"dsp_width": width, "dsp_cell": "MULT18X18D"}
     if family == "ice40":
         return {"dsp_width": estimate.structure(family)["dsp_width"]}    # the SB_MAC16's 16 bits
     return {}
