@@ -8,8 +8,20 @@ logic over several cycles; `qfab.hw.threshold.ThresholdRequant` compares with th
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import (Cat, ClockSignal, Const, Instance, Module, Mux, Shape, Signal, Value, ValueLike, signed,
-                          unsigned)
+from amaranth.hdl import (
+    Cat,
+    ClockSignal,
+    Const,
+    Instance,
+    Module,
+    Mux,
+    Shape,
+    Signal,
+    Value,
+    ValueLike,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
