@@ -292,7 +292,7 @@ def compile_graph(graph, out_dir, *, target_ii=None, budget=None, folding=None, 
     check_plan_limits(plan, per, totals)
     top = build_top(plan)
     log(f"lowered {len(graph.nodes)} nodes to {len(plan.stages)} stages; writing Verilog ...")
-    netlists = to_netlists(top, log=log)
+    netlists = to_netlists(top, log=log, family=family)
     verilog = netlists.verilog
     total = totals.rounded()
     cells = estimate.logic_cells(totals, family)

@@ -227,7 +227,7 @@ class Netlists:
     verilog: str
 
 
-def to_netlists(top, name="qfab_top", *, log=None, times=None) -> Netlists:
+def to_netlists(top, name="qfab_top", *, log=None, times=None, family=None) -> Netlists:
     """The component ``top`` (module ``name``) as RTLIL and as Verilog (`Netlists`), as
     ``amaranth.back.verilog.convert`` writes it, in three steps that ``log`` (a callable) hears
     about as they start and end: elaborate (the components' ``elaborate``), netlist (Amaranth's
@@ -238,7 +238,12 @@ def to_netlists(top, name="qfab_top", *, log=None, times=None) -> Netlists:
     initialized memory as one ``mem[i] = ...`` statement per word in an ``initial`` block, and
     Yosys's Verilog front end takes minutes per thousand words (FINN's CNV, 1.5 Mbit of weights:
     still reading after 30 minutes), while the same memory in RTLIL is one cell with one init
-    constant. Simulators read the Verilog; the board flow synthesizes the RTLIL."""
+    constant. Simulators read the Verilog; the board flow synthesizes the RTLIL.
+
+    With ``family``, the components are elaborated for `qfab.hw.cells.Cells` of that family: the
+    vendor cells they instantiate themselves (`qfab.hw.cells.DspProduct`, a MULT18X18D with its
+    registers on the ECP5) are cells of the netlist, and the Verilog ends with their simulation
+    models (`qfab.hw.cells.simulation_models`), so that simulators and the board run one netlist."""
     import time
 
     from amaranth.back import rtlil, verilog
@@ -252,7 +257,10 @@ def to_netlists(top, name="qfab_top", *, log=None, times=None) -> Netlists:
     for path, member, value in top.signature.flatten(top):
         ports["__".join(map(str, path))] = (Value.cast(value),
                                             PortDirection.Input if member.flow == In else PortDirection.Output)
-    steps = (("elaborate", "elaborating the components", lambda _: Fragment.get(top, None)),
+    from qfab.hw.cells import Cells, simulation_models
+
+    platform = Cells(family) if family is not None else None
+    steps = (("elaborate", "elaborating the components", lambda _: Fragment.get(top, platform)),
              ("netlist", "building the netlist", lambda f: rtlil.convert_fragment(f, ports, name, emit_src=False)[0]),
              ("verilog", "writing Verilog (Yosys)", lambda text: verilog._convert_rtlil_text(text)))
     value, texts = None, []
@@ -263,7 +271,7 @@ def to_netlists(top, name="qfab_top", *, log=None, times=None) -> Netlists:
         times[key] = time.perf_counter() - start
         say(f"  {what}: {times[key]:.1f} s")
         texts.append(value)
-    return Netlists(rtlil=texts[1], verilog=texts[2])
+    return Netlists(rtlil=texts[1], verilog=texts[2] + simulation_models(texts[2]))
 
 
 def to_verilog(top, name="qfab_top", *, log=None, times=None):

@@ -18,6 +18,20 @@ __all__ = ["StreamFIFO", "WidthConverter", "Fork"]
 class StreamFIFO(wiring.Component):
     """First in, first out queue between two streams, on `amaranth.lib.fifo.SyncFIFOBuffered`.
 
+    A beat wider than ``slice_bits`` goes through several `SyncFIFOBuffered` side by side (slices
+    of at most ``slice_bits`` bits each, every one written and read in the same cycles, so all hold
+    the same beats in lock step) plus a control queue whose ``w_rdy``, ``r_rdy`` and ``level`` the
+    streams see (one bit wide, the bit unused: Yosys's Verilog backend fails on a memory of no
+    width; synthesis removes the unread memory). Why: the output register of a `SyncFIFOBuffered`
+    loads when its inner queue has a beat and the register is empty or being read, and ``r_rdy``'s
+    next value depends on that same load enable, a loop from ``r_rdy`` back to itself. In one queue
+    of hundreds of bits that enable is a net of hundreds of sinks (the output register's clock
+    enables) and ``r_rdy`` also drives the consumer's logic, so the placer spreads the loop out
+    (the digits CNN w8a8 on the ECP5: 12.4 ns, 11.2 ns of it routing, in the 576-bit FIFO before
+    its second convolution). Sliced, each loop drives a bounded number of sinks, and the one the
+    producer and consumer see drives no data. Yosys merges only cells with identical inputs, and
+    each queue's control registers feed back into themselves, so the copies stay apart.
+
     Parameters
     ----------
     shape : shape-like
@@ -29,12 +43,16 @@ class StreamFIFO(wiring.Component):
         in an inner queue that cannot take a beat in the cycle it gives one up when full, so
         depths 1 and 2 pass one beat every other cycle under steady flow; depth 3 and more pass
         one beat per cycle.
+    slice_bits : int
+        Widest slice in bits (default `SLICE_BITS`); a beat of at most this many bits goes through
+        a single `SyncFIFOBuffered`. Slicing changes no cycle of the streams' behaviour.
 
     Members
     -------
     i : ``In(stream.Signature(data.ArrayLayout(shape, n)))``
     o : ``Out(stream.Signature(data.ArrayLayout(shape, n)))``
-        A beat written in cycle ``t`` is valid on ``o`` in cycle ``t + 2`` at the earliest.
+        A beat written in cycle ``t`` is valid on ``o`` in cycle ``t + 2`` at the earliest
+        (``t + 1`` at depth 1, where `SyncFIFOBuffered` is a single register).
     level : ``Out(range(depth + 1))``
         Beats held; the queue is full when ``level == depth`` and empty when ``level == 0``.
 
@@ -43,12 +61,20 @@ class StreamFIFO(wiring.Component):
     TypeError
         If an argument has the wrong type or is out of range.
     """
-    def __init__(self, shape: ShapeLike, n: int, depth: int) -> None:
+    SLICE_BITS = 64
+
+    def __init__(self, shape: ShapeLike, n: int, depth: int, *, slice_bits: int | None = None) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Elements per beat", n)
         check_positive("FIFO depth", depth)
+        if slice_bits is None:
+            slice_bits = self.SLICE_BITS
+        check_positive("Slice width", slice_bits)
         self._layout = data.ArrayLayout(shape, n)
         self._depth = depth
+        count = -(-self._layout.size // slice_bits)
+        base, extra = divmod(self._layout.size, count)
+        self._slices = [base + (k < extra) for k in range(count)]
         super().__init__({
             "i": In(stream.Signature(self._layout)),
             "o": Out(stream.Signature(self._layout)),
@@ -63,16 +89,41 @@ class StreamFIFO(wiring.Component):
     def depth(self):
         return self._depth
 
+    @property
+    def slices(self):
+        """Widths in bits of the data slices, lowest bits first (one entry: a single queue)."""
+        return list(self._slices)
+
+    def _make_queues(self):
+        """The queue whose ``w_rdy``, ``r_rdy`` and ``level`` the streams see, then the data slices
+        lowest bits first (none when a single queue carries the beat)."""
+        if len(self._slices) == 1:
+            return [fifo.SyncFIFOBuffered(width=self._layout.size, depth=self._depth)]
+        # a control queue of one unused bit: Yosys's Verilog backend fails on a memory of no width
+        return [fifo.SyncFIFOBuffered(width=width, depth=self._depth)
+                for width in [1] + self._slices]
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=self._layout.size,
-                                                            depth=self._depth)
+        w_data, r_data = self.i.payload.as_value(), self.o.payload.as_value()
+        queues = self._make_queues()
+        control = queues[0]
+        if len(queues) == 1:
+            m.submodules.queue = control
+        else:
+            m.submodules.control = control
+            for k, queue in enumerate(queues[1:]):
+                m.submodules[f"slice{k}"] = queue
+        low = 0
+        for queue in queues[len(queues) > 1:]:
+            m.d.comb += [queue.w_data.eq(w_data[low:low + queue.width]),
+                         r_data[low:low + queue.width].eq(queue.r_data)]
+            low += queue.width
+        for queue in queues:
+            m.d.comb += [queue.w_en.eq(self.i.valid), queue.r_en.eq(self.o.ready)]
         m.d.comb += [
-            queue.w_data.eq(self.i.payload), queue.w_en.eq(self.i.valid),
-            self.i.ready.eq(queue.w_rdy),
-            self.o.payload.eq(queue.r_data), self.o.valid.eq(queue.r_rdy),
-            queue.r_en.eq(self.o.ready),
-            self.level.eq(queue.level),
+            self.i.ready.eq(control.w_rdy), self.o.valid.eq(control.r_rdy),
+            self.level.eq(control.level),
         ]
         return m
 

@@ -10,9 +10,7 @@ from collections.abc import Sequence
 
 from amaranth.hdl import (
     Cat,
-    ClockSignal,
     Const,
-    Instance,
     Module,
     Mux,
     Shape,
@@ -28,7 +26,9 @@ from amaranth.lib.wiring import In, Out
 
 from qfab.base import ints
 
-__all__ = ["RequantMode", "Requant", "DSP_CELLS", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
+from .cells import DSP_CELLS, DspProduct
+
+__all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
            "signed_digits", "digit_bias", "biased_digits"]
 
 
@@ -189,8 +189,6 @@ def shift_add_steps(m0_bits: int, digit_bits: int) -> int:
     return max(1, -(-m0_bits // digit_bits))
 
 
-DSP_CELLS = {"MULT18X18D": 18}     # the DSP primitives `Requant` can instantiate, and their operand width
-
 BLOCK_ROM_DEPTH = 16        # from this depth a ROM of more than BLOCK_ROM_MIN_BITS bits is asked for block RAM
 BLOCK_ROM_MIN_BITS = 1024
 
@@ -260,15 +258,12 @@ class Requant(wiring.Component):
         chains a wide product's SB_MAC16s through their adders with none of their registers,
         paths nextpnr-ice40 does not time. Takes precedence over ``split_multiply``.
     dsp_cell : str or None
-        With ``dsp_width=18``, ``"MULT18X18D"``: each piece is the ECP5's DSP instantiated with its
-        input and output registers on (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK``, ``REG_OUTPUT_CLK``
-        = ``CLK0``, enabled by ``CE0``), in place of the operand and product registers above. Yosys's
-        ECP5 flow packs no register into a MULT18X18D, so without it every piece is a fabric
-        register, the DSP's 3.9 ns and another fabric register, with the routing to and from the
-        DSP column in the same cycle (the digits MLP w8a8's slowest path, 83.5 MHz). The cell is
-        instantiated only when elaborated for a platform (a bitstream build); without one
-        (simulation, Verilator, a plain Verilog or RTLIL conversion) the same registers are
-        written out as above: the same cycle behaviour, no primitive to model.
+        With ``dsp_width=18``, ``"MULT18X18D"``: each piece is a `qfab.hw.cells.DspProduct`, the
+        ECP5's DSP cell with its own input and output registers when elaborated for a platform
+        (flip-flops without one), the same cycles. Yosys's ECP5 flow packs no register into a
+        MULT18X18D, so without it every piece is a fabric register, the DSP's 3.9 ns and another
+        fabric register, with the routing to and from the DSP column in the same cycle (the
+        digits MLP w8a8's slowest path, 83.5 MHz).
 
     Members
     -------
@@ -438,7 +433,7 @@ class Requant(wiring.Component):
                 with m.If(en):
                     m.d.sync += acc.eq(self.i.payload[lane])
                 if self._dsp_width:
-                    self._dsp_pieces(m, platform, lane, acc, m0_sig, en, prod)
+                    self._dsp_pieces(m, lane, acc, m0_sig, en, prod)
                 elif self._split:
                     low = self._m_bits // 2
                     q_lo = Signal(signed(self._acc_bits + low + 1), name=f"q_lo_{lane}")
@@ -507,7 +502,7 @@ class Requant(wiring.Component):
         small_clamped = Mux(small < self._lo, self._lo, Mux(small > self._hi, self._hi, small))
         return Mux(fits, small_clamped, Mux(shifted[-1], self._lo, self._hi))
 
-    def _dsp_pieces(self, m, platform, lane, acc, m0_sig, en, prod):
+    def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
         """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
         ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased, `biased_digits`),
         every pair's product in a register (`_dsp_product`), their sum. The sum adds the products
@@ -519,7 +514,7 @@ class Requant(wiring.Component):
         weights = [[] for _ in range(len(a_digits) + len(b_digits) - 1)]
         for i, a_value in enumerate(a_digits):
             for j, b_value in enumerate(b_digits):
-                weights[i + j].append(self._dsp_product(m, platform, a_value, b_value, en, f"{i}{j}_{lane}"))
+                weights[i + j].append(self._dsp_product(m, a_value, b_value, en, f"{i}{j}_{lane}"))
         total = sum(weights[-1])
         for group in reversed(weights[:-1]):
             part = sum(group)
@@ -527,26 +522,18 @@ class Requant(wiring.Component):
         with m.If(en):
             m.d.sync += prod.eq(total)
 
-    def _dsp_product(self, m, platform, a_value, b_value, en, tag):
+    def _dsp_product(self, m, a_value, b_value, en, tag):
         """``a_value * b_value`` (signed ``dsp_width``-bit values) two cycles later, both operands
-        and the product registered while ``en``: the registers of a ``dsp_cell`` instance when
-        elaborated for a platform, else flip-flops (which Yosys packs into an SB_MAC16)."""
+        and the product registered while ``en``: flip-flops (which Yosys packs into an SB_MAC16),
+        or with ``dsp_cell`` a `DspProduct`."""
         w = self._dsp_width
-        q = Signal(signed(2 * w), reset_less=True, name=f"dsp_q{tag}")
-        if self._dsp_cell == "MULT18X18D" and platform is not None:
-            regs = {f"p_REG_{r}_{p}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
-                    for p, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
-            m.submodules[f"dsp{tag}"] = Instance(
-                "MULT18X18D", **regs, p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",
-                p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
-                p_CAS_MATCH_REG="FALSE",
-                i_CLK0=ClockSignal("sync"), i_CE0=en, i_RST0=Const(0),
-                i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
-                **{f"i_A{k}": a_value[k] for k in range(w)}, **{f"i_B{k}": b_value[k] for k in range(w)},
-                **{f"i_C{k}": Const(0) for k in range(w)}, **{f"o_P{k}": q[k] for k in range(2 * w)})
-            return q
+        if self._dsp_cell is not None:
+            m.submodules[f"dsp{tag}"] = unit = DspProduct(self._dsp_cell)
+            m.d.comb += [unit.a.eq(a_value), unit.b.eq(b_value), unit.en.eq(en)]
+            return unit.q
         a = Signal(signed(w), reset_less=True, name=f"dsp_a{tag}")
         b = Signal(signed(w), reset_less=True, name=f"dsp_b{tag}")
+        q = Signal(signed(2 * w), reset_less=True, name=f"dsp_q{tag}")
         # the wire marked keep holds the product's every bit, which the sum may not need
         alive = Signal(2 * w, name=f"dsp_keep{tag}", attrs={"keep": 1})
         with m.If(en):

@@ -1,19 +1,19 @@
 # amaranth: UnusedElaboratable=no
 """The ECP5's multiply requantization in MULT18X18D pieces with the DSPs' own registers
-(`Requant(dsp_width=18, dsp_cell="MULT18X18D")`).
+(`Requant(dsp_width=18, dsp_cell="MULT18X18D")`, each piece a `qfab.hw.cells.DspProduct`).
 
-Yosys's ECP5 flow packs no register into a MULT18X18D, so `Requant` instantiates the cell itself
-when elaborated for a platform. Two checks of that instance:
+Yosys's ECP5 flow packs no register into a MULT18X18D, so the piece instantiates the cell itself
+when elaborated for a platform (a board build, or the netlist the compiler writes for the ECP5).
+Checks of that instance:
 
-- in Verilator, with a model of the cell's multiply and its input and output registers (written
-  here from Lattice's ECP5 sysDSP usage guide, TN1267: ``P = A * B``, signed when ``SIGNEDA`` /
-  ``SIGNEDB``, each ``REG_*_CLK = "CLK0"`` register loaded on ``CLK0`` while ``CE0``), the
-  requantization is bit-exact against `qfab.compiler.intops` under random gaps and stalls: the
-  instance's wiring (digit bits to ``A``/``B``, ``P`` to the product, the enable) is right;
+- in Verilator, under `qfab.hw.cells.simulation_models` (the cell's multiply and its input and
+  output registers, written from Lattice's ECP5 sysDSP usage guide, TN1267), the requantization
+  is bit-exact against `qfab.compiler.intops` under random gaps and stalls: the instance's wiring
+  (digit bits to ``A``/``B``, ``P`` to the product, the enable, signedness) is right;
 - Yosys keeps the instance's registers on and its clock and enable connected, and the operand and
   product flip-flops are gone from the fabric.
 
-Without a platform (the simulations everywhere else) the same registers are flip-flops.
+Without a platform (every Amaranth simulation) the same registers are flip-flops.
 """
 
 import json
@@ -25,43 +25,10 @@ from amaranth.back import rtlil, verilog
 
 from qfab.boards.toolchain import PREPARE, run_yosys
 from qfab.compiler import intops
+from qfab.hw.cells import Cells, simulation_models
 from qfab.hw.requant import Requant
 from qfab.sim.packing import pack_beats, unpack_beats
 from qfab.sim.verilator import run_stream
-
-
-class _Platform:
-    """Any platform: `Requant` instantiates its DSP cell when elaborated for one."""
-
-
-def _model():
-    """Verilog of MULT18X18D's multiply with its A, B and output registers (no cascade, no C)."""
-    bits = lambda p, n: ", ".join(f"{p}{k}" for k in range(n))      # noqa: E731
-    cat = lambda p, n: "{" + ", ".join(f"{p}{k}" for k in reversed(range(n))) + "}"      # noqa: E731
-    params = ["REG_INPUTA_CLK", "REG_INPUTA_CE", "REG_INPUTA_RST", "REG_INPUTB_CLK", "REG_INPUTB_CE",
-              "REG_INPUTB_RST", "REG_INPUTC_CLK", "REG_PIPELINE_CLK", "REG_OUTPUT_CLK", "REG_OUTPUT_CE",
-              "REG_OUTPUT_RST", "GSR", "RESETMODE", "SOURCEB_MODE", "MULT_BYPASS", "CAS_MATCH_REG"]
-    return f"""
-module MULT18X18D(input {bits("A", 18)}, input {bits("B", 18)}, input {bits("C", 18)},
-                  input SIGNEDA, SIGNEDB, SOURCEA, SOURCEB, CLK0, CE0, RST0, output {bits("P", 36)});
-{"".join(f'  parameter {p} = "NONE";{chr(10)}' for p in params)}
-  wire [17:0] a_in = {cat("A", 18)};
-  wire [17:0] b_in = {cat("B", 18)};
-  reg [17:0] a_reg = 0, b_reg = 0;
-  reg [35:0] p_reg = 0;
-  wire [17:0] a = REG_INPUTA_CLK == "NONE" ? a_in : a_reg;
-  wire [17:0] b = REG_INPUTB_CLK == "NONE" ? b_in : b_reg;
-  wire signed [36:0] a_x = SIGNEDA ? {{{{19{{a[17]}}}}, a}} : {{19'b0, a}};
-  wire signed [36:0] b_x = SIGNEDB ? {{{{19{{b[17]}}}}, b}} : {{19'b0, b}};
-  wire signed [73:0] full = a_x * b_x;
-  wire [35:0] p = REG_OUTPUT_CLK == "NONE" ? full[35:0] : p_reg;
-  assign {cat("P", 36)} = p;
-  always @(posedge CLK0) begin
-    if (RST0) begin a_reg <= 0; b_reg <= 0; p_reg <= 0; end
-    else if (CE0) begin a_reg <= a_in; b_reg <= b_in; p_reg <= full[35:0]; end
-  end
-endmodule
-"""
 
 
 def _requant(acc_bits, m0, **overrides):
@@ -86,7 +53,10 @@ def test_no_instance_without_a_platform():
     dut = Requant(2, 4, acc_bits=22, **_requant(22, [(1 << 23) + 5, 7, 99999, 1 << 20]))
     assert "MULT18X18D" not in verilog.convert(dut, name="top")
     dut = Requant(2, 4, acc_bits=22, **_requant(22, [(1 << 23) + 5, 7, 99999, 1 << 20]))
-    assert verilog.convert(dut, name="top", platform=_Platform()).count("MULT18X18D ") == 2 * 2 * 2
+    text = verilog.convert(dut, name="top", platform=Cells("ecp5"))
+    assert text.count("MULT18X18D ") == 2 * 2 * 2
+    assert "module MULT18X18D" in simulation_models(text) and simulation_models(verilog.convert(
+        Requant(2, 4, acc_bits=22, **_requant(22, [5, 7, 9, 11], dsp_cell=None)), name="top")) == ""
 
 
 @pytest.mark.verilator
@@ -100,14 +70,14 @@ def test_instance_bit_exact_in_verilator(acc_bits, lanes, stall):
     m0[0], m0[-1] = (1 << 24) - 1, 1 << 23
     kwargs = _requant(acc_bits, m0, m_bits=24)
     dut = Requant(lanes, channels, acc_bits=acc_bits, **kwargs)
-    text = verilog.convert(dut, name="qfab_top", platform=_Platform())
+    text = verilog.convert(dut, name="qfab_top", platform=Cells("ecp5"))
     assert text.count("MULT18X18D ") == lanes * 2 * 2
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     beats = 600
     acc = rng.integers(lo_acc, hi_acc + 1, (beats, lanes))
     acc[rng.random((beats, lanes)) < 0.1] = lo_acc
     acc[rng.random((beats, lanes)) < 0.1] = hi_acc
-    res = run_stream(text + _model(), acc_bits * lanes, 8 * lanes, pack_beats(acc, acc_bits), beats,
+    res = run_stream(text + simulation_models(text), acc_bits * lanes, 8 * lanes, pack_beats(acc, acc_bits), beats,
                      stall=stall, seed=5, log=lambda m: None)
     got = unpack_beats(res.outputs, lanes, 8, True)
     folds = channels // lanes
@@ -125,7 +95,7 @@ def _cells(dsp_cell):
     dut = Requant(1, 8, acc_bits=21, **_requant(21, [(1 << 23) + 12345 * c for c in range(8)], dsp_cell=dsp_cell))
     with tempfile.TemporaryDirectory(prefix="qfab_dsp_") as tmp:
         with open(f"{tmp}/top.il", "w") as f:
-            f.write(rtlil.convert(dut, name="top", platform=_Platform()))
+            f.write(rtlil.convert(dut, name="top", platform=Cells("ecp5")))
         run_yosys(f"read_rtlil top.il; hierarchy -top top; {PREPARE}; synth_ecp5 -top top; write_json net.json",
                   tmp, "ecp5", log=None)
         with open(f"{tmp}/net.json") as f:
