@@ -196,19 +196,23 @@ def first_and_spacing(dut, payloads):
                                                        (RequantMode.MULTIPLY, 1, True, None),
                                                        (RequantMode.MULTIPLY, 1, False, 16),
                                                        (RequantMode.MULTIPLY, 1, True, 4),
+                                                       (RequantMode.MULTIPLY, 1, False, "MULT18X18D"),
                                                        (RequantMode.SHIFT_ADD, 1, False, None),
                                                        (RequantMode.SHIFT_ADD, 3, False, None)])
 def test_sim_latency_and_interval(mode, digit_bits, split, dsp):
     """The documented latency and interval, measured with no gaps and no stalls."""
-    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split, dsp_width=dsp,
-                  **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
-    assert dut.latency == (7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
+    cell = dsp if isinstance(dsp, str) else None
+    dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split, dsp_width=18 if cell else dsp,
+                  dsp_cell=cell, **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
+    assert dut.latency == (8 if cell else 7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY
+                           else dut.steps + 5)
     latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
     assert (latency, spacing) == (dut.latency, {dut.interval})
 
 
 @pytest.mark.parametrize("m_bits", [4, 16, 24])
-@pytest.mark.parametrize("how", [{"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 9}])
+@pytest.mark.parametrize("how", [{"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 9},
+                                 {"dsp_width": 18, "dsp_cell": "MULT18X18D"}])
 def test_split_multiply_at_the_extremes(m_bits, how):
     """The two half products summed, or the DSP-sized signed-digit pieces: every extreme
     accumulator times every extreme M0, exact, under gaps and stalls."""
