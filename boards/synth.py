@@ -38,13 +38,15 @@ class SynthResult:
     log: str = field(default="", repr=False, compare=False)
 
 
-def _text_of(design, top):
+def _text_of(design, top, family=None):
     """(file name, text) of an Amaranth elaboratable, RTLIL text or Verilog text."""
     if isinstance(design, str):
         is_verilog = re.search(r"^\s*endmodule\b", design, re.M) is not None
         return ("top.v", design) if is_verilog else ("top.il", design)
     from amaranth.back import rtlil
-    return "top.il", rtlil.convert(design, name=top)
+
+    from qfab.hw.cells import Cells  # the family's own cells, as `qfab compile` writes the netlist
+    return "top.il", rtlil.convert(design, name=top, platform=Cells(family) if family else None)
 
 
 def _children(text, top):
@@ -85,7 +87,7 @@ def synthesize(design, family="ice40", *, top="top", keep=None, options="", time
     """
     if family not in FAMILIES:
         raise QfabError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
-    name, text = _text_of(design, top)
+    name, text = _text_of(design, top, family)
     kept = _children(text, top) if keep == "children" else list(keep or [])
     keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(kept)}; " if kept else ""
     read = "read_rtlil" if name.endswith(".il") else "read_verilog -sv"

@@ -37,8 +37,9 @@ class DspProduct(wiring.Component):
     """``q = a * b`` two cycles later: ``a`` and ``b`` (signed) registered while ``en``, then their
     product registered while ``en``: the DSP cell ``cell`` (a key of `DSP_CELLS`) with its input and
     output registers on (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK``, ``REG_OUTPUT_CLK`` = ``CLK0``,
-    clock enable ``CE0``), instantiated when elaborated for a platform, flip-flops and ``*``
-    without one (the same cycles).
+    clock enable ``CE0``), instantiated when elaborated for an ECP5 platform (``platform.family``,
+    as `Cells` and Amaranth's Lattice platforms have it), flip-flops and ``*`` otherwise (the same
+    cycles).
 
     Members
     -------
@@ -59,7 +60,7 @@ class DspProduct(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w = DSP_CELLS[self._cell]
-        if platform is not None:
+        if getattr(platform, "family", None) == "ecp5":
             regs = {f"p_REG_{r}_{p}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
                     for p, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
             m.submodules.cell = Instance(
@@ -94,6 +95,7 @@ def _mult18x18d_model():
               "REG_OUTPUT_RST", "GSR", "RESETMODE", "SOURCEB_MODE", "MULT_BYPASS", "CAS_MATCH_REG"]
     decls = "".join(f'  parameter {p} = "NONE";\n' for p in params)
     return f"""
+`ifndef SYNTHESIS
 // qfab's simulation model of the ECP5 MULT18X18D (from Lattice TN1267): P = A * B, signed when
 // SIGNEDA / SIGNEDB; an input or output register is on when its REG_*_CLK is not "NONE",
 // clocked by CLK0, loaded while CE0, cleared by RST0. No cascade, C input or pipeline register.
@@ -114,6 +116,7 @@ module MULT18X18D(input {bits("A", 18)}, input {bits("B", 18)}, input {bits("C",
     else if (CE0) begin a_reg <= a_in; b_reg <= b_in; p_reg <= full[35:0]; end
   end
 endmodule
+`endif
 """
 
 
@@ -122,5 +125,6 @@ _MODELS = {"MULT18X18D": _mult18x18d_model}
 
 def simulation_models(verilog: str) -> str:
     """Verilog models of the `DSP_CELLS` that ``verilog`` instantiates ("" when none), to be
-    compiled with it by a simulator."""
+    compiled with it by a simulator. Each is inside ```ifndef SYNTHESIS``: Yosys (which defines
+    it) reading the Verilog keeps its own cell, not a model in flip-flops."""
     return "".join(_MODELS[cell]() for cell in DSP_CELLS if re.search(rf"^\s*{cell}\b", verilog, re.M))

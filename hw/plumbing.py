@@ -30,7 +30,11 @@ class StreamFIFO(wiring.Component):
     (the digits CNN w8a8 on the ECP5: 12.4 ns, 11.2 ns of it routing, in the 576-bit FIFO before
     its second convolution). Sliced, each loop drives a bounded number of sinks, and the one the
     producer and consumer see drives no data. Yosys merges only cells with identical inputs, and
-    each queue's control registers feed back into themselves, so the copies stay apart.
+    each queue's control registers feed back into themselves, so the copies stay apart. By
+    default only queues of up to `SLICE_MAX_DEPTH` beats are sliced: their storage is distributed
+    RAM or flip-flops, with the output register in the fabric; a deeper queue is block RAM, whose
+    output register is inside each block, and slices not a multiple of the block's width would
+    take more blocks.
 
     Parameters
     ----------
@@ -44,8 +48,9 @@ class StreamFIFO(wiring.Component):
         depths 1 and 2 pass one beat every other cycle under steady flow; depth 3 and more pass
         one beat per cycle.
     slice_bits : int
-        Widest slice in bits (default `SLICE_BITS`); a beat of at most this many bits goes through
-        a single `SyncFIFOBuffered`. Slicing changes no cycle of the streams' behaviour.
+        Widest slice in bits; a beat of at most this many bits goes through a single
+        `SyncFIFOBuffered`. Default: `SLICE_BITS` at depths up to `SLICE_MAX_DEPTH`, no slicing
+        deeper. Slicing changes no cycle of the streams' behaviour.
 
     Members
     -------
@@ -62,14 +67,18 @@ class StreamFIFO(wiring.Component):
         If an argument has the wrong type or is out of range.
     """
     SLICE_BITS = 64
+    SLICE_MAX_DEPTH = 16
 
     def __init__(self, shape: ShapeLike, n: int, depth: int, *, slice_bits: int | None = None) -> None:
         shape = check_shape("Element shape", shape)
         check_positive("Elements per beat", n)
         check_positive("FIFO depth", depth)
         if slice_bits is None:
-            slice_bits = self.SLICE_BITS
-        check_positive("Slice width", slice_bits)
+            slice_bits = self.SLICE_BITS if depth <= self.SLICE_MAX_DEPTH else None
+        if slice_bits is not None:
+            check_positive("Slice width", slice_bits)
+        else:
+            slice_bits = max(1, data.ArrayLayout(shape, n).size)
         self._layout = data.ArrayLayout(shape, n)
         self._depth = depth
         count = -(-self._layout.size // slice_bits)

@@ -313,6 +313,8 @@ class Requant(wiring.Component):
             raise ValueError(f"dsp_cell must be one of {sorted(DSP_CELLS)} or None, not {dsp_cell!r}")
         if dsp_cell is not None and self._dsp_width is not None and self._dsp_width != DSP_CELLS[dsp_cell]:
             raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not {self._dsp_width}")
+        if dsp_cell is not None and mode is RequantMode.MULTIPLY and self._dsp_width is None:
+            raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not None")
         self._dsp_cell = dsp_cell if self._dsp_width is not None else None
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),

@@ -219,14 +219,18 @@ def test_split_multiply_at_the_extremes(m_bits, how):
     acc_bits = 20
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, 1 << (m_bits // 2)]
-    kwargs = dict(bias=[0] * 6, m0=m0, shift=[20] * 6, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
+    # the shift leaves the top 8 bits of the largest products: outputs across the range, so a wrong
+    # piece shows (a shift of 20 had clamped most of them at m_bits 24)
+    shift = acc_bits + m_bits - 8
+    kwargs = dict(bias=[0] * 6, m0=m0, shift=[shift] * 6, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
                   m_bits=m_bits, **how)
     beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321)]
     dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
     got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=3)
     acc = np.array(beats)
-    want = intops.requantize(acc, np.array(m0)[None, :], np.array([20] * 6)[None, :], 0, -128, 127)
+    want = intops.requantize(acc, np.array(m0)[None, :], np.array([shift] * 6)[None, :], 0, -128, 127)
     assert got == want.tolist()
+    assert len(np.unique(want)) > 8
 
 
 @pytest.mark.parametrize("m_bits", [5, 16, 24])

@@ -46,6 +46,11 @@ def test_dsp_cell_checks():
         Requant(1, 2, acc_bits=20, **dict(kwargs, dsp_cell="DSP48E1"))
     with pytest.raises(ValueError, match="takes dsp_width=18"):
         Requant(1, 2, acc_bits=20, **dict(kwargs, dsp_width=16))
+    with pytest.raises(ValueError, match="takes dsp_width=18, not None"):
+        Requant(1, 2, acc_bits=20, **dict(kwargs, dsp_width=None))
+    # the cell only for an ECP5: another family's platform gets flip-flops
+    dut = Requant(2, 4, acc_bits=22, **_requant(22, [(1 << 23) + 5, 7, 99999, 1 << 20]))
+    assert "MULT18X18D" not in verilog.convert(dut, name="top", platform=Cells("ice40"))
 
 
 def test_no_instance_without_a_platform():
