@@ -263,9 +263,7 @@ class Requant(wiring.Component):
         (flip-flops without one), the same cycles. Yosys's ECP5 flow packs no register into a
         MULT18X18D, so without it every piece is a fabric register, the DSP's 3.9 ns and another
         fabric register, with the routing to and from the DSP column in the same cycle (the
-        digits MLP w8a8's slowest path, 83.5 MHz). The pieces' sum then takes two registered
-        steps (the products' routing from the DSP column and three carry chains in one cycle
-        had been the next slowest path, 88.4 MHz): three more cycles of latency in all.
+        digits MLP w8a8's slowest path, 83.5 MHz).
 
     Members
     -------
@@ -274,7 +272,7 @@ class Requant(wiring.Component):
 
     Latency and throughput (`latency`, `interval`): ``MULTIPLY`` is a pipeline of 5 registered
     stages (input and ``M0`` registers in front of the multiplier, product register, offset sum,
-    shift, clamp), latency 5 cycles (6 with ``split_multiply``, 7 with ``dsp_width``, 8 with ``dsp_cell``), one beat per cycle. The shift is the lane's smallest shift
+    shift, clamp), latency 5 cycles (6 with ``split_multiply``, 7 with ``dsp_width``), one beat per cycle. The shift is the lane's smallest shift
     (wiring) and a variable shift by the rest (a shifter as wide as the shifts differ).
     ``SHIFT_ADD`` adds ``digit_bits`` bits of ``M0`` per cycle into the product (LSB first,
     starting from the offset, no multiplier) for ``steps = ceil(bits(max M0) / digit_bits)``
@@ -343,9 +341,8 @@ class Requant(wiring.Component):
     @property
     def _product_stages(self):
         """Registers a ``MULTIPLY`` product takes beyond one: the DSP pieces' operands and
-        products (``dsp_width``; and the rows of their sum with ``dsp_cell``), or the split
-        halves (``split_multiply``)."""
-        return 3 if self._dsp_cell else 2 if self._dsp_width else 1 if self._split else 0
+        products (``dsp_width``), or the split halves (``split_multiply``)."""
+        return 2 if self._dsp_width else 1 if self._split else 0
 
     @property
     def interval(self):
@@ -508,33 +505,19 @@ class Requant(wiring.Component):
         return Mux(fits, small_clamped, Mux(shifted[-1], self._lo, self._hi))
 
     def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
-        """``prod = acc * m0`` in two more registers (three with ``dsp_cell``): both operands as
-        `signed_digits` of ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased,
-        `biased_digits`), every pair's product in a register (`_dsp_product`), their sum. The sum
-        adds the products of equal weight, then each weight's sum above the next one's low
-        ``dsp_width`` bits (wiring); with ``dsp_cell``, in two registered steps."""
+        """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
+        ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased, `biased_digits`),
+        every pair's product in a register (`_dsp_product`), their sum. The sum adds the products
+        of equal weight, then each weight's sum above the next one's low ``dsp_width`` bits
+        (wiring). (A sum in two registered steps with the cells, a row per digit of ``acc``,
+        left the digits MLP w8a8 unrouted after an hour: docs/boards.md.)"""
         w = self._dsp_width
         a_digits = signed_digits(acc, self._acc_bits, w)
         b_digits = biased_digits(m0_sig, digit_bias(self._m_bits + 1, w)[0], w)
         weights = [[] for _ in range(len(a_digits) + len(b_digits) - 1)]
-        products = {}
         for i, a_value in enumerate(a_digits):
             for j, b_value in enumerate(b_digits):
-                products[i, j] = self._dsp_product(m, a_value, b_value, en, f"{i}{j}_{lane}")
-                weights[i + j].append(products[i, j])
-        if self._dsp_cell is not None:
-            # the DSP column is far from the fabric: the products' routing takes most of a cycle
-            # at 100 MHz, so the sum is in two registered steps, each a single adder per term: a
-            # row per digit of ``acc`` (its products by M0's digits), then the rows
-            rows = []
-            for i in range(len(a_digits)):
-                row = Signal(signed(w + self._m_bits + 2), name=f"dsp_row{i}_{lane}")   # a digit times M0
-                with m.If(en):
-                    m.d.sync += row.eq(sum(q << (w * j) for (k, j), q in products.items() if k == i))
-                rows.append(row)
-            with m.If(en):
-                m.d.sync += prod.eq(sum(row << (w * i) for i, row in enumerate(rows)))
-            return
+                weights[i + j].append(self._dsp_product(m, a_value, b_value, en, f"{i}{j}_{lane}"))
         total = sum(weights[-1])
         for group in reversed(weights[:-1]):
             part = sum(group)

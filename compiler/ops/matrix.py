@@ -231,9 +231,8 @@ def requant_timing(params):
         m0_bits=max(int(v) for v in params["m0"]).bit_length() if mode == "shift_add" else 24,
         digit_bits=int(params.get("requant_digit_bits", 1)))
     extra = 0
-    if mode == "multiply":      # DSP pieces: operand and product registers (and the sum's rows
-        # with DSP cells); split: the halves
-        extra = (3 if params.get("dsp_cell") else 2) if params.get("dsp_width") else 1 if params.get("split_multiply") else 0
+    if mode == "multiply":      # DSP pieces: operand and product registers; split: the halves
+        extra = 2 if params.get("dsp_width") else 1 if params.get("split_multiply") else 0
     return choice.latency + extra, choice.interval
 
 

@@ -204,8 +204,7 @@ def test_sim_latency_and_interval(mode, digit_bits, split, dsp):
     cell = dsp if isinstance(dsp, str) else None
     dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split, dsp_width=18 if cell else dsp,
                   dsp_cell=cell, **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
-    assert dut.latency == (8 if cell else 7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY
-                           else dut.steps + 5)
+    assert dut.latency == (7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
     latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
     assert (latency, spacing) == (dut.latency, {dut.interval})
 
