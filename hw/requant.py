@@ -8,18 +8,7 @@ logic over several cycles; `qfab.hw.threshold.ThresholdRequant` compares with th
 import enum
 from collections.abc import Sequence
 
-from amaranth.hdl import (
-    Cat,
-    Const,
-    Module,
-    Mux,
-    Shape,
-    Signal,
-    Value,
-    ValueLike,
-    signed,
-    unsigned,
-)
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -259,8 +248,9 @@ class Requant(wiring.Component):
         paths nextpnr-ice40 does not time. Takes precedence over ``split_multiply``.
     dsp_cell : str or None
         With ``dsp_width=18``, ``"MULT18X18D"``: each piece is a `qfab.hw.cells.DspProduct`, the
-        ECP5's DSP cell with its own input and output registers when elaborated for a platform
-        (flip-flops without one), the same cycles. Yosys's ECP5 flow packs no register into a
+        ECP5's DSP cell with its own input and output registers when elaborated for an ECP5
+        platform (`qfab.hw.cells.Cells`, as `qfab compile` writes the netlist), flip-flops
+        otherwise, the same cycles. Yosys's ECP5 flow packs no register into a
         MULT18X18D, so without it every piece is a fabric register, the DSP's 3.9 ns and another
         fabric register, with the routing to and from the DSP column in the same cycle (the
         digits MLP w8a8's slowest path, 83.5 MHz).
@@ -309,10 +299,8 @@ class Requant(wiring.Component):
         self._split = bool(split_multiply) and mode is RequantMode.MULTIPLY and self._dsp_width is None
         if dsp_cell is not None and dsp_cell not in DSP_CELLS:
             raise ValueError(f"dsp_cell must be one of {sorted(DSP_CELLS)} or None, not {dsp_cell!r}")
-        if dsp_cell is not None and self._dsp_width is not None and self._dsp_width != DSP_CELLS[dsp_cell]:
+        if dsp_cell is not None and mode is RequantMode.MULTIPLY and self._dsp_width != DSP_CELLS[dsp_cell]:
             raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not {self._dsp_width}")
-        if dsp_cell is not None and mode is RequantMode.MULTIPLY and self._dsp_width is None:
-            raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not None")
         self._dsp_cell = dsp_cell if self._dsp_width is not None else None
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
