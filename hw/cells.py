@@ -3,9 +3,10 @@
 Yosys's ECP5 flow maps a ``*`` onto MULT18X18D cells but packs none of the registers around it
 into them, so a registered product is a fabric register, the DSP and another fabric register in
 one cycle, with the routing to and from the DSP column (the digits MLP w8a8's slowest path at
-100 MHz asked, 83.5 MHz). `DspProduct` is a product with the cell's own input and output
-registers: written out in flip-flops when elaborated without a platform (every Amaranth
-simulation), and as the cell itself when elaborated for one: a board build, or the netlist
+100 MHz asked, 83.5 MHz). `DspProduct` is a product with the cell's own input registers and
+the product's register in the fabric next to what it feeds: written out in flip-flops when
+elaborated without a platform (every Amaranth simulation), and as the cell itself when
+elaborated for one: a board build, or the netlist
 `qfab.compiler` writes for a target family (`Cells`), which is then both what the board
 synthesizes and what the simulators run, with `simulation_models` standing in for the cell.
 
@@ -35,11 +36,17 @@ class Cells:
 
 class DspProduct(wiring.Component):
     """``q = a * b`` two cycles later: ``a`` and ``b`` (signed) registered while ``en``, then their
-    product registered while ``en``: the DSP cell ``cell`` (a key of `DSP_CELLS`) with its input and
-    output registers on (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK``, ``REG_OUTPUT_CLK`` = ``CLK0``,
-    clock enable ``CE0``), instantiated when elaborated for an ECP5 platform (``platform.family``,
-    as `Cells` and Amaranth's Lattice platforms have it), flip-flops and ``*`` otherwise (the same
-    cycles).
+    product registered while ``en``: the DSP cell ``cell`` (a key of `DSP_CELLS`) with its input
+    registers on (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK`` = ``CLK0``, clock enable ``CE0``) and the
+    product registered in the fabric, instantiated when elaborated for an ECP5 platform
+    (``platform.family``, as `Cells` and Amaranth's Lattice platforms have it), flip-flops and
+    ``*`` otherwise (the same cycles).
+
+    The product's register is not the cell's output register (``REG_OUTPUT_CLK``): with it,
+    the slowest paths of the digits MLP and CNN w8a8 on the ULX3S were that register, 3-5 ns of
+    routing out of the DSP column and the sum of the pieces in one cycle (88.4 and 94.4 MHz);
+    a fabric register leaves that routing in the multiply's cycle, which the input registers
+    shorten (docs/boards.md).
 
     Members
     -------
@@ -61,16 +68,21 @@ class DspProduct(wiring.Component):
         m = Module()
         w = DSP_CELLS[self._cell]
         if getattr(platform, "family", None) == "ecp5":
-            regs = {f"p_REG_{r}_{p}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
+            regs = {f"p_REG_{r}_{p}": v for r in ("INPUTA", "INPUTB")
                     for p, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
+            p = Signal(signed(2 * w), name="p")
+            q = Signal(signed(2 * w), reset_less=True, name="q_reg")
             m.submodules.cell = Instance(
-                "MULT18X18D", **regs, p_REG_PIPELINE_CLK="NONE", p_REG_INPUTC_CLK="NONE",
-                p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+                "MULT18X18D", **regs, p_REG_OUTPUT_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+                p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
                 p_CAS_MATCH_REG="FALSE",
                 i_CLK0=ClockSignal("sync"), i_CE0=self.en, i_RST0=Const(0),
                 i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
                 **{f"i_A{k}": self.a[k] for k in range(w)}, **{f"i_B{k}": self.b[k] for k in range(w)},
-                **{f"i_C{k}": Const(0) for k in range(w)}, **{f"o_P{k}": self.q[k] for k in range(2 * w)})
+                **{f"i_C{k}": Const(0) for k in range(w)}, **{f"o_P{k}": p[k] for k in range(2 * w)})
+            with m.If(self.en):
+                m.d.sync += q.eq(p)
+            m.d.comb += self.q.eq(q)
             return m
         a = Signal(signed(w), reset_less=True, name="a_reg")
         b = Signal(signed(w), reset_less=True, name="b_reg")

@@ -182,7 +182,7 @@ class MVAU(wiring.Component):
         one more cycle of latency.
     dsp_width : int or None
         ``MULTIPLY`` requantization: the product in pieces for ``dsp_width``-bit DSPs with their
-        input and output registers (`Requant`'s ``dsp_width``), two more cycles of latency.
+        operands and products registered (`Requant`'s ``dsp_width``), two more cycles of latency.
     dsp_cell : str or None
         With ``dsp_width``: the DSP primitive the pieces instantiate in a bitstream build
         (`Requant`'s ``dsp_cell``, ``"MULT18X18D"`` on the ECP5), same cycles.

@@ -248,7 +248,7 @@ class Requant(wiring.Component):
         paths nextpnr-ice40 does not time. Takes precedence over ``split_multiply``.
     dsp_cell : str or None
         With ``dsp_width=18``, ``"MULT18X18D"``: each piece is a `qfab.hw.cells.DspProduct`, the
-        ECP5's DSP cell with its own input and output registers when elaborated for an ECP5
+        ECP5's DSP cell with its own input registers when elaborated for an ECP5
         platform (`qfab.hw.cells.Cells`, as `qfab compile` writes the netlist), flip-flops
         otherwise, the same cycles. Yosys's ECP5 flow packs no register into a
         MULT18X18D, so without it every piece is a fabric register, the DSP's 3.9 ns and another
@@ -365,15 +365,14 @@ class Requant(wiring.Component):
             with m.If(en):
                 m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter)]
             # the product's own stages (split halves; DSP operands, then pieces), then P
-            q_valid, q_fold = i_valid, i_fold
+            q_valid, q_fold, ahead_fold = i_valid, i_fold, counter
             for k in range(self._product_stages):
                 v, f = Signal(name=f"mul_valid_{k}"), Signal(range(folds), name=f"mul_fold_{k}")
                 with m.If(en):
                     m.d.sync += [v.eq(q_valid), f.eq(q_fold)]
-                q_valid, q_fold = v, f
+                q_valid, q_fold, ahead_fold = v, f, q_fold
             with m.If(en):
                 m.d.sync += [p_valid.eq(q_valid), p_fold.eq(q_fold)]
-            p_load, p_next_fold = en, q_fold
         else:
             # the shift-and-add multiplier: busy for `steps` cycles, then holds its product until
             # the pipeline takes it (and takes the next beat in the same cycle)
@@ -396,7 +395,6 @@ class Requant(wiring.Component):
                     m.d.sync += [done.eq(1), step.eq(0)]
             with m.If(take):
                 m.d.sync += [busy.eq(1), mul_fold.eq(counter)]
-            p_load, p_next_fold = handoff, mul_fold
 
         for lane in range(lanes):
             chans = [f * lanes + lane for f in range(folds)]
@@ -438,7 +436,13 @@ class Requant(wiring.Component):
                 self._shift_add(m, lane, m0, offset, counter, take, busy, done, steps, prod, handoff)
 
             if self._mode is RequantMode.MULTIPLY:
-                off_sig = rom(m, offset, p_next_fold, p_load, sum_shape, f"offset_{lane}")
+                # read a stage earlier and registered: a block RAM's clock-to-output (5.6 ns on
+                # the ECP5) in front of the offset sum's carry chain had been the ECP5 digits MLP
+                # w8a8's slowest path (94.4 MHz)
+                off_read = rom(m, offset, ahead_fold, en, sum_shape, f"offset_{lane}")
+                off_sig = Signal(sum_shape, name=f"offset_reg_{lane}")
+                with m.If(en):
+                    m.d.sync += off_sig.eq(off_read)
                 with_offset = prod + off_sig
             else:
                 with_offset = prod

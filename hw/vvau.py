@@ -77,7 +77,7 @@ class VVAU(wiring.Component):
         The requantization's rule for exact ties, as for the `MVAU`.
     split_multiply, dsp_width, dsp_cell
         The requantization's multiply in two halves, or in ``dsp_width``-bit DSP pieces with their
-        input and output registers (in ``dsp_cell`` primitives in a bitstream build), as for the
+        operands and products registered (in ``dsp_cell`` primitives in a bitstream build), as for the
         `MVAU` (`Requant`'s; one or two more cycles).
 
     Members

@@ -97,8 +97,8 @@ class DepthwiseConv2dOp(Conv2dOp):
     # ---- latency (qfab.compiler.latency) --------------------------------------------------------
     def latency(self, graph, node, stage):
         """The sliding window's, or the VVAU's: as the MVAU's (`mac_engine_latency`), with its
-        `Requant` multiplying (5 cycles, and the family's `multiply_options`: 1 more for split
-        halves, 2 for DSP pieces) and no point sum (the VVAU has no ``latency`` property)."""
+        `Requant` multiplying (5 cycles, and the family's `multiply_options`: 2 more for DSP
+        pieces) and no point sum (the VVAU has no ``latency`` property)."""
         window = window_latency(stage)
         return window if window is not None else mac_engine_latency(stage.params, requant_timing(stage.params)[0])
 

@@ -262,21 +262,16 @@ def multiply_options(family, acc_bits=None):
     accumulators on ``family``, so that every path through a DSP is registered at both ends and
     times: on the iCE40 the product in SB_MAC16-sized pieces with the DSPs' own input and output
     registers (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders
-    unregistered, paths nextpnr-ice40 does not time. On the ECP5 the product in two halves
-    (``split_multiply``, one more cycle) where each half is one MULT18X18D (accumulators of up
-    to 17 bits, a 12-bit half of M0): a register, the DSP, a register. Wider accumulators take
-    18-bit pieces (``dsp_width``, two more cycles): a half of them was several DSPs summed after
-    the DSP's 3.9 ns in one cycle, the digits CNN w8a8's slowest path at 100 MHz asked (`conv_3`,
-    20-bit accumulators, 87.5 MHz); the pieces everywhere took the MLP w4a4 from 102.3 to 93.4
-    MHz (their digit registers merged and far from the DSPs). The pieces are MULT18X18D cells
-    with their own input and output registers (``dsp_cell``): Yosys packs none into them, and a
-    fabric register, the DSP and a fabric register in one cycle had limited the MLP w8a8 to
-    83.5 MHz."""
+    unregistered, paths nextpnr-ice40 does not time. On the ECP5 the product in 18-bit pieces
+    (``dsp_width``, two more cycles), each a MULT18X18D cell with its own input registers
+    (``dsp_cell``; Yosys packs no register into one), whatever ``acc_bits``: a fabric register,
+    the DSP and a fabric register in one cycle had limited the MLP w8a8 to 83.5 MHz, and with
+    the halves of ``split_multiply`` (one more cycle, accumulators of up to 17 bits) the MLP
+    w4a4 to 94.8 MHz (a half's 3.9 ns in the DSP and 6.1 ns of routing to and from it). Before
+    the cells the pieces everywhere had taken the MLP w4a4 from 102.3 to 93.4 MHz (their digit
+    registers merged and far from the DSPs): the cells hold those registers now."""
     if family == "ecp5":
-        width = estimate.structure(family)["dsp_width"]
-        if acc_bits is not None and acc_bits + 1 <= width:
-            return {"split_multiply": True}
-        return {"dsp_width": width, "dsp_cell": "MULT18X18D"}
+        return {"dsp_width": estimate.structure(family)["dsp_width"], "dsp_cell": "MULT18X18D"}
     if family == "ice40":
         return {"dsp_width": estimate.structure(family)["dsp_width"]}    # the SB_MAC16's 16 bits
     return {}

@@ -212,10 +212,11 @@ def test_sim_latency_and_interval(mode, digit_bits, split, dsp):
 @pytest.mark.parametrize("m_bits", [4, 16, 24])
 @pytest.mark.parametrize("how", [{"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 9},
                                  {"dsp_width": 18, "dsp_cell": "MULT18X18D"}])
-def test_split_multiply_at_the_extremes(m_bits, how):
+@pytest.mark.parametrize("acc_bits", [12, 17, 18, 20])
+def test_split_multiply_at_the_extremes(m_bits, how, acc_bits):
     """The two half products summed, or the DSP-sized signed-digit pieces: every extreme
-    accumulator times every extreme M0, exact, under gaps and stalls."""
-    acc_bits = 20
+    accumulator times every extreme M0, exact, under gaps and stalls; accumulators of one
+    18-bit digit (up to 17 bits: the ECP5's w4a4 layers) and of two."""
     lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
     m0 = [(1 << m_bits) - 1, 1 << (m_bits - 1), 1, 0, (1 << (m_bits // 2)) - 1, 1 << (m_bits // 2)]
     # the shift leaves the top 8 bits of the largest products: outputs across the range, so a wrong
@@ -223,7 +224,7 @@ def test_split_multiply_at_the_extremes(m_bits, how):
     shift = acc_bits + m_bits - 8
     kwargs = dict(bias=[0] * 6, m0=m0, shift=[shift] * 6, zero_point=0, lo=-128, hi=127, out_bits=8, out_signed=True,
                   m_bits=m_bits, **how)
-    beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, 12345, -54321)]
+    beats = [[v] * 6 for v in (lo_acc, hi_acc, -1, 0, 1, lo_acc + 1, hi_acc // 3 + 7, lo_acc // 5 - 3)]
     dut = Requant(6, 6, acc_bits=acc_bits, **kwargs)
     got = run_stream(dut, beats, len(beats), gap_prob=0.3, stall_prob=0.4, seed=3)
     acc = np.array(beats)
