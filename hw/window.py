@@ -160,17 +160,27 @@ class SlidingWindow(wiring.Component):
 
         # --- writer: row r may overwrite row r - R once no output row still needs it ---------
         # ``limit``: the rows that may be written, the first row still needed plus R; a register
-        # stepped with ``win_top``, so that the input's ready is one compare of two registers (the
-        # clamp, add and compare in series had been the ECP5 digits CNN w8a8's slowest path, from
-        # ``written`` through the ready into the input FIFO, 78.7 MHz)
+        # stepped with ``win_top`` (the clamp, add and compare in series had been the ECP5 digits
+        # CNN w8a8's slowest path, from ``written`` through the ready into the input FIFO,
+        # 78.7 MHz). ``limit_after`` is the value it takes at the end of output row ``oy``, so
+        # that the input's ready, ``written < limit`` one cycle ahead, is a register too: its
+        # compare into the input FIFO's read logic had been the ECP5 digits CNN w4a4's slowest
+        # path (102.1 MHz). Its next value is one of six compares of registers with constants
+        # added, chosen by whether a row is written, the image is done and the output row ends.
         def first_needed(top_row):
             return Mux(top_row < 0, 0, Mux(top_row > h, h, top_row))
-        limit = Signal(range(h + rows + 1), init=min(max(-top, 0), h) + rows)
+
+        first_limit = min(max(-top, 0), h) + rows               # ``limit`` at output row 0
+        limit_at_end = first_limit if ho == 1 else min(max(-top + sh, 0), h) + rows     # ... of row 0
+        limit = Signal(range(h + rows + 1), init=first_limit)
+        limit_after = Signal(range(h + rows + 1), init=limit_at_end)
+        room = Signal(init=1)                   # written < limit
+        self._ready_terms = (written, limit)    # for a test of that invariant
         waddr = Signal(range(rows * row_words))
         wcol = Signal(range(row_words))
         row_done = Signal()
         m.d.comb += [
-            self.i.ready.eq(written < limit),
+            self.i.ready.eq(room),
             wr.addr.eq(waddr),
             wr.data.eq(self.i.payload),
             wr.en.eq(self.i.valid & self.i.ready),
@@ -182,6 +192,13 @@ class SlidingWindow(wiring.Component):
                 wcol.eq(Mux(row_done, 0, wcol + 1)),
             ]
         m.d.sync += written.eq(written + row_done - Mux(image_done, h, 0))
+        row_end = Signal()                      # output row oy is done this cycle
+        with m.If(row_end):
+            # ``written`` drops by H when the image is done (an unsigned compare: L + H, not w - H)
+            m.d.sync += room.eq(Mux(image_done, Mux(row_done, written + 1 < limit_after + h, written < limit_after + h),
+                                    Mux(row_done, written + 1 < limit_after, written < limit_after)))
+        with m.Else():
+            m.d.sync += room.eq(Mux(row_done, written + 1 < limit, written < limit))
 
         # --- reader: (oy, ox, ky, kx, fold) loops, one memory read per cycle -------------------
         ox = Signal(range(wo))
@@ -218,7 +235,10 @@ class SlidingWindow(wiring.Component):
 
         last_fold, last_kx = fold == folds - 1, kx == kw - 1
         last_ky, last_ox, last_oy = ky == kh - 1, ox == wo - 1, oy == ho - 1
-        m.d.comb += image_done.eq(advance & last_fold & last_kx & last_ky & last_ox & last_oy)
+        m.d.comb += [
+            row_end.eq(advance & last_fold & last_kx & last_ky & last_ox),
+            image_done.eq(row_end & last_oy),
+        ]
         with m.If(advance):
             m.d.sync += fold.eq(Mux(last_fold, 0, fold + 1))
             with m.If(last_fold):
@@ -239,7 +259,9 @@ class SlidingWindow(wiring.Component):
                             m.d.sync += [
                                 oy.eq(Mux(last_oy, 0, oy + 1)),
                                 win_top.eq(Mux(last_oy, -top, next_top)),
-                                limit.eq(Mux(last_oy, min(max(-top, 0), h), first_needed(next_top)) + rows),
+                                limit.eq(limit_after),
+                                limit_after.eq(Mux(last_oy, limit_at_end,
+                                                   Mux(oy == ho - 2, first_limit, first_needed(next_top + sh) + rows))),
                                 need.eq(Mux(last_oy, rows_needed(0),
                                             Mux(oy == ho - 2, h, Mux(next_top + kh > h, h, next_top + kh)))),
                             ]

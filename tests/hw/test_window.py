@@ -174,3 +174,69 @@ def test_throughput(case):
     fill = kh * in_beats // case["height"] + 3
     bound = fill + images * (1.05 * max(in_beats, out_beats) + 2)
     assert last_cycle[0] <= bound, (last_cycle[0], bound)
+
+
+def run_checking_ready(case, images, gap, stall, seed):
+    """`run_window` that also checks, on every cycle, that the input's ready (a register computed
+    a cycle ahead from the row and image ends) equals ``written < limit``: the rows written, and
+    the rows that may be. Returns the received windows and the cycles where it did not."""
+    from amaranth.sim import Simulator
+
+    rng = np.random.default_rng(seed)
+    dut = SlidingWindow(signed(4), pad_value=-8, **case)
+    top = dut.elaborate(None)               # simulated itself: its signals are the ones below
+    written, limit = dut._ready_terms
+    x = [codes(rng, (case["height"], case["width"], case["channels"]), 4, True) for _ in range(images)]
+    ho, wo = dut.output_size
+    count = images * ho * wo * dut.window_beats
+    got, mismatches = [], []
+
+    async def producer(ctx):
+        await put_all(ctx, dut.i, beats(np.stack(x), dut.simd), gap_prob=gap, seed=seed)
+
+    async def consumer(ctx):
+        got.extend(await get_all(ctx, dut.o, count, stall_prob=stall, seed=seed + 1))
+
+    limit_cycles = 40 * (count + len(x) * np.prod(x[0].shape) // dut.simd) + 2_000   # far above a stalled rate
+
+    async def checker(ctx):
+        cycle = 0
+        while cycle < limit_cycles:
+            await ctx.tick()
+            cycle += 1
+            if ctx.get(dut.i.ready) != (ctx.get(written) < ctx.get(limit)):
+                mismatches.append((cycle, ctx.get(dut.i.ready), ctx.get(written), ctx.get(limit)))
+        raise AssertionError(f"the window did not finish in {limit_cycles} cycles (deadlock?)")
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.add_testbench(checker, background=True)
+    sim.run()
+    want = np.concatenate([windows_model(xi, dut._kernel, dut._stride, dut._padding, -8).reshape(-1) for xi in x])
+    return unbeat(got), want, mismatches
+
+
+@settings(max_examples=30, deadline=None)
+@given(window_cases(), st.integers(2, 3), st.floats(0, 0.3), st.floats(0.2, 0.8), st.integers(0, 2**16))
+def test_ready_is_written_below_limit_every_cycle(case, images, gap, stall, seed):
+    """Output stalled so that the writer runs into the limit: the ready is exact, the windows right."""
+    got, want, mismatches = run_checking_ready(case, images, gap, stall, seed)
+    assert not mismatches, mismatches[:5]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", [
+    # top padding 2 at stride 1: the limit does not move at the end of output row 0
+    dict(height=5, width=3, channels=1, kernel=3, stride=1, padding=(2, 0, 0, 0), simd=1),
+    # the last output rows need no new input row: the limit stops at H + R
+    dict(height=4, width=2, channels=1, kernel=2, stride=1, padding=(0, 0, 2, 0), simd=1),
+])
+def test_ready_where_the_limit_stands_still(case):
+    """Row ends at which ``limit`` does not move, hit in the cycle a row is written: where a ready
+    that missed this cycle's row would let the writer overwrite a row still to be read."""
+    for seed in range(60):
+        got, want, mismatches = run_checking_ready(case, 3, 0.1 * (seed % 6), 0.1 * (seed // 6 % 8), seed)
+        assert not mismatches, (seed, mismatches[:5])
+        np.testing.assert_array_equal(got, want)
