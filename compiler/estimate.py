@@ -249,6 +249,14 @@ def reserve_resources(stage, fold, depth):
     return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
 
 
+def requant_queue_resources(fold, out_bits, depth):
+    """An MVAU's requantization queue (`qfab.hw.requant.Requant`'s ``reserve``, with the MVAU's
+    reserved queue): ``depth`` beats of ``pe`` outputs of ``out_bits`` in distributed RAM, as
+    `reserve_resources` counts it, its level and free count."""
+    bits = fold.pe * out_bits
+    return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
+
+
 def _pool_acc_bits(stage):
     window = stage.k if stage.kind == "avgpool" else stage.vectors
     return stage.a_bits + _log2(window) + 1

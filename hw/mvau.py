@@ -176,7 +176,10 @@ class MVAU(wiring.Component):
         the stall chain from ``o.ready`` ends at the queue and the count: what limited the ECP5's
         MLP w4a4 at II 8 to 92.2 MHz (five LUT levels, 7.9 ns of routing into the enable's
         fanout). Same latency as ``skid``, same rate; ``queue_depth * pe`` accumulators of
-        distributed RAM (flip-flops on a part without it).
+        distributed RAM (flip-flops on a part without it). A ``MULTIPLY`` requantization never
+        stalls either (`Requant`'s ``reserve``: its results in a queue of its own,
+        ``requant_queue_depth`` beats of ``pe`` outputs), so that ``o.ready`` reaches no further
+        than that queue and its count.
     split_multiply : bool
         ``MULTIPLY`` requantization: the product in two cycles (`Requant`'s ``split_multiply``),
         one more cycle of latency.
@@ -277,7 +280,7 @@ class MVAU(wiring.Component):
             self._requant = ThresholdRequant(pe, n_out, **rq_params)
         else:
             self._requant = Requant(pe, n_out, digit_bits=requant_digit_bits, split_multiply=split_multiply,
-                                    dsp_width=dsp_width, dsp_cell=dsp_cell, **rq_params)
+                                    dsp_width=dsp_width, dsp_cell=dsp_cell, reserve=reserve, **rq_params)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self._a_shape, simd))),
             "o": Out(stream.Signature(data.ArrayLayout(
@@ -333,6 +336,12 @@ class MVAU(wiring.Component):
         round_trip = fetch + self._mac.latency + 2 + max(serial - 1, 0)
         period = (self._k // self._simd) * max(serial, 1)
         return -(-round_trip // period)
+
+    @property
+    def requant_queue_depth(self):
+        """Entries of the requantization's own queue (`Requant.queue_depth`; 0 without
+        ``reserve`` or for the threshold modes)."""
+        return getattr(self._requant, "queue_depth", 0)
 
     @property
     def requant_interval(self):

@@ -9,7 +9,7 @@ import enum
 from collections.abc import Sequence
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, ValueLike, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -164,6 +164,15 @@ def biased_digits(y, n, width):
     return [Cat(y[k * width:(k + 1) * width - 1], ~y[(k + 1) * width - 1]).as_signed() for k in range(n)]
 
 
+def digit_words(value, bits, width):
+    """The `signed_digits` of the integer ``value`` (signed, ``bits`` bits) as one word: digit
+    ``k``'s ``width``-bit two's complement in bits ``k * width`` and up. ``(value + B) ^ B``
+    (`digit_bias`): each slice of ``value + B`` with its top bit inverted, as `biased_digits`
+    does in LUTs."""
+    bias = digit_bias(bits, width)[1]
+    return (value + bias) ^ bias
+
+
 def signed_digits(value, bits, width):
     """``value`` (a signed ``bits``-bit `Value`) as ``ceil((bits + 1) / width)`` signed
     ``width``-bit digits, lowest first, ``value == sum(d << (width * k))``: one adder (``value +
@@ -180,17 +189,19 @@ def shift_add_steps(m0_bits: int, digit_bits: int) -> int:
 
 BLOCK_ROM_DEPTH = 16        # from this depth a ROM of more than BLOCK_ROM_MIN_BITS bits is asked for block RAM
 BLOCK_ROM_MIN_BITS = 1024
+LOGIC_ROM_DEPTH = 64        # M0's digits for DSP cells in LUTs up to this depth (`Requant`'s ``dsp_cell``)
 
 
-def rom(m, values, index, en, shape, name):
+def rom(m, values, index, en, shape, name, *, logic=False):
     """``values[index]`` one cycle later (read when ``en``): a constant if all are equal; a ROM
     with a registered read otherwise (asked for block RAM from 16 entries and more than 1024 bits:
-    smaller ones cost fewer LUTs than a block)."""
+    smaller ones cost fewer LUTs than a block; asked for LUTs whatever its size with ``logic``)."""
     if len(set(values)) == 1:
         return Const(values[0], shape)
     block = len(values) >= BLOCK_ROM_DEPTH and len(values) * Shape.cast(shape).width > BLOCK_ROM_MIN_BITS
+    style = "logic" if logic else "block" if block else None
     m.submodules[name] = mem = Memory(shape=shape, depth=len(values), init=values,
-                                      attrs={"rom_style": "block"} if block else None)
+                                      attrs={"rom_style": style} if style else None)
     port = mem.read_port()
     m.d.comb += [port.addr.eq(index), port.en.eq(en)]
     return port.data
@@ -253,7 +264,18 @@ class Requant(wiring.Component):
         otherwise, the same cycles. Yosys's ECP5 flow packs no register into a
         MULT18X18D, so without it every piece is a fabric register, the DSP's 3.9 ns and another
         fabric register, with the routing to and from the DSP column in the same cycle (the
-        digits MLP w8a8's slowest path, 83.5 MHz).
+        digits MLP w8a8's slowest path, 83.5 MHz). M0's digits are then read from a ROM in
+        LUTs (up to `LOGIC_ROM_DEPTH` folds): a block RAM's 5.6 ns clock-to-output and the
+        routing to the DSP column in one cycle had limited the digits MLP w8a8 to 98.3 MHz.
+    reserve : bool
+        ``MULTIPLY`` only: the pipeline never stalls. Results go into a queue of `queue_depth`
+        beats (`amaranth.lib.fifo.SyncFIFO`, distributed RAM on the ECP5) instead of the output
+        register, and a beat is taken only while an entry is free for it (a count of free
+        entries, taken with the beat and given back when ``o`` takes one; ``i.ready`` is a
+        register). Without it every register of the pipeline, the DSPs' clock enables among
+        them, loads on ``o.ready``: a combinational path from the next stage's width converter
+        through the enable's fanout into the MAC queue before it (the digits MLP w4a4's slowest
+        path on the ECP5, 92.4 MHz). Same latency and rate.
 
     Members
     -------
@@ -276,7 +298,7 @@ class Requant(wiring.Component):
                  shift: Sequence[int], zero_point: int, lo: int, hi: int, out_bits: int, out_signed: bool,
                  m_bits: int = 24, mode: RequantMode = RequantMode.MULTIPLY, digit_bits: int = 1,
                  rounding: str = "half_up", split_multiply: bool = False, dsp_width: int | None = None,
-                 dsp_cell: str | None = None) -> None:
+                 dsp_cell: str | None = None, reserve: bool = False) -> None:
         if rounding not in ("half_up", "half_even"):
             raise ValueError(f"Rounding must be 'half_up' or 'half_even', not {rounding!r}")
         bias, m0, shift, zero_point, lo, hi, out_shape = check_requant_params(
@@ -302,6 +324,7 @@ class Requant(wiring.Component):
         if dsp_cell is not None and mode is RequantMode.MULTIPLY and self._dsp_width != DSP_CELLS[dsp_cell]:
             raise ValueError(f"dsp_cell {dsp_cell} takes dsp_width={DSP_CELLS[dsp_cell]}, not {self._dsp_width}")
         self._dsp_cell = dsp_cell if self._dsp_width is not None else None
+        self._reserve = bool(reserve) and mode is RequantMode.MULTIPLY
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(out_shape, lanes))),
@@ -333,6 +356,13 @@ class Requant(wiring.Component):
         return 2 if self._dsp_width else 1 if self._split else 0
 
     @property
+    def queue_depth(self):
+        """With ``reserve``: the entries of the output queue, the beats that can be taken and not
+        yet given back at full rate: the ``latency`` cycles, and one to give an entry back. 0
+        without."""
+        return self.latency + 1 if self._reserve else 0
+
+    @property
     def interval(self):
         """Cycles between beats at full rate."""
         return 1 if self._mode is RequantMode.MULTIPLY else self.steps + 1
@@ -341,7 +371,13 @@ class Requant(wiring.Component):
         m = Module()
         lanes, folds = self._lanes, self._channels // self._lanes
         en = Signal()          # the pipeline behind the multiply advances
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        if self._reserve:
+            # results go into a queue with an entry promised to every beat taken: no stall
+            out = stream.Signature(self.o.payload.shape()).create()
+            m.d.comb += en.eq(1)
+        else:
+            out = self.o
+            m.d.comb += en.eq(~self.o.valid | self.o.ready)
 
         counter = Signal(range(folds))          # fold of the next beat taken
         take = Signal()
@@ -353,17 +389,22 @@ class Requant(wiring.Component):
         p_valid, s_valid, h_valid = Signal(), Signal(), Signal()
         p_fold = Signal(range(folds))
         with m.If(en):
-            m.d.sync += [s_valid.eq(p_valid), h_valid.eq(s_valid), self.o.valid.eq(h_valid)]
+            m.d.sync += [s_valid.eq(p_valid), h_valid.eq(s_valid)]
+            if not self._reserve:
+                m.d.sync += self.o.valid.eq(h_valid)
 
         acc_max = 1 << (self._acc_bits - 1)
         steps = self.steps
         # a ROM read with the fold of the beat entering a stage is ready with the stage after it
         if self._mode is RequantMode.MULTIPLY:
             # input register I (accumulator, M0 read from its ROM), then the product register
-            m.d.comb += self.i.ready.eq(en)
             i_valid, i_fold = Signal(), Signal(range(folds))
             with m.If(en):
-                m.d.sync += [i_valid.eq(self.i.valid), i_fold.eq(counter)]
+                m.d.sync += [i_valid.eq(take), i_fold.eq(counter)]
+            if self._reserve:
+                self._reserve_queue(m, out, take, h_valid)
+            else:
+                m.d.comb += self.i.ready.eq(en)
             # the product's own stages (split halves; DSP operands, then pieces), then P
             q_valid, q_fold, ahead_fold = i_valid, i_fold, counter
             for k in range(self._product_stages):
@@ -411,10 +452,11 @@ class Requant(wiring.Component):
             prod = Signal(sum_shape if self._mode is RequantMode.SHIFT_ADD else prod_shape, name=f"prod_{lane}")
 
             if self._mode is RequantMode.MULTIPLY:
-                if self._dsp_width:     # M0's digits biased in the ROM (`digit_bias`): no adder
-                    n, bias = digit_bias(self._m_bits + 1, self._dsp_width)
-                    m0_sig = rom(m, [v + bias for v in m0], counter, en, unsigned(n * self._dsp_width),
-                                 f"m0_{lane}")
+                if self._dsp_width:     # M0's signed digits in the ROM (`digit_words`): wiring only
+                    n = digit_bias(self._m_bits + 1, self._dsp_width)[0]
+                    m0_sig = rom(m, [digit_words(v, self._m_bits + 1, self._dsp_width) for v in m0], counter,
+                                 en, unsigned(n * self._dsp_width), f"m0_{lane}",
+                                 logic=self._dsp_cell is not None and folds <= LOGIC_ROM_DEPTH)
                 else:
                     m0_sig = rom(m, m0, counter, en, unsigned(self._m_bits), f"m0_{lane}")
                 acc = Signal(signed(self._acc_bits), name=f"acc_{lane}")
@@ -463,12 +505,34 @@ class Requant(wiring.Component):
                 minus = Signal(name=f"even_{lane}")
                 m.d.comb += minus.eq(tie & (shifted[0] ^ (self._zero_point & 1)))
             with m.If(en):
-                m.d.sync += [
-                    total.eq(with_offset),
-                    shifted.eq((total >> least) >> shift_sig),
-                    self.o.payload[lane].eq(self._clamp(m, shifted, minus, lane)),
-                ]
+                m.d.sync += [total.eq(with_offset), shifted.eq((total >> least) >> shift_sig)]
+            clamped = self._clamp(m, shifted, minus, lane)
+            if self._reserve:       # into the queue: written in the cycle the register would load
+                m.d.comb += out.payload[lane].eq(clamped)
+            else:
+                with m.If(en):
+                    m.d.sync += self.o.payload[lane].eq(clamped)
         return m
+
+    def _reserve_queue(self, m, out, take, h_valid):
+        """``reserve``: the clamped results (``out``, combinational, valid with ``h_valid``) into a
+        `SyncFIFO` of `queue_depth` beats that ``o`` reads; ``i.ready`` while an entry is free for
+        the beat, ``free`` counting the entries not promised to a beat taken (taken with ``take``,
+        given back when ``o`` takes a beat)."""
+        depth = self.queue_depth
+        m.submodules.queue = queue = fifo.SyncFIFO(width=self.o.payload.shape().size, depth=depth)
+        free = Signal(range(depth + 1), init=depth)
+        room = Signal(init=1)
+        give = Signal()
+        free_next = Signal.like(free)
+        m.d.comb += [
+            queue.w_en.eq(h_valid), queue.w_data.eq(out.payload),    # always room: promised
+            self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready),
+            give.eq(queue.r_en & queue.r_rdy),
+            free_next.eq(free - take + give),
+            self.i.ready.eq(room),
+        ]
+        m.d.sync += [free.eq(free_next), room.eq(free_next != 0)]
 
     def _clamp(self, m, shifted, minus, lane):
         """``clamp(shifted - minus, lo, hi)`` (``minus``: None, or the half to even correction, one
@@ -498,14 +562,14 @@ class Requant(wiring.Component):
 
     def _dsp_pieces(self, m, lane, acc, m0_sig, en, prod):
         """``prod = acc * m0`` in two more registers: both operands as `signed_digits` of
-        ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits biased, `biased_digits`),
+        ``dsp_width`` bits in registers (``m0_sig`` holds M0's digits, `digit_words`),
         every pair's product in a register (`_dsp_product`), their sum. The sum adds the products
         of equal weight, then each weight's sum above the next one's low ``dsp_width`` bits
         (wiring). (A sum in two registered steps with the cells, a row per digit of ``acc``,
         left the digits MLP w8a8 unrouted after an hour: docs/boards.md.)"""
         w = self._dsp_width
         a_digits = signed_digits(acc, self._acc_bits, w)
-        b_digits = biased_digits(m0_sig, digit_bias(self._m_bits + 1, w)[0], w)
+        b_digits = [m0_sig[k * w:(k + 1) * w].as_signed() for k in range(len(m0_sig) // w)]
         weights = [[] for _ in range(len(a_digits) + len(b_digits) - 1)]
         for i, a_value in enumerate(a_digits):
             for j, b_value in enumerate(b_digits):

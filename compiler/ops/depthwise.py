@@ -71,7 +71,7 @@ class DepthwiseConv2dOp(Conv2dOp):
         h, w, c = tin.shape
         shifts = [int(v) for v in node.requant.shift]
         engine = estimate.resources(estimate.vvau_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts), m)
-        if "dsp_width" in multiply_options(m.get("target_family", "ice40"), estimate.mac_acc_bits(work)):
+        if "dsp_width" in multiply_options(m.get("target_family", "ice40")):
             engine = engine + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         return engine + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, fold.pe, m)
 
@@ -90,7 +90,7 @@ class DepthwiseConv2dOp(Conv2dOp):
         """Add the node's VVAU stage to the plan; its input port is ``<stage>.i``."""
         c, k = node.out_channels, node.fan_in
         params = self.engine_params(lw, node, fold, work, node.weights[0].reshape(c, k).tolist())
-        params.update(multiply_options(lw.policy.family, estimate.mac_acc_bits(work)))    # the VVAU always multiplies
+        params.update(multiply_options(lw.policy.family))    # the VVAU always multiplies
         return lw.stage(node, "", kind="vvau", engine="VVAU", params=params, in_per_beat=fold.pe,
                         out_per_beat=fold.pe, cycles=work.cycles(fold), fold=fold, buffered=k * c + 2 * fold.pe)
 

@@ -130,7 +130,7 @@ class MatrixOp(Op):
                                                       requant=choice), m)
         if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
-        if choice.mode == "multiply" and "dsp_width" in multiply_options(family, requant_acc_bits(node, work)):
+        if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
         queue = mac_queue(family, choice, fold)
         if queue == "skid":
@@ -138,6 +138,10 @@ class MatrixOp(Op):
         elif queue == "reserve":
             params = dict(self.clock_params(family, node, work, fold), style=fold.style, a_bits=work.a_bits)
             res = res + estimate.reserve_resources(work, fold, reserve_depth(params, work.k // fold.simd))
+            if choice.mode == "multiply":
+                out_bits = max(abs(int(node.requant.lo)), abs(int(node.requant.hi))).bit_length() + 1
+                depth = requant_timing(dict(requant="multiply", **multiply_options(family)))[0] + 1
+                res = res + estimate.requant_queue_resources(fold, out_bits, depth)
         return res
 
     def estimate(self, graph, node, work, fold, m):
@@ -186,7 +190,7 @@ class MatrixOp(Op):
         if queue is not None:
             params[queue] = True
         if choice.mode == "multiply":
-            params.update(multiply_options(lw.policy.family, requant_acc_bits(node, work)))
+            params.update(multiply_options(lw.policy.family))
         if choice.mode != "multiply":          # the engine's default
             params["requant"] = choice.mode
             if choice.mode == "shift_add":
@@ -244,27 +248,13 @@ def _combines(multipliers):
 MAC_LATENCY = 4          # the fetch register (weights and activations meet), then the MacArray's 3 cycles
 
 
-def requant_acc_bits(node, work):
-    """The accumulator width an MVAU's requantization sees (`qfab.hw.mvau.MVAU`: the MAC array's,
-    or with point multipliers other than a single 1 the point sum's, ``points * max |m|`` times
-    wider in range), from the worst case of the stage's types."""
-    acc = estimate.mac_acc_bits(work)
-    mult = np.abs(np.asarray(node.multipliers))
-    if node.points == 1 and bool((mult == 1).all()):
-        return acc
-    w_max = 1 if work.w_bits == 1 else 1 << (work.w_bits - 1)
-    bound = work.k * node.points * max(1, int(mult.max(initial=1))) * w_max * ((1 << work.a_bits) - 1)
-    return max(acc, bound.bit_length() + 1)
-
-
-def multiply_options(family, acc_bits=None):
-    """The `qfab.hw.requant.Requant` options of a ``multiply`` requantization of ``acc_bits``
-    accumulators on ``family``, so that every path through a DSP is registered at both ends and
-    times: on the iCE40 the product in SB_MAC16-sized pieces with the DSPs' own input and output
+def multiply_options(family):
+    """The `qfab.hw.requant.Requant` options of a ``multiply`` requantization on ``family``, so
+    that every path through a DSP is registered at both ends and times: on the iCE40 the product in SB_MAC16-sized pieces with the DSPs' own input and output
     registers (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders
     unregistered, paths nextpnr-ice40 does not time. On the ECP5 the product in 18-bit pieces
     (``dsp_width``, two more cycles), each a MULT18X18D cell with its own input registers
-    (``dsp_cell``; Yosys packs no register into one), whatever ``acc_bits``: a fabric register,
+    (``dsp_cell``; Yosys packs no register into one), whatever the accumulator: a fabric register,
     the DSP and a fabric register in one cycle had limited the MLP w8a8 to 83.5 MHz, and with
     the halves of ``split_multiply`` (one more cycle, accumulators of up to 17 bits) the MLP
     w4a4 to 94.8 MHz (a half's 3.9 ns in the DSP and 6.1 ns of routing to and from it). Before

@@ -97,6 +97,7 @@ def requant_params(draw):
                 rounding=draw(st.sampled_from(["half_up", "half_even"])),
                 split_multiply=draw(st.booleans()),
                 dsp_width=draw(st.sampled_from([None, None, 7, 16])),
+                reserve=draw(st.booleans()),
                 gap_prob=draw(st.sampled_from([0.0, 0.3])),
                 stall_prob=draw(st.sampled_from([0.0, 0.5])), seed=draw(st.integers(0, 999)))
 
@@ -199,19 +200,56 @@ def first_and_spacing(dut, payloads):
                                                        (RequantMode.MULTIPLY, 1, False, "MULT18X18D"),
                                                        (RequantMode.SHIFT_ADD, 1, False, None),
                                                        (RequantMode.SHIFT_ADD, 3, False, None)])
-def test_sim_latency_and_interval(mode, digit_bits, split, dsp):
-    """The documented latency and interval, measured with no gaps and no stalls."""
+@pytest.mark.parametrize("reserve", [False, True])
+def test_sim_latency_and_interval(mode, digit_bits, split, dsp, reserve):
+    """The documented latency and interval, measured with no gaps and no stalls (with the
+    reserved queue too: the same; 20 beats, more than the queue holds)."""
     cell = dsp if isinstance(dsp, str) else None
     dut = Requant(2, 4, mode=mode, digit_bits=digit_bits, split_multiply=split, dsp_width=18 if cell else dsp,
-                  dsp_cell=cell, **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
+                  dsp_cell=cell, reserve=reserve,
+                  **_kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6]))
     assert dut.latency == (7 if dsp else 6 if split else 5 if mode is RequantMode.MULTIPLY else dut.steps + 5)
-    latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(8)])
+    assert dut.queue_depth == (dut.latency + 1 if reserve and mode is RequantMode.MULTIPLY else 0)
+    latency, spacing = first_and_spacing(dut, [[v, -v] for v in range(20)])
     assert (latency, spacing) == (dut.latency, {dut.interval})
+
+
+@pytest.mark.parametrize("depth_cut", [1, 2])
+def test_reserve_queue_one_entry_short_is_slower(depth_cut, monkeypatch):
+    """The reserved queue is as deep as full rate needs and no deeper: with an entry fewer the
+    results come at a slower rate (each sent beat waits for an entry), and still exact."""
+    kwargs = _kwargs(bias=[1, 2, 3, 4], m0=[5, 1000, 3, 77], shift=[3, 9, 0, 6])
+    dut = Requant(2, 4, dsp_width=18, dsp_cell="MULT18X18D", reserve=True, **kwargs)
+    full = dut.queue_depth
+    monkeypatch.setattr(Requant, "queue_depth", property(lambda self: full - depth_cut))
+    payloads = [[v, -v] for v in range(20)]
+    latency, spacing = first_and_spacing(dut, payloads)
+    assert latency == dut.latency and max(spacing) > 1
+    assert run_stream(Requant(2, 4, dsp_width=18, dsp_cell="MULT18X18D", reserve=True, **kwargs),
+                      payloads, 20, stall_prob=0.3, seed=1) == \
+        run_stream(Requant(2, 4, **kwargs), payloads, 20)
+
+
+@pytest.mark.parametrize("bits,width", [(5, 4), (17, 16), (25, 18), (26, 18), (37, 18)])
+def test_digit_words(bits, width):
+    """M0's ROM words hold `signed_digits`' digits in two's complement: every slice read as a
+    signed number, weighted, gives the value back, for the extremes and random values."""
+    from qfab.hw.requant import digit_bias, digit_words
+    n = digit_bias(bits, width)[0]
+    rng = np.random.default_rng(bits)
+    values = [-(1 << (bits - 1)), (1 << (bits - 1)) - 1, 0, 1, -1] + rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), 50).tolist()
+    for v in values:
+        word = digit_words(v, bits, width)
+        assert 0 <= word < 1 << (n * width)
+        digits = [(word >> (k * width)) & ((1 << width) - 1) for k in range(n)]
+        digits = [d - (1 << width) if d >> (width - 1) else d for d in digits]
+        assert sum(d << (k * width) for k, d in enumerate(digits)) == v
 
 
 @pytest.mark.parametrize("m_bits", [4, 16, 24])
 @pytest.mark.parametrize("how", [{"split_multiply": True}, {"dsp_width": 16}, {"dsp_width": 9},
-                                 {"dsp_width": 18, "dsp_cell": "MULT18X18D"}])
+                                 {"dsp_width": 18, "dsp_cell": "MULT18X18D"},
+                                 {"dsp_width": 18, "dsp_cell": "MULT18X18D", "reserve": True}])
 @pytest.mark.parametrize("acc_bits", [12, 17, 18, 20])
 def test_split_multiply_at_the_extremes(m_bits, how, acc_bits):
     """The two half products summed, or the DSP-sized signed-digit pieces: every extreme
