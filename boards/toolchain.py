@@ -257,11 +257,14 @@ class ToolStopped(ToolError):
 class RouteWatch:
     """A ``stop`` check for `run_tool` on a nextpnr run: reads its log (``path``) as it grows and
     says to stop when the router's arcs left have not fallen below ``gain`` times their lowest
-    count of ``window`` seconds earlier (never without a count in that window, nor once the log
-    says "Routing complete"). nextpnr's router has no iteration limit: on a
-    congested placement it can hover at the same count for hours (the digits MLP w8a8 on the
-    ULX3S-85F at about 145,000 arcs for 10 minutes and more, where the same design less 236
-    flip-flops had routed in 7 minutes; docs/boards.md), while a converging route falls steadily.
+    count of ``window`` seconds earlier, or when it has printed no count for ``window`` seconds
+    (never before its first count, nor once the log says "Routing complete"). nextpnr's router
+    has no iteration limit: on a congested placement it can hover at the same count for hours
+    (the digits MLP w8a8 on the ULX3S-85F at about 145,000 arcs for 10 minutes and more, where
+    the same design less 236 flip-flops had routed in 7 minutes; docs/boards.md), while a
+    converging route falls steadily. It prints a count every 1,000 arcs routed: none for 10
+    minutes is a router ripping up the same few arcs (the digits MLP w4a4 at 191 arcs left for
+    half an hour, where the 1,000 before had taken 4 minutes).
 
     ``clock``: the time source (seconds), for tests."""
 
@@ -282,9 +285,15 @@ class RouteWatch:
             self.routed = self.routed or "Routing complete" in line
 
     def stalled(self, now):
-        """Why to stop at ``now``, or None: the lowest count up to ``window`` seconds ago, and
-        no count since then below ``gain`` times it."""
-        if self.routed or not self.history or now - self.history[0][0] < self._window:
+        """Why to stop at ``now``, or None: no count for ``window`` seconds, or the lowest count
+        up to ``window`` seconds ago and no count since then below ``gain`` times it."""
+        if self.routed or not self.history:
+            return None
+        last_time, last = self.history[-1]
+        if now - last_time >= self._window:
+            return (f"the router has printed no progress in {self._window / 60:g} minutes "
+                    f"({last} arcs left at its last count)")
+        if now - self.history[0][0] < self._window:
             return None
         before = min(a for t, a in self.history if t <= now - self._window)
         since = min((a for t, a in self.history if t > now - self._window), default=None)

@@ -58,10 +58,21 @@ def test_no_verdict_before_a_window_of_counts():
     assert not any(verdicts)
 
 
-def test_no_verdict_without_a_count_in_the_window_or_once_routed():
+def test_a_router_that_prints_no_count_for_a_window_is_stopped():
+    # the digits MLP w4a4 on the ULX3S-85F: 774 arcs left, 191 four minutes later, then nothing
+    # for half an hour (a count is printed every 1,000 arcs routed)
     watch = RouteWatch("unused.tim", window=600)
+    watch.feed(_log_line(774), 796)
+    watch.feed(_log_line(191), 1018)
+    assert watch.stalled(1500) is None                  # under a window since the last count
+    verdict = watch.stalled(1618)
+    assert verdict and "no progress in 10 minutes (191 arcs left at its last count)" in verdict
+
+
+def test_no_verdict_before_the_first_count_or_once_routed():
+    watch = RouteWatch("unused.tim", window=600)
+    assert watch.stalled(5000) is None                  # placement: no count yet, however long
     watch.feed(_log_line(74), 0)
-    assert watch.stalled(900) is None                   # no count since: no information, not a stall
     watch.feed(_log_line(74), 901)
     assert watch.stalled(1000)                          # a count, and no progress
     watch.feed("Info: Routing complete.\n", 1001)
