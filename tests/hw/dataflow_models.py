@@ -37,8 +37,9 @@ def unbeat(received):
     return np.array([v for beat in received for v in beat], dtype=np.int64)
 
 
-def simulate(dut, *testbenches, max_cycles=100_000):
-    """Run async testbenches side by side until they all finish; fail after ``max_cycles``."""
+def simulate(dut, *testbenches, background=(), max_cycles=100_000):
+    """Run async testbenches side by side until they all finish; fail after ``max_cycles``.
+    ``background``: testbenches (monitors) that run alongside and do not keep the run going."""
     sim = Simulator(dut)
     sim.add_clock(1e-6)
 
@@ -48,7 +49,8 @@ def simulate(dut, *testbenches, max_cycles=100_000):
 
     for tb in testbenches:
         sim.add_testbench(tb)
-    sim.add_testbench(watchdog, background=True)
+    for tb in (*background, watchdog):
+        sim.add_testbench(tb, background=True)
     sim.run()
 
 

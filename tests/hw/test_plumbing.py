@@ -7,7 +7,6 @@ from amaranth import signed, unsigned
 from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In
-from amaranth.sim import Simulator
 from hypothesis import given, settings, strategies as st
 
 from qfab.hw.plumbing import Fork, StreamFIFO, WidthConverter
@@ -63,12 +62,7 @@ def test_fifo_sim(elem, n, depth, gap, stall, seed):
             assert level <= depth
             levels.add(level)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.add_testbench(monitor, background=True)
-    sim.run()
+    simulate(dut, producer, consumer, background=[monitor])
     np.testing.assert_array_equal(unbeat(got), x)
     assert max(levels) >= 1
 

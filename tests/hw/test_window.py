@@ -180,8 +180,6 @@ def run_checking_ready(case, images, gap, stall, seed):
     """`run_window` that also checks, on every cycle, that the input's ready (a register computed
     a cycle ahead from the row and image ends) equals ``written < limit``: the rows written, and
     the rows that may be. Returns the received windows and the cycles where it did not."""
-    from amaranth.sim import Simulator
-
     rng = np.random.default_rng(seed)
     dut = SlidingWindow(signed(4), pad_value=-8, **case)
     top = dut.elaborate(None)               # simulated itself: its signals are the ones below
@@ -197,23 +195,15 @@ def run_checking_ready(case, images, gap, stall, seed):
     async def consumer(ctx):
         got.extend(await get_all(ctx, dut.o, count, stall_prob=stall, seed=seed + 1))
 
-    limit_cycles = 40 * (count + len(x) * np.prod(x[0].shape) // dut.simd) + 2_000   # far above a stalled rate
-
     async def checker(ctx):
         cycle = 0
-        while cycle < limit_cycles:
-            await ctx.tick()
+        async for _, _, ready, w, lim in ctx.tick().sample(dut.i.ready, written, limit):
             cycle += 1
-            if ctx.get(dut.i.ready) != (ctx.get(written) < ctx.get(limit)):
-                mismatches.append((cycle, ctx.get(dut.i.ready), ctx.get(written), ctx.get(limit)))
-        raise AssertionError(f"the window did not finish in {limit_cycles} cycles (deadlock?)")
+            if ready != (w < lim):
+                mismatches.append((cycle, ready, w, lim))
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.add_testbench(checker, background=True)
-    sim.run()
+    limit_cycles = 40 * (count + len(x) * np.prod(x[0].shape) // dut.simd) + 2_000   # far above a stalled rate
+    simulate(top, producer, consumer, background=[checker], max_cycles=int(limit_cycles))
     want = np.concatenate([windows_model(xi, dut._kernel, dut._stride, dut._padding, -8).reshape(-1) for xi in x])
     return unbeat(got), want, mismatches
 
