@@ -340,7 +340,8 @@ class MVAU(wiring.Component):
     @property
     def requant_queue_depth(self):
         """Entries of the requantization's own queue (`Requant.queue_depth`; 0 without
-        ``reserve`` or for the threshold modes)."""
+        ``reserve`` or for the threshold modes; `qfab.compiler.ops.matrix.requant_queue_depth`
+        says the same from the plan)."""
         return getattr(self._requant, "queue_depth", 0)
 
     @property

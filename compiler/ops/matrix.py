@@ -140,7 +140,7 @@ class MatrixOp(Op):
             res = res + estimate.reserve_resources(work, fold, reserve_depth(params, work.k // fold.simd))
             if choice.mode == "multiply":
                 out_bits = max(abs(int(node.requant.lo)), abs(int(node.requant.hi))).bit_length() + 1
-                depth = requant_timing(dict(requant="multiply", **multiply_options(family)))[0] + 1
+                depth = requant_queue_depth(dict(reserve=True, **multiply_options(family)))
                 res = res + estimate.requant_queue_resources(fold, out_bits, depth)
         return res
 
@@ -238,6 +238,15 @@ def requant_timing(params):
     if mode == "multiply":      # DSP pieces: operand and product registers; split: the halves
         extra = 2 if params.get("dsp_width") else 1 if params.get("split_multiply") else 0
     return choice.latency + extra, choice.interval
+
+
+def requant_queue_depth(params):
+    """Entries of an engine's requantization queue from its plan parameters
+    (`qfab.hw.requant.Requant.queue_depth`: with the MVAU's ``reserve``, a multiply's latency and
+    one more; 0 otherwise)."""
+    if not params.get("reserve") or params.get("requant", "multiply") != "multiply":
+        return 0
+    return requant_timing(params)[0] + 1
 
 
 def _combines(multipliers):

@@ -18,6 +18,7 @@ from qfab.compiler.latency import CONVERTER_LATENCY, FIFO_LATENCY, chain, estima
 from qfab.compiler.lowering import plan_graph, stage_component
 from qfab.compiler.ops import op_for
 from qfab.compiler.ops.depthwise import DepthwiseConv2d
+from qfab.compiler.ops.matrix import requant_queue_depth
 from qfab.compiler.plan import ElementType, PlanEdge
 from tests.compiler.graphs import conv_graph, dense_graph, every_kind_graphs, graph as make_graph
 
@@ -262,6 +263,9 @@ def test_ecp5_multiply_is_dsp_cell_pieces(name, scale):
         assert "split_multiply" not in stage.params, (stage.name, acc_bits)
         assert stage.params["dsp_width"] == 18 and stage.params["dsp_cell"] == "MULT18X18D", stage.name
         assert _engine_property(stage, lambda engine: engine._requant._dsp_cell) == "MULT18X18D"
+        # the MVAU's requantization never stalls, its queue as deep as the plan says (the estimate's)
+        depth = _engine_property(stage, lambda engine: getattr(engine, "requant_queue_depth", 0))
+        assert depth == requant_queue_depth(stage.params) == (8 if stage.engine == "MVAU" else 0), stage.name
 
 
 # ---- the recurrence ---------------------------------------------------------------------------
