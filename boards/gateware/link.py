@@ -86,7 +86,7 @@ class Link(wiring.Component):
         for ``error_hold_cycles`` after an error; a hold of over 64 cycles is counted in ticks
         of ``2**k`` cycles and may last up to two ticks longer), ``activity`` (toggles with every good frame).
 
-    Timing: the input goes to ``i`` two cycles after the INFER frame's last CRC byte arrives, one
+    Timing: the input goes to ``i`` three cycles after the INFER frame's last CRC byte arrives, one
     beat per ``in_per_beat + 1`` cycles at most. The RESULT header starts as soon as ``o`` is
     valid; ``o`` is then taken one beat per ``out_per_beat`` byte times (``10 * divisor`` cycles
     each). Answers go out in the order their cause happened, except that an ERROR or INFO reply
@@ -193,9 +193,21 @@ class Link(wiring.Component):
         error_pending, error_code, error_type, error_seq = Signal(), Signal(8), Signal(8), Signal(8)
         info_pending, info_seq = Signal(), Signal(8)
         activity = Signal()
-        byte = urx.o.payload
-        got = Signal()
-        m.d.comb += [urx.o.ready.eq(1), got.eq(urx.o.valid), rx_crc.data.eq(byte)]
+        # the received byte and its compares with constants, registered a cycle after the
+        # receiver's: the compares were in series with the parser's decisions (the UP5K digits
+        # MLP w8a8's slowest path, seven LUT levels from the receiver's byte to the parser's
+        # state, 33.2 MHz with 36 asked); a byte comes every 10 * divisor cycles
+        byte, got = Signal(8), Signal()
+        is_start, is_infer_byte, is_info_byte = Signal(), Signal(), Signal()
+        low_ok_byte, high_ok_byte, is_zero = Signal(), Signal(), Signal()
+        rx = urx.o.payload
+        m.d.comb += [urx.o.ready.eq(1), rx_crc.data.eq(byte)]
+        m.d.sync += [
+            got.eq(urx.o.valid), byte.eq(rx),
+            is_start.eq(rx == protocol.START), is_infer_byte.eq(rx == protocol.INFER),
+            is_info_byte.eq(rx == protocol.INFO), low_ok_byte.eq(rx == (in_elements & 0xFF)),
+            high_ok_byte.eq(rx == in_elements >> 8), is_zero.eq(rx == 0),
+        ]
 
         raised = Signal()               # an error is raised this cycle (it wins over the framer's clear)
 
@@ -210,7 +222,7 @@ class Link(wiring.Component):
         timed_out = Signal()
         with m.FSM() as parser:
             with m.State("IDLE"):
-                with m.If(got & (byte == protocol.START)):
+                with m.If(got & is_start):
                     m.d.comb += rx_crc.start.eq(1)
                     m.d.sync += [kind.eq(0), seq.eq(0)]     # a TIMEOUT before them names type and seq 0
                     m.next = "TYPE"
@@ -219,7 +231,7 @@ class Link(wiring.Component):
                     m.next = "IDLE"
                 with m.If(got):
                     m.d.comb += rx_crc.valid.eq(1)
-                    m.d.sync += [kind.eq(byte), is_infer.eq(byte == protocol.INFER), is_info.eq(byte == protocol.INFO)]
+                    m.d.sync += [kind.eq(byte), is_infer.eq(is_infer_byte), is_info.eq(is_info_byte)]
                     m.next = "SEQ"
             with m.State("SEQ"):
                 with m.If(timed_out):
@@ -233,7 +245,7 @@ class Link(wiring.Component):
                     m.next = "IDLE"
                 with m.If(got):
                     m.d.comb += rx_crc.valid.eq(1)
-                    m.d.sync += [length[:8].eq(byte), low_ok.eq(byte == (in_elements & 0xFF)), low_zero.eq(byte == 0)]
+                    m.d.sync += [length[:8].eq(byte), low_ok.eq(low_ok_byte), low_zero.eq(is_zero)]
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with m.If(timed_out):
@@ -242,7 +254,7 @@ class Link(wiring.Component):
                     m.d.comb += rx_crc.valid.eq(1)
                     m.d.sync += [length[8:].eq(byte), count.eq(0)]
                     with m.If(is_infer):
-                        with m.If(~low_ok | (byte != in_elements >> 8)):
+                        with m.If(~low_ok | ~high_ok_byte):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
                         with m.Elif(loaded | ~seqs.w_rdy):
@@ -251,7 +263,7 @@ class Link(wiring.Component):
                         with m.Else():
                             m.next = "PAYLOAD"
                     with m.Elif(is_info):
-                        with m.If(~low_zero | (byte != 0)):
+                        with m.If(~low_zero | ~is_zero):
                             error(protocol.BAD_LENGTH)
                             m.next = "SKIP"
                         with m.Else():
