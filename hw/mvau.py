@@ -13,6 +13,7 @@ from qfab.base import ints
 
 from ._arith import Encoding, code_range, code_shape, const_select
 from .mac import MacArray, MacStyle
+from .plumbing import count_room
 from .requant import Requant, RequantMode
 from .threshold import ThresholdRequant
 from .weights import MemoryKind, WeightMemory
@@ -475,13 +476,8 @@ class MVAU(wiring.Component):
         if self._reserve:
             depth = self.queue_depth
             m.submodules.queue = queue = self._queue
-            # free entries not yet promised to a dot product on its way; ``room`` is ``free != 0``
-            free = Signal(range(depth + 1), init=depth)
-            take, give = Signal(), Signal()
-            m.d.comb += [take.eq(fire & syn_last), give.eq(queue.r_en & queue.r_rdy)]
-            free_next = Signal.like(free)
-            m.d.comb += free_next.eq(free - take + give)
-            m.d.sync += [free.eq(free_next), room.eq(free_next != 0)]
+            # an entry for every dot product on its way: taken at its last beat's issue
+            count_room(m, depth, take=fire & syn_last, give=queue.r_en & queue.r_rdy, room=room)
             m.d.comb += [queue.w_data.eq(mac.o.payload), queue.w_en.eq(mac.o.valid),
                          mac.o.ready.eq(1)]       # always room: the MAC array's enable is constant
             source = stream.Signature(mac.o.payload.shape()).create()

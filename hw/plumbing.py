@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from ._params import check_positive, check_shape
 
-__all__ = ["StreamFIFO", "WidthConverter", "Fork"]
+__all__ = ["StreamFIFO", "WidthConverter", "Fork", "count_room"]
 
 
 class StreamFIFO(wiring.Component):
@@ -277,3 +277,15 @@ class Fork(wiring.Component):
             with m.Else():
                 m.d.sync += done.eq(taken)
         return m
+
+
+def count_room(m, depth, take, give, room):
+    """Drive ``room`` (a register, ``Signal(init=1)``) to say an entry of a queue of ``depth`` is
+    free for a beat not yet promised one: a count of free entries falls by ``take`` (a beat is
+    promised an entry) and rises by ``give`` (the queue's reader took a beat), and ``room`` is the
+    next count's ``!= 0``, so that a promise never waits on a combinational path to the reader.
+    """
+    free = Signal(range(depth + 1), init=depth)
+    free_next = Signal.like(free)
+    m.d.comb += free_next.eq(free - take + give)
+    m.d.sync += [free.eq(free_next), room.eq(free_next != 0)]

@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 from qfab.base import ints
 
 from .cells import DSP_CELLS, DspProduct
+from .plumbing import count_room
 
 __all__ = ["RequantMode", "Requant", "requantize", "const_multiply", "csd_digits", "shift_add_steps",
            "signed_digits", "digit_bias", "biased_digits"]
@@ -521,18 +522,13 @@ class Requant(wiring.Component):
         given back when ``o`` takes a beat)."""
         depth = self.queue_depth
         m.submodules.queue = queue = fifo.SyncFIFO(width=self.o.payload.shape().size, depth=depth)
-        free = Signal(range(depth + 1), init=depth)
         room = Signal(init=1)
-        give = Signal()
-        free_next = Signal.like(free)
         m.d.comb += [
             queue.w_en.eq(h_valid), queue.w_data.eq(out.payload),    # always room: promised
             self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready),
-            give.eq(queue.r_en & queue.r_rdy),
-            free_next.eq(free - take + give),
             self.i.ready.eq(room),
         ]
-        m.d.sync += [free.eq(free_next), room.eq(free_next != 0)]
+        count_room(m, depth, take=take, give=queue.r_en & queue.r_rdy, room=room)
 
     def _clamp(self, m, shifted, minus, lane):
         """``clamp(shifted - minus, lo, hi)`` (``minus``: None, or the half to even correction, one
