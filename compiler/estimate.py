@@ -241,20 +241,23 @@ def skid_resources(stage, fold, choice=None):
     return Resources(luts=bits, ffs=2 * bits)
 
 
+def _dram_queue(bits, depth):
+    """A queue of ``depth`` words of ``bits`` in the ECP5's distributed RAM (16 words x 4 bits in a
+    slice pair and the write slice beside it: about 1.5 LUT4 per bit and 16 words), its level and
+    free count."""
+    return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
+
+
 def reserve_resources(stage, fold, depth):
     """An MVAU's reserved queue (`qfab.hw.mvau.MVAU`'s ``reserve``): ``depth`` beats of ``pe``
-    accumulators in the ECP5's distributed RAM (16 words x 4 bits in a slice pair and the
-    write slice beside it: about 1.5 LUT4 per bit and 16 words), its level and free count."""
-    bits = fold.pe * mac_acc_bits(stage)
-    return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
+    accumulators (`_dram_queue`)."""
+    return _dram_queue(fold.pe * mac_acc_bits(stage), depth)
 
 
 def requant_queue_resources(fold, out_bits, depth):
     """An MVAU's requantization queue (`qfab.hw.requant.Requant`'s ``reserve``, with the MVAU's
-    reserved queue): ``depth`` beats of ``pe`` outputs of ``out_bits`` in distributed RAM, as
-    `reserve_resources` counts it, its level and free count."""
-    bits = fold.pe * out_bits
-    return Resources(luts=math.ceil(1.5 * bits * math.ceil(depth / 16)) + 12, ffs=4 * depth.bit_length() + 4)
+    reserved queue): ``depth`` beats of ``pe`` outputs of ``out_bits`` (`_dram_queue`)."""
+    return _dram_queue(fold.pe * out_bits, depth)
 
 
 def _pool_acc_bits(stage):
