@@ -258,9 +258,10 @@ MAC_LATENCY = 4          # the fetch register (weights and activations meet), th
 
 
 def multiply_options(family):
-    """The `qfab.hw.requant.Requant` options of a ``multiply`` requantization on ``family``, so
-    that every path through a DSP is registered at both ends and times: on the iCE40 the product in SB_MAC16-sized pieces with the DSPs' own input and output
-    registers (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders
+    """The `qfab.hw.requant.Requant` options of a ``multiply`` requantization on ``family``.
+
+    Every path through a DSP is registered at both ends and times: on the iCE40 the product in
+    SB_MAC16-sized pieces with the DSPs' own input and output registers (``dsp_width``): Yosys otherwise chains the pieces through the DSPs' adders
     unregistered, paths nextpnr-ice40 does not time. On the ECP5 the product in 18-bit pieces
     (``dsp_width``, two more cycles), each a MULT18X18D cell with its own input registers
     (``dsp_cell``; Yosys packs no register into one), whatever the accumulator: a fabric register,
