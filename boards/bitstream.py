@@ -176,9 +176,9 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         error: the bitstream is kept, `Report.timing_met` is False and ``Report.warnings`` (also
         logged) names the critical path.
     """
-    attempts = []
+    attempts, synthesized = [], {}
     report, seed = _build_routed(build_dir, board_name, freq_mhz, out_dir, baud=baud, core=core, log=log,
-                                 attempts=attempts)
+                                 attempts=attempts, synthesized=synthesized)
     left = retries if core is None else 0
     while left > 0:
         if report.timing_met or not report.fmax_mhz:
@@ -193,25 +193,28 @@ def build_bitstream(build_dir, board_name, freq_mhz=None, out_dir=None, *, baud=
         log(f"timing missed (Fmax {report.fmax_mhz:.2f} MHz < {report.requested_mhz:g} MHz): placing and "
             f"routing again at {again:g} MHz {how}")
         report, seed = _build_routed(build_dir, board_name, again, out_dir, baud=baud, core=core, log=log,
-                                     attempts=attempts, seed=seed)
+                                     attempts=attempts, seed=seed, synthesized=synthesized)
     return report
 
 
 ROUTE_SEEDS = (2, 3)    # placer seeds tried, in turn, after a route that stopped making progress
 
 
-def _build_routed(build_dir, board_name, freq_mhz, out_dir, *, seed=None, log, **kwargs):
+def _build_routed(build_dir, board_name, freq_mhz, out_dir, *, seed=None, log, synthesized=None, **kwargs):
     """`_build_once` and the placer seed it used (None: nextpnr's default); a place and route
     stopped because its router made no progress (`qfab.boards.toolchain.RouteWatch`) is placed
     again with each of `ROUTE_SEEDS` in turn (another placement of the same netlist routes or
     not independently), so that a later retry (`next_attempt`) knows which seed it had.
-    `RouteStalled` if none routes."""
+    `RouteStalled` if none routes. ``synthesized``: `_build_once`'s record of the netlist in the
+    tools' folder, shared by the attempts of one `build_bitstream`."""
     tried = []
+    synthesized = {} if synthesized is None else synthesized
     for again in (seed, *(s for s in ROUTE_SEEDS if s != seed)):
         if tried:
             log(f"placing again with placer seed {again}: {tried[-1][1]}")
         try:
-            return _build_once(build_dir, board_name, freq_mhz, out_dir, log=log, seed=again, **kwargs), again
+            return _build_once(build_dir, board_name, freq_mhz, out_dir, log=log, seed=again,
+                               synthesized=synthesized, **kwargs), again
         except ToolStopped as e:
             tried.append((again, e.reason))
     seeds = ", ".join("default" if s is None else str(s) for s, _ in tried)
@@ -244,7 +247,12 @@ def _utilisation(log_text, cell):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts, seed=None):
+def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, attempts, seed=None,
+                synthesized=None):
+    """One synthesis, place and route and pack of ``build_dir`` for ``board_name`` at ``freq_mhz``
+    with placer ``seed``. ``synthesized`` (a dict, or None) records the clock the tools' folder
+    holds a netlist for; an attempt at the same clock (another placer seed) places that netlist
+    instead of synthesizing the same design again (minutes on the ECP5)."""
     board = get_board(board_name)
     baud = baud or DEFAULT_BAUD
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(build_dir) / "bitstream" / board.name
@@ -254,7 +262,12 @@ def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, at
         core = InferenceCore(build_dir, clock_hz=clock_mhz(board, freq_mhz) * 1e6, baud=baud)
     top = BoardTop(core, board, freq_mhz)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", STAT_FILE, f"{NAME}.tim", f"{NAME}.rpt", f"{NAME}.bin", f"{NAME}.bit"):
+    synthesized = {} if synthesized is None else synthesized
+    # the netlist of an attempt before at the same clock (same core, baud and PLL) is this one's
+    reuse = synthesized.get("mhz") == top.clock_mhz and (folder / f"{NAME}.json").is_file()
+    synthesized.pop("mhz", None)            # until this attempt's synthesis is done, none is known
+    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.bin", f"{NAME}.bit") \
+            + (() if reuse else (STAT_FILE, f"{NAME}.rpt", f"{NAME}.json")):
         (folder / stale).unlink(missing_ok=True)
     plan = board.new_platform().build(
         top, name=NAME, build_dir=str(folder), do_build=False,
@@ -271,10 +284,15 @@ def _build_once(build_dir, board_name, freq_mhz, out_dir, *, baud, core, log, at
     seconds, start = {}, time.monotonic()
     with LogFollower([folder / f"{NAME}.rpt", folder / f"{NAME}.tim"], log, start=start):
         for variable, line in steps:
-            t = time.monotonic()
-            _run_step(variable, line, preamble, folder, env, board)
             step = STEPS.get(variable, variable.lower())
-            seconds[step] = seconds.get(step, 0.0) + time.monotonic() - t
+            if step == "synthesis" and reuse:
+                log(f"synthesis: the netlist of the attempt before ({NAME}.json, same design and clock)")
+            else:
+                t = time.monotonic()
+                _run_step(variable, line, preamble, folder, env, board)
+                seconds[step] = seconds.get(step, 0.0) + time.monotonic() - t
+            if step == "synthesis":
+                synthesized["mhz"] = top.clock_mhz
     seconds["tools"] = time.monotonic() - start
     nextpnr = parse_report((folder / "report.json").read_text()) if (folder / "report.json").exists() \
         else NextpnrReport({}, None, None, (), None)

@@ -174,3 +174,47 @@ def test_a_route_that_stalls_with_every_seed_is_a_clear_error(monkeypatch):
     with pytest.raises(bitstream.RouteStalled):
         bitstream._build_routed("b", "ulx3s_85f", 90, None, seed=2, log=lambda m: None)
     assert seeds == [2, 3]
+
+
+def test_another_placement_of_the_same_design_is_not_synthesized_again(tmp_path, monkeypatch):
+    """The seed retries of one `build_bitstream` at one clock place the netlist the first attempt
+    synthesized (a resynthesis of the same design costs minutes on the ECP5); another clock or
+    another call synthesizes again. The tools are replaced by a record of the steps they were
+    asked for: a synthesis writes a netlist, the first place and route stalls."""
+    from importlib.resources import files
+
+    from qfab.compiler.compile import compile_graph
+    from qfab.compiler.datasets import digits
+    from qfab.compiler.load import load_graph
+    from qfab.compiler.ptq import QuantConfig
+    graph = load_graph(str(files("qfab.compiler") / "data" / "digits_mlp.onnx"), digits("flat")[0],
+                       QuantConfig(w_bits=4, a_bits=4))
+    compile_graph(graph, tmp_path / "b", target_ii=1024, log=lambda *a: None)
+    steps, stalls = [], [1]
+
+    def fake_step(variable, line, preamble, folder, env, board):
+        steps.append(variable)
+        if variable == "YOSYS":
+            assert not (folder / f"{bitstream.NAME}.json").exists()     # no stale netlist before
+            (folder / f"{bitstream.NAME}.json").write_text("{}")
+        elif variable.startswith("NEXTPNR") and stalls:
+            stalls.pop()
+            raise ToolStopped("place and route: stopped", "hovering")
+
+    monkeypatch.setattr(bitstream, "_run_step", fake_step)
+    lines = []
+    report = bitstream.build_bitstream(tmp_path / "b", "icebreaker", 30, log=lines.append, retries=0)
+    assert steps == ["YOSYS", "NEXTPNR_ICE40", "NEXTPNR_ICE40", "ICEPACK"]
+    assert any("the netlist of the attempt before" in line for line in lines)
+    assert report.attempts == ((30, None),)
+    # a new call synthesizes (the build folder may have changed between calls) ...
+    steps.clear()
+    bitstream.build_bitstream(tmp_path / "b", "icebreaker", 30, log=lambda m: None, retries=0)
+    assert steps == ["YOSYS", "NEXTPNR_ICE40", "ICEPACK"]
+    # ... and so does an attempt at another clock (the PLL and the UART divider differ)
+    steps.clear()
+    synthesized = {}
+    for mhz in (30, 24):
+        bitstream._build_routed(tmp_path / "b", "icebreaker", mhz, None, log=lambda m: None, baud=None,
+                                core=None, attempts=[], synthesized=synthesized)
+    assert steps == ["YOSYS", "NEXTPNR_ICE40", "ICEPACK"] * 2
