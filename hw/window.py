@@ -5,7 +5,7 @@ for each output pixel, in row-major order, it emits the ``KH x KW x C`` window o
 input, flattened in ``(ky, kx, c)`` order.
 """
 
-from amaranth.hdl import Module, Mux, ShapeLike, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, ShapeLike, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,6 +20,17 @@ def _add_mod(value, step, modulus):
     step %= modulus
     total = value + step
     return Mux(total >= modulus, total - modulus, total)
+
+
+def _row_table(values, shape, index):
+    """``values[index]``: a constant per output row (``index``), each of ``shape``, read from a
+    table in LUTs rather than computed (the clamps and adds that computed ``limit_after``, in
+    series, had been the UP5K digits CNN w8a8's slowest path once ``need`` was a register too)."""
+    shape = Shape.cast(shape)
+    if len(values) == 1:
+        return Const(values[0], shape)
+    word = Cat(*(Const(v, shape) for v in values)).word_select(index, shape.width)
+    return word.as_signed() if shape.signed else word
 
 
 class SlidingWindow(wiring.Component):
@@ -156,7 +167,14 @@ class SlidingWindow(wiring.Component):
         def rows_needed(row):
             """Input rows output row ``row`` needs (the last output row waits for the whole image)."""
             return h if row == ho - 1 else min(row * sh - top + kh, h)
-        need = Signal(range(min(0, *(rows_needed(r) for r in range(ho))), h + 1), init=rows_needed(0))
+        need_range = range(min(0, *(rows_needed(r) for r in range(ho))), h + 1)
+        need = Signal(need_range, init=rows_needed(0))
+        # ``need_after``: the value ``need`` takes at the end of output row ``oy``, so that
+        # ``have_rows`` (``written >= need``) is a register computed a cycle ahead, as ``room`` is
+        # below: the compare into the reader's counter enables had been the UP5K digits CNN w4a4's
+        # slowest path (``need`` through a carry chain and five LUTs to ``oy``'s enable, 35.4 MHz)
+        need_after = Signal(need_range, init=rows_needed(1 % ho))
+        have_rows = Signal(init=0 >= rows_needed(0))
 
         # --- writer: row r may overwrite row r - R once no output row still needs it ---------
         # ``limit``: the rows that may be written, the first row still needed plus R; a register
@@ -167,15 +185,15 @@ class SlidingWindow(wiring.Component):
         # compare into the input FIFO's read logic had been the ECP5 digits CNN w4a4's slowest
         # path (102.1 MHz). Its next value is one of six compares of registers with constants
         # added, chosen by whether a row is written, the image is done and the output row ends.
-        def first_needed(top_row):
-            return Mux(top_row < 0, 0, Mux(top_row > h, h, top_row))
+        def limit_for(row):
+            """``limit`` during output row ``row``: its first input row, clamped, plus R."""
+            return min(max(row * sh - top, 0), h) + rows
 
-        first_limit = min(max(-top, 0), h) + rows               # ``limit`` at output row 0
-        limit_at_end = first_limit if ho == 1 else min(max(-top + sh, 0), h) + rows     # ... of row 0
-        limit = Signal(range(h + rows + 1), init=first_limit)
-        limit_after = Signal(range(h + rows + 1), init=limit_at_end)
+        limit = Signal(range(h + rows + 1), init=limit_for(0))
+        limit_after = Signal(range(h + rows + 1), init=limit_for(1 % ho))
         room = Signal(init=1)                   # written < limit
         self._ready_terms = (written, limit)    # for a test of that invariant
+        self._have_terms = (have_rows, written, need)   # and of have_rows == (written >= need)
         waddr = Signal(range(rows * row_words))
         wcol = Signal(range(row_words))
         row_done = Signal()
@@ -199,6 +217,14 @@ class SlidingWindow(wiring.Component):
                                     Mux(row_done, written + 1 < limit_after, written < limit_after)))
         with m.Else():
             m.d.sync += room.eq(Mux(row_done, written + 1 < limit, written < limit))
+        # ``have_rows`` a cycle ahead: ``written`` next against ``need`` next (``need_after`` at a
+        # row end, less H at the image's end: an unsigned compare again, N + H)
+        with m.If(row_end):
+            m.d.sync += have_rows.eq(
+                Mux(image_done, Mux(row_done, written + 1 >= need_after + h, written >= need_after + h),
+                    Mux(row_done, written + 1 >= need_after, written >= need_after)))
+        with m.Else():
+            m.d.sync += have_rows.eq(Mux(row_done, written + 1 >= need, written >= need))
 
         # --- reader: (oy, ox, ky, kx, fold) loops, one memory read per cycle -------------------
         ox = Signal(range(wo))
@@ -212,7 +238,6 @@ class SlidingWindow(wiring.Component):
         iy = win_top + ky
         ix = ix_base + kx
         is_pad = (iy < 0) | (iy >= h) | (ix < 0) | (ix >= w)
-        have_rows = written >= need
 
         out_valid = Signal()
         out_pad = Signal()
@@ -259,11 +284,14 @@ class SlidingWindow(wiring.Component):
                             m.d.sync += [
                                 oy.eq(Mux(last_oy, 0, oy + 1)),
                                 win_top.eq(Mux(last_oy, -top, next_top)),
+                                # the next ``*_after``: the value for output row oy + 2 (rows wrap
+                                # at the image's end), from a table by oy
                                 limit.eq(limit_after),
-                                limit_after.eq(Mux(last_oy, limit_at_end,
-                                                   Mux(oy == ho - 2, first_limit, first_needed(next_top + sh) + rows))),
-                                need.eq(Mux(last_oy, rows_needed(0),
-                                            Mux(oy == ho - 2, h, Mux(next_top + kh > h, h, next_top + kh)))),
+                                limit_after.eq(_row_table([limit_for((r + 2) % ho) for r in range(ho)],
+                                                          limit_after.shape(), oy)),
+                                need.eq(need_after),
+                                need_after.eq(_row_table([rows_needed((r + 2) % ho) for r in range(ho)],
+                                                         need_after.shape(), oy)),
                             ]
                             with m.If(last_oy):      # image done
                                 next_img = _add_mod(img_slot, h, rows)

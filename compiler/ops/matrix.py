@@ -132,7 +132,7 @@ class MatrixOp(Op):
             res = res + estimate.fetch_register_resources(work, fold)
         if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
             res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
-        queue = mac_queue(family, choice, fold)
+        queue = mac_queue(family, choice)
         if queue == "skid":
             res = res + estimate.skid_resources(work, fold, choice)
         elif queue == "reserve":
@@ -186,7 +186,7 @@ class MatrixOp(Op):
             params["pixels"] = fold.pixels
         params.update(self.clock_params(lw.policy.family, node, work, fold))
         choice = self.requant_choice(graph, node, work, fold, lw.policy.family)
-        queue = mac_queue(lw.policy.family, choice, fold)
+        queue = mac_queue(lw.policy.family, choice)
         if queue is not None:
             params[queue] = True
         if choice.mode == "multiply":
@@ -295,7 +295,7 @@ def wants_fetch_register(family, node, work, fold):
     return family == "ecp5" and varying_weights(node, work, fold)
 
 
-def mac_queue(family, choice=None, fold=None):
+def mac_queue(family, choice=None):
     """The queue an MVAU gets after its MAC array: ``"reserve"`` (`qfab.hw.mvau.MVAU`'s
     ``reserve``: a MAC array that never stalls, its last beats issued only with room reserved in a
     queue after it), ``"skid"`` (``skid``: a queue before the requantization) or ``None``.
@@ -310,18 +310,18 @@ def mac_queue(family, choice=None, fold=None):
 
     On the iCE40 (no distributed RAM: the reserved queue would be flip-flops) the skid, before a
     requantization of several cycles a beat (``choice``, a `estimate.RequantChoice`: shift and
-    add, or the threshold search, whose ready hangs on its step counter) in an MVAU of 8 or more
-    MAC lanes (``fold``: PE x SIMD; the MAC array's enable loads their trees' registers): there
-    the queue is one register of ``pe`` accumulators (`estimate.skid_resources`), and that
-    chain, through the MAC array's enable into the vector store's counters, was the digits MLP
-    w4a4's slowest path (`gemm_7`, SIMD 8, eight LUT levels, 35.0 MHz with 36 asked). Not on
-    fewer lanes: the digits CNN w8a8 (two shift-and-add layers of one lane) then no longer fits
-    the UP5K by the estimate, and its clock was not limited there. The two-beat queue on every
-    MVAU had been tried on the iCE40 and taken back (below)."""
+    add, or the threshold search, whose ready hangs on its step counter): there the queue is one
+    register of ``pe`` accumulators (`estimate.skid_resources`), and that chain, through the MAC
+    array's enable into the vector store's counters, was the digits MLP w4a4's slowest path
+    (`gemm_7`, SIMD 8, eight LUT levels, 35.0 MHz with 36 asked), and with one lane the digits
+    CNN w8a8's (`gemm_24`, shift and add, the requantization's ``o.valid`` through six LUT levels
+    into the vector store's enable, 35.6 MHz; 38.2 with the skid, the MLPs 39.3 and 40.5, 2 %
+    more logic cells; it had first been kept to MVAUs of 8 or more lanes, when the CNN w8a8 with
+    it did not fit by the estimate). The two-beat queue on every MVAU had been tried on the iCE40
+    and taken back (below)."""
     if family == "ecp5":
         return "reserve"
-    if (choice is not None and choice.interval > 1 and fold is not None
-            and fold.pe * fold.simd * fold.pixels >= 8):
+    if choice is not None and choice.interval > 1:
         return "skid"
     return None
 

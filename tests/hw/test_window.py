@@ -179,11 +179,14 @@ def test_throughput(case):
 def run_checking_ready(case, images, gap, stall, seed):
     """`run_window` that also checks, on every cycle, that the input's ready (a register computed
     a cycle ahead from the row and image ends) equals ``written < limit``: the rows written, and
-    the rows that may be. Returns the received windows and the cycles where it did not."""
+    the rows that may be; and that the reader's go (``have_rows``, a register too) equals
+    ``written >= need``, the rows the current output row needs. Returns the received windows and
+    the cycles where either did not."""
     rng = np.random.default_rng(seed)
     dut = SlidingWindow(signed(4), pad_value=-8, **case)
     top = dut.elaborate(None)               # simulated itself: its signals are the ones below
     written, limit = dut._ready_terms
+    have_rows, written_, need = dut._have_terms
     x = [codes(rng, (case["height"], case["width"], case["channels"]), 4, True) for _ in range(images)]
     ho, wo = dut.output_size
     count = images * ho * wo * dut.window_beats
@@ -197,10 +200,12 @@ def run_checking_ready(case, images, gap, stall, seed):
 
     async def checker(ctx):
         cycle = 0
-        async for _, _, ready, w, lim in ctx.tick().sample(dut.i.ready, written, limit):
+        async for _, _, ready, w, lim, have, n in ctx.tick().sample(dut.i.ready, written, limit, have_rows, need):
             cycle += 1
             if ready != (w < lim):
-                mismatches.append((cycle, ready, w, lim))
+                mismatches.append((cycle, "ready", ready, w, lim))
+            if have != (w >= n):
+                mismatches.append((cycle, "have_rows", have, w, n))
 
     limit_cycles = 40 * (count + len(x) * np.prod(x[0].shape) // dut.simd) + 2_000   # far above a stalled rate
     simulate(top, producer, consumer, background=[checker], max_cycles=int(limit_cycles))
@@ -222,6 +227,9 @@ def test_ready_is_written_below_limit_every_cycle(case, images, gap, stall, seed
     dict(height=5, width=3, channels=1, kernel=3, stride=1, padding=(2, 0, 0, 0), simd=1),
     # the last output rows need no new input row: the limit stops at H + R
     dict(height=4, width=2, channels=1, kernel=2, stride=1, padding=(0, 0, 2, 0), simd=1),
+    # the bottom row is in no window: the last output row (``need_after`` two rows ahead) still
+    # waits for the whole image, or ``written`` loses H before the image is written
+    dict(height=7, width=3, channels=1, kernel=2, stride=2, padding=(0, 0, 0, 0), simd=1),
 ])
 def test_ready_where_the_limit_stands_still(case):
     """Row ends at which ``limit`` does not move, hit in the cycle a row is written: where a ready
