@@ -65,8 +65,10 @@ def test_the_digits_cnn_w8a8_fits_the_up5k_on_its_dsps(tmp_path):
     """Fully folded with every requantization in logic it fits the UP5K's budget (the shift-and-add
     multiply's adder as wide as the accumulator) but fills more than 95 % of its cells, which
     nextpnr did not route in 17 minutes: `--board` puts the first layer's requantization on the
-    idle SB_MAC16s (`spend_dsps`). With no DSPs it is all in logic; with a tenth fewer cells it
-    is refused, naming the cells and the bits."""
+    idle SB_MAC16s (`spend_dsps`). With no DSPs it is all in logic, about 2 % more cells than
+    the UP5K's budget since every multi-cycle requantization has a skid before it on the iCE40
+    (`mac_queue`: the clock's sake): refused there, naming the cells, and fitted with 2 % more;
+    with a tenth fewer cells it is refused, naming the cells and the bits."""
     from importlib.resources import files
     cnn = load_graph(str(files("qfab.compiler") / "data" / "digits_cnn.onnx"), digits("NCHW")[0][:300],
                      QuantConfig(w_bits=8, a_bits=8))
@@ -77,8 +79,11 @@ def test_the_digits_cnn_w8a8_fits_the_up5k_on_its_dsps(tmp_path):
     modes = [s.requant for s in manifest.stages if s.kind == "mvau"]
     assert "multiply" in modes and set(modes) != {"multiply"}
     none = dataclasses.replace(budget, dsps=0)
+    with pytest.raises(QfabError, match=rf"even fully folded: estimated logic cells \d+ > {none.logic_cells} "):
+        compile_graph(cnn, tmp_path / "w8_logic", budget=none, log=lambda *a: None)
+    none = dataclasses.replace(none, logic_cells=int(budget.logic_cells * 1.02))
     manifest = compile_graph(cnn, tmp_path / "w8_logic", budget=none, log=lambda *a: None).manifest
-    assert manifest.estimates.total.logic_cells <= budget.logic_cells and manifest.estimates.total.dsps == 0
+    assert manifest.estimates.total.logic_cells <= none.logic_cells and manifest.estimates.total.dsps == 0
     assert {s.requant for s in manifest.stages if s.kind == "mvau"} == {"shift_add"}
     small = dataclasses.replace(budget, logic_cells=int(budget.logic_cells * 0.9))
     with pytest.raises(QfabError, match=rf"even fully folded: estimated logic cells \d+ > {small.logic_cells} "
