@@ -26,7 +26,7 @@ __all__ = ["logic_cells", "Resources", "Terms", "model", "stage_resources", "win
            "converter_resources", "fork_resources", "stage_terms", "window_terms", "fifo_terms",
            "converter_terms", "fork_terms", "resources", "total", "cost_luts", "weights_in_logic", "KINDS",
            "structure", "REQUANT_MODES", "RequantChoice", "requant_options", "choose_requant", "beat_cycles",
-           "dsp_piece_resources", "fmax_estimate", "fmax_by_kind", "fill_derate", "timing_kinds",
+           "dsp_piece_resources", "tree_register_resources", "fmax_estimate", "fmax_by_kind", "fill_derate", "timing_kinds",
            "FMAX_MHZ", "PLUMBING_KINDS", "TOP_KINDS",
            "choose_const_requant"]
 
@@ -215,14 +215,60 @@ def mac_acc_bits(stage):
     return bound.bit_length() + 1
 
 
-def dsp_piece_resources(stage, fold, m_bits=24):
+def dsp_piece_resources(stage, fold, m_bits=24, m=None, cells=False):
     """What a ``multiply`` requantization in registered DSP pieces (`qfab.hw.requant.Requant`'s
     ``dsp_width``) adds per PE lane beyond the plain multiply: the accumulator's digit adder and
     the pieces' sum, about four LUTs per bit of the product (``acc_bits + m_bits``): one Yosys
     synth_ice40 of a 21-bit accumulator by a 24-bit M0 took 254 LUT4 with the pieces, 72 without
-    (their registers sit in the SB_MAC16s, and in the MULT18X18D cells `Requant` instantiates on
-    the ECP5)."""
-    return Resources(luts=fold.pe * 4 * (mac_acc_bits(stage) + m_bits))
+    (their registers sit in the SB_MAC16s). With ``cells`` (`Requant`'s ``dsp_cell``, the ECP5's
+    MULT18X18D with its input registers) each piece's product is registered in the fabric: twice
+    the family's ``dsp_width`` (``m``, the model) flip-flops a piece."""
+    acc = mac_acc_bits(stage)
+    ffs = 0
+    if cells:
+        m = m or model()
+        ffs = fold.pe * _dsp_pieces(acc, m_bits + 1, m) * 2 * m["dsp_width"]
+    return Resources(luts=fold.pe * 4 * (acc + m_bits), ffs=ffs)
+
+
+def _tree_cut_bits(n, registers, width):
+    """Flip-flops of the register levels `qfab.hw._arith.sum_tree` cuts a tree of ``n`` addends
+    by (``registers`` of them; the same groups: ``2 ** (levels - levels // (registers + 1))`` at
+    the first cut, then the group sums cut with one register fewer), each register
+    ``width(span)`` bits wide for a group summing ``span`` of the original addends."""
+    total, span = 0, 1
+    while registers > 0:
+        levels = max(1, (n - 1).bit_length())
+        size = -(-n // (1 << (levels - levels // (registers + 1))))
+        n, span = -(-n // size), span * size
+        total += n * width(span)
+        registers -= 1
+    return total
+
+
+def tree_register_resources(stage, fold, registers, tiles=4, weights_vary=True):
+    """The flip-flops an MVAU's adder trees take with ``registers`` levels
+    (`qfab.hw.mac.MacArray`'s ``tree_registers``) beyond the one level the fitted model counts:
+    each cut holds a sum per group of neighbouring addends, and the first cut of a deep tree is
+    low down, where the groups are many (``tiles`` LUT tiles a lane with ``weights_vary``, else
+    one addend a lane). A group of ``span`` addends is counted ``w + a - 2 + log2(span / tiles)``
+    bits: the ECP5 digits MLP w8a8's `gemm_3` (SIMD 64 of 8-bit lanes from a ROM, four levels)
+    has 11.6, 14.3, 16.6 and 19.9 bits at spans of 4, 16, 64 and 256 tiles in its RTL (4,220
+    flip-flops a PE; 4,296 by this count). A `MacArray` of run-time weights has wider groups
+    (13, 16, 18 and 20 bits there: its lanes take every value); the test
+    (tests/compiler/test_estimate.py) holds this count within 30 % below and 10 % above that
+    RTL. Bit-serial trees are not counted (one level there)."""
+    if registers <= 1 or fold.style != "bit_parallel":
+        return Resources()
+    per_lane = max(1, tiles) if weights_vary else 1
+    product = stage.w_bits + stage.a_bits - 2
+    acc = mac_acc_bits(stage)
+
+    def width(span):
+        return min(acc, max(2, round(product + math.log2(span / per_lane))))
+    n = fold.simd * per_lane
+    excess = _tree_cut_bits(n, registers, width) - _tree_cut_bits(n, 1, width)
+    return Resources(ffs=fold.pe * max(1, fold.pixels) * excess)
 
 
 def fetch_register_resources(stage, fold):

@@ -71,8 +71,10 @@ class DepthwiseConv2dOp(Conv2dOp):
         h, w, c = tin.shape
         shifts = [int(v) for v in node.requant.shift]
         engine = estimate.resources(estimate.vvau_terms(work, fold, m, m_bits=graph.m_bits, shifts=shifts), m)
-        if "dsp_width" in multiply_options(m.get("target_family", "ice40")):
-            engine = engine + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
+        options = multiply_options(m.get("target_family", "ice40"))
+        if "dsp_width" in options:
+            engine = engine + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits, m=m,
+                                                           cells="dsp_cell" in options)
         return engine + estimate.window_resources(h, w, c, node.kernel, node.stride, tin.qtype.bits, fold.pe, m)
 
     def lower(self, lw, node, fold, work):

@@ -130,8 +130,13 @@ class MatrixOp(Op):
                                                       requant=choice), m)
         if wants_fetch_register(family, node, work, fold):
             res = res + estimate.fetch_register_resources(work, fold)
+        if family == "ecp5":    # measured there: on the iCE40 the fitted model holds (they share cells)
+            tiles, vary = self._tree_shape(node, work, fold)
+            res = res + estimate.tree_register_resources(work, fold, tree_registers(family, fold.simd, vary, tiles),
+                                                         tiles, vary)
         if choice.mode == "multiply" and "dsp_width" in multiply_options(family):
-            res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits)
+            res = res + estimate.dsp_piece_resources(work, fold, m_bits=graph.m_bits, m=m,
+                                                     cells="dsp_cell" in multiply_options(family))
         queue = mac_queue(family, choice)
         if queue == "skid":
             res = res + estimate.skid_resources(work, fold, choice)
@@ -147,15 +152,22 @@ class MatrixOp(Op):
     def estimate(self, graph, node, work, fold, m):
         return self.engine_estimate(graph, node, work, fold, m)
 
+    @staticmethod
+    def _tree_shape(node, work, fold):
+        """``(tiles, weights_vary)`` of the MVAU's adder trees: LUT tiles a lane (`product_tiles`;
+        4 bit-serially, where a lane adds its weight per bit plane) and whether its weights are
+        read per fold step (`varying_weights`)."""
+        tiles = product_tiles(node.w_type.bits, work.a_bits) if fold.style == "bit_parallel" else 4
+        return tiles, varying_weights(node, work, fold)
+
     def clock_params(self, family, node, work, fold):
         """The MVAU's register options for the family's clock: ``fetch_register``,
         ``tree_registers``."""
         params = {}
         if wants_fetch_register(family, node, work, fold):
             params["fetch_register"] = True
-        tiles = product_tiles(node.w_type.bits, work.a_bits) \
-            if fold.style == "bit_parallel" else 4   # bit-serially a lane adds its weight per bit plane
-        registers = tree_registers(family, fold.simd, varying_weights(node, work, fold), tiles)
+        tiles, vary = self._tree_shape(node, work, fold)
+        registers = tree_registers(family, fold.simd, vary, tiles)
         if registers != 1:
             params["tree_registers"] = registers
         return params

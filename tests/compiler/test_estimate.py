@@ -168,3 +168,38 @@ def test_the_model_files_clock_section_names_timing_kinds():
             else:
                 assert kind in estimate.PLUMBING_KINDS + estimate.TOP_KINDS + (
                     "mvau", "vvau", "window", "maxpool", "avgpool", "gap", "add", "bias_add"), kind
+
+
+def _tree_ff_bits(simd, w_bits, a_bits, registers):
+    """Flip-flop bits of a built `MacArray`'s adder-tree registers (run-time weights, one PE),
+    counted in its RTL: every ``$dff`` whose output is a ``pe0_..._r<k>`` group register."""
+    import re
+
+    from amaranth.back import rtlil
+
+    from qfab.hw._arith import Encoding
+    from qfab.hw.mac import MacArray
+    mac = MacArray(1, simd, w_bits=w_bits, w_encoding=Encoding.SIGNED, a_bits=a_bits,
+                   a_encoding=Encoding.UNSIGNED, beats=4, tree_registers=registers)
+    text = rtlil.convert(mac, name="top")
+    bits = 0
+    for cell in re.finditer(r"cell \$\w*dff\w* \S+\n(.*?)\n\s*end", text, re.S):
+        q = re.search(r"connect \\Q \\(\S+)", cell.group(1))
+        if q and re.fullmatch(r"pe0(_s)*_r\d+", q.group(1)):
+            bits += int(re.search(r"parameter \\WIDTH (\d+)", cell.group(1)).group(1))
+    return bits
+
+
+@pytest.mark.parametrize("simd, bits, registers", [(64, 8, 4), (16, 8, 3), (32, 4, 3), (8, 4, 2)])
+def test_tree_register_estimate_follows_the_built_trees(simd, bits, registers):
+    """`estimate.tree_register_resources`, the flip-flops that register levels beyond the first
+    add to an MVAU's adder trees (counted on the ECP5), against the RTL of the `MacArray` with
+    those levels and with one. The cuts are counted exactly, the groups' widths as the digits
+    designs' ROM lanes have them, narrower than these lanes of run-time weights (every value):
+    30 % below to 10 % above."""
+    stage = Stage("fc", "mvau", n=8, k=simd * 4, vectors=1, w_bits=bits, a_bits=bits, simd_of=simd)
+    tiles = (-(-bits // 2)) ** 2       # product_tiles: 2 x 2 blocks of the bit grid
+    est = estimate.tree_register_resources(stage, Fold(1, simd), registers, tiles, True).ffs
+    built = _tree_ff_bits(simd, bits, bits, registers) - _tree_ff_bits(simd, bits, bits, 1)
+    assert built > 0 and 0.7 * built <= est <= 1.1 * built, (est, built)
+    assert estimate.tree_register_resources(stage, Fold(1, simd), 1, tiles, True).ffs == 0
