@@ -22,13 +22,22 @@ def _add_mod(value, step, modulus):
     return Mux(total >= modulus, total - modulus, total)
 
 
-def _row_table(values, shape, index):
-    """``values[index]``: a constant per output row (``index``), each of ``shape``, read from a
-    table in LUTs rather than computed (the clamps and adds that computed ``limit_after``, in
-    series, had been the UP5K digits CNN w8a8's slowest path once ``need`` was a register too)."""
+# Output rows up to which the window reads a value per output row from a table (`_row_value`):
+# a 6-bit index makes each bit a function of 6 inputs, a few LUT4s; past it, arithmetic.
+TABLE_ROWS = 64
+
+
+def _row_value(values, shape, index, arithmetic):
+    """``values[index]``: a constant per output row (``index``), each of ``shape``. Up to
+    `TABLE_ROWS` rows read from a table in LUTs (the clamps and adds that computed
+    ``limit_after``, in series, had been the UP5K digits CNN w8a8's slowest path once
+    ``have_rows`` was a register); past it ``arithmetic()``, the same values computed from the
+    row's registers, whose logic does not grow with the rows."""
     shape = Shape.cast(shape)
     if len(values) == 1:
         return Const(values[0], shape)
+    if len(values) > TABLE_ROWS:
+        return arithmetic()
     word = Cat(*(Const(v, shape) for v in values)).word_select(index, shape.width)
     return word.as_signed() if shape.signed else word
 
@@ -189,6 +198,10 @@ class SlidingWindow(wiring.Component):
             """``limit`` during output row ``row``: its first input row, clamped, plus R."""
             return min(max(row * sh - top, 0), h) + rows
 
+        def clamp_rows(top_row):
+            """``min(max(top_row, 0), h)`` of a value in the hardware."""
+            return Mux(top_row < 0, 0, Mux(top_row > h, h, top_row))
+
         limit = Signal(range(h + rows + 1), init=limit_for(0))
         limit_after = Signal(range(h + rows + 1), init=limit_for(1 % ho))
         room = Signal(init=1)                   # written < limit
@@ -287,11 +300,16 @@ class SlidingWindow(wiring.Component):
                                 # the next ``*_after``: the value for output row oy + 2 (rows wrap
                                 # at the image's end), from a table by oy
                                 limit.eq(limit_after),
-                                limit_after.eq(_row_table([limit_for((r + 2) % ho) for r in range(ho)],
-                                                          limit_after.shape(), oy)),
+                                limit_after.eq(_row_value(
+                                    [limit_for((r + 2) % ho) for r in range(ho)], limit_after.shape(), oy,
+                                    lambda: Mux(last_oy, limit_for(1), Mux(oy == ho - 2, limit_for(0),
+                                                                           clamp_rows(next_top + sh) + rows)))),
                                 need.eq(need_after),
-                                need_after.eq(_row_table([rows_needed((r + 2) % ho) for r in range(ho)],
-                                                         need_after.shape(), oy)),
+                                need_after.eq(_row_value(
+                                    [rows_needed((r + 2) % ho) for r in range(ho)], need_after.shape(), oy,
+                                    lambda: Mux(last_oy, rows_needed(1), Mux(
+                                        oy == ho - 2, rows_needed(0), Mux(
+                                            oy == ho - 3, h, Mux(next_top + sh + kh > h, h, next_top + sh + kh)))))),
                             ]
                             with m.If(last_oy):      # image done
                                 next_img = _add_mod(img_slot, h, rows)

@@ -222,6 +222,22 @@ def test_ready_is_written_below_limit_every_cycle(case, images, gap, stall, seed
     np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=20, deadline=None)
+@given(window_cases(), st.integers(2, 3), st.floats(0, 0.3), st.floats(0.2, 0.8), st.integers(0, 2**16))
+def test_the_row_values_computed_past_the_table_are_the_tables(case, images, gap, stall, seed):
+    """Past `TABLE_ROWS` output rows the values for the row after next (``limit_after``,
+    ``need_after``) are computed from the row's registers rather than read from a table: with
+    the table limited to 2 rows, every window of 3 or more output rows takes that path, and its
+    ready, ``have_rows`` and windows are exact."""
+    from qfab.hw import window
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(window, "TABLE_ROWS", 2)
+        got, want, mismatches = run_checking_ready(case, images, gap, stall, seed)
+    assert not mismatches, mismatches[:5]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("table_rows", [64, 2])
 @pytest.mark.parametrize("case", [
     # top padding 2 at stride 1: the limit does not move at the end of output row 0
     dict(height=5, width=3, channels=1, kernel=3, stride=1, padding=(2, 0, 0, 0), simd=1),
@@ -231,9 +247,12 @@ def test_ready_is_written_below_limit_every_cycle(case, images, gap, stall, seed
     # waits for the whole image, or ``written`` loses H before the image is written
     dict(height=7, width=3, channels=1, kernel=2, stride=2, padding=(0, 0, 0, 0), simd=1),
 ])
-def test_ready_where_the_limit_stands_still(case):
+def test_ready_where_the_limit_stands_still(case, table_rows, monkeypatch):
     """Row ends at which ``limit`` does not move, hit in the cycle a row is written: where a ready
-    that missed this cycle's row would let the writer overwrite a row still to be read."""
+    that missed this cycle's row would let the writer overwrite a row still to be read (the row
+    values from the table, and computed: ``table_rows``)."""
+    from qfab.hw import window
+    monkeypatch.setattr(window, "TABLE_ROWS", table_rows)
     for seed in range(60):
         got, want, mismatches = run_checking_ready(case, 3, 0.1 * (seed % 6), 0.1 * (seed // 6 % 8), seed)
         assert not mismatches, (seed, mismatches[:5])
