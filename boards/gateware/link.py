@@ -163,7 +163,11 @@ class Link(wiring.Component):
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += beat_full.eq(0)
         with m.If(advance):
-            m.d.sync += [beat.word_select(lane, in_bits).eq(rd.data),
+            # shifted in at the top lane: after ``in_per_beat`` elements the first is in lane 0.
+            # Written to the lane ``lane`` selects, the buffer's read fanned out through that
+            # decode to every lane: the FINN suite's TFC and SFC on the ECP5 (784 inputs, a block
+            # RAM's clock-to-output first) missed 100 MHz there (94.6 and 96.6 MHz)
+            m.d.sync += [beat.eq(Cat(beat[in_bits:], rd.data) if in_per_beat > 1 else rd.data),
                          addr.eq(Mux(addr == in_elements - 1, 0, addr + 1)),
                          lane.eq(Mux(lane == in_per_beat - 1, 0, lane + 1))]
             with m.If(lane == in_per_beat - 1):
